@@ -1,0 +1,278 @@
+"""The aiohttp application: every client and engine is opened and closed here, in `cleanup_ctx`.
+
+Order of the lifecycle (reverse on the way down): database -> sandbox (only without credentials) ->
+Twilio REST client -> speech engines -> playout clock -> open media sockets. Routes are registered here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from announcer.config import Settings
+from announcer.messages.greeting import Greeting
+from announcer.messages.render import MessageRenderer
+from announcer.speech.cache import AudioCache
+from announcer.speech.elevenlabs import ElevenLabsSynthesizer
+from announcer.speech.local import LocalSynthesizer
+from announcer.speech.speaker import Speaker
+from announcer.store.calls import CallStore
+from announcer.store.db import Database
+from announcer.telephony.calls import TwilioCalls
+from announcer.telephony.media import MediaDeps, media_websocket
+from announcer.telephony.playout import PlayoutClock
+from announcer.telephony.signature import SignatureChecker
+from announcer.telephony.status import status_webhook
+from announcer.telephony.voice import VoiceDeps, voice_webhook
+
+log = logging.getLogger(__name__)
+
+SANDBOX_NUMBER = "+15550100000"
+
+
+@dataclass(frozen=True)
+class Providers:
+    """The Twilio and ElevenLabs endpoints and credentials in force (real, or the in-process sandbox)."""
+
+    account_sid: str
+    auth_token: str
+    phone_number: str
+    twilio_base_url: str
+    elevenlabs_api_key: str
+    elevenlabs_base_url: str
+
+
+SETTINGS = web.AppKey("settings", Settings)
+DATABASE = web.AppKey("database", Database)
+STORE = web.AppKey("store", CallStore)
+PROVIDERS = web.AppKey("providers", Providers)
+SANDBOX = web.AppKey("sandbox", Any)  # the SandboxTwilio, only in sandbox mode
+SANDBOX_TTS = web.AppKey("sandbox_tts", Any)  # the SandboxElevenLabs, only in sandbox mode
+TWILIO = web.AppKey("twilio", TwilioCalls)
+SPEAKER = web.AppKey("speaker", Speaker)
+LOCAL_VOICE = web.AppKey("local_voice", LocalSynthesizer)
+CLOCK = web.AppKey("clock", PlayoutClock)
+SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
+GREETING = web.AppKey("greeting", Greeting)
+SIGNATURE = web.AppKey("signature", SignatureChecker)
+VOICE = web.AppKey("voice", VoiceDeps)
+MEDIA = web.AppKey("media", MediaDeps)
+
+
+def public_url(settings: Settings) -> str:
+    return settings.public_url or f"http://{settings.host}:{settings.port}"
+
+
+def media_url(settings: Settings) -> str:
+    """The media websocket URL for TwiML: PUBLIC_URL with http -> ws and https -> wss."""
+    base = public_url(settings)
+    scheme, rest = base.split("://", 1)
+    return ("wss" if scheme == "https" else "ws") + "://" + rest + "/twilio/media"
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the application. Raises `RenderError` when the greeting template cannot be rendered."""
+    app = web.Application(client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    renderer = MessageRenderer(settings.announcer_templates_dir)
+    greeting = Greeting(
+        renderer, settings.announcer_greeting_template, settings.announcer_org_name, settings.zone
+    )
+    greeting.check()
+    app[GREETING] = greeting
+    app[SOCKETS] = set()
+    app.cleanup_ctx.extend([_database, _sandbox, _twilio, _speech, _clock, _wiring, _sockets])
+    app.router.add_post("/twilio/voice", _voice)
+    app.router.add_post("/twilio/status", _status)
+    app.router.add_get("/twilio/media", _media)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+# --- lifecycle ------------------------------------------------------------------------------------
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    db = Database(app[SETTINGS].resolved_database_url)
+    await db.upgrade()
+    app[DATABASE] = db
+    app[STORE] = CallStore(db.sessions)
+    yield
+    await db.dispose()
+
+
+async def _sandbox(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    local = LocalSynthesizer()
+    app[LOCAL_VOICE] = local
+    account_sid = settings.twilio_account_sid or ("AC" + secrets.token_hex(16))
+    auth_token = (
+        settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else secrets.token_hex(16)
+    )
+    twilio_base = settings.twilio_api_base_url
+    el_key = (
+        settings.elevenlabs_api_key.get_secret_value()
+        if settings.elevenlabs_api_key
+        else secrets.token_hex(16)
+    )
+    el_base = settings.elevenlabs_base_url
+    phone_number = settings.twilio_phone_number or SANDBOX_NUMBER
+    sandbox: Any = None
+    sandbox_tts: Any = None
+    if settings.tts_sandbox or settings.twilio_sandbox:
+        # The service imports the sandbox only here, and only without credentials (design.md).
+        from announcer.sandbox.elevenlabs import SandboxElevenLabs
+        from announcer.sandbox.twilio import SandboxTwilio
+
+        if settings.tts_sandbox:
+            sandbox_tts = SandboxElevenLabs(api_key=el_key, synthesize=local.synthesize)
+            el_base = await sandbox_tts.start()
+            log.warning(
+                "sandbox mode: no ELEVENLABS_API_KEY; speech comes from the local voice via the "
+                "loopback ElevenLabs at %s",
+                el_base,
+            )
+        if settings.twilio_sandbox:
+            recordings = (settings.announcer_data_dir / "recordings").resolve()
+            sandbox = SandboxTwilio(
+                account_sid=account_sid,
+                auth_token=auth_token,
+                phone_number=phone_number,
+                voice_url=public_url(settings) + "/twilio/voice",
+                status_callback_url=public_url(settings) + "/twilio/status",
+                recordings_dir=recordings,
+                say_synthesize=local.synthesize,
+                speed=settings.announcer_sandbox_speed,
+            )
+            twilio_base = await sandbox.start()
+            _write_sandbox_file(settings, twilio_base, account_sid, auth_token)
+            log.warning(
+                "sandbox mode: no Twilio credentials; calls go to the loopback Twilio at %s "
+                "(place one with `announcer sandbox call-in`; recordings in %s)",
+                twilio_base,
+                recordings,
+            )
+    app[SANDBOX] = sandbox
+    app[SANDBOX_TTS] = sandbox_tts
+    app[PROVIDERS] = Providers(account_sid, auth_token, phone_number, twilio_base, el_key, el_base)
+    yield
+    if sandbox is not None:
+        await sandbox.close()
+        (settings.announcer_data_dir / "sandbox.json").unlink(missing_ok=True)
+    if sandbox_tts is not None:
+        await sandbox_tts.close()
+
+
+def _write_sandbox_file(settings: Settings, base_url: str, account_sid: str, auth_token: str) -> None:
+    """Where `announcer sandbox call-in` finds the running sandbox (its credentials are throwaway)."""
+    path = settings.announcer_data_dir / "sandbox.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "base_url": base_url,
+                "account_sid": account_sid,
+                "auth_token": auth_token,
+                "phone_number": settings.twilio_phone_number or SANDBOX_NUMBER,
+            }
+        )
+    )
+
+
+async def _twilio(app: web.Application) -> AsyncIterator[None]:
+    p = app[PROVIDERS]
+    twilio = TwilioCalls(
+        p.account_sid, p.auth_token, p.twilio_base_url, timeout_s=app[SETTINGS].twilio_timeout_s
+    )
+    app[TWILIO] = twilio
+    yield
+    await twilio.aclose()
+
+
+async def _speech(app: web.Application) -> AsyncIterator[None]:
+    settings, p = app[SETTINGS], app[PROVIDERS]
+    primary = ElevenLabsSynthesizer(
+        api_key=p.elevenlabs_api_key,
+        base_url=p.elevenlabs_base_url,
+        voice_id=settings.elevenlabs_voice_id,
+        model_id=settings.elevenlabs_model_id,
+        timeout_s=settings.elevenlabs_timeout_s,
+    )
+    cache = AudioCache(settings.announcer_data_dir / "audio-cache")
+    speaker = Speaker(primary, app[LOCAL_VOICE], cache)
+    app[SPEAKER] = speaker
+    yield
+    await speaker.aclose()
+    await primary.aclose()
+
+
+async def _clock(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    clock = PlayoutClock(speed=settings.announcer_sandbox_speed if settings.twilio_sandbox else 1.0)
+    clock.start()
+    app[CLOCK] = clock
+    yield
+    await clock.stop()
+
+
+async def _sockets(app: web.Application) -> AsyncIterator[None]:
+    yield
+    sockets: set[web.WebSocketResponse] = app[SOCKETS]
+    for ws in list(sockets):  # a copy: closing removes them from the set
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+# --- handlers -------------------------------------------------------------------------------------
+
+
+async def _wiring(app: web.Application) -> AsyncIterator[None]:
+    """Build the handlers' dependencies once, after every resource they use is open."""
+    settings, p = app[SETTINGS], app[PROVIDERS]
+    checker = SignatureChecker(p.auth_token, public_url(settings))
+    app[SIGNATURE] = checker
+    app[VOICE] = VoiceDeps(
+        signature=checker,
+        store=app[STORE],
+        greeting=app[GREETING],
+        account_sid=p.account_sid,
+        media_url=media_url(settings),
+    )
+    app[MEDIA] = MediaDeps(
+        store=app[STORE],
+        twilio=app[TWILIO],
+        speaker=app[SPEAKER],
+        clock=app[CLOCK],
+        account_sid=p.account_sid,
+    )
+    yield
+
+
+async def _voice(request: web.Request) -> web.Response:
+    return await voice_webhook(request, request.app[VOICE])
+
+
+async def _status(request: web.Request) -> web.Response:
+    return await status_webhook(request, request.app[SIGNATURE], request.app[STORE])
+
+
+async def _media(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    return await media_websocket(request, app[MEDIA], app[SIGNATURE], app[VOICE].media_url, app[SOCKETS])
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    ok = await request.app[DATABASE].ping()
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "database": "ok" if ok else "unreachable",
+        "sandbox": request.app[SANDBOX] is not None,
+    }
+    return web.json_response(body, status=200 if ok else 503)

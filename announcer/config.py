@@ -1,0 +1,167 @@
+"""Settings: every environment variable of the service, in one place, validated at start.
+
+Names are a contract (design.md, "Configuration"): deployments set them, so they are never renamed.
+Values come from the environment or `.env`; secrets are `SecretStr` so they never reach a log or repr.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPLATES_DIR = PROJECT_ROOT / "templates"
+
+_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """A missing or malformed setting; the message names every offending variable on one line."""
+
+
+def _http_url(value: str | None, *, name: str) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"{name} must be an http(s) URL, got {value!r}")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, case_sensitive=False, env_ignore_empty=True
+    )
+
+    # Where Twilio reaches us (webhooks are signed over this URL; the media websocket is derived from it).
+    public_url: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_phone_number: str | None = None
+    twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_cps: PositiveFloat = 1.0
+    twilio_timeout_s: PositiveFloat = 10.0
+    max_concurrent_calls: PositiveInt = 10
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_voice_id: str = "21m00Tcm4TlvDq8ikWAM"
+    elevenlabs_model_id: str = "eleven_flash_v2_5"
+    elevenlabs_agent_id: str | None = None
+    elevenlabs_base_url: str = "https://api.elevenlabs.io"
+    elevenlabs_timeout_s: PositiveFloat = 5.0
+    database_url: str | None = None
+    announcer_api_token: SecretStr | None = None
+    announcer_data_dir: Path = Path("data")
+    announcer_templates_dir: Path = DEFAULT_TEMPLATES_DIR
+    announcer_greeting_template: str = "greeting.j2"
+    announcer_org_name: str = "our office"
+    announcer_timezone: str = "UTC"
+    announcer_sandbox_speed: PositiveFloat = 1.0
+    announcer_log_level: str = "INFO"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, v: str | None) -> str | None:
+        return _http_url(v, name="PUBLIC_URL")
+
+    @field_validator("twilio_api_base_url", "elevenlabs_base_url")
+    @classmethod
+    def _check_base_url(cls, v: str) -> str:
+        checked = _http_url(v, name="base URL")
+        assert checked is not None
+        return checked
+
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _check_sid(cls, v: str | None) -> str | None:
+        if v is not None and not _ACCOUNT_SID.match(v):
+            raise ValueError("must be 'AC' followed by 32 hex digits")
+        return v
+
+    @field_validator("twilio_phone_number")
+    @classmethod
+    def _check_number(cls, v: str | None) -> str | None:
+        if v is not None and not _E164.match(v):
+            raise ValueError("must be an E.164 number such as +15551234567")
+        return v
+
+    @field_validator("announcer_timezone")
+    @classmethod
+    def _check_tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f"unknown time zone {v!r}") from err
+        return v
+
+    @field_validator("announcer_log_level")
+    @classmethod
+    def _check_level(cls, v: str) -> str:
+        if v.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return v.upper()
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> Self:
+        problems = []
+        if (self.twilio_account_sid is None) != (self.twilio_auth_token is None):
+            missing = "TWILIO_AUTH_TOKEN" if self.twilio_auth_token is None else "TWILIO_ACCOUNT_SID"
+            problems.append(f"{missing}: required when the other Twilio credential is set")
+        if self.twilio_account_sid is not None:
+            if self.public_url is None:
+                problems.append(
+                    "PUBLIC_URL: required with Twilio credentials (Twilio must reach the webhooks)"
+                )
+            if self.twilio_phone_number is None:
+                problems.append("TWILIO_PHONE_NUMBER: required with Twilio credentials")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # --- derived values -------------------------------------------------------------------------
+
+    @property
+    def twilio_sandbox(self) -> bool:
+        """No Twilio credentials: the loopback Twilio runs in-process."""
+        return self.twilio_account_sid is None
+
+    @property
+    def tts_sandbox(self) -> bool:
+        """No ElevenLabs key: the loopback ElevenLabs (speaking with the local voice) runs in-process."""
+        return self.elevenlabs_api_key is None
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.announcer_data_dir / 'announcer.db').resolve()}"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.announcer_timezone)
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return str(loc[0]).upper() if loc else "settings"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning every validation problem into one `ConfigError` line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        parts = []
+        for e in err.errors():
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            parts.append(msg if not e["loc"] else f"{_env_name(e['loc'])}: {msg}")
+        raise ConfigError("invalid configuration: " + "; ".join(parts)) from None

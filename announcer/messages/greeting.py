@@ -1,0 +1,49 @@
+"""The greeting line's message: the caller's variables, rendered from the greeting template."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+
+from announcer.messages.render import MessageRenderer
+from announcer.messages.speakable import time_of_day
+
+SAMPLE_CALLER = "+15550100123"
+
+
+def e164_or_empty(number: str) -> str:
+    """The caller's number in E.164, or "" when withheld or not a phone number (e.g. "anonymous")."""
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return ""
+    if not phonenumbers.is_possible_number(parsed):
+        return ""
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+class Greeting:
+    def __init__(self, renderer: MessageRenderer, template: str, org_name: str, zone: ZoneInfo) -> None:
+        self.renderer = renderer
+        self.template = template
+        self.org_name = org_name
+        self.zone = zone
+
+    def variables(self, caller: str, caller_name: str | None, now: datetime | None = None) -> dict[str, Any]:
+        local = (now or datetime.now(UTC)).astimezone(self.zone)
+        return {
+            "org_name": self.org_name,
+            "time_of_day": time_of_day(local.hour),
+            "caller": e164_or_empty(caller),
+            "caller_name": (caller_name or "").strip(),
+        }
+
+    def render(self, caller: str, caller_name: str | None = None, now: datetime | None = None) -> str:
+        return self.renderer.render(self.template, self.variables(caller, caller_name, now))
+
+    def check(self) -> str:
+        """Render once with sample variables, so a broken template stops start-up, not a live call."""
+        return self.render(SAMPLE_CALLER, "Ada")

@@ -1,0 +1,251 @@
+"""The caller's handset: a playback buffer and a silent microphone, driven by one shared clock.
+
+Benchmarks run 100-200 sandbox calls in one process, so no call owns a sleeping task: `PhoneClock`
+wakes every few milliseconds and lets each active `Phone` catch up on the 20 ms slots that are due
+from `time.monotonic()`.  Catch-up (instead of counting ticks) keeps the audio clock exact under load
+and lets `speed` (sandbox seconds per real second) go far above the tick rate.
+
+Playback follows Twilio's documented behaviour (protocols.md, "Media Streams websocket"): media is
+played in the order received and buffered when sent ahead; a `mark` is echoed once all audio sent
+before it has played; `clear` drops buffered audio and echoes every pending mark at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from announcer.audio import FRAME_MS
+from announcer.sandbox.twilio_call import SandboxCall
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.01
+# After a stall of the event loop, send at most this many upstream frames in one tick and skip the
+# rest: a real phone does not burst seconds of microphone audio, and a flood would only add to the stall.
+MAX_MIC_CATCH_UP = 25
+
+
+class StreamLink(Protocol):
+    """The open media stream of a phone, as the clock sees it (implemented by MediaStream)."""
+
+    def send_mic_frame(self, chunk: int, timestamp_ms: int) -> None: ...
+
+    def echo_mark(self, name: str) -> None: ...
+
+
+@dataclass(slots=True)
+class _Marker:
+    """A point in the playback queue; `on_played` runs when all audio queued before it has played."""
+
+    on_played: Callable[[], None]
+    on_dropped: Callable[[], None]
+
+
+class PhoneClock:
+    """One task that drives every active phone (see module docstring)."""
+
+    def __init__(self, speed: float, tick_s: float = TICK_S) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.speed = speed
+        self.slot_s = FRAME_MS / 1000 / speed  # real seconds per 20 ms slot
+        self._tick_s = tick_s
+        self._phones: set[Phone] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sandbox-phone-clock")
+        self._task.add_done_callback(_log_crash)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})  # unlike `await task`, never swallows our own cancellation
+            self._task = None
+        self._phones.clear()
+
+    def activate(self, phone: Phone) -> None:
+        if phone not in self._phones:
+            self._phones.add(phone)
+            self._wake.set()
+
+    def deactivate(self, phone: Phone) -> None:
+        self._phones.discard(phone)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._phones:
+                # idle: no call is playing or streaming, so do not wake 200 times a second for nothing
+                self._wake.clear()
+                await self._wake.wait()
+            await asyncio.sleep(self._tick_s)
+            now = time.monotonic()
+            for phone in list(self._phones):
+                try:
+                    active = phone.tick(now)
+                except Exception:
+                    log.exception("phone clock: tick failed for call %s", phone.call.sid)
+                    active = False
+                if not active:
+                    self._phones.discard(phone)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("sandbox phone clock crashed", exc_info=task.exception())
+
+
+class Phone:
+    """Playback buffer and microphone of one call; every method is synchronous and cheap."""
+
+    def __init__(self, call: SandboxCall, clock: PhoneClock) -> None:
+        self.call = call
+        self._clock = clock
+        self._queue: deque[bytes | _Marker] = deque()
+        self._frames_queued = 0
+        # Real (monotonic) time at which the next frame may start playing.  While the buffer is dry it
+        # is where the last frame finished, so a late frame's gap can be measured in whole slots.
+        self._next_slot_at: float | None = None
+        # True between a stream frame and the next mark/clear: only a dry buffer inside a segment of
+        # audio is an underrun; the silence after a mark is the service having nothing more to say.
+        self._in_segment = False
+        self._stream: StreamLink | None = None
+        self._mic_started_at = 0.0
+        self._mic_next_at = 0.0
+        self._mic_chunk = 0
+
+    # -- the media stream --------------------------------------------------------------------
+    def attach(self, stream: StreamLink, now: float) -> None:
+        """A stream opened: start the microphone (its first frame goes out one slot from now)."""
+        self._stream = stream
+        self._mic_started_at = now
+        self._mic_next_at = now + self._clock.slot_s
+        self._mic_chunk = 0
+        self._clock.activate(self)
+
+    def detach(self) -> None:
+        """The stream is over: stop the microphone and drop unplayed stream audio (its marks are never
+        echoed: the socket they would go back on is gone)."""
+        self._stream = None
+        self._in_segment = False
+        self._drop_all()
+
+    def receive_frame(self, frame: bytes, now: float) -> None:
+        """A valid 160-byte media frame from the service."""
+        call = self.call
+        if call.first_media_at is None:
+            call.first_media_at = now
+            call.notify()
+        call.frames_received += 1
+        if self._frames_queued == 0 and self._next_slot_at is not None and now > self._next_slot_at:
+            if self._in_segment:
+                call.underrun_frames += int((now - self._next_slot_at) / self._clock.slot_s)
+            self._next_slot_at = now
+        self._in_segment = True
+        self._enqueue_frame(frame, now)
+
+    def receive_mark(self, name: str, now: float) -> None:
+        self._in_segment = False
+        stream = self._stream
+        if stream is None:
+            return
+        if not self._queue and (self._next_slot_at is None or self._next_slot_at <= now):
+            stream.echo_mark(name)  # nothing buffered and nothing playing: all audio before it has played
+            return
+        self._queue.append(_Marker(lambda: stream.echo_mark(name), _nothing))
+        self._clock.activate(self)
+
+    def receive_clear(self, now: float) -> None:
+        """`clear`: drop buffered audio, echo every pending mark at once, in order."""
+        self._in_segment = False
+        markers = [item for item in self._queue if isinstance(item, _Marker)]
+        self._queue.clear()
+        self._frames_queued = 0
+        if self._next_slot_at is not None and self._next_slot_at > now:
+            self._next_slot_at = now
+        for marker in markers:
+            marker.on_played()
+
+    # -- local audio (<Say>) -------------------------------------------------------------------
+    def play_local(self, frames: list[bytes]) -> asyncio.Future[None]:
+        """Queue audio the phone itself speaks; the future resolves when it has all been played."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        now = time.monotonic()
+        if self._frames_queued == 0 and (self._next_slot_at is None or self._next_slot_at < now):
+            self._next_slot_at = now
+        for frame in frames:
+            self._enqueue_frame(frame, now)
+
+        def played() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def dropped() -> None:
+            done.cancel()
+
+        self._queue.append(_Marker(played, dropped))
+        self._clock.activate(self)
+        return done
+
+    def stop_local(self) -> None:
+        """The verb speaking was interrupted (redirect, hang-up): stop talking now."""
+        self._drop_all()
+
+    # -- the clock -----------------------------------------------------------------------------
+    def tick(self, now: float) -> bool:
+        """Play and record every slot due by `now`; return whether the phone still needs the clock."""
+        slot = self._clock.slot_s
+        queue = self._queue
+        next_at = self._next_slot_at
+        if queue and next_at is not None:
+            heard = self.call._heard
+            while queue and next_at <= now:
+                item = queue[0]
+                if isinstance(item, _Marker):
+                    queue.popleft()
+                    item.on_played()
+                    continue
+                queue.popleft()
+                self._frames_queued -= 1
+                heard += item
+                next_at += slot
+            self._next_slot_at = next_at
+        stream = self._stream
+        if stream is not None:
+            sent = 0
+            while self._mic_next_at <= now and sent < MAX_MIC_CATCH_UP:
+                self._mic_chunk += 1
+                # the frame sent at the end of slot n holds audio from n-1 to n: timestamp its start
+                elapsed_slots = round((self._mic_next_at - self._mic_started_at) / slot)
+                stream.send_mic_frame(self._mic_chunk, (elapsed_slots - 1) * FRAME_MS)
+                self._mic_next_at += slot
+                sent += 1
+            if self._mic_next_at <= now:
+                self._mic_next_at = now + slot
+        return bool(queue) or stream is not None
+
+    # -- internals -----------------------------------------------------------------------------
+    def _enqueue_frame(self, frame: bytes, now: float) -> None:
+        if self._next_slot_at is None:
+            self._next_slot_at = now
+        self._queue.append(frame)
+        self._frames_queued += 1
+        self._clock.activate(self)
+
+    def _drop_all(self) -> None:
+        markers = [item for item in self._queue if isinstance(item, _Marker)]
+        self._queue.clear()
+        self._frames_queued = 0
+        for marker in markers:
+            marker.on_dropped()
+
+
+def _nothing() -> None:
+    return None

@@ -1,0 +1,220 @@
+"""One simulated call of the sandbox Twilio: its Twilio-visible state and what the phone observed.
+
+`SandboxCall` is both the record the REST API renders (status, times, answered_by...) and the handle
+tests drive as "the phone" (`press`, `hang_up`, `wait_for_mark`...).  The moving parts (TwiML runner,
+media stream, playback clock) live elsewhere and write their observations here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import pathlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from announcer.audio import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from announcer.sandbox.media_stream import MediaStream
+    from announcer.sandbox.twiml_runner import TwimlSource
+
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+
+class CallStatus(StrEnum):
+    """Twilio's CallStatus values (Calls resource and status callbacks)."""
+
+    QUEUED = "queued"
+    INITIATED = "initiated"
+    RINGING = "ringing"
+    IN_PROGRESS = "in-progress"
+    COMPLETED = "completed"
+    BUSY = "busy"
+    NO_ANSWER = "no-answer"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {CallStatus.COMPLETED, CallStatus.BUSY, CallStatus.NO_ANSWER, CallStatus.FAILED, CallStatus.CANCELED}
+)
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND_API = "outbound-api"
+
+
+class CallbackEvent(StrEnum):
+    """Values of StatusCallbackEvent on the create-call request."""
+
+    INITIATED = "initiated"
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    COMPLETED = "completed"
+
+
+def new_sid(prefix: str) -> str:
+    """A Twilio SID: two-letter prefix and 32 lowercase hex digits."""
+    return prefix + secrets.token_hex(16)
+
+
+@dataclass
+class PhoneBehavior:
+    """How the simulated callee of an outbound call reacts (default: answers after a short ring)."""
+
+    answer: Literal["answer", "busy", "no-answer", "fail"] = "answer"
+    ring_s: float = 0.05  # sandbox seconds of ringing before answer / no-answer
+    sip_code: int | None = None  # reported as SipResponseCode with "fail" (e.g. 480)
+    hang_up_after_s: float | None = None  # sandbox seconds after answering
+
+
+@dataclass
+class StatusCallbackConfig:
+    url: str
+    method: str = "POST"
+    events: frozenset[CallbackEvent] = frozenset({CallbackEvent.COMPLETED})
+
+
+class CallControl(Protocol):
+    """What a call handle needs from the sandbox that owns it."""
+
+    def end_call(self, call: SandboxCall) -> None: ...
+
+
+@dataclass(eq=False)
+class SandboxCall:
+    sid: str
+    account_sid: str
+    direction: Direction
+    from_: str
+    to: str
+    _control: CallControl = field(repr=False)
+    caller_name: str | None = None
+    status: CallStatus = CallStatus.QUEUED
+    answered_by: str | None = None
+    machine_detection: bool = False
+    status_callback: StatusCallbackConfig | None = None
+    behavior: PhoneBehavior = field(default_factory=PhoneBehavior)
+    ring_timeout_s: float = 60.0
+    time_limit_s: float | None = None
+    # Twilio-visible times: wall clock for the resource, monotonic for durations on the phone clock
+    date_created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    date_updated: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    start_time: dt.datetime | None = None
+    end_time: dt.datetime | None = None
+    duration_s: int | None = None
+    answered_at: float | None = None
+    # what the phone observed
+    stream_sid: str | None = None
+    start_sent_at: float | None = None
+    first_media_at: float | None = None
+    frames_received: int = 0
+    underrun_frames: int = 0
+    marks_echoed: list[str] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)
+    protocol_errors: list[str] = field(default_factory=list)
+    application_errors: list[str] = field(default_factory=list)
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+    wav_path: pathlib.Path | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    _heard: bytearray = field(default_factory=bytearray, repr=False)
+    # set whenever an observation changes, then replaced: waiters re-check their condition
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _callback_seq: int = 0
+    _callback_task: asyncio.Task[None] | None = field(default=None, repr=False)  # last status callback
+    _stream: MediaStream | None = field(default=None, repr=False)
+    _script_task: asyncio.Task[object] | None = field(default=None, repr=False)
+    _redirect_to: TwimlSource | None = field(default=None, repr=False)
+    _ending: bool = False
+    _end_hooks: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    # -- observations -------------------------------------------------------------------------
+    @property
+    def heard(self) -> bytes:
+        """mu-law audio the phone played (stream audio and <Say> audio, in play order)."""
+        return bytes(self._heard)
+
+    @property
+    def heard_seconds(self) -> float:
+        return len(self._heard) / SAMPLE_RATE
+
+    def is_ending(self) -> bool:
+        """True once the call was asked to end (hang-up, REST update, close), even before `ended`."""
+        return self._ending or self.status.terminal
+
+    def notify(self) -> None:
+        """Wake everything waiting on an observation (marks, media, status)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def next_callback_seq(self) -> int:
+        seq = self._callback_seq
+        self._callback_seq += 1
+        return seq
+
+    def set_status(self, status: CallStatus) -> None:
+        self.status = status
+        self.date_updated = dt.datetime.now(dt.UTC)
+        self.notify()
+
+    # -- the phone, driven by tests and the control API -----------------------------------------
+    async def press(self, digits: str) -> None:
+        """The caller presses keys: one `dtmf` message per digit over the open media stream."""
+        bad = set(digits) - DTMF_DIGITS
+        if not digits or bad:
+            raise ValueError(f"not DTMF digits: {digits!r}")
+        stream = self._stream
+        if stream is None:
+            raise RuntimeError(f"call {self.sid} has no open media stream to send digits on")
+        await stream.send_dtmf(digits)
+
+    async def hang_up(self) -> None:
+        """The caller hangs up: `stop` on the stream, socket closed, call completed.
+
+        Returns when the call has ended (final status callback delivered, WAV written)."""
+        self._control.end_call(self)
+        await self.ended.wait()
+
+    async def wait_ended(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            await self.ended.wait()
+
+    async def _wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while not check():
+                    if self.ended.is_set():
+                        # fail at once instead of sleeping out the timeout on a call that is over
+                        raise TimeoutError(f"call {self.sid} ended before {what}")
+                    await self._changed.wait()
+        except TimeoutError as err:
+            if err.args:
+                raise
+            raise TimeoutError(f"call {self.sid}: no {what} within {timeout} s") from None
+
+    async def wait_for_mark(self, name_prefix: str, timeout: float) -> str:
+        """Wait until a mark whose name starts with `name_prefix` was echoed; return its name."""
+        found: list[str] = []
+
+        def check() -> bool:
+            found[:] = [m for m in self.marks_echoed if m.startswith(name_prefix)]
+            return bool(found)
+
+        await self._wait_until(check, timeout, f"mark {name_prefix!r}")
+        return found[0]
+
+    async def wait_for_media(self, timeout: float) -> None:
+        await self._wait_until(lambda: self.first_media_at is not None, timeout, "media frame")
+
+    async def wait_for_status(self, status: CallStatus | str, timeout: float) -> None:
+        """Wait until the call reaches `status` (not in the contract; handy for ringing/in-progress)."""
+        await self._wait_until(lambda: self.status == status, timeout, f"status {status}")

@@ -1,0 +1,362 @@
+"""The facade a media session speaks through: text in, base64 160-byte frames out, as soon as they exist.
+
+What it adds to the engines (design.md, "Streaming speech", "Audio cache", "Degrade, don't go silent"):
+
+- **Cache first.** A hit yields stored payloads: no TTS request and no encoding.
+- **Streaming.** On a miss the text is spoken sentence by sentence from the primary engine (each request
+  carries its neighbours as `previous_text` / `next_text`, so prosody runs on across requests) and every
+  chunk is re-framed and handed on at once: the first frame leaves long before synthesis ends.
+- **Never silent.** A primary failure before the first frame raises `SpeechUnavailable` (the media session
+  then has Twilio `<Say>` the text). A failure mid-way cannot be unsaid, so the fallback engine speaks the
+  rest, from the start of the sentence that broke. Only audio wholly from the primary is cached.
+- **Single flight.** One synthesis per key at a time: it runs as its own task ("flight") appending frames
+  to a list, and every caller asking for the same text tails that list. A flight nobody listens to any
+  more (the call hung up) is cancelled, which closes its HTTP stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from announcer.audio import Framer
+from announcer.speech.cache import AudioCache, Payloads, normalise_text
+from announcer.speech.engine import SpeechError, Synthesizer
+
+log = logging.getLogger(__name__)
+
+# A break after ., !, ? or an ellipsis, optionally behind a closing quote or bracket (fixed-width
+# look-behinds, so two of them).
+_SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?\u2026])|(?<=[.!?\u2026][\"'\u201d\u2019)\]]))\s+")
+# Shorter pieces ride along with the next sentence: "Dr. Smith" or "Hello." alone would cost a request
+# each and break prosody for nothing.
+_MIN_SENTENCE_CHARS = 20
+
+
+class SpeechUnavailable(SpeechError):
+    """No audio at all could be made for the text: speak it some other way (TwiML `<Say>`)."""
+
+
+class SpeechEventKind(StrEnum):
+    CACHE_HIT = "cache_hit"  # served from the cache, no TTS request
+    CACHE_STORE = "cache_store"  # the whole message came from the primary and is now cached
+    TTS_FAILED = "tts_failed"  # the primary failed before the first frame; SpeechUnavailable follows
+    TTS_FAILED_MIDWAY = "tts_failed_midway"  # the primary failed after audio had started
+    FALLBACK_USED = "fallback_used"  # the fallback engine speaks the rest
+    FALLBACK_FAILED = "fallback_failed"  # and it failed too; SpeechError follows
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEvent:
+    kind: SpeechEventKind
+    reason: str = ""
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+OnEvent = Callable[[SpeechEvent], None]
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of the normalised text; a text without sentence punctuation is one sentence."""
+    text = normalise_text(text)
+    sentences: list[str] = []
+    pending = ""
+    for part in _SENTENCE_BREAK.split(text) if text else []:
+        pending = f"{pending} {part}" if pending else part
+        if len(pending) >= _MIN_SENTENCE_CHARS:
+            sentences.append(pending)
+            pending = ""
+    if pending:
+        if sentences:
+            sentences[-1] = f"{sentences[-1]} {pending}"
+        else:
+            sentences.append(pending)
+    return sentences
+
+
+class _Flight:
+    """One running synthesis: frames so far, events so far, and a pulse for the callers tailing it."""
+
+    __slots__ = (
+        "_changed",
+        "consumers",
+        "done",
+        "error",
+        "events",
+        "frames",
+        "key",
+        "payloads",
+        "primary_failure",
+        "task",
+    )
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.frames: list[bytes] = []  # for the disk tier
+        self.payloads: list[str] = []  # what callers yield
+        self.events: list[SpeechEvent] = []
+        self.done = False
+        self.error: SpeechError | None = None
+        self.primary_failure: str | None = None  # set when the fallback took over
+        self.consumers = 0
+        self.task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    def _pulse(self) -> None:
+        # set() resolves every current waiter; clear() at once readies the event for the next round.
+        self._changed.set()
+        self._changed.clear()
+
+    def add(self, frames: list[bytes]) -> None:
+        if frames:
+            b64, payloads = base64.b64encode, self.payloads
+            for frame in frames:  # usually one: the SDK hands over 160-byte pieces
+                payloads.append(b64(frame).decode("ascii"))
+            self.frames.extend(frames)
+            self._pulse()
+
+    def event(self, kind: SpeechEventKind, reason: str = "", **detail: object) -> None:
+        self.events.append(SpeechEvent(kind, reason, detail))
+        self._pulse()
+
+    def finish(self, error: SpeechError | None) -> None:
+        self.error = error
+        self.done = True
+        self._pulse()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
+def _fresh(err: SpeechError) -> SpeechError:
+    """A new exception per caller: several callers may re-raise one flight's failure."""
+    return type(err)(err.reason)
+
+
+class Speaker:
+    """Owns the flights; does not own the engines or the cache (the app's lifecycle closes those)."""
+
+    def __init__(self, primary: Synthesizer, fallback: Synthesizer | None, cache: AudioCache) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._cache = cache
+        self._identity = primary.identity()
+        self._flights: dict[str, _Flight] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def key(self, text: str) -> str:
+        """The cache key of `text` spoken by the primary engine."""
+        return self._cache.key(self._identity, text)
+
+    @property
+    def in_flight(self) -> int:
+        """Syntheses running now (a gauge for metrics)."""
+        return len(self._flights)
+
+    def cached(self, text: str) -> Payloads | None:
+        """The payloads when they are in memory, without awaiting (for callers that can skip a generator)."""
+        return self._cache.peek(self.key(text))
+
+    async def frames(self, text: str, on_event: OnEvent | None = None) -> AsyncGenerator[str, None]:
+        """Base64 payloads of 160-byte mu-law frames, the last padded with silence, each as soon as it exists.
+
+        Raises `SpeechUnavailable` when no audio could be made at all, `SpeechError` when audio started but
+        the rest could not be spoken, ValueError for a text with nothing to say. Close it early with
+        `contextlib.aclosing`; a synthesis no other caller waits for is then cancelled.
+        """
+        if not normalise_text(text):
+            raise ValueError("nothing to say: the text is empty")
+        key = self.key(text)
+        payloads = await self._lookup(key)
+        if payloads is not None:
+            if on_event is not None:
+                on_event(SpeechEvent(SpeechEventKind.CACHE_HIT, detail={"frames": len(payloads)}))
+            for payload in payloads:
+                yield payload
+            return
+        flight = self._join(key, text)
+        try:
+            sent = seen = 0
+            while True:
+                if seen < len(flight.events):
+                    if on_event is not None:
+                        for event in flight.events[seen:]:
+                            on_event(event)
+                    seen = len(flight.events)
+                if sent < len(flight.payloads):
+                    payload = flight.payloads[sent]
+                    sent += 1
+                    yield payload
+                elif flight.done:
+                    break
+                else:
+                    await flight.changed()
+            if flight.error is not None:
+                raise _fresh(flight.error) from flight.error
+        finally:
+            self._leave(flight)
+
+    async def presynthesize(self, text: str, on_event: OnEvent | None = None) -> None:
+        """Fill the cache (while a phone rings), or raise `SpeechError` saying why it could not be.
+
+        A caller of `frames()` for the same text meanwhile tails this synthesis. Cancelling this call
+        abandons the synthesis unless a `frames()` caller still listens. `on_event` hears the synthesis'
+        events once it has ended. Audio finished by the fallback is not cached: that raises too.
+        """
+        key = self.key(text)
+        if await self._lookup(key) is not None:
+            return
+        flight = self._join(key, text)
+        try:
+            while not flight.done:
+                await flight.changed()
+        finally:
+            self._leave(flight)
+        if on_event is not None:
+            for event in flight.events:
+                on_event(event)
+        if flight.error is not None:
+            raise _fresh(flight.error) from flight.error
+        if flight.primary_failure is not None:
+            raise SpeechError(flight.primary_failure)
+
+    async def synthesize(self, text: str) -> bytes:
+        """The whole clip as mu-law (previews): cached, or made and cached like `frames()`."""
+        async with contextlib.aclosing(self.frames(text)) as frames:
+            return b"".join([base64.b64decode(payload) async for payload in frames])
+
+    async def aclose(self) -> None:
+        """Cancel every running synthesis and wait for it (shutdown)."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- flights ----------------------------------------------------------------------------------
+
+    async def _lookup(self, key: str) -> Payloads | None:
+        payloads = self._cache.peek(key)
+        if payloads is not None or key in self._flights:
+            return payloads
+        payloads = await self._cache.load(key)
+        # A flight may have finished while the disk was read: it fills memory before it leaves.
+        return payloads if payloads is not None else self._cache.peek(key)
+
+    def _join(self, key: str, text: str) -> _Flight:
+        flight = self._flights.get(key)
+        if flight is None:
+            if self._closed:
+                raise SpeechUnavailable("shutting down")
+            flight = _Flight(key)
+            self._flights[key] = flight
+            task = asyncio.create_task(self._fly(flight, text), name=f"speech-{key[:12]}")
+            flight.task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._flight_done)
+        flight.consumers += 1
+        return flight
+
+    def _leave(self, flight: _Flight) -> None:
+        flight.consumers -= 1
+        if flight.consumers == 0 and not flight.done and flight.task is not None:
+            flight.task.cancel()  # nobody listens: stop paying for the synthesis
+
+    def _flight_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("speech synthesis crashed (%s)", task.get_name(), exc_info=exc)
+
+    async def _fly(self, flight: _Flight, text: str) -> None:
+        try:
+            await self._synthesize(flight, text)
+        except asyncio.CancelledError:
+            flight.finish(SpeechUnavailable("cancelled") if not flight.payloads else SpeechError("cancelled"))
+            raise
+        except SpeechError as err:
+            if not flight.payloads:
+                flight.event(SpeechEventKind.TTS_FAILED, err.reason)
+                log.warning(
+                    "speech %s: %s failed before any audio: %s",
+                    flight.key[:12],
+                    self._primary.name,
+                    err.reason,
+                )
+                err = err if isinstance(err, SpeechUnavailable) else SpeechUnavailable(err.reason)
+            else:
+                log.warning("speech %s: stopped mid-way: %s", flight.key[:12], err.reason)
+            flight.finish(err)
+        except Exception:
+            # A bug, not a provider failure: the callers still get an answer they handle; the done
+            # callback logs the traceback.
+            reason = "internal error"
+            flight.finish(SpeechUnavailable(reason) if not flight.payloads else SpeechError(reason))
+            raise
+        else:
+            flight.finish(None)
+        finally:
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
+
+    async def _synthesize(self, flight: _Flight, text: str) -> None:
+        sentences = split_sentences(text)
+        for index in range(len(sentences)):
+            try:
+                await self._speak(self._primary, flight, sentences, index)
+            except SpeechError as err:
+                if not flight.payloads:
+                    raise  # nothing said yet: the caller speaks the text another way
+                flight.primary_failure = err.reason
+                flight.event(SpeechEventKind.TTS_FAILED_MIDWAY, err.reason, sentence=index)
+                if self._fallback is None:
+                    raise
+                await self._fall_back(flight, sentences, index, err.reason)
+                return  # mixed audio is not cached: the next call tries the primary again
+        try:
+            await self._cache.store(flight.key, flight.frames, tuple(flight.payloads))
+        except OSError as err:  # the cache is an optimisation: the call has its audio anyway
+            log.warning("speech %s: not written to the disk cache: %s", flight.key[:12], err)
+            return
+        flight.event(SpeechEventKind.CACHE_STORE, frames=len(flight.payloads))
+
+    async def _fall_back(self, flight: _Flight, sentences: list[str], index: int, reason: str) -> None:
+        assert self._fallback is not None
+        log.warning(
+            "speech %s: %s failed mid-way (%s); %s speaks the rest from sentence %d",
+            *(flight.key[:12], self._primary.name, reason, self._fallback.name, index),
+        )
+        flight.event(SpeechEventKind.FALLBACK_USED, self._fallback.name, sentence=index)
+        try:
+            for rest in range(index, len(sentences)):
+                await self._speak(self._fallback, flight, sentences, rest)
+        except SpeechError as err:
+            flight.event(SpeechEventKind.FALLBACK_FAILED, err.reason)
+            raise SpeechError(f"{reason}; fallback: {err.reason}") from err
+
+    @staticmethod
+    async def _speak(engine: Synthesizer, flight: _Flight, sentences: list[str], index: int) -> None:
+        """One sentence from `engine` into the flight, re-framed as it arrives; its tail padded."""
+        before = len(flight.payloads)
+        framer = Framer()
+        audio = engine.stream(
+            sentences[index],
+            previous_text=" ".join(sentences[:index]) or None,
+            next_text=" ".join(sentences[index + 1 :]) or None,
+        )
+        try:
+            async for chunk in audio:
+                flight.add(framer.feed(chunk))
+        finally:
+            # Close the engine's stream now (its HTTP response), also when this task is cancelled.
+            if isinstance(audio, AsyncGenerator):
+                await audio.aclose()
+        flight.add(framer.flush())
+        if len(flight.payloads) == before:
+            raise SpeechError(f"{engine.name}: no audio")

@@ -1,0 +1,135 @@
+"""Twilio's Calls REST resource through the official SDK: create, redirect, hang up, fetch, list.
+
+The SDK's async client has no working timeout (sdk-notes.md, twilio probe 2), so every call is wrapped
+in `asyncio.timeout`. Errors become one `TwilioError(status, code, message)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+NOT_FOUND = 20404
+TOO_MANY_REQUESTS = 20429
+
+
+class TwilioError(Exception):
+    """A failed Twilio REST request; `code` is Twilio's error code (or the HTTP status, or 0 for network)."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"twilio {status} {code}: {message}")
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 0 or self.status == 429 or self.code == TOO_MANY_REQUESTS or self.status >= 500
+
+
+class _BaseUrlHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """Sends every request to `base_url` (scheme and host), whatever Twilio domain the SDK picked.
+
+    Used for the sandbox and tests (TWILIO_API_BASE_URL); covers every Twilio domain, not only `api`.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__()
+        self._base = urlsplit(base_url)
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        parts = urlsplit(url)
+        url = urlunsplit((self._base.scheme, self._base.netloc, parts.path, parts.query, parts.fragment))
+        return await super().request(method, url, **kwargs)
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    sid: str
+    status: str
+    to: str
+    from_: str
+    start_time: datetime | None
+
+
+class TwilioCalls:
+    """Owns one SDK client; opened and closed by the app's lifecycle (it needs a running loop)."""
+
+    def __init__(self, account_sid: str, auth_token: str, base_url: str, *, timeout_s: float) -> None:
+        default = base_url.rstrip("/") == "https://api.twilio.com"
+        self._http = AsyncTwilioHttpClient() if default else _BaseUrlHttpClient(base_url)
+        # environment={}: TWILIO_REGION / TWILIO_EDGE in the environment would rewrite the host.
+        self._client = Client(account_sid, auth_token, http_client=self._http, environment={})
+        self._timeout_s = timeout_s
+
+    async def aclose(self) -> None:
+        await self._http.close()
+
+    async def _call(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await make()
+        except TwilioRestException as err:
+            raise TwilioError(int(err.status), int(err.code or err.status), str(err.msg)) from err
+        except TimeoutError as err:
+            raise TwilioError(0, 0, f"{what}: no answer within {self._timeout_s:g} s") from err
+        except OSError as err:
+            raise TwilioError(0, 0, f"{what}: {type(err).__name__}: {err}") from err
+
+    async def create(self, **params: Any) -> CallInfo:
+        call = await self._call("create call", lambda: self._client.calls.create_async(**params))
+        return _info(call)
+
+    async def fetch(self, call_sid: str) -> CallInfo:
+        call = await self._call("fetch call", lambda: self._client.calls(call_sid).fetch_async())
+        return _info(call)
+
+    async def list_to(self, to: str, started_after: datetime) -> list[CallInfo]:
+        calls = await self._call(
+            "list calls", lambda: self._client.calls.list_async(to=to, start_time_after=started_after)
+        )
+        return [_info(c) for c in calls]
+
+    async def redirect(self, call_sid: str, twiml: str) -> bool:
+        """Replace what a live call is doing; False when the call had already ended."""
+        try:
+            await self._call("redirect call", lambda: self._client.calls(call_sid).update_async(twiml=twiml))
+        except TwilioError as err:
+            if err.code in (NOT_FOUND, 21220):  # gone, or no longer in progress
+                return False
+            raise
+        return True
+
+    async def hang_up(self, call_sid: str) -> bool:
+        """End an answered call (Status=completed); False when it had already ended (20404 is fine)."""
+        try:
+            await self._call(
+                "hang up call", lambda: self._client.calls(call_sid).update_async(status="completed")
+            )
+        except TwilioError as err:
+            if err.code == NOT_FOUND:
+                return False
+            raise
+        return True
+
+
+def _info(call: Any) -> CallInfo:
+    return CallInfo(
+        sid=str(call.sid),
+        status=str(call.status),
+        to=str(call.to),
+        from_=str(getattr(call, "_from", "") or ""),
+        start_time=call.start_time if isinstance(call.start_time, datetime) else None,
+    )

@@ -1,0 +1,311 @@
+"""One Twilio media-stream session: authenticate the stream, speak the message, end the call.
+
+Lifecycle (protocols.md, "Media Streams websocket"): `connected` -> `start` (carries our single-use
+token) -> we stream 160-byte frames paced by the playout clock, then a `mark` -> Twilio echoes the mark
+when the audio has played -> outcome "heard" -> hang up via REST. A `stop` first means the caller hung
+up. If speech fails before the first frame the call is redirected to TwiML `<Say>` of the same text.
+
+Exactly one reader per socket (`run`); speaking is one task that waits on the shared playout clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from announcer.speech.speaker import Speaker, SpeechEvent, SpeechUnavailable
+from announcer.store.calls import CallStore, StreamGrant
+from announcer.store.models import CallOutcome
+from announcer.telephony import codec, twiml
+from announcer.telephony.calls import TwilioCalls, TwilioError
+from announcer.telephony.playout import PlayoutClock
+from announcer.telephony.signature import HEADER as SIGNATURE_HEADER
+from announcer.telephony.signature import SignatureChecker
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 10.0
+MAX_BAD_MESSAGES = 20
+END_MARK_PREFIX = "end:"
+
+
+@dataclass
+class MediaDeps:
+    """What every session needs; built once by the app's lifecycle."""
+
+    store: CallStore
+    twilio: TwilioCalls
+    speaker: Speaker
+    clock: PlayoutClock
+    account_sid: str
+
+
+def mask(number: str | None) -> str:
+    """Phone numbers in logs keep only their last 3 digits."""
+    return "***" + number[-3:] if number and len(number) > 3 else "***"
+
+
+class MediaSession:
+    def __init__(self, ws: web.WebSocketResponse, deps: MediaDeps) -> None:
+        self.ws = ws
+        self.deps = deps
+        self.start: codec.Start | None = None
+        self.grant: StreamGrant | None = None
+        self.media_in = 0
+        self.bad = 0
+        self.recorded_problems = 0
+        self.heard = False
+        self.ended = False
+        self.first_frame_at: float | None = None
+        self.started_at: float | None = None
+        self._speaking: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[Any]] = set()
+        self._last_write: asyncio.Task[Any] | None = None
+        self._finish_lock = asyncio.Lock()
+
+    # --- reader ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S) as deadline:
+                async for msg in self.ws:
+                    if msg.type == WSMsgType.TEXT:
+                        raw: str = msg.data
+                        if codec.is_media(raw):
+                            # Hot path: an announcement does not listen to the caller's audio.
+                            if self.start is None:
+                                self._protocol_problem("media before start")
+                            else:
+                                self.media_in += 1
+                            continue
+                        try:
+                            event = codec.parse(raw)
+                        except codec.ProtocolError as err:
+                            self._protocol_problem(str(err))
+                        else:
+                            await self._handle(event)
+                            if self.start is not None:
+                                deadline.reschedule(None)
+                    elif msg.type == WSMsgType.BINARY:
+                        self._protocol_problem("binary frame (Twilio sends JSON text frames)")
+                    elif msg.type == WSMsgType.ERROR:
+                        log.warning("media socket error: %s", self.ws.exception())
+                        break
+                    if self.bad > MAX_BAD_MESSAGES:
+                        await self._close(WSCloseCode.POLICY_VIOLATION, "too many malformed messages")
+                        break
+                    if self.ws.closed:
+                        break
+        except TimeoutError:
+            log.warning("media stream sent no valid start within %.0f s; closing", START_TIMEOUT_S)
+            await self._close(WSCloseCode.POLICY_VIOLATION, "no start message")
+        finally:
+            await self._finish(reason="socket closed")
+
+    def _protocol_problem(self, what: str) -> None:
+        self.bad += 1
+        if self.bad <= 3 or self.bad % 100 == 0:
+            log.warning("media stream %s: ignored malformed message: %s", self._sid_for_log(), what)
+        if self.grant is not None and self.recorded_problems < 10:
+            self.recorded_problems += 1  # a noisy stream must not flood the audit trail
+            self._record("protocol_error", reason=what[:200])
+
+    def _sid_for_log(self) -> str:
+        return self.start.call_sid if self.start else "(before start)"
+
+    async def _handle(self, event: codec.Inbound) -> None:
+        if isinstance(event, codec.Connected):
+            return
+        if isinstance(event, codec.Start):
+            await self._on_start(event)
+            return
+        if self.start is None:
+            self._protocol_problem(f"{type(event).__name__.lower()} before start")
+            return
+        if event.stream_sid != self.start.stream_sid:
+            self._protocol_problem(f"streamSid {event.stream_sid} is not this stream's")
+            return
+        if isinstance(event, codec.Mark):
+            if event.name.startswith(END_MARK_PREFIX) and not self.heard:
+                self.heard = True
+                await self._end_call(CallOutcome.HEARD, "end mark echoed: the message played to the end")
+        elif isinstance(event, codec.Dtmf):
+            self._record("dtmf", digit=event.digit)
+        elif isinstance(event, codec.Stop):
+            if not self.heard:
+                await self._end_call(CallOutcome.HUNG_UP_EARLY, "stream stopped before the message ended")
+            await self._close(WSCloseCode.OK, "stream stopped")
+        elif isinstance(event, codec.Media):  # only when the fast path did not recognise it
+            self.media_in += 1
+
+    async def _on_start(self, start: codec.Start) -> None:
+        if self.start is not None:
+            self._protocol_problem("a second start on the same stream")
+            return
+        if start.account_sid != self.deps.account_sid:
+            await self._close(WSCloseCode.POLICY_VIOLATION, "stream for another account")
+            return
+        if start.encoding != "audio/x-mulaw" or start.sample_rate != 8000:
+            await self._close(WSCloseCode.UNSUPPORTED_DATA, "media format must be audio/x-mulaw at 8000 Hz")
+            return
+        token = start.custom_parameters.get("token")
+        if not token:
+            await self._close(WSCloseCode.POLICY_VIOLATION, "missing stream token")
+            return
+        grant = await self.deps.store.consume_token(token, start.call_sid)
+        if grant is None:
+            log.warning("media stream for %s rejected: unknown, expired or used token", start.call_sid)
+            await self._close(WSCloseCode.POLICY_VIOLATION, "unknown, expired or already used stream token")
+            return
+        self.start, self.grant = start, grant
+        self.started_at = time.monotonic()
+        self._spawn(self.deps.store.mark_in_progress(grant.call_id))
+        self._record("stream_started", stream_sid=start.stream_sid)
+        self._speaking = asyncio.create_task(self._speak(), name=f"speak-{start.call_sid}")
+        self._speaking.add_done_callback(self._speaking_done)
+
+    # --- speaking -------------------------------------------------------------------------------
+
+    async def _speak(self) -> None:
+        assert self.start is not None and self.grant is not None
+        sid = self.start.stream_sid
+        playout = self.deps.clock.stream()
+        send = self.ws.send_str
+        media_message = codec.media_message
+        try:
+            async with aclosing(self.deps.speaker.frames(self.grant.text, self._on_speech_event)) as frames:
+                async for payload in frames:
+                    await playout.room()
+                    await send(media_message(sid, payload))
+                    playout.sent()
+                    if self.first_frame_at is None:
+                        self.first_frame_at = time.monotonic()
+            await send(codec.mark_message(sid, f"{END_MARK_PREFIX}{self.grant.call_id}"))
+            self._record("speech_sent", frames=playout.frames_sent)
+        except SpeechUnavailable as err:
+            await self._fall_back_to_say(err.reason)
+        except ConnectionResetError:
+            pass  # the socket went away mid-message; the reader's finish handles the call
+
+    def _speaking_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("speaking failed on %s", self._sid_for_log(), exc_info=task.exception())
+
+    def _on_speech_event(self, event: SpeechEvent) -> None:
+        if event.kind in ("tts_failed", "tts_failed_midway", "fallback_used"):
+            log.warning("speech on %s: %s %s", self._sid_for_log(), event.kind, event.reason)
+        self._record(f"speech_{event.kind}", reason=event.reason)
+
+    async def _fall_back_to_say(self, reason: str) -> None:
+        """TTS failed before any audio: let Twilio speak the text itself (never a silent call)."""
+        assert self.start is not None and self.grant is not None
+        self._record("speech_redirect_to_say", reason=reason)
+        try:
+            redirected = await self.deps.twilio.redirect(
+                self.start.call_sid, twiml.say_then_hangup(self.grant.text)
+            )
+        except TwilioError as err:
+            log.error("redirect to <Say> failed on %s: %s", self.start.call_sid, err)
+            self._record("redirect_failed", code=err.code, message=err.message)
+            return
+        if redirected:
+            self.heard = True  # the rest of the call belongs to Twilio's <Say>
+            self._spawn(
+                self.deps.store.set_outcome(self.grant.call_id, CallOutcome.SAID_BY_TWILIO, reason=reason)
+            )
+
+    # --- ending ---------------------------------------------------------------------------------
+
+    async def _end_call(self, outcome: CallOutcome, why: str) -> None:
+        assert self.start is not None and self.grant is not None
+        if self.ended:
+            return
+        self.ended = True
+        if self._speaking is not None and not self._speaking.done():
+            self._speaking.cancel()
+        self._spawn(self.deps.store.set_outcome(self.grant.call_id, outcome, reason=why))
+        try:
+            hung_up = await self.deps.twilio.hang_up(self.start.call_sid)
+        except TwilioError as err:
+            log.error("hang-up of %s failed: %s", self.start.call_sid, err)
+            self._record("hangup_failed", code=err.code, message=err.message)
+        else:
+            self._record("hangup", already_ended=not hung_up)
+        await self._close(WSCloseCode.OK, "call ended")
+
+    async def _finish(self, *, reason: str) -> None:
+        async with self._finish_lock:
+            if self._speaking is not None and not self._speaking.done():
+                self._speaking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._speaking
+            if self.grant is not None and not self.ended and not self.heard:
+                # The socket closed without `stop` or the end mark: make sure the call ends too.
+                await self._end_call(CallOutcome.HUNG_UP_EARLY, reason)
+            if self.grant is not None:
+                self._record("stream_closed", media_frames_in=self.media_in, malformed=self.bad)
+            if self._writes:
+                await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if not self.ws.closed:
+            await self.ws.close(code=code, message=reason.encode()[:120])
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+
+    def _record(self, kind: str, **detail: Any) -> None:
+        if self.grant is not None:
+            self._spawn(self.deps.store.add_event(self.grant.call_id, kind, **detail))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Database writes run beside the audio path, one after another (the trail keeps its order);
+        `_finish` waits for all of them."""
+        previous = self._last_write
+
+        async def in_order() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await coro
+
+        task = asyncio.create_task(in_order())
+        self._last_write = task
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+
+    def _write_done(self, task: asyncio.Task[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("recording a call event failed", exc_info=task.exception())
+
+
+async def media_websocket(
+    request: web.Request,
+    deps: MediaDeps,
+    signature: SignatureChecker,
+    media_url: str,
+    open_sockets: set[web.WebSocketResponse],
+) -> web.StreamResponse:
+    """`GET /twilio/media`: one session per call. The single-use token in `start` is what admits a
+    stream; a signature on the upgrade, when present, must also be valid (signed over the URL alone)."""
+    header = request.headers.get(SIGNATURE_HEADER)
+    if header is not None:
+        query = f"?{request.rel_url.raw_query_string}" if request.rel_url.raw_query_string else ""
+        candidates = (media_url + query, signature.url_for(request))
+        if not any(signature.valid(url, {}, header) for url in candidates):
+            raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=256 * 1024)
+    await ws.prepare(request)
+    open_sockets.add(ws)
+    try:
+        await MediaSession(ws, deps).run()
+    finally:
+        open_sockets.discard(ws)
+    return ws

@@ -1,0 +1,102 @@
+"""One playout clock for every live call (design.md, "The hot path").
+
+Twilio buffers the audio we send and plays it in order, so a stream may run ahead of real time. Each
+stream keeps a virtual play-head (`play_end`: when its last sent frame will have played). A sender may
+run up to `ahead_s` ahead; when it is that far ahead it waits until `refill_s` of audio has played and
+then sends that much in one burst. Waits are released by ONE ticking task for all calls (not a
+sleeping task per call), so 1,000 calls cost one timer, and each call wakes ~1/refill_s times a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+
+from announcer.audio import FRAME_MS
+
+FRAME_S = FRAME_MS / 1000
+
+
+class PlayoutClock:
+    def __init__(
+        self, *, ahead_s: float = 1.0, refill_s: float = 0.2, tick_s: float = 0.01, speed: float = 1.0
+    ) -> None:
+        if not 0 < refill_s < ahead_s:
+            raise ValueError("need 0 < refill_s < ahead_s")
+        # speed > 1 only against the sandbox phone, whose clock tests may run faster than real time.
+        self.frame_s = FRAME_S / speed
+        self.ahead_s = ahead_s
+        self.refill_s = refill_s
+        self.tick_s = tick_s
+        self._due: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._pending = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="playout-clock")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for _, _, fut in self._due:
+            fut.cancel()
+        self._due.clear()
+
+    def stream(self) -> Playout:
+        return Playout(self)
+
+    def _wait_until(self, when: float) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._due, (when, next(self._seq), fut))
+        self._pending.set()
+        return fut
+
+    async def _run(self) -> None:
+        while True:
+            if not self._due:
+                self._pending.clear()
+                await self._pending.wait()
+            now = time.monotonic()
+            while self._due and self._due[0][0] <= now:
+                _, _, fut = heapq.heappop(self._due)
+                if not fut.done():
+                    fut.set_result(None)
+            if self._due:
+                # A new wait is always ~refill_s away, never before the earliest one: sleep until that,
+                # but at least one tick so the waits that fall due together are released together.
+                await asyncio.sleep(max(self.tick_s, self._due[0][0] - now))
+
+
+class Playout:
+    """The play-head of one outbound stream."""
+
+    __slots__ = ("_clock", "frames_sent", "play_end")
+
+    def __init__(self, clock: PlayoutClock) -> None:
+        self._clock = clock
+        self.play_end = 0.0
+        self.frames_sent = 0
+
+    def sent(self) -> None:
+        """Account for one 20 ms frame handed to the socket."""
+        now = time.monotonic()
+        self.play_end = (self.play_end if self.play_end > now else now) + self._clock.frame_s
+        self.frames_sent += 1
+
+    async def room(self) -> None:
+        """Return at once while under the window; otherwise wait for the clock to make room."""
+        ahead = self.play_end - time.monotonic()
+        if ahead < self._clock.ahead_s:
+            return
+        await self._clock._wait_until(self.play_end - self._clock.ahead_s + self._clock.refill_s)
+
+    def cleared(self) -> None:
+        """Twilio dropped the buffered audio (`clear`): nothing is ahead any more."""
+        self.play_end = 0.0

@@ -1,0 +1,43 @@
+"""X-Twilio-Signature: proof that a webhook came from Twilio (protocols.md, "Authentication").
+
+The signature is computed over the URL Twilio requested. Behind a proxy or tunnel that is not the
+local socket's URL, so it is rebuilt from PUBLIC_URL plus the request's path and query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
+from twilio.request_validator import RequestValidator
+
+HEADER = "X-Twilio-Signature"
+
+
+class SignatureChecker:
+    def __init__(self, auth_token: str, public_url: str) -> None:
+        self._validator = RequestValidator(auth_token)
+        self._public_url = public_url.rstrip("/")
+
+    def url_for(self, request: web.BaseRequest) -> str:
+        return self._public_url + request.rel_url.path_qs
+
+    def valid(self, url: str, params: Mapping[str, str] | MultiDictProxy[str], signature: str | None) -> bool:
+        if not signature:
+            return False
+        # RequestValidator compares with hmac.compare_digest and also tries the URL with/without :443.
+        return bool(self._validator.validate(url, params, signature))
+
+    async def verified_form(self, request: web.Request) -> MultiDictProxy[str]:
+        """The POST form of a signed webhook; raises 403 when the signature is missing or wrong."""
+        form = await request.post()
+        # Twilio posts plain form fields; an uploaded file has no place in a webhook.
+        fields = MultiDictProxy(MultiDict((k, v) for k, v in form.items() if isinstance(v, str)))
+        if not self.valid(self.url_for(request), fields, request.headers.get(HEADER)):
+            raise web.HTTPForbidden(
+                text='{"error": "invalid_signature", "field": "X-Twilio-Signature", '
+                '"reason": "missing or does not match the request"}',
+                content_type="application/json",
+            )
+        return fields

@@ -1,0 +1,141 @@
+"""Fixtures: a database per run (SQLite per test, or one fresh PostgreSQL database per session) and the
+whole service started on a real port, in sandbox mode: the loopback Twilio and ElevenLabs that the real
+SDKs talk to are the only stand-ins for the outside world."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from announcer.config import Settings
+from announcer.store.calls import CallStore
+
+PG_ADMIN = os.environ.get("ANNOUNCER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+USE_PG = os.environ.get("ANNOUNCER_TEST_DATABASE") == "postgresql"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read the environment: the machine's own variables must not reach the tests."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.delenv("TWILIO_REGION", raising=False)
+    monkeypatch.delenv("TWILIO_EDGE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str | None]:
+    """One fresh PostgreSQL database for the whole run, dropped at the end."""
+    if not USE_PG:
+        yield None
+        return
+    name = f"announcer_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, pg_database: str | None) -> str:
+    return pg_database or f"sqlite+aiosqlite:///{tmp_path / 'announcer.db'}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """A running announcer in sandbox mode, and handles on its sandbox."""
+
+    app: web.Application
+    base_url: str
+    settings: Settings
+
+    @property
+    def sandbox(self) -> Any:
+        from announcer.app import SANDBOX
+
+        return self.app[SANDBOX]
+
+    @property
+    def tts(self) -> Any:
+        from announcer.app import SANDBOX_TTS
+
+        return self.app[SANDBOX_TTS]
+
+    @property
+    def store(self) -> CallStore:
+        from announcer.app import STORE
+
+        return self.app[STORE]
+
+    @property
+    def speaker(self) -> Any:
+        from announcer.app import SPEAKER
+
+        return self.app[SPEAKER]
+
+    @property
+    def providers(self) -> Any:
+        from announcer.app import PROVIDERS
+
+        return self.app[PROVIDERS]
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    port = free_port()
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "database_url": database_url,
+        "announcer_data_dir": tmp_path / "data",
+        "announcer_org_name": "Acme Clinic",
+        "announcer_sandbox_speed": 25.0,
+        "elevenlabs_timeout_s": 2.0,
+        "twilio_timeout_s": 5.0,
+    }
+    values.update(overrides)
+    # _env_file=None: a developer's .env must not leak into the tests.
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+async def start_service(settings: Settings) -> tuple[web.AppRunner, Service]:
+    from announcer.app import create_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    return runner, Service(app=app, base_url=f"http://{settings.host}:{settings.port}", settings=settings)
+
+
+@pytest.fixture
+async def service(tmp_path: Path, database_url: str) -> AsyncIterator[Service]:
+    runner, svc = await start_service(make_settings(tmp_path, database_url))
+    try:
+        yield svc
+    finally:
+        await runner.cleanup()

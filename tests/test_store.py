@@ -1,0 +1,79 @@
+"""Call records on SQLite and PostgreSQL: single-use tokens and monotonic status transitions."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from announcer.store.calls import CallStore
+from announcer.store.db import Database
+from announcer.store.models import CallStatus
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[CallStore]:
+    db = Database(database_url)
+    await db.upgrade()
+    await db.upgrade()  # idempotent: a second start migrates nothing
+    try:
+        yield CallStore(db.sessions)
+    finally:
+        await db.dispose()
+
+
+def new_sid() -> str:
+    return "CA" + secrets.token_hex(16)
+
+
+async def open_call(store: CallStore, sid: str) -> tuple[int, str]:
+    return await store.open_inbound(
+        call_sid=sid,
+        from_number="+15550001111",
+        to_number="+15550100000",
+        kind="greeting",
+        text="Hi",
+        status="ringing",
+    )
+
+
+async def test_token_is_single_use_and_bound_to_its_call(store: CallStore) -> None:
+    sid = new_sid()
+    call_id, token = await open_call(store, sid)
+    assert await store.consume_token(token, new_sid()) is None  # another call cannot use it...
+    grant = await store.consume_token(token, sid)
+    # ...and a wrong call burnt it: a token is tried once, whoever presents it
+    assert grant is None
+    _, token2 = await open_call(store, sid)  # Twilio retried the webhook: same call, new token
+    grant = await store.consume_token(token2, sid)
+    assert grant is not None and grant.call_id == call_id and grant.text == "Hi"
+    assert await store.consume_token(token2, sid) is None
+    assert await store.consume_token("made-up", sid) is None
+
+
+async def test_status_never_moves_backwards(store: CallStore) -> None:
+    call_id, _ = await open_call(store, new_sid())
+    assert await store.apply_status(call_id, CallStatus.IN_PROGRESS, sequence=None, source="stream")
+    assert await store.apply_status(
+        call_id, CallStatus.COMPLETED, sequence=3, source="callback", duration_s=4
+    )
+    # late, duplicated, out of order: all ignored, all noted
+    assert not await store.apply_status(call_id, CallStatus.RINGING, sequence=1, source="callback")
+    assert not await store.apply_status(call_id, CallStatus.COMPLETED, sequence=3, source="callback")
+    assert not await store.apply_status(call_id, CallStatus.FAILED, sequence=4, source="callback")
+    call = await store.get(call_id)
+    assert (
+        call is not None and call.status == "completed" and call.duration_s == 4 and call.ended_at is not None
+    )
+    kinds = [(e.kind, e.detail.get("status")) for e in await store.events(call_id)]
+    assert [s for k, s in kinds if k == "status"] == ["ringing", "in-progress", "completed"]
+    assert len([k for k, _ in kinds if k == "status_ignored"]) == 3
+
+
+async def test_outcome_is_recorded_once(store: CallStore) -> None:
+    call_id, _ = await open_call(store, new_sid())
+    await store.set_outcome(call_id, "heard")
+    await store.set_outcome(call_id, "hung_up_early")
+    call = await store.get(call_id)
+    assert call is not None and call.outcome == "heard"
