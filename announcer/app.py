@@ -30,6 +30,7 @@ from announcer.telephony.media import MediaDeps, media_websocket
 from announcer.telephony.playout import PlayoutClock
 from announcer.telephony.signature import SignatureChecker
 from announcer.telephony.status import status_webhook
+from announcer.telephony.tokens import TokenBook
 from announcer.telephony.voice import VoiceDeps, voice_webhook
 
 log = logging.getLogger(__name__)
@@ -237,11 +238,13 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
     """Build the handlers' dependencies once, after every resource they use is open."""
     settings, p = app[SETTINGS], app[PROVIDERS]
     checker = SignatureChecker(p.auth_token, public_url(settings))
+    tokens = TokenBook()
     app[SIGNATURE] = checker
     app[VOICE] = VoiceDeps(
         signature=checker,
         store=app[STORE],
         greeting=app[GREETING],
+        tokens=tokens,
         account_sid=p.account_sid,
         media_url=media_url(settings),
     )
@@ -250,6 +253,7 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         twilio=app[TWILIO],
         speaker=app[SPEAKER],
         clock=app[CLOCK],
+        tokens=tokens,
         account_sid=p.account_sid,
     )
     yield

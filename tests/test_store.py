@@ -28,7 +28,7 @@ def new_sid() -> str:
 
 
 async def open_call(store: CallStore, sid: str) -> tuple[int, str]:
-    return await store.open_inbound(
+    grant, token = await store.open_inbound(
         call_sid=sid,
         from_number="+15550001111",
         to_number="+15550100000",
@@ -36,6 +36,7 @@ async def open_call(store: CallStore, sid: str) -> tuple[int, str]:
         text="Hi",
         status="ringing",
     )
+    return grant.call_id, token
 
 
 async def test_token_is_single_use_and_bound_to_its_call(store: CallStore) -> None:

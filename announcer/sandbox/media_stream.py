@@ -184,6 +184,9 @@ class MediaStream:
                 return
 
     def _handle_text(self, text: str) -> None:
+        if self._call.first_message_at is None:
+            self._call.first_message_at = time.monotonic()
+            self._call.notify()
         try:
             msg = mm.parse_service_message(text, self.stream_sid)
         except mm.StreamProtocolError as err:

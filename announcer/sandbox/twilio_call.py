@@ -117,6 +117,8 @@ class SandboxCall:
     stream_sid: str | None = None
     start_sent_at: float | None = None
     first_media_at: float | None = None
+    # any message from the service, valid or not (the benchmark times a one-giant-message sender by it)
+    first_message_at: float | None = None
     frames_received: int = 0
     underrun_frames: int = 0
     marks_echoed: list[str] = field(default_factory=list)
@@ -214,6 +216,9 @@ class SandboxCall:
 
     async def wait_for_media(self, timeout: float) -> None:
         await self._wait_until(lambda: self.first_media_at is not None, timeout, "media frame")
+
+    async def wait_for_message(self, timeout: float) -> None:
+        await self._wait_until(lambda: self.first_message_at is not None, timeout, "message")
 
     async def wait_for_status(self, status: CallStatus | str, timeout: float) -> None:
         """Wait until the call reaches `status` (not in the contract; handy for ringing/in-progress)."""

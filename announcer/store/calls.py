@@ -49,7 +49,7 @@ class CallStore:
 
     async def open_inbound(
         self, *, call_sid: str, from_number: str, to_number: str, kind: str, text: str, status: str
-    ) -> tuple[int, str]:
+    ) -> tuple[StreamGrant, str]:
         """Record an inbound call (or find it again when Twilio retries the webhook) and issue a token."""
         async with self.sessions() as s:
             call = (await s.execute(select(Call).where(Call.call_sid == call_sid))).scalar_one_or_none()
@@ -76,7 +76,7 @@ class CallStore:
             s.add(StreamToken(token_hash=hash_token(token), call_id=call.id, expires_at=utcnow() + TOKEN_TTL))
             s.add(CallEvent(call_id=call.id, kind="stream_token_issued", detail={}))
             await s.commit()
-            return call.id, token
+            return StreamGrant(call_id=call.id, call_sid=call.call_sid, text=call.text, kind=call.kind), token
 
     async def consume_token(self, token: str, call_sid: str) -> StreamGrant | None:
         """Use a stream token once. None when it is unknown, expired, used, or for another call."""

@@ -29,6 +29,7 @@ from announcer.telephony.calls import TwilioCalls, TwilioError
 from announcer.telephony.playout import PlayoutClock
 from announcer.telephony.signature import HEADER as SIGNATURE_HEADER
 from announcer.telephony.signature import SignatureChecker
+from announcer.telephony.tokens import TokenBook
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class MediaDeps:
     twilio: TwilioCalls
     speaker: Speaker
     clock: PlayoutClock
+    tokens: TokenBook
     account_sid: str
 
 
@@ -67,6 +69,7 @@ class MediaSession:
         self.first_frame_at: float | None = None
         self.started_at: float | None = None
         self._speaking: asyncio.Task[None] | None = None
+        self._confirming: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[Any]] = set()
         self._last_write: asyncio.Task[Any] | None = None
         self._finish_lock = asyncio.Lock()
@@ -160,7 +163,12 @@ class MediaSession:
         if not token:
             await self._close(WSCloseCode.POLICY_VIOLATION, "missing stream token")
             return
-        grant = await self.deps.store.consume_token(token, start.call_sid)
+        grant = self.deps.tokens.take(token, start.call_sid)
+        if grant is not None:
+            # Issued here: speak at once; the database confirms the single use beside the audio.
+            self._confirming = asyncio.create_task(self._confirm_token(token, start.call_sid))
+        elif not self.deps.tokens.taken_here(token):
+            grant = await self.deps.store.consume_token(token, start.call_sid)
         if grant is None:
             log.warning("media stream for %s rejected: unknown, expired or used token", start.call_sid)
             await self._close(WSCloseCode.POLICY_VIOLATION, "unknown, expired or already used stream token")
@@ -171,6 +179,13 @@ class MediaSession:
         self._record("stream_started", stream_sid=start.stream_sid)
         self._speaking = asyncio.create_task(self._speak(), name=f"speak-{start.call_sid}")
         self._speaking.add_done_callback(self._speaking_done)
+
+    async def _confirm_token(self, token: str, call_sid: str) -> None:
+        if await self.deps.store.consume_token(token, call_sid) is None:
+            log.warning("stream token for %s was already used elsewhere; cutting the stream", call_sid)
+            self._record("stream_token_reused")
+            self.ended = True  # not our call to end: the stream that used the token first owns it
+            await self._close(WSCloseCode.POLICY_VIOLATION, "stream token already used")
 
     # --- speaking -------------------------------------------------------------------------------
 
@@ -248,8 +263,10 @@ class MediaSession:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._speaking
             if self.grant is not None and not self.ended and not self.heard:
-                # The socket closed without `stop` or the end mark: make sure the call ends too.
-                await self._end_call(CallOutcome.HUNG_UP_EARLY, reason)
+                # The socket broke without `stop` (a hang-up sends `stop`) or the end mark: the caller
+                # may still be there, so Twilio speaks the message instead (design: never silent).
+                self.ended = True
+                await self._fall_back_to_say(reason)
             if self.grant is not None:
                 self._record("stream_closed", media_frames_in=self.media_in, malformed=self.bad)
             if self._writes:

@@ -20,6 +20,7 @@ from announcer.store.models import CallKind, CallStatus
 from announcer.telephony import twiml
 from announcer.telephony.media import mask
 from announcer.telephony.signature import SignatureChecker
+from announcer.telephony.tokens import TokenBook
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class VoiceDeps:
     signature: SignatureChecker
     store: CallStore
     greeting: Greeting
+    tokens: TokenBook
     account_sid: str
     media_url: str  # ws(s)://PUBLIC_HOST/twilio/media
 
@@ -79,7 +81,7 @@ async def voice_webhook(request: web.Request, deps: VoiceDeps) -> web.Response:
                 log.warning("voice webhook for unknown outbound call %s", call_sid)
                 return xml(twiml.say_then_hangup(twiml.SORRY))
             text = deps.greeting.render(from_number, form.get("CallerName"))
-            _, token = await deps.store.open_inbound(
+            grant, token = await deps.store.open_inbound(
                 call_sid=call_sid,
                 from_number=from_number,
                 to_number=to_number,
@@ -93,5 +95,6 @@ async def voice_webhook(request: web.Request, deps: VoiceDeps) -> web.Response:
     except (TimeoutError, OSError) as err:
         log.error("voice webhook for %s failed: %r", call_sid, err)
         return xml(twiml.say_then_hangup(twiml.SORRY))
+    deps.tokens.issued(token, grant)
     log.info("inbound call %s from %s: streaming the greeting", call_sid, mask(from_number))
     return xml(twiml.connect_stream(deps.media_url, {"token": token}))

@@ -1,0 +1,52 @@
+"""Stream tokens issued by this process, kept in memory so a stream starts without a database round trip.
+
+The database stays the authority (any process may receive any websocket, and a token is single-use
+across all of them): a stream admitted from memory starts speaking at once while `CallStore.consume_token`
+confirms in the background; if that fails (the token was used through another process) the stream is cut.
+"""
+
+from __future__ import annotations
+
+import time
+
+from announcer.store.calls import TOKEN_TTL, StreamGrant, hash_token
+
+_MAX_ENTRIES = 100_000
+
+
+class TokenBook:
+    def __init__(self) -> None:
+        self._grants: dict[str, tuple[float, StreamGrant]] = {}
+        # Tokens taken here, until they expire: a replay to this process is refused without a race
+        # against the background confirmation.
+        self._taken: dict[str, float] = {}
+
+    def issued(self, token: str, grant: StreamGrant) -> None:
+        if len(self._grants) + len(self._taken) >= _MAX_ENTRIES:
+            self._expire()
+        self._grants[hash_token(token)] = (time.monotonic() + TOKEN_TTL.total_seconds(), grant)
+
+    def take(self, token: str, call_sid: str) -> StreamGrant | None:
+        """The grant for `token`, once; None when this process did not issue it (ask the database)."""
+        key = hash_token(token)
+        entry = self._grants.pop(key, None)
+        if entry is None:
+            return None
+        expires, grant = entry
+        self._taken[key] = expires
+        if expires < time.monotonic() or (grant.call_sid is not None and grant.call_sid != call_sid):
+            return None
+        return grant
+
+    def taken_here(self, token: str) -> bool:
+        expires = self._taken.get(hash_token(token))
+        return expires is not None and expires >= time.monotonic()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, (expires, _) in self._grants.items() if expires < now]:
+            del self._grants[key]
+        for key in [k for k, expires in self._taken.items() if expires < now]:
+            del self._taken[key]
+        while len(self._grants) >= _MAX_ENTRIES:  # still full of live tokens: drop the oldest
+            del self._grants[next(iter(self._grants))]

@@ -1,0 +1,277 @@
+"""Time to first audio and memory per call for the greeting line.
+
+The service runs as its own process, configured like a live deployment whose Twilio and ElevenLabs
+happen to be the loopback sandbox hosted by this script (so the phones' cost is not counted as the
+service's). Time to first audio = the phone's `start` message -> the first media frame at the phone.
+
+  (a) cached: the greeting's audio is in the cache
+  (b) live: every call a new text, the sandbox TTS answering after 150 ms and streaming at 5x real time
+  (c) ElevenLabs' reference example (whole clip, one message) on the same sandbox, same TTS settings
+  RSS: the service's peak resident memory while 100 greeting calls play at once, per call
+
+Usage: .venv/bin/python benchmarks/ttfa.py [--calls 200] [--concurrency 20] [--rss-calls 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from announcer.config import DEFAULT_TEMPLATES_DIR
+from announcer.messages.greeting import Greeting
+from announcer.messages.render import MessageRenderer
+from announcer.sandbox import SandboxCall, SandboxElevenLabs, SandboxTwilio
+from announcer.speech.local import LocalSynthesizer
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT_SID = "AC" + secrets.token_hex(16)
+AUTH_TOKEN = secrets.token_hex(16)
+EL_KEY = secrets.token_hex(16)
+NUMBER = "+15550100000"
+FIRST_BYTE_S = 0.150
+TTS_BYTES_PER_S = 40_000  # 5x real time for 8 kHz mu-law
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def summary(name: str, ms: list[float]) -> str:
+    return (
+        f"{name:<34} n={len(ms):<4} p50={pct(ms, 50):8.2f} ms  p99={pct(ms, 99):8.2f} ms  "
+        f"max={max(ms):8.2f} ms  mean={statistics.fmean(ms):8.2f} ms"
+    )
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_healthy(url: str, proc: asyncio.subprocess.Process) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            if proc.returncode is not None:
+                raise SystemExit(f"service exited with {proc.returncode}")
+            try:
+                async with http.get(url) as resp:
+                    if resp.status in (200, 404, 405):
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+async def run_calls(
+    sandbox: SandboxTwilio,
+    callers: list[str],
+    concurrency: int,
+    arrived: Callable[[SandboxCall], Awaitable[None]],
+    first_at: Callable[[SandboxCall], float | None],
+) -> list[float]:
+    """Place the calls, `concurrency` at a time; hang up as soon as audio arrived; return TTFA in ms."""
+    gate = asyncio.Semaphore(concurrency)
+    out: list[float] = []
+
+    async def one(caller: str) -> None:
+        async with gate:
+            call = await sandbox.call_in(caller)
+            await arrived(call)
+            at = first_at(call)
+            assert at is not None and call.start_sent_at is not None
+            out.append((at - call.start_sent_at) * 1000)
+            await call.hang_up()
+
+    await asyncio.gather(*(one(c) for c in callers))
+    return out
+
+
+async def media(call: SandboxCall) -> None:
+    await call.wait_for_media(60)
+
+
+async def message(call: SandboxCall) -> None:
+    await call.wait_for_message(60)
+
+
+def callers(n: int, offset: int) -> list[str]:
+    return [f"+1555{offset + i:07d}" for i in range(n)]
+
+
+async def main(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="announcer-bench-"))
+    local = LocalSynthesizer()
+    tts = SandboxElevenLabs(api_key=EL_KEY, synthesize=local.synthesize)
+    el_base = await tts.start()
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+
+    def sandbox_for(voice_url: str, speed: float) -> SandboxTwilio:
+        return SandboxTwilio(
+            account_sid=ACCOUNT_SID,
+            auth_token=AUTH_TOKEN,
+            phone_number=NUMBER,
+            voice_url=voice_url,
+            status_callback_url=public + "/twilio/status",
+            recordings_dir=work / "recordings",
+            say_synthesize=local.synthesize,
+            speed=speed,
+        )
+
+    fast = sandbox_for(public + "/twilio/voice", speed=20.0)
+    tw_base = await fast.start()
+    env = {
+        **os.environ,
+        "PUBLIC_URL": public,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_PHONE_NUMBER": NUMBER,
+        "TWILIO_API_BASE_URL": tw_base,
+        "ELEVENLABS_API_KEY": EL_KEY,
+        "ELEVENLABS_BASE_URL": el_base,
+        "ANNOUNCER_DATA_DIR": str(work / "data"),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{work / 'a.db'}",
+        "ANNOUNCER_LOG_LEVEL": "ERROR",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "announcer.cli", "serve", env=env, cwd=ROOT
+    )
+    results: list[str] = []
+    try:
+        await wait_healthy(public + "/healthz", proc)
+        print(
+            f"service pid {proc.pid} up; {args.calls} calls per scenario, {args.concurrency} at a time",
+            flush=True,
+        )
+
+        # (a) cached: one call fills the cache, then every call from the same caller says the same text
+        warm = await fast.call_in("+15550000001")
+        await warm.wait_ended(120)
+        a = await run_calls(
+            fast, ["+15550000001"] * args.calls, args.concurrency, media, lambda c: c.first_media_at
+        )
+        results.append(summary("(a) cached", a))
+        print(results[-1], flush=True)
+
+        # (b) live: a distinct text per call, TTS first byte after 150 ms
+        tts.first_byte_delay_s = FIRST_BYTE_S
+        tts.bytes_per_second = TTS_BYTES_PER_S
+        before = len(tts.requests)
+        b = await run_calls(
+            fast, callers(args.calls, 1000), args.concurrency, media, lambda c: c.first_media_at
+        )
+        results.append(summary("(b) live, TTS first byte 150 ms", b))
+        print(results[-1], f"  ({len(tts.requests) - before} TTS requests)", flush=True)
+
+        # (c) the reference example's approach on the same sandbox and the same TTS settings
+        ref_port = free_port()
+        ref_public = f"http://127.0.0.1:{ref_port}"
+        text = Greeting(MessageRenderer(DEFAULT_TEMPLATES_DIR), "greeting.j2", "our office", _utc()).render(
+            "+15550001000"
+        )
+        ref_env = {
+            **env,
+            "PORT": str(ref_port),
+            "SERVER_WS": f"ws://127.0.0.1:{ref_port}/call/connection",
+            "REFERENCE_TEXT": text,
+        }
+        ref = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "benchmarks" / "reference_server.py"), env=ref_env, cwd=ROOT
+        )
+        ref_sandbox = sandbox_for(ref_public + "/call/incoming", speed=20.0)
+        await ref_sandbox.start()
+        try:
+            await wait_healthy(ref_public + "/call/incoming", ref)
+            c = await run_calls(
+                ref_sandbox,
+                callers(args.calls, 5000),
+                args.concurrency,
+                message,
+                lambda c: c.first_message_at,
+            )
+            results.append(summary("(c) reference (whole clip, 1 msg)", c))
+            print(results[-1], flush=True)
+        finally:
+            await ref_sandbox.close()
+            ref.terminate()
+            await ref.wait()
+
+        # RSS per concurrent call: 100 cached greetings playing at once, in real time
+        tts.first_byte_delay_s = 0.0
+        tts.bytes_per_second = None
+        realtime = sandbox_for(public + "/twilio/voice", speed=1.0)
+        await realtime.start()
+        try:
+            await asyncio.sleep(1.0)  # let the service settle before the baseline reading
+            base_rss, base_cpu, t0 = rss_kib(proc.pid), cpu_s(proc.pid), time.monotonic()
+            peak = base_rss
+            calls = [await realtime.call_in("+15550000001") for _ in range(args.rss_calls)]
+            done = asyncio.gather(*(call.wait_ended(180) for call in calls))
+            while not done.done():
+                peak = max(peak, rss_kib(proc.pid))
+                await asyncio.sleep(0.05)
+            await done
+            wall, used = time.monotonic() - t0, cpu_s(proc.pid) - base_cpu
+            heard = [call.frames_received for call in calls]
+            per_call = (peak - base_rss) / args.rss_calls
+            results.append(
+                f"RSS at {args.rss_calls} concurrent calls: baseline {base_rss / 1024:.1f} MiB, peak "
+                f"{peak / 1024:.1f} MiB -> {per_call:.0f} KiB per call; "
+                f"service CPU {used:.2f} s over {wall:.1f} s "
+                f"({used / wall * 100:.0f}% of one core); frames per call min {min(heard)} max {max(heard)}; "
+                f"underruns {sum(call.underrun_frames for call in calls)}"
+            )
+            print(results[-1], flush=True)
+        finally:
+            await realtime.close()
+    finally:
+        proc.terminate()
+        await proc.wait()
+        await fast.close()
+        await tts.close()
+    print("\n".join(["", "== summary ==", *results]))
+
+
+def _utc() -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo("UTC")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--rss-calls", type=int, default=100)
+    asyncio.run(main(parser.parse_args()))
