@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import socket
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -185,6 +187,7 @@ async def main(args: argparse.Namespace) -> None:
         # (b) live: a distinct text per call, TTS first byte after 150 ms
         tts.first_byte_delay_s = FIRST_BYTE_S
         tts.bytes_per_second = TTS_BYTES_PER_S
+        tts.chunk_bytes = 320
         before = len(tts.requests)
         b = await run_calls(
             fast, callers(args.calls, 1000), args.concurrency, media, lambda c: c.first_media_at
@@ -258,6 +261,14 @@ async def main(args: argparse.Namespace) -> None:
         await proc.wait()
         await fast.close()
         await tts.close()
+    # the same interval as the service measured it (no benchmark-process scheduling in it)
+    with sqlite3.connect(work / "a.db") as db:
+        rows = db.execute("SELECT detail FROM call_events WHERE kind = 'speech_started'").fetchall()
+    inside = [float(json.loads(r[0])["first_frame_ms"]) for r in rows]
+    # rows are in call order: the warm-up call and (a) first, then (b), then the RSS calls (cached)
+    cut = 1 + args.calls
+    results.append(summary("service-side, (a) cached", inside[1:cut]))
+    results.append(summary("service-side, (b) live", inside[cut : cut + args.calls]))
     print("\n".join(["", "== summary ==", *results]))
 
 

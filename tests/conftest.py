@@ -8,7 +8,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,3 +139,11 @@ async def service(tmp_path: Path, database_url: str) -> AsyncIterator[Service]:
         yield svc
     finally:
         await runner.cleanup()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Wait, with a deadline, for a condition another component makes true in its own time (a row the
+    service commits after its reply); re-checked every 10 ms rather than one fixed sleep."""
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 - the condition lives in the database, not in an Event
+            await asyncio.sleep(0.01)

@@ -15,7 +15,7 @@ from twilio.request_validator import RequestValidator
 
 from announcer.audio import FRAME_BYTES, rms
 from announcer.store.models import Call
-from tests.conftest import Service
+from tests.conftest import Service, eventually
 
 CALLER = "+15550123456"
 
@@ -285,3 +285,20 @@ async def test_healthz(service: Service) -> None:
     async with aiohttp.ClientSession() as http, http.get(service.base_url + "/healthz") as resp:
         assert resp.status == 200
         assert (await resp.json())["database"] == "ok"
+
+
+async def test_caller_hanging_up_mid_message_ends_the_call(service: Service) -> None:
+    service.tts.bytes_per_second = 16_000  # a slow stream: the caller leaves while it is still coming
+    call = await service.sandbox.call_in(CALLER)
+    await call.wait_for_media(timeout=30)
+    await call.hang_up()
+    assert call.marks_echoed == []
+
+    async def settled() -> bool:
+        row = await call_row(service, call.sid)
+        return row.outcome is not None and "stream_closed" in await event_kinds(service, call.sid)
+
+    await eventually(settled)
+    row = await call_row(service, call.sid)
+    assert row.outcome == "hung_up_early" and row.status == "completed"
+    assert "hangup" in await event_kinds(service, call.sid)

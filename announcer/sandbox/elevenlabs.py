@@ -196,9 +196,12 @@ class SandboxElevenLabs:
             record.outcome = "closed"
             return released
 
+        received = time.monotonic()
         audio = await asyncio.to_thread(self._synthesize, record.text)
-        if self.first_byte_delay_s > 0:
-            await asyncio.sleep(self.first_byte_delay_s)
+        # The first byte leaves `first_byte_delay_s` after the request, the local synthesis included.
+        wait = received + self.first_byte_delay_s - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
         response = web.StreamResponse(status=200, headers={"Content-Type": "audio/basic"})
         response.enable_chunked_encoding()
         limit = min(failure.after_bytes, len(audio)) if failure is not None else len(audio)
@@ -227,8 +230,8 @@ class SandboxElevenLabs:
         while sent < len(audio):
             chunk = audio[sent : sent + max(1, self.chunk_bytes)]
             pace = self.bytes_per_second
-            if pace:  # a chunk leaves once the audio in it would have been made at `pace`
-                delay = started + (sent + len(chunk)) / pace - time.monotonic()
+            if pace:  # the first chunk leaves at the first byte, the next ones as `pace` makes them
+                delay = started + sent / pace - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
             await response.write(chunk)

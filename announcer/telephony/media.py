@@ -195,6 +195,7 @@ class MediaSession:
         playout = self.deps.clock.stream()
         send = self.ws.send_str
         media_message = codec.media_message
+        t0 = self.started_at or time.monotonic()
         try:
             async with aclosing(self.deps.speaker.frames(self.grant.text, self._on_speech_event)) as frames:
                 async for payload in frames:
@@ -203,6 +204,10 @@ class MediaSession:
                     playout.sent()
                     if self.first_frame_at is None:
                         self.first_frame_at = time.monotonic()
+                        # `start` -> first frame on the socket, as the service saw it
+                        self._record(
+                            "speech_started", first_frame_ms=round((self.first_frame_at - t0) * 1000, 3)
+                        )
             await send(codec.mark_message(sid, f"{END_MARK_PREFIX}{self.grant.call_id}"))
             self._record("speech_sent", frames=playout.frames_sent)
         except SpeechUnavailable as err:
@@ -318,7 +323,9 @@ async def media_websocket(
         candidates = (media_url + query, signature.url_for(request))
         if not any(signature.valid(url, {}, header) for url in candidates):
             raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=256 * 1024)
+    # No permessage-deflate: 50 small frames a second per call would each be compressed (CPU for nothing:
+    # base64 mu-law barely compresses), and Twilio does not ask for it anyway.
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=256 * 1024, compress=False)
     await ws.prepare(request)
     open_sockets.add(ws)
     try:

@@ -1,0 +1,90 @@
+"""The command line as a user meets it: start-up refuses bad settings and broken templates in one clear
+line, and `sandbox call-in` places a call to a running service and prints the recording's path."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from announcer.audio import lin2ulaw, rms
+from tests.conftest import free_port
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))}
+    keep.update({"ANNOUNCER_DATA_DIR": str(tmp_path / "data"), "ANNOUNCER_LOG_LEVEL": "INFO"})
+    keep.update(extra)
+    return keep
+
+
+async def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "announcer.cli",
+        *args,
+        env=env,
+        cwd=Path(env["ANNOUNCER_DATA_DIR"]).parent,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_bad_settings_stop_start_up_with_one_line(tmp_path: Path) -> None:
+    code, _, err = await run_cli(env_for(tmp_path, PORT="eighty", TWILIO_CPS="0"), "serve")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "PORT" in lines[0] and "TWILIO_CPS" in lines[0]
+
+
+async def test_broken_greeting_template_stops_start_up_naming_it(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "greeting.j2").write_text("Hello {{ org_name }}.\nYou called {{ missing_variable }}.\n")
+    code, _, err = await run_cli(env_for(tmp_path, ANNOUNCER_TEMPLATES_DIR=str(templates)), "serve")
+    assert code == 2
+    assert "greeting.j2, line 2" in err and "missing_variable" in err
+
+
+@pytest.mark.timeout(180)
+async def test_serve_and_sandbox_call_in(tmp_path: Path) -> None:
+    port = free_port()
+    env = env_for(tmp_path, PORT=str(port), ANNOUNCER_SANDBOX_SPEED="20")
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "announcer.cli",
+        "serve",
+        env=env,
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert server.stderr is not None
+        # the start-up log says sandbox mode; wait for the line that says where calls go
+        async with asyncio.timeout(60):
+            seen = ""
+            while "loopback Twilio" not in seen:
+                line = await server.stderr.readline()
+                assert line, f"service exited early: {seen}"
+                seen += line.decode()
+        assert "sandbox mode" in seen
+        code, out, err = await run_cli(env, "sandbox", "call-in", "--from", "+15551234567", timeout=120)
+        assert code == 0, err
+        wav_path = Path(out.strip().splitlines()[-1].removeprefix("recording: "))
+        with wave.open(str(wav_path)) as wav:
+            assert wav.getnframes() > 8000  # more than a second of greeting
+            pcm = np.frombuffer(wav.readframes(wav.getnframes()), "<i2")
+        assert rms(lin2ulaw(pcm)) > 500  # speech, not silence
+    finally:
+        server.terminate()
+        await server.wait()
