@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 
@@ -198,9 +198,9 @@ async def main(args: argparse.Namespace) -> None:
         # (c) the reference example's approach on the same sandbox and the same TTS settings
         ref_port = free_port()
         ref_public = f"http://127.0.0.1:{ref_port}"
-        text = Greeting(MessageRenderer(DEFAULT_TEMPLATES_DIR), "greeting.j2", "our office", _utc()).render(
-            "+15550001000"
-        )
+        text = Greeting(
+            MessageRenderer(DEFAULT_TEMPLATES_DIR), "greeting.j2", "our office", ZoneInfo("UTC")
+        ).render("+15550001000")
         ref_env = {
             **env,
             "PORT": str(ref_port),
@@ -270,12 +270,6 @@ async def main(args: argparse.Namespace) -> None:
     results.append(summary("service-side, (a) cached", inside[1:cut]))
     results.append(summary("service-side, (b) live", inside[cut : cut + args.calls]))
     print("\n".join(["", "== summary ==", *results]))
-
-
-def _utc() -> Any:
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo("UTC")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,6 @@ class MediaSession:
         self.first_frame_at: float | None = None
         self.started_at: float | None = None
         self._speaking: asyncio.Task[None] | None = None
-        self._confirming: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[Any]] = set()
         self._last_write: asyncio.Task[Any] | None = None
         self._finish_lock = asyncio.Lock()
@@ -166,7 +165,7 @@ class MediaSession:
         grant = self.deps.tokens.take(token, start.call_sid)
         if grant is not None:
             # Issued here: speak at once; the database confirms the single use beside the audio.
-            self._confirming = asyncio.create_task(self._confirm_token(token, start.call_sid))
+            self._spawn(self._confirm_token(token, start.call_sid))
         elif not self.deps.tokens.taken_here(token):
             grant = await self.deps.store.consume_token(token, start.call_sid)
         if grant is None:
@@ -190,12 +189,12 @@ class MediaSession:
     # --- speaking -------------------------------------------------------------------------------
 
     async def _speak(self) -> None:
-        assert self.start is not None and self.grant is not None
+        assert self.start is not None and self.grant is not None and self.started_at is not None
         sid = self.start.stream_sid
         playout = self.deps.clock.stream()
         send = self.ws.send_str
         media_message = codec.media_message
-        t0 = self.started_at or time.monotonic()
+        t0 = self.started_at
         try:
             async with aclosing(self.deps.speaker.frames(self.grant.text, self._on_speech_event)) as frames:
                 async for payload in frames:

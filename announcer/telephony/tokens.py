@@ -48,5 +48,8 @@ class TokenBook:
             del self._grants[key]
         for key in [k for k, expires in self._taken.items() if expires < now]:
             del self._taken[key]
-        while len(self._grants) >= _MAX_ENTRIES:  # still full of live tokens: drop the oldest
+        # Still full of live tokens: drop the oldest, used ones first (a dict keeps insertion order).
+        while self._taken and len(self._grants) + len(self._taken) >= _MAX_ENTRIES:
+            del self._taken[next(iter(self._taken))]
+        while len(self._grants) >= _MAX_ENTRIES:
             del self._grants[next(iter(self._grants))]
