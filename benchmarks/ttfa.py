@@ -263,12 +263,18 @@ async def main(args: argparse.Namespace) -> None:
         await tts.close()
     # the same interval as the service measured it (no benchmark-process scheduling in it)
     with sqlite3.connect(work / "a.db") as db:
-        rows = db.execute("SELECT detail FROM call_events WHERE kind = 'speech_started'").fetchall()
-    inside = [float(json.loads(r[0])["first_frame_ms"]) for r in rows]
-    # rows are in call order: the warm-up call and (a) first, then (b), then the RSS calls (cached)
-    cut = 1 + args.calls
-    results.append(summary("service-side, (a) cached", inside[1:cut]))
-    results.append(summary("service-side, (b) live", inside[cut : cut + args.calls]))
+        rows = db.execute(
+            "SELECT c.from_number, e.detail FROM call_events e JOIN calls c ON c.id = e.call_id "
+            "WHERE e.kind = 'speech_started' ORDER BY e.id"
+        ).fetchall()
+    live_callers = set(callers(args.calls, 1000))
+    # (a) and the RSS calls come from the cache caller; skip the warm-up call (the first of them)
+    cached = [float(json.loads(d)["first_frame_ms"]) for f, d in rows if f == "+15550000001"][
+        1 : 1 + args.calls
+    ]
+    live = [float(json.loads(d)["first_frame_ms"]) for f, d in rows if f in live_callers]
+    results.append(summary("service-side, (a) cached", cached))
+    results.append(summary("service-side, (b) live", live))
     print("\n".join(["", "== summary ==", *results]))
 
 
