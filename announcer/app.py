@@ -104,8 +104,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     db = Database(app[SETTINGS].resolved_database_url)
     await db.upgrade()
     app[DATABASE] = db
-    app[STORE] = CallStore(db.sessions)
+    app[STORE] = store = CallStore(db.sessions)
     yield
+    await store.aclose()
     await db.dispose()
 
 
@@ -245,6 +246,7 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         store=app[STORE],
         greeting=app[GREETING],
         tokens=tokens,
+        speaker=app[SPEAKER],
         account_sid=p.account_sid,
         media_url=media_url(settings),
     )

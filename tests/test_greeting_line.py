@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from twilio.request_validator import RequestValidator
 
+from announcer.app import GREETING
 from announcer.audio import FRAME_BYTES, rms
 from announcer.store.models import Call
 from tests.conftest import Service, eventually
@@ -302,3 +303,30 @@ async def test_caller_hanging_up_mid_message_ends_the_call(service: Service) -> 
     row = await call_row(service, call.sid)
     assert row.outcome == "hung_up_early" and row.status == "completed"
     assert "hangup" in await event_kinds(service, call.sid)
+
+
+async def test_synthesis_starts_at_the_voice_webhook_and_the_stream_tails_it(service: Service) -> None:
+    """The TwiML answer and the TTS request go out together; when the stream connects it gets that
+    synthesis (no second request), so the caller does not wait a whole TTS round trip after `start`."""
+    form = voice_form(service, "CA" + secrets.token_hex(16))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            service.base_url + "/twilio/voice", data=form, headers=signed(service, "/twilio/voice", form)
+        ) as resp,
+    ):
+        assert resp.status == 200
+    # No stream has connected (nobody runs this TwiML), yet the greeting is synthesized...
+    text = service.app[GREETING].render(CALLER)
+
+    async def synthesized() -> bool:
+        return service.speaker.cached(text) is not None
+
+    await eventually(synthesized)
+    requests = len(service.tts.requests)
+    assert requests > 0
+    # ...and a real call from the same number is served from that synthesis, with no new request.
+    call = await service.sandbox.call_in(CALLER)
+    await call.wait_ended(30)
+    assert call.frames_received > 0
+    assert len(service.tts.requests) == requests

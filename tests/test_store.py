@@ -6,10 +6,12 @@ import secrets
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from announcer.store.calls import CallStore
 from announcer.store.db import Database
-from announcer.store.models import CallStatus
+from announcer.store.models import CallEvent, CallStatus
 
 
 @pytest.fixture
@@ -17,9 +19,11 @@ async def store(database_url: str) -> AsyncIterator[CallStore]:
     db = Database(database_url)
     await db.upgrade()
     await db.upgrade()  # idempotent: a second start migrates nothing
+    store = CallStore(db.sessions)
     try:
-        yield CallStore(db.sessions)
+        yield store
     finally:
+        await store.aclose()
         await db.dispose()
 
 
@@ -78,3 +82,32 @@ async def test_outcome_is_recorded_once(store: CallStore) -> None:
     await store.set_outcome(call_id, "hung_up_early")
     call = await store.get(call_id)
     assert call is not None and call.outcome == "heard"
+
+
+async def test_writes_share_transactions_and_keep_their_order(store: CallStore) -> None:
+    call_id, _ = await open_call(store, new_sid())
+    batches = store.journal.batches
+    for i in range(200):
+        store.record(call_id, "tick", i=i)  # a live call's bookkeeping: nobody waits for each one
+    await store.set_outcome(call_id, "heard")  # queued behind the 200: done means they are too
+    ticks = [e.detail["i"] for e in await store.events(call_id) if e.kind == "tick"]
+    assert ticks == list(range(200))
+    # group commit: 201 writes in far fewer transactions than one each
+    assert store.journal.batches - batches < 20
+
+
+async def test_a_failing_write_costs_only_itself(store: CallStore) -> None:
+    call_id, _ = await open_call(store, new_sid())
+
+    async def orphan(session: AsyncSession) -> None:
+        session.add(CallEvent(call_id=call_id + 10_000, kind="orphan", detail={}))  # no such call
+
+    store.record(call_id, "before")
+    bad = store.journal.submit(orphan)  # queued between the two: all three go into one batch first
+    store.record(call_id, "after")
+    with pytest.raises(IntegrityError):  # the foreign key refuses it...
+        await bad
+    await store.flush()
+    kinds = [e.kind for e in await store.events(call_id)]
+    assert kinds[-2:] == ["before", "after"]  # ...and the batch's other writes are retried alone
+    assert await store.apply_status(call_id, CallStatus.IN_PROGRESS, sequence=None, source="stream")

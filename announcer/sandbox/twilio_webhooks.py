@@ -43,6 +43,7 @@ class WebhookRequest:
     signature: str
     at: float  # time.monotonic() when sent
     status: int | None = None  # None while waiting, or when there was no answer
+    answered_at: float | None = None  # time.monotonic() when the whole answer had arrived
     error: str | None = None
 
 
@@ -141,6 +142,7 @@ class WebhookClient:
                 method, target, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
                 text = await resp.text()
+                record.answered_at = time.monotonic()
                 record.status = resp.status
                 return WebhookAnswer(resp.status, resp.content_type, text)
         except TimeoutError as err:

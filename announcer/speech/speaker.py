@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import AsyncGenerator, Callable
@@ -37,6 +38,8 @@ _SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?\u2026])|(?<=[.!?\u2026][\"'\u201d\u20
 # Shorter pieces ride along with the next sentence: "Dr. Smith" or "Hello." alone would cost a request
 # each and break prosody for nothing.
 _MIN_SENTENCE_CHARS = 20
+# How long a finished prefetch waits for its stream (Twilio connects it within seconds of the answer).
+_PREFETCH_HOLD_S = 60.0
 
 
 class SpeechUnavailable(SpeechError):
@@ -90,6 +93,7 @@ class _Flight:
         "error",
         "events",
         "frames",
+        "held",
         "key",
         "payloads",
         "primary_failure",
@@ -105,6 +109,7 @@ class _Flight:
         self.error: SpeechError | None = None
         self.primary_failure: str | None = None  # set when the fallback took over
         self.consumers = 0
+        self.held = False  # started by `prefetch`: kept running with no listener until one joins
         self.task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
@@ -203,6 +208,25 @@ class Speaker:
         finally:
             self._leave(flight)
 
+    def prefetch(self, text: str) -> None:
+        """Start synthesizing `text` now, in the background (a call is being answered): the stream that asks
+        for it a moment later tails this synthesis, so its first frame no longer waits for a whole TTS
+        round trip. Until a stream joins, the synthesis runs to the end (and fills the cache); once one has
+        joined it is that stream's, cancelled when it leaves. A failure is left for the stream to meet."""
+        if self._closed or not normalise_text(text):
+            return
+        key = self.key(text)
+        if key in self._flights or self._cache.peek(key) is not None:
+            return
+        task = asyncio.create_task(self._prefetch(key, text), name=f"prefetch-{key[:12]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prefetch(self, key: str, text: str) -> None:
+        if await self._lookup(key) is not None or key in self._flights or self._closed:
+            return
+        self._join(key, text, listener=False)
+
     async def presynthesize(self, text: str, on_event: OnEvent | None = None) -> None:
         """Fill the cache (while a phone rings), or raise `SpeechError` saying why it could not be.
 
@@ -250,7 +274,9 @@ class Speaker:
         # A flight may have finished while the disk was read: it fills memory before it leaves.
         return payloads if payloads is not None else self._cache.peek(key)
 
-    def _join(self, key: str, text: str) -> _Flight:
+    def _join(self, key: str, text: str, *, listener: bool = True) -> _Flight:
+        """The flight for `key`, started if needed. A listener must `_leave` it; a non-listener (prefetch)
+        only holds a new flight running until the first listener joins."""
         flight = self._flights.get(key)
         if flight is None:
             if self._closed:
@@ -260,17 +286,26 @@ class Speaker:
             task = asyncio.create_task(self._fly(flight, text), name=f"speech-{key[:12]}")
             flight.task = task
             self._tasks.add(task)
-            task.add_done_callback(self._flight_done)
-        flight.consumers += 1
+            task.add_done_callback(functools.partial(self._flight_done, flight))
+        if listener:
+            flight.consumers += 1
+            flight.held = False
+        else:
+            flight.held = flight.consumers == 0
         return flight
 
     def _leave(self, flight: _Flight) -> None:
         flight.consumers -= 1
-        if flight.consumers == 0 and not flight.done and flight.task is not None:
+        if flight.done and flight.consumers == 0 and self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]  # a finished prefetch, now heard
+        if flight.consumers == 0 and not flight.held and not flight.done and flight.task is not None:
             flight.task.cancel()  # nobody listens: stop paying for the synthesis
 
-    def _flight_done(self, task: asyncio.Task[None]) -> None:
+    def _flight_done(self, flight: _Flight, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        # A cancelled or failed task holds its exception, whose traceback holds the flight: cut the loop
+        # so reference counting frees it (a full GC pass stops every call's audio while it runs).
+        flight.task = None
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("speech synthesis crashed (%s)", task.get_name(), exc_info=exc)
 
@@ -302,8 +337,17 @@ class Speaker:
         else:
             flight.finish(None)
         finally:
-            if self._flights.get(flight.key) is flight:
+            if flight.held:
+                # Prefetched and nobody has asked yet: keep it, so the stream that asks gets this
+                # synthesis' audio and events (a failure included: it then falls back as if it had met
+                # the failure itself) instead of silently starting over.
+                asyncio.get_running_loop().call_later(_PREFETCH_HOLD_S, self._release, flight)
+            elif self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
+
+    def _release(self, flight: _Flight) -> None:
+        if flight.held and self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
 
     async def _synthesize(self, flight: _Flight, text: str) -> None:
         sentences = split_sentences(text)

@@ -1,6 +1,8 @@
 """Call records: creation, single-use stream tokens, status transitions and the event trail.
 
-Every method is one short transaction. Status transitions are monotonic: a late, duplicated or
+Writes go through the journal (group commit, see journal.py): each is an operation on the batch's
+session, in the order submitted; `open_inbound`, which may have to roll back a lost race, is its own
+transaction. Status transitions are monotonic: a late, duplicated or
 out-of-order Twilio callback never moves a call backwards (ordered by SequenceNumber and status rank).
 """
 
@@ -10,12 +12,14 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from announcer.store.journal import Journal
 from announcer.store.models import (
     TERMINAL_STATUSES,
     Call,
@@ -46,6 +50,7 @@ class StreamGrant:
 class CallStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+        self.journal = Journal(sessions)  # every write but the call's creation goes through it
 
     async def open_inbound(
         self, *, call_sid: str, from_number: str, to_number: str, kind: str, text: str, status: str
@@ -80,47 +85,28 @@ class CallStore:
 
     async def consume_token(self, token: str, call_sid: str) -> StreamGrant | None:
         """Use a stream token once. None when it is unknown, expired, used, or for another call."""
-        now = utcnow()
-        async with self.sessions() as s:
-            row = (
-                await s.execute(
-                    update(StreamToken)
-                    .where(
-                        StreamToken.token_hash == hash_token(token),
-                        StreamToken.used_at.is_(None),
-                        StreamToken.expires_at > now,
-                    )
-                    .values(used_at=now)
-                    .returning(StreamToken.call_id)
-                )
-            ).first()
-            if row is None:
-                await s.rollback()
-                return None
-            call = await s.get(Call, row[0])
-            if call is None or (call.call_sid is not None and call.call_sid != call_sid):
-                # Presented for another call: the token has leaked. Burn it rather than keep it usable.
-                await s.commit()
-                return None
-            await s.commit()
-            return StreamGrant(call_id=call.id, call_sid=call.call_sid, text=call.text, kind=call.kind)
+        return await self.journal.submit(partial(_consume_token, hash_token(token), call_sid, utcnow()))
 
     async def add_event(self, call_id: int, kind: str, **detail: Any) -> None:
-        async with self.sessions() as s:
-            s.add(CallEvent(call_id=call_id, kind=kind, detail=detail))
-            await s.commit()
+        """Append to the call's trail and wait until it is committed."""
+        await self.journal.submit(partial(_add_event, call_id, kind, detail, utcnow()))
+
+    def record(self, call_id: int, kind: str, **detail: Any) -> None:
+        """Append to the call's trail without waiting (a live call's bookkeeping): written with the next
+        batch, in order after everything recorded before it."""
+        self.journal.post(partial(_add_event, call_id, kind, detail, utcnow()))
 
     async def set_outcome(self, call_id: int, outcome: str, **detail: Any) -> None:
         """Record the outcome once: the first one that happens is the truth."""
-        async with self.sessions() as s:
-            await s.execute(
-                update(Call).where(Call.id == call_id, Call.outcome.is_(None)).values(outcome=outcome)
-            )
-            s.add(CallEvent(call_id=call_id, kind="outcome", detail={"outcome": outcome, **detail}))
-            await s.commit()
+        await self.journal.submit(partial(_set_outcome, call_id, outcome, detail, utcnow()))
 
-    async def mark_in_progress(self, call_id: int) -> None:
-        await self.apply_status(call_id, CallStatus.IN_PROGRESS, sequence=None, source="stream")
+    def record_outcome(self, call_id: int, outcome: str, **detail: Any) -> None:
+        """`set_outcome` without waiting."""
+        self.journal.post(partial(_set_outcome, call_id, outcome, detail, utcnow()))
+
+    def record_in_progress(self, call_id: int) -> None:
+        """The media stream started, so the call is answered (without waiting)."""
+        self.journal.post(partial(_apply_status, call_id, CallStatus.IN_PROGRESS, None, "stream", None, None))
 
     async def apply_status(
         self,
@@ -133,32 +119,17 @@ class CallStore:
         extra: dict[str, Any] | None = None,
     ) -> bool:
         """Move a call forward to `status`; False (nothing changed, event noted) when it would go back."""
-        async with self.sessions() as s:
-            call = await s.get(Call, call_id, with_for_update=True)
-            if call is None:
-                return False
-            current = CallStatus(call.status)
-            stale = sequence is not None and sequence <= call.last_sequence
-            backwards = current in TERMINAL_STATUSES or status_rank(status) <= status_rank(current)
-            detail: dict[str, Any] = {"status": status.value, "source": source, **(extra or {})}
-            if sequence is not None:
-                detail["sequence"] = sequence
-            if stale or backwards:
-                s.add(CallEvent(call_id=call_id, kind="status_ignored", detail=detail))
-                await s.commit()
-                return False
-            call.status = status.value
-            if sequence is not None:
-                call.last_sequence = sequence
-            now = utcnow()
-            if status == CallStatus.IN_PROGRESS and call.answered_at is None:
-                call.answered_at = now
-            if status in TERMINAL_STATUSES:
-                call.ended_at = now
-                call.duration_s = duration_s
-            s.add(CallEvent(call_id=call_id, kind="status", detail=detail))
-            await s.commit()
-            return True
+        return await self.journal.submit(
+            partial(_apply_status, call_id, status, sequence, source, duration_s, extra)
+        )
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        await self.journal.flush()
+
+    async def aclose(self) -> None:
+        """Write what is queued (shutdown; before the engine is disposed)."""
+        await self.journal.close()
 
     async def find_by_sid(self, call_sid: str) -> int | None:
         async with self.sessions() as s:
@@ -189,3 +160,75 @@ def parse_rfc2822(value: str | None) -> datetime | None:
         return parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+
+
+# --- operations on a journal batch's session (they never commit) -----------------------------------
+
+
+async def _consume_token(
+    token_hash: str, call_sid: str, now: datetime, s: AsyncSession
+) -> StreamGrant | None:
+    row = (
+        await s.execute(
+            update(StreamToken)
+            .where(
+                StreamToken.token_hash == token_hash,
+                StreamToken.used_at.is_(None),
+                StreamToken.expires_at > now,
+            )
+            .values(used_at=now)
+            .returning(StreamToken.call_id)
+        )
+    ).first()
+    if row is None:
+        return None  # nothing matched, nothing changed
+    call = await s.get(Call, row[0])
+    if call is None or (call.call_sid is not None and call.call_sid != call_sid):
+        # Presented for another call: the token has leaked. It stays burnt rather than usable.
+        return None
+    return StreamGrant(call_id=call.id, call_sid=call.call_sid, text=call.text, kind=call.kind)
+
+
+async def _add_event(call_id: int, kind: str, detail: dict[str, Any], at: datetime, s: AsyncSession) -> None:
+    s.add(CallEvent(call_id=call_id, kind=kind, detail=detail, at=at))
+
+
+async def _set_outcome(
+    call_id: int, outcome: str, detail: dict[str, Any], at: datetime, s: AsyncSession
+) -> None:
+    await s.execute(update(Call).where(Call.id == call_id, Call.outcome.is_(None)).values(outcome=outcome))
+    s.add(CallEvent(call_id=call_id, kind="outcome", detail={"outcome": outcome, **detail}, at=at))
+
+
+async def _apply_status(
+    call_id: int,
+    status: CallStatus,
+    sequence: int | None,
+    source: str,
+    duration_s: int | None,
+    extra: dict[str, Any] | None,
+    s: AsyncSession,
+) -> bool:
+    call = await s.get(Call, call_id, with_for_update=True)
+    if call is None:
+        return False
+    current = CallStatus(call.status)
+    stale = sequence is not None and sequence <= call.last_sequence
+    backwards = current in TERMINAL_STATUSES or status_rank(status) <= status_rank(current)
+    detail: dict[str, Any] = {"status": status.value, "source": source, **(extra or {})}
+    if sequence is not None:
+        detail["sequence"] = sequence
+    if stale or backwards:
+        s.add(CallEvent(call_id=call_id, kind="status_ignored", detail=detail))
+        return False
+    call.status = status.value
+    if sequence is not None:
+        call.last_sequence = sequence
+    now = utcnow()
+    if status == CallStatus.IN_PROGRESS and call.answered_at is None:
+        call.answered_at = now
+    if status in TERMINAL_STATUSES:
+        call.ended_at = now
+        call.duration_s = duration_s
+    s.add(CallEvent(call_id=call_id, kind="status", detail=detail))
+    return True

@@ -1,7 +1,11 @@
 """The async engine and session factory, and migrations applied at start.
 
-SQLite (aiosqlite) is the embedded default: WAL so readers never block the writer, a busy timeout so
-concurrent writers wait instead of failing. The same code runs on PostgreSQL through asyncpg.
+SQLite (aiosqlite) is the embedded default: WAL, and ONE connection per process. SQLite takes one writer
+at a time anyway; with several connections the others wait inside SQLite's busy handler, which sleeps in
+steps of up to 100 ms, so under load a webhook took hundreds of milliseconds. With one connection the
+writers queue in the pool (asyncio, first come first served) and each waits only for the transactions
+ahead of it. The busy timeout stays for other processes on the same file. The same code runs on
+PostgreSQL through asyncpg, with a normal pool.
 """
 
 from __future__ import annotations
@@ -36,9 +40,12 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = make_url(url)
-        if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
+        if self._sqlite_file and self.url.database:
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, pool_pre_ping=not self.is_sqlite)
+        options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0} if self._sqlite_file else {}
+        self.engine: AsyncEngine = create_async_engine(
+            self.url, echo=echo, pool_pre_ping=not self.is_sqlite, **options
+        )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(
@@ -48,6 +55,10 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.url.get_backend_name() == "sqlite"
+
+    @property
+    def _sqlite_file(self) -> bool:
+        return self.is_sqlite and self.url.database not in (None, "", ":memory:")
 
     async def upgrade(self) -> None:
         """Apply the Alembic migrations up to head (serialised across processes on PostgreSQL)."""

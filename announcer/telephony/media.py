@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from sqlalchemy.exc import SQLAlchemyError
 
 from announcer.speech.speaker import Speaker, SpeechEvent, SpeechUnavailable
 from announcer.store.calls import CallStore, StreamGrant
@@ -69,8 +69,7 @@ class MediaSession:
         self.first_frame_at: float | None = None
         self.started_at: float | None = None
         self._speaking: asyncio.Task[None] | None = None
-        self._writes: set[asyncio.Task[Any]] = set()
-        self._last_write: asyncio.Task[Any] | None = None
+        self._confirming: asyncio.Task[None] | None = None
         self._finish_lock = asyncio.Lock()
 
     # --- reader ---------------------------------------------------------------------------------
@@ -142,9 +141,10 @@ class MediaSession:
         elif isinstance(event, codec.Dtmf):
             self._record("dtmf", digit=event.digit)
         elif isinstance(event, codec.Stop):
+            # Answer Twilio's close at once, while its side is still open; the REST hang-up comes after.
+            await self._close(WSCloseCode.OK, "stream stopped")
             if not self.heard:
                 await self._end_call(CallOutcome.HUNG_UP_EARLY, "stream stopped before the message ended")
-            await self._close(WSCloseCode.OK, "stream stopped")
         elif isinstance(event, codec.Media):  # only when the fast path did not recognise it
             self.media_in += 1
 
@@ -163,10 +163,9 @@ class MediaSession:
             await self._close(WSCloseCode.POLICY_VIOLATION, "missing stream token")
             return
         grant = self.deps.tokens.take(token, start.call_sid)
-        if grant is not None:
-            # Issued here: speak at once; the database confirms the single use beside the audio.
-            self._spawn(self._confirm_token(token, start.call_sid))
-        elif not self.deps.tokens.taken_here(token):
+        # Issued here: speak at once; the database confirms the single use beside the audio.
+        confirm = grant is not None
+        if grant is None and not self.deps.tokens.taken_here(token):
             grant = await self.deps.store.consume_token(token, start.call_sid)
         if grant is None:
             log.warning("media stream for %s rejected: unknown, expired or used token", start.call_sid)
@@ -174,13 +173,23 @@ class MediaSession:
             return
         self.start, self.grant = start, grant
         self.started_at = time.monotonic()
-        self._spawn(self.deps.store.mark_in_progress(grant.call_id))
-        self._record("stream_started", stream_sid=start.stream_sid)
+        # Speaking is scheduled before the database writes, so its first step (a cache hit's first frames,
+        # or the TTS request) runs ahead of theirs.
         self._speaking = asyncio.create_task(self._speak(), name=f"speak-{start.call_sid}")
         self._speaking.add_done_callback(self._speaking_done)
+        if confirm:
+            self._confirming = asyncio.create_task(self._confirm_token(token, start.call_sid))
+        self.deps.store.record_in_progress(grant.call_id)
+        self._record("stream_started", stream_sid=start.stream_sid)
 
     async def _confirm_token(self, token: str, call_sid: str) -> None:
-        if await self.deps.store.consume_token(token, call_sid) is None:
+        try:
+            grant = await self.deps.store.consume_token(token, call_sid)
+        except SQLAlchemyError as err:
+            # This process issued the token and admitted the stream; the caller keeps their message.
+            log.error("could not confirm the stream token of %s: %r", call_sid, err)
+            return
+        if grant is None:
             log.warning("stream token for %s was already used elsewhere; cutting the stream", call_sid)
             self._record("stream_token_reused")
             self.ended = True  # not our call to end: the stream that used the token first owns it
@@ -237,9 +246,7 @@ class MediaSession:
             return
         if redirected:
             self.heard = True  # the rest of the call belongs to Twilio's <Say>
-            self._spawn(
-                self.deps.store.set_outcome(self.grant.call_id, CallOutcome.SAID_BY_TWILIO, reason=reason)
-            )
+            self.deps.store.record_outcome(self.grant.call_id, CallOutcome.SAID_BY_TWILIO, reason=reason)
 
     # --- ending ---------------------------------------------------------------------------------
 
@@ -250,7 +257,7 @@ class MediaSession:
         self.ended = True
         if self._speaking is not None and not self._speaking.done():
             self._speaking.cancel()
-        self._spawn(self.deps.store.set_outcome(self.grant.call_id, outcome, reason=why))
+        self.deps.store.record_outcome(self.grant.call_id, outcome, reason=why)
         try:
             hung_up = await self.deps.twilio.hang_up(self.start.call_sid)
         except TwilioError as err:
@@ -266,6 +273,9 @@ class MediaSession:
                 self._speaking.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._speaking
+            # The finished task holds its exception, whose traceback holds our frames: drop it so the
+            # session is freed by reference counting, not by a (long, stop-the-world) full GC pass.
+            self._speaking = None
             if self.grant is not None and not self.ended and not self.heard:
                 # The socket broke without `stop` (a hang-up sends `stop`) or the end mark: the caller
                 # may still be there, so Twilio speaks the message instead (design: never silent).
@@ -273,8 +283,11 @@ class MediaSession:
                 await self._fall_back_to_say(reason)
             if self.grant is not None:
                 self._record("stream_closed", media_frames_in=self.media_in, malformed=self.bad)
-            if self._writes:
-                await asyncio.gather(*self._writes, return_exceptions=True)
+            if self._confirming is not None:
+                await asyncio.wait([self._confirming])
+                self._confirming = None
+            # The trail is written by the store's journal, in order; the session ends once it is committed.
+            await self.deps.store.flush()
 
     async def _close(self, code: int, reason: str) -> None:
         if not self.ws.closed:
@@ -284,27 +297,7 @@ class MediaSession:
 
     def _record(self, kind: str, **detail: Any) -> None:
         if self.grant is not None:
-            self._spawn(self.deps.store.add_event(self.grant.call_id, kind, **detail))
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Database writes run beside the audio path, one after another (the trail keeps its order);
-        `_finish` waits for all of them."""
-        previous = self._last_write
-
-        async def in_order() -> None:
-            if previous is not None:
-                await asyncio.wait([previous])
-            await coro
-
-        task = asyncio.create_task(in_order())
-        self._last_write = task
-        self._writes.add(task)
-        task.add_done_callback(self._write_done)
-
-    def _write_done(self, task: asyncio.Task[Any]) -> None:
-        self._writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("recording a call event failed", exc_info=task.exception())
+            self.deps.store.record(self.grant.call_id, kind, **detail)
 
 
 async def media_websocket(

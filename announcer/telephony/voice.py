@@ -15,6 +15,7 @@ from aiohttp import web
 
 from announcer.messages.greeting import Greeting
 from announcer.messages.render import RenderError
+from announcer.speech.speaker import Speaker
 from announcer.store.calls import CallStore
 from announcer.store.models import CallKind, CallStatus
 from announcer.telephony import twiml
@@ -34,6 +35,7 @@ class VoiceDeps:
     store: CallStore
     greeting: Greeting
     tokens: TokenBook
+    speaker: Speaker
     account_sid: str
     media_url: str  # ws(s)://PUBLIC_HOST/twilio/media
 
@@ -81,6 +83,9 @@ async def voice_webhook(request: web.Request, deps: VoiceDeps) -> web.Response:
                 log.warning("voice webhook for unknown outbound call %s", call_sid)
                 return xml(twiml.say_then_hangup(twiml.SORRY))
             text = deps.greeting.render(from_number, form.get("CallerName"))
+            # Synthesis starts now, beside the database write, not when the stream's `start` arrives
+            # (Twilio connects the stream only after it has this answer).
+            deps.speaker.prefetch(text)
             grant, token = await deps.store.open_inbound(
                 call_sid=call_sid,
                 from_number=from_number,
