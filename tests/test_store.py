@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from announcer.store.calls import CallStore
 from announcer.store.db import Database
+from announcer.store.journal import Batch
 from announcer.store.models import CallEvent, CallStatus
 
 
@@ -99,8 +99,8 @@ async def test_writes_share_transactions_and_keep_their_order(store: CallStore) 
 async def test_a_failing_write_costs_only_itself(store: CallStore) -> None:
     call_id, _ = await open_call(store, new_sid())
 
-    async def orphan(session: AsyncSession) -> None:
-        session.add(CallEvent(call_id=call_id + 10_000, kind="orphan", detail={}))  # no such call
+    async def orphan(batch: Batch) -> None:
+        batch.session.add(CallEvent(call_id=call_id + 10_000, kind="orphan", detail={}))  # no such call
 
     store.record(call_id, "before")
     bad = store.journal.submit(orphan)  # queued between the two: all three go into one batch first
