@@ -8,16 +8,18 @@ service's). Time to first audio = the phone's `start` message -> the first media
   (b) live: every call a new text, the sandbox TTS answering after 150 ms and streaming at 5x real time.
       The service starts synthesis at the voice webhook, so part of the 150 ms passes before `start`;
       also printed: the streaming path alone (TTS request -> first frame at the phone), the webhooks'
-      answer times, calls per second and the service's CPU per call (the phones hang up as soon as
-      audio arrives, so 20 at a time is a stress of call set-up, not a typical load)
+      answer times, calls per second and the service's CPU per call
   (c) ElevenLabs' reference example (whole clip, one message) on the same sandbox, same TTS settings
+  (d) as (b), but calls placed as fast as the service takes them: set-up capacity (calls/s, CPU per
+      call); its latencies are queueing at saturation, not time to first audio
+  (a)-(c) start calls at a steady rate (--rate), so they measure latency at a known load.
   RSS: the service's peak resident memory while 100 greeting calls play at once, per call
 
 The sandbox TTS serves pre-made speech (its synthesis would otherwise compete with the service for the
 same cores), and this process freezes its start-up heap as the service does, so the collector's pauses
 of the phone network are not counted as the service's.
 
-Usage: .venv/bin/python benchmarks/ttfa.py [--calls 200] [--concurrency 20] [--rss-calls 100]
+Usage: .venv/bin/python benchmarks/ttfa.py [--calls 200] [--rate 20] [--concurrency 20] [--rss-calls 100]
 """
 
 from __future__ import annotations
@@ -107,13 +109,19 @@ async def run_calls(
     concurrency: int,
     arrived: Callable[[SandboxCall], Awaitable[None]],
     first_at: Callable[[SandboxCall], float | None],
+    rate: float | None = None,
 ) -> tuple[list[float], list[SandboxCall]]:
-    """Place the calls, `concurrency` at a time; hang up as soon as audio arrived. TTFA (ms), the calls."""
+    """Place the calls, at most `concurrency` at a time, and with `rate` one every 1/rate s (arrivals that
+    do not wait for the service: latency at a given load); hang up as soon as audio arrived.
+    Returns TTFA (ms) and the calls."""
     gate = asyncio.Semaphore(concurrency)
     out: list[float] = []
     placed: list[SandboxCall] = []
+    t0 = time.monotonic()
 
-    async def one(caller: str) -> None:
+    async def one(index: int, caller: str) -> None:
+        if rate:
+            await asyncio.sleep(max(0.0, t0 + index / rate - time.monotonic()))
         async with gate:
             call = await sandbox.call_in(caller)
             placed.append(call)
@@ -123,8 +131,54 @@ async def run_calls(
             out.append((at - call.start_sent_at) * 1000)
             await call.hang_up()
 
-    await asyncio.gather(*(one(c) for c in callers))
+    await asyncio.gather(*(one(i, c) for i, c in enumerate(callers)))
     return out, placed
+
+
+async def live_scenario(
+    label: str,
+    sandbox: SandboxTwilio,
+    tts: SandboxElevenLabs,
+    pid: int,
+    numbers: list[str],
+    concurrency: int,
+    rate: float | None,
+) -> list[str]:
+    """Distinct texts, TTS first byte after 150 ms: TTFA, the streaming path, webhooks, CPU per call."""
+    lines: list[str] = []
+    before = len(tts.requests)
+    cpu_before, wall_before = cpu_s(pid), time.monotonic()
+    ttfa, calls = await run_calls(sandbox, numbers, concurrency, media, lambda c: c.first_media_at, rate)
+    wall, used = time.monotonic() - wall_before, cpu_s(pid) - cpu_before
+    lines.append(summary(label, ttfa))
+    lines.append(
+        f"    {len(tts.requests) - before} TTS requests; {len(numbers) / wall:.0f} calls/s; service CPU "
+        f"{used / wall * 100:.0f}% of one core, {used / len(numbers) * 1000:.1f} ms per call"
+    )
+    late = [(r.first_byte_at - r.received_at) * 1000 for r in tts.requests[before:] if r.first_byte_at]
+    lines.append(summary("    sandbox TTS: request -> first byte", late))
+    # The streaming path alone: the TTS request arriving at the sandbox -> the first frame at the phone
+    # (the same process and clock). The call's text names the caller, so its first request does too.
+    first_request: dict[str, float] = {}
+    for r in tts.requests[before:]:
+        for text in (r.next_text or "", r.text):
+            first_request.setdefault(text, r.received_at)
+    streaming = []
+    for call in calls:
+        spoken = digits(call.from_)
+        at = next((t for k, t in first_request.items() if spoken in k), None)
+        if at is not None and call.first_media_at is not None:
+            streaming.append((call.first_media_at - at) * 1000)
+    lines.append(summary("    TTS request -> first frame at phone", streaming))
+    # The service starts synthesis at the voice webhook, so how long that takes matters too.
+    sids = {c.sid for c in calls}
+    for kind in ("voice", "status"):
+        answered = [w for w in sandbox.webhook_log if w.kind == kind and w.call_sid in sids and w.answered_at]
+        lines.append(
+            summary(f"    {kind} webhook answered in", [(w.answered_at - w.at) * 1000 for w in answered])
+        )
+    print("\n".join(lines), flush=True)
+    return lines
 
 
 async def media(call: SandboxCall) -> None:
@@ -197,7 +251,8 @@ async def main(args: argparse.Namespace) -> None:
         gc.collect()
         gc.freeze()
         print(
-            f"service pid {proc.pid} up; {args.calls} calls per scenario, {args.concurrency} at a time",
+            f"service pid {proc.pid} up; {args.calls} calls per scenario, {args.rate:g} a second "
+            f"(at most {args.concurrency} at a time)",
             flush=True,
         )
 
@@ -205,52 +260,39 @@ async def main(args: argparse.Namespace) -> None:
         warm = await fast.call_in("+15550000001")
         await warm.wait_ended(120)
         a, _ = await run_calls(
-            fast, ["+15550000001"] * args.calls, args.concurrency, media, lambda c: c.first_media_at
+            fast,
+            ["+15550000001"] * args.calls,
+            args.concurrency,
+            media,
+            lambda c: c.first_media_at,
+            args.rate,
         )
         results.append(summary("(a) cached", a))
         print(results[-1], flush=True)
 
-        # (b) live: a distinct text per call, TTS first byte after 150 ms
+        # (b) live: a distinct text per call, TTS first byte after 150 ms, at a steady arrival rate
         tts.first_byte_delay_s = FIRST_BYTE_S
         tts.bytes_per_second = TTS_BYTES_PER_S
         tts.chunk_bytes = 320
-        before = len(tts.requests)
-        cpu_before, wall_before = cpu_s(proc.pid), time.monotonic()
-        b, live_calls = await run_calls(
-            fast, callers(args.calls, 1000), args.concurrency, media, lambda c: c.first_media_at
+        results += await live_scenario(
+            f"(b) live, TTS first byte 150 ms, {args.rate:g} calls/s",
+            fast,
+            tts,
+            proc.pid,
+            callers(args.calls, 1000),
+            args.concurrency,
+            args.rate,
         )
-        wall, used = time.monotonic() - wall_before, cpu_s(proc.pid) - cpu_before
-        results.append(summary("(b) live, TTS first byte 150 ms", b))
-        results.append(
-            f"    {len(tts.requests) - before} TTS requests; {args.calls / wall:.0f} calls/s; service CPU "
-            f"{used / wall * 100:.0f}% of one core, {used / args.calls * 1000:.1f} ms per call"
+        # (d) the same, as fast as the service takes them (set-up capacity; latency here is queueing)
+        results += await live_scenario(
+            f"(d) live, {args.concurrency} at a time, no pacing",
+            fast,
+            tts,
+            proc.pid,
+            callers(args.calls, 3000),
+            args.concurrency,
+            None,
         )
-        print("\n".join(results[-2:]), flush=True)
-        late = [(r.first_byte_at - r.received_at) * 1000 for r in tts.requests[before:] if r.first_byte_at]
-        results.append(summary("    sandbox TTS: request -> first byte", late))
-        # The streaming path alone: the TTS request arriving at the sandbox -> the first frame at the phone
-        # (the same process and clock). The call's text names the caller, so its first request does too.
-        first_request: dict[str, float] = {}
-        for r in tts.requests[before:]:
-            for text in (r.next_text or "", r.text):
-                first_request.setdefault(text, r.received_at)
-        streaming = []
-        for call in live_calls:
-            spoken = digits(call.from_)
-            at = next((t for k, t in first_request.items() if spoken in k), None)
-            if at is not None and call.first_media_at is not None:
-                streaming.append((call.first_media_at - at) * 1000)
-        results.append(summary("    TTS request -> first frame at phone", streaming))
-        # The service starts synthesis at the voice webhook, so how long that takes matters too.
-        sids = {c.sid for c in live_calls}
-        for kind in ("voice", "status"):
-            answered = [
-                w for w in fast.webhook_log if w.kind == kind and w.call_sid in sids and w.answered_at
-            ]
-            results.append(
-                summary(f"    {kind} webhook answered in", [(w.answered_at - w.at) * 1000 for w in answered])
-            )
-        print("\n".join(results[-4:]), flush=True)
 
         # (c) the reference example's approach on the same sandbox and the same TTS settings
         ref_port = free_port()
@@ -277,6 +319,7 @@ async def main(args: argparse.Namespace) -> None:
                 args.concurrency,
                 message,
                 lambda c: c.first_message_at,
+                args.rate,
             )
             results.append(summary("(c) reference (whole clip, 1 msg)", c))
             print(results[-1], flush=True)
@@ -340,6 +383,7 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=20, help="calls in flight at most")
+    parser.add_argument("--rate", type=float, default=20.0, help="calls started per second in (a)-(c)")
     parser.add_argument("--rss-calls", type=int, default=100)
     asyncio.run(main(parser.parse_args()))
