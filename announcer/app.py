@@ -10,13 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from announcer.api import alerts
+from announcer.api.alerts import AlertsDeps
+from announcer.api.http import make_middleware
 from announcer.config import Settings
+from announcer.deliveries.dispatcher import Dispatcher
+from announcer.deliveries.plan import Limits
 from announcer.messages.greeting import Greeting
 from announcer.messages.render import MessageRenderer
 from announcer.speech.cache import AudioCache
@@ -25,6 +30,7 @@ from announcer.speech.local import LocalSynthesizer
 from announcer.speech.speaker import Speaker
 from announcer.store.calls import CallStore
 from announcer.store.db import Database
+from announcer.store.deliveries import DeliveryStore
 from announcer.telephony.calls import TwilioCalls
 from announcer.telephony.media import MediaDeps, media_websocket
 from announcer.telephony.playout import PlayoutClock
@@ -65,6 +71,10 @@ GREETING = web.AppKey("greeting", Greeting)
 SIGNATURE = web.AppKey("signature", SignatureChecker)
 VOICE = web.AppKey("voice", VoiceDeps)
 MEDIA = web.AppKey("media", MediaDeps)
+RENDERER = web.AppKey("renderer", MessageRenderer)
+DELIVERIES = web.AppKey("deliveries", DeliveryStore)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+ALERTS = web.AppKey("alerts", AlertsDeps)
 
 
 def public_url(settings: Settings) -> str:
@@ -80,7 +90,9 @@ def media_url(settings: Settings) -> str:
 
 def create_app(settings: Settings) -> web.Application:
     """Build the application. Raises `RenderError` when the greeting template cannot be rendered."""
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(
+        client_max_size=settings.announcer_max_body_bytes, middlewares=[make_middleware(_api_token(settings))]
+    )
     app[SETTINGS] = settings
     renderer = MessageRenderer(settings.announcer_templates_dir)
     greeting = Greeting(
@@ -89,12 +101,33 @@ def create_app(settings: Settings) -> web.Application:
     greeting.check()
     app[GREETING] = greeting
     app[SOCKETS] = set()
-    app.cleanup_ctx.extend([_database, _sandbox, _twilio, _speech, _clock, _wiring, _sockets])
+    app[RENDERER] = renderer
+    app.cleanup_ctx.extend([_database, _sandbox, _twilio, _speech, _clock, _dispatcher, _wiring, _sockets])
     app.router.add_post("/twilio/voice", _voice)
     app.router.add_post("/twilio/status", _status)
     app.router.add_get("/twilio/media", _media)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_post("/v1/alerts", _with_alerts(alerts.create_alert))
+    app.router.add_get("/v1/alerts/{alert_id}", _with_alerts(alerts.get_alert))
+    app.router.add_get("/v1/alerts/{alert_id}/deliveries", _with_alerts(alerts.list_deliveries))
+    app.router.add_post("/v1/alerts/{alert_id}/cancel", _with_alerts(alerts.cancel_alert))
+    app.router.add_post("/v1/preview", _with_alerts(alerts.preview))
+    app.router.add_delete("/v1/opt-outs/{phone}", _with_alerts(alerts.delete_opt_out))
     return app
+
+
+def _api_token(settings: Settings) -> str:
+    """ANNOUNCER_API_TOKEN, or (when unset) a random one for this run, written to a file only its owner
+    reads: the API is never open, and the token never reaches a log."""
+    if settings.announcer_api_token is not None:
+        return settings.announcer_api_token.get_secret_value()
+    token = secrets.token_urlsafe(24)
+    path = settings.announcer_data_dir / "api-token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text(token + "\n")
+    log.warning("ANNOUNCER_API_TOKEN is not set: this run's API token is in %s", path)
+    return token
 
 
 # --- lifecycle ------------------------------------------------------------------------------------
@@ -225,6 +258,39 @@ async def _clock(app: web.Application) -> AsyncIterator[None]:
     await clock.stop()
 
 
+async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
+    settings, p = app[SETTINGS], app[PROVIDERS]
+    store = DeliveryStore(app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite)
+    dispatcher = Dispatcher(
+        store,
+        app[TWILIO],
+        app[SPEAKER],
+        cps=settings.twilio_cps,
+        max_concurrent=settings.max_concurrent_calls,
+        from_number=p.phone_number,
+        media_url=media_url(settings),
+        status_url=public_url(settings) + "/twilio/status",
+    )
+    app[DELIVERIES] = store
+    app[DISPATCHER] = dispatcher
+    app[ALERTS] = AlertsDeps(
+        store=store,
+        renderer=app[RENDERER],
+        limits=Limits(
+            max_recipients=settings.announcer_max_recipients,
+            max_text_chars=settings.announcer_max_text_chars,
+            region=settings.announcer_default_region,
+            strict_numbers=not settings.twilio_sandbox,
+        ),
+        dispatcher=dispatcher,
+        speaker=app[SPEAKER],
+        twilio=app[TWILIO],
+    )
+    dispatcher.start()
+    yield
+    await dispatcher.close()
+
+
 async def _sockets(app: web.Application) -> AsyncIterator[None]:
     yield
     sockets: set[web.WebSocketResponse] = app[SOCKETS]
@@ -257,6 +323,7 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         clock=app[CLOCK],
         tokens=tokens,
         account_sid=p.account_sid,
+        on_outcome=app[DISPATCHER].on_call_outcome,
     )
     yield
 
@@ -266,7 +333,17 @@ async def _voice(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    return await status_webhook(request, request.app[SIGNATURE], request.app[STORE])
+    app = request.app
+    return await status_webhook(request, app[SIGNATURE], app[STORE], app[DISPATCHER].on_status)
+
+
+def _with_alerts(
+    handler: Callable[[web.Request, AlertsDeps], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await handler(request, request.app[ALERTS])
+
+    return handle
 
 
 async def _media(request: web.Request) -> web.StreamResponse:

@@ -87,15 +87,19 @@ def duration_s(ulaw: bytes) -> float:
     return len(ulaw) / SAMPLE_RATE
 
 
-def write_wav(path: Path, ulaw: bytes) -> None:
-    """Write 8 kHz mu-law audio as a 16-bit PCM WAV file any player opens."""
+def wav_bytes(ulaw: bytes) -> bytes:
+    """8 kHz mu-law audio as a 16-bit PCM WAV file any player opens."""
     pcm = ulaw2lin(ulaw).astype("<i2").tobytes()
     header = b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVE"
     fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, SAMPLE_RATE, SAMPLE_RATE * 2, 2, 16)
     data = b"data" + struct.pack("<I", len(pcm))
+    return header + fmt + data + pcm
+
+
+def write_wav(path: Path, ulaw: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(header + fmt + data + pcm)
+    tmp.write_bytes(wav_bytes(ulaw))
     tmp.replace(path)
 
 

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     announcer_timezone: str = "UTC"
     announcer_sandbox_speed: PositiveFloat = 1.0
     announcer_log_level: str = "INFO"
+    announcer_max_recipients: PositiveInt = 10_000
+    announcer_max_text_chars: PositiveInt = 2_000
+    announcer_max_body_bytes: PositiveInt = 8 * 2**20
+    announcer_default_region: str | None = None  # e.g. US: numbers without +country are read as that
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
 

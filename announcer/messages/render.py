@@ -60,6 +60,25 @@ class MessageRenderer:
         )
         self.env.filters.update(FILTERS)
 
+    def prepare(self, name: str | None = None, source: str | None = None) -> PreparedTemplate:
+        """A template loaded (or compiled) once, for rendering many recipients."""
+        if source is not None:
+            label = "<inline>"
+            try:
+                template = self.env.from_string(source)
+            except jinja2.TemplateSyntaxError as err:
+                raise RenderError(label, f"syntax error: {err.message}", err.lineno) from err
+        else:
+            assert name is not None, "a template name or source"
+            label = name
+            try:
+                template = self.env.get_template(name)
+            except jinja2.TemplateNotFound as err:
+                raise RenderError(name, "no such template") from err
+            except jinja2.TemplateSyntaxError as err:
+                raise RenderError(name, f"syntax error: {err.message}", err.lineno) from err
+        return PreparedTemplate(self, label, template)
+
     def render(self, name: str, variables: Mapping[str, Any]) -> str:
         try:
             template = self.env.get_template(name)
@@ -88,3 +107,15 @@ class MessageRenderer:
         if not text:
             raise RenderError(name, "renders to empty text")
         return text
+
+
+class PreparedTemplate:
+    __slots__ = ("_renderer", "_template", "name")
+
+    def __init__(self, renderer: MessageRenderer, name: str, template: jinja2.Template) -> None:
+        self._renderer = renderer
+        self._template = template
+        self.name = name
+
+    def render(self, variables: Mapping[str, Any]) -> str:
+        return self._renderer._run(self.name, self._template, variables)

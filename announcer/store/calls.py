@@ -150,6 +150,16 @@ class CallStore:
         """Write what is queued (shutdown; before the engine is disposed)."""
         await self.journal.close()
 
+    async def attach_sid(self, call_id: int, call_sid: str) -> int | None:
+        """Give the call row `call_id` its SID if it has none yet; its id, or None if it has another SID."""
+        async with self.sessions() as s:
+            await s.execute(
+                update(Call).where(Call.id == call_id, Call.call_sid.is_(None)).values(call_sid=call_sid)
+            )
+            await s.commit()
+            sid = (await s.execute(select(Call.call_sid).where(Call.id == call_id))).scalar_one_or_none()
+        return call_id if sid == call_sid else None
+
     async def find_by_sid(self, call_sid: str) -> int | None:
         async with self.sessions() as s:
             return (await s.execute(select(Call.id).where(Call.call_sid == call_sid))).scalar_one_or_none()

@@ -1,4 +1,5 @@
-"""Database models: calls, their events (audit trail) and single-use media-stream tokens.
+"""Database models: calls, their events (audit trail), single-use media-stream tokens, and the alerts
+pipeline (alerts -> deliveries, one per recipient, each with its state history; opt-outs).
 
 Times are stored as UTC; `UtcDateTime` gives them back timezone-aware on SQLite too (it keeps naive text).
 """
@@ -105,6 +106,11 @@ class Call(Base):
     answered_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
     duration_s: Mapped[int | None]
+    # An announcement's call is one attempt of one delivery (null for the greeting line).
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
+    )
+    attempt: Mapped[int | None]
 
     events: Mapped[list[CallEvent]] = relationship(
         back_populates="call", order_by="CallEvent.id", cascade="all, delete-orphan"
@@ -136,3 +142,118 @@ class StreamToken(Base):
     issued_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+
+
+class AlertStatus(StrEnum):
+    ACTIVE = "active"  # deliveries still to be placed or finished
+    COMPLETED = "completed"  # every delivery has its final outcome
+    CANCELED = "canceled"
+
+
+class DeliveryState(StrEnum):
+    """design.md: pending -> queued -> dialing -> ringing -> in_progress -> a final outcome."""
+
+    PENDING = "pending"  # accepted, not yet due (first attempt or a retry waiting for its time)
+    QUEUED = "queued"  # due: waiting for a dialing slot
+    DIALING = "dialing"  # claimed by a dispatcher (leased); the create-call request is on its way
+    RINGING = "ringing"
+    IN_PROGRESS = "in_progress"
+    HEARD = "heard"
+    CONFIRMED = "confirmed"
+    HUNG_UP_EARLY = "hung_up_early"
+    NO_ANSWER = "no_answer"
+    BUSY = "busy"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    OPTED_OUT = "opted_out"
+
+
+FINAL_DELIVERY_STATES = frozenset(
+    {
+        DeliveryState.HEARD,
+        DeliveryState.CONFIRMED,
+        DeliveryState.HUNG_UP_EARLY,
+        DeliveryState.NO_ANSWER,
+        DeliveryState.BUSY,
+        DeliveryState.FAILED,
+        DeliveryState.CANCELED,
+        DeliveryState.OPTED_OUT,
+    }
+)
+
+
+class Alert(Base):
+    """One accepted announcement: the request as given, and its recipients as deliveries."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # Idempotency-Key with a hash of the request body: the same key and body is the same alert.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16), default="api")
+    template: Mapped[str | None] = mapped_column(String(255))
+    template_text: Mapped[str | None] = mapped_column(Text)
+    variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(16), default=AlertStatus.ACTIVE)
+    recipients: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class Delivery(Base):
+    """One recipient of one alert: the truth about them, moved only forward (see DeliveryState)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_alert", "alert_id", "position"),
+        # the dispatcher's question: what is due, oldest first
+        Index("ix_deliveries_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)  # the recipient's index in the request
+    phone: Mapped[str] = mapped_column(String(32))  # E.164
+    name: Mapped[str | None] = mapped_column(String(200))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    text: Mapped[str] = mapped_column(Text)  # rendered before the alert was accepted
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # attempts dialed (or claimed) so far
+    max_attempts: Mapped[int] = mapped_column(Integer, default=1)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_expires_at: Mapped[datetime | None]
+    call_id: Mapped[int | None] = mapped_column(Integer)  # the current attempt's calls.id
+    call_sid: Mapped[str | None] = mapped_column(String(34), index=True)
+    outcome: Mapped[str | None] = mapped_column(String(24))
+    outcome_code: Mapped[int | None]  # Twilio error code or SIP code behind a failure
+    outcome_reason: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class DeliveryEvent(Base):
+    """Every transition of a delivery (and every ignored one), in order: its state history."""
+
+    __tablename__ = "delivery_events"
+    __table_args__ = (Index("ix_delivery_events_delivery", "delivery_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class OptOut(Base):
+    """A number that pressed 9: no alert calls it again until it is removed through the API."""
+
+    __tablename__ = "opt_outs"
+
+    phone: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivery_id: Mapped[int | None]

@@ -112,6 +112,18 @@ class TwilioCalls:
             raise
         return True
 
+    async def cancel(self, call_sid: str) -> bool:
+        """Stop a call that is queued or ringing (Status=canceled); False when it was no longer ringing."""
+        try:
+            call = await self._call(
+                "cancel call", lambda: self._client.calls(call_sid).update_async(status="canceled")
+            )
+        except TwilioError as err:
+            if err.code == NOT_FOUND:
+                return False
+            raise
+        return str(call.status) == "canceled"
+
     async def hang_up(self, call_sid: str) -> bool:
         """End an answered call (Status=completed); False when it had already ended (20404 is fine)."""
         try:

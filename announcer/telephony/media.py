@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from announcer.speech.speaker import Speaker, SpeechEvent, SpeechUnavailable
 from announcer.store.calls import CallStore, StreamGrant
-from announcer.store.models import CallOutcome
+from announcer.store.models import CallKind, CallOutcome
 from announcer.telephony import codec, twiml
 from announcer.telephony.calls import TwilioCalls, TwilioError
 from announcer.telephony.playout import PlayoutClock
@@ -48,6 +49,9 @@ class MediaDeps:
     clock: PlayoutClock
     tokens: TokenBook
     account_sid: str
+    # Told a call's outcome before the call is hung up (so it lands before Twilio's `completed`):
+    # the dispatcher turns it into the delivery's outcome. Announcements only.
+    on_outcome: Callable[[int, CallOutcome, str], Awaitable[None]] | None = None
 
 
 def mask(number: str | None) -> str:
@@ -247,6 +251,7 @@ class MediaSession:
         if redirected:
             self.heard = True  # the rest of the call belongs to Twilio's <Say>
             self.deps.store.record_outcome(self.grant.call_id, CallOutcome.SAID_BY_TWILIO, reason=reason)
+            await self._report(CallOutcome.SAID_BY_TWILIO, f"spoken by Twilio <Say>: {reason}")
 
     # --- ending ---------------------------------------------------------------------------------
 
@@ -258,6 +263,7 @@ class MediaSession:
         if self._speaking is not None and not self._speaking.done():
             self._speaking.cancel()
         self.deps.store.record_outcome(self.grant.call_id, outcome, reason=why)
+        await self._report(outcome, why)
         try:
             hung_up = await self.deps.twilio.hang_up(self.start.call_sid)
         except TwilioError as err:
@@ -294,6 +300,14 @@ class MediaSession:
             await self.ws.close(code=code, message=reason.encode()[:120])
 
     # --- bookkeeping ----------------------------------------------------------------------------
+
+    async def _report(self, outcome: CallOutcome, why: str) -> None:
+        if self.grant is None or self.deps.on_outcome is None or self.grant.kind != CallKind.ANNOUNCEMENT:
+            return
+        try:
+            await self.deps.on_outcome(self.grant.call_id, outcome, why)
+        except Exception:  # the call itself must still end cleanly
+            log.exception("recording the outcome of call %s failed", self.grant.call_id)
 
     def _record(self, kind: str, **detail: Any) -> None:
         if self.grant is not None:

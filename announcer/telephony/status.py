@@ -7,6 +7,8 @@ and status rank, so nothing moves a call backwards. A `failed` with SIP 480 is r
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -27,7 +29,26 @@ def _int_field(form: dict[str, str], field: str) -> int | None:
     return int(value)
 
 
-async def status_webhook(request: web.Request, signature: SignatureChecker, store: CallStore) -> web.Response:
+@dataclass(frozen=True)
+class StatusReport:
+    """A status callback that moved a call, for whoever carries the call (a delivery's dispatcher)."""
+
+    call_id: int
+    status: CallStatus
+    answered: bool
+    sip_code: int | None
+    error_code: int | None
+
+
+StatusObserver = Callable[[StatusReport], Awaitable[None]]
+
+
+async def status_webhook(
+    request: web.Request,
+    signature: SignatureChecker,
+    store: CallStore,
+    observer: StatusObserver | None = None,
+) -> web.Response:
     fields = await signature.verified_form(request)
     form = {k: fields[k] for k in fields}
     call_sid = require(form, "CallSid", CALL_SID)
@@ -40,12 +61,24 @@ async def status_webhook(request: web.Request, signature: SignatureChecker, stor
     sip = _int_field(form, "SipResponseCode")
     if status == CallStatus.FAILED and sip == 480:
         status = CallStatus.NO_ANSWER
+    error_code = _int_field(form, "ErrorCode")
     call_id = await store.find_by_sid(call_sid)
+    attempt = request.query.get("call", "")
+    if call_id is None and attempt.isdigit():
+        # Our status URL names the attempt's call row: its SID may not be recorded yet (the create
+        # request's answer was lost, or is still on its way), so this callback reveals it.
+        call_id = await store.attach_sid(int(attempt), call_sid)
     if call_id is None:
         log.info("status %s for a call we do not know (%s); ignored", status, call_sid)
         return web.Response(status=204)
     extra = {k: v for k, v in (("sip_response_code", sip), ("answered_by", form.get("AnsweredBy"))) if v}
-    await store.apply_status(
+    if error_code:
+        extra["error_code"] = error_code
+    moved = await store.apply_status(
         call_id, status, sequence=sequence, source="callback", duration_s=duration, extra=extra
     )
+    if moved and observer is not None:
+        call = await store.get(call_id)
+        answered = call is not None and call.answered_at is not None
+        await observer(StatusReport(call_id, status, answered, sip, error_code))
     return web.Response(status=204)

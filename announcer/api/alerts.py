@@ -1,0 +1,212 @@
+"""`/v1/alerts`, `/v1/preview`, `/v1/opt-outs`: accept an alert (every recipient rendered and validated
+first, committed before the answer), report on it, cancel it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from announcer.api.http import error, invalid, read_model
+from announcer.api.schemas import AlertBody, PreviewBody
+from announcer.audio import wav_bytes
+from announcer.deliveries.dispatcher import Dispatcher
+from announcer.deliveries.plan import (
+    Limits,
+    PlanError,
+    Problem,
+    RecipientIn,
+    plan_deliveries,
+    prepare_template,
+)
+from announcer.messages.phones import BadNumber, to_e164
+from announcer.messages.render import MessageRenderer
+from announcer.speech.engine import SpeechError
+from announcer.speech.speaker import Speaker
+from announcer.store.deliveries import AlertFinished, DeliveryStore, IdempotencyConflict, NewDelivery
+from announcer.telephony.calls import TwilioCalls, TwilioError
+
+log = logging.getLogger(__name__)
+PAGE = 100
+
+
+@dataclass
+class AlertsDeps:
+    store: DeliveryStore
+    renderer: MessageRenderer
+    limits: Limits
+    dispatcher: Dispatcher
+    speaker: Speaker
+    twilio: TwilioCalls
+
+
+def _recipients(body: AlertBody) -> list[RecipientIn]:
+    return [RecipientIn(r.phone, r.variables, r.name, r.timezone) for r in body.recipients]
+
+
+async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
+    body = await read_model(request, AlertBody)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise error(
+            400, "invalid_header", "Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key"
+        )
+    try:
+        prepared = prepare_template(deps.renderer, body.template, body.template_text)
+        planned = plan_deliveries(prepared, body.variables, _recipients(body), deps.limits)
+    except PlanError as err:
+        raise invalid(err.problems) from None
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    try:
+        alert_id, created = await deps.store.create_alert(
+            idempotency_key=key,
+            request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+            source="api",
+            template=body.template,
+            template_text=body.template_text,
+            variables=body.variables,
+            options=body.options.model_dump(mode="json"),
+            callback_url=body.options.callback_url,
+            deliveries=[
+                NewDelivery(p.position, p.phone, p.name, p.timezone, p.variables, p.text) for p in planned
+            ],
+            max_attempts=body.options.max_attempts,
+        )
+    except IdempotencyConflict:
+        raise error(
+            409,
+            "idempotency_conflict",
+            "this Idempotency-Key was used with a different body",
+            field="Idempotency-Key",
+        ) from None
+    if created:
+        deps.dispatcher.wake()
+        log.info("alert %s accepted: %d recipients", alert_id, len(planned))
+    view = await deps.store.alert(alert_id)
+    assert view is not None
+    return web.json_response(
+        {"id": alert_id, "status": view.status, "recipients": view.recipients, "replayed": not created},
+        status=202,
+    )
+
+
+async def get_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
+    view = await deps.store.alert(request.match_info["alert_id"])
+    if view is None:
+        raise error(404, "not_found", "no such alert")
+    return web.json_response(
+        {
+            "id": view.id,
+            "status": view.status,
+            "recipients": view.recipients,
+            "counts": view.counts,
+            "created_at": view.created_at.isoformat(),
+            "finished_at": view.finished_at.isoformat() if view.finished_at else None,
+            "options": view.options,
+        }
+    )
+
+
+async def list_deliveries(request: web.Request, deps: AlertsDeps) -> web.Response:
+    alert_id = request.match_info["alert_id"]
+    after = _int_query(request, "after", -1)
+    limit = _int_query(request, "limit", PAGE)
+    if not 1 <= limit <= 1000:
+        raise error(400, "invalid_query", "limit must be 1 to 1000", field="limit")
+    if await deps.store.alert(alert_id) is None:
+        raise error(404, "not_found", "no such alert")
+    rows = await deps.store.deliveries(alert_id, after=after, limit=limit)
+    items: list[dict[str, Any]] = [
+        {
+            "id": d.id,
+            "index": d.position,
+            "phone": d.phone,
+            "name": d.name,
+            "state": d.state,
+            "attempt": d.attempt,
+            "outcome": d.outcome,
+            "outcome_code": d.outcome_code,
+            "outcome_reason": d.outcome_reason,
+            "call_sid": d.call_sid,
+            "text": d.text,
+            "updated_at": d.updated_at.isoformat(),
+            "history": d.history,
+        }
+        for d in rows
+    ]
+    following = items[-1]["index"] if len(items) == limit else None
+    return web.json_response({"deliveries": items, "next_after": following})
+
+
+async def cancel_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
+    alert_id = request.match_info["alert_id"]
+    try:
+        canceled, live = await deps.store.cancel_alert(alert_id)
+    except LookupError:
+        raise error(404, "not_found", "no such alert") from None
+    except AlertFinished as err:
+        raise error(
+            409, "alert_finished", f"the alert is already {err}; there is nothing to cancel"
+        ) from None
+    stopped = 0
+    for _, sid in live:
+        try:
+            stopped += await deps.twilio.cancel(sid)
+        except TwilioError as e:
+            log.warning("could not cancel ringing call %s: %s", sid, e)
+    view = await deps.store.alert(alert_id)
+    assert view is not None
+    return web.json_response(
+        {
+            "id": alert_id,
+            "status": view.status,
+            "canceled": canceled,
+            "ringing_canceled": stopped,
+            "counts": view.counts,
+        }
+    )
+
+
+async def preview(request: web.Request, deps: AlertsDeps) -> web.StreamResponse:
+    body = await read_model(request, PreviewBody)
+    r = body.recipient
+    try:
+        prepared = prepare_template(deps.renderer, body.template, body.template_text)
+        (planned,) = plan_deliveries(
+            prepared, body.variables, [RecipientIn(r.phone, r.variables, r.name, r.timezone)], deps.limits
+        )
+    except PlanError as err:
+        raise invalid(
+            [Problem(p.field.replace("recipients[0]", "recipient"), p.reason) for p in err.problems]
+        ) from None
+    if request.query.get("audio") in ("1", "true"):
+        try:
+            audio = await deps.speaker.synthesize(planned.text)
+        except SpeechError as err:
+            raise error(502, "speech_failed", f"the text could not be synthesized: {err.reason}") from None
+        return web.Response(body=wav_bytes(audio), content_type="audio/wav")
+    return web.json_response({"text": planned.text, "phone": planned.phone, "characters": len(planned.text)})
+
+
+async def delete_opt_out(request: web.Request, deps: AlertsDeps) -> web.Response:
+    try:
+        phone = to_e164(request.match_info["phone"], deps.limits.region, strict=deps.limits.strict_numbers)
+    except BadNumber as err:
+        raise error(422, "validation_failed", str(err), field="phone") from None
+    if not await deps.store.remove_opt_out(phone):
+        raise error(404, "not_found", f"{phone} has not opted out")
+    return web.json_response({"phone": phone, "opted_out": False})
+
+
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise error(400, "invalid_query", f"{name} must be an integer", field=name) from None

@@ -1,0 +1,196 @@
+"""The dispatcher: places the calls of due deliveries, at most `TWILIO_CPS` a second and at most
+`MAX_CONCURRENT_CALLS` at once, and turns what the calls report into delivery transitions.
+
+Each call goes: wait for a free slot (counted in the database: every process shares the account's limit)
+-> wait for a token of the rate bucket -> claim one delivery (a transaction: `dialing`, a lease, the
+attempt's call row and stream token) -> speech starts synthesizing into the cache while the phone rings
+-> `calls.create` with inline TwiML `<Connect><Stream>` carrying the token -> record the SID. Twilio's
+429/20429, 5xx and network errors put the delivery back with a backoff without spending an attempt; any
+other refusal fails it with Twilio's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from announcer.speech.speaker import Speaker
+from announcer.store.deliveries import Claim, DeliveryStore, Move
+from announcer.store.delivery_states import state_for_call_status
+from announcer.store.models import CallOutcome, DeliveryState, utcnow
+from announcer.telephony import twiml
+from announcer.telephony.calls import TwilioCalls, TwilioError
+from announcer.telephony.status import StatusReport
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(seconds=120)  # a claim must have its SID by then, or it is reconciled
+IDLE_POLL_S = 5.0  # re-check the table this often even without a wake-up (another process' work)
+RING_TIMEOUT_S = 30
+
+_OUTCOME_STATES = {
+    CallOutcome.HEARD: DeliveryState.HEARD,
+    CallOutcome.HUNG_UP_EARLY: DeliveryState.HUNG_UP_EARLY,
+    CallOutcome.SAID_BY_TWILIO: DeliveryState.HEARD,
+    CallOutcome.FAILED: DeliveryState.FAILED,
+}
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up. One consumer (the dispatcher loop)."""
+
+    def __init__(self, rate: float, burst: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def wait_s(self) -> float:
+        """How long until a token is there (0: now)."""
+        self._refill()
+        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
+
+    def take(self) -> None:
+        self._refill()
+        self._tokens -= 1
+
+
+class Dispatcher:
+    """Started and stopped by the app's lifecycle."""
+
+    def __init__(
+        self,
+        store: DeliveryStore,
+        twilio: TwilioCalls,
+        speaker: Speaker,
+        *,
+        cps: float,
+        max_concurrent: int,
+        from_number: str,
+        media_url: str,
+        status_url: str,
+        on_move: Callable[[Move], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._twilio = twilio
+        self._speaker = speaker
+        self._bucket = TokenBucket(cps)
+        self._max_concurrent = max_concurrent
+        self._from = from_number
+        self._media_url = media_url
+        self._status_url = status_url
+        self._on_move = on_move
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._dials: set[asyncio.Task[None]] = set()
+        self.placed = 0  # calls Twilio accepted (a gauge)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="dispatcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        # A create request in flight finishes (its SID must be recorded, or the claim is reconciled later).
+        if self._dials:
+            await asyncio.wait(self._dials, timeout=10)
+
+    def wake(self) -> None:
+        """New work, or a slot came free."""
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatcher step failed; retrying shortly")
+                await self._sleep(1.0)
+
+    async def _step(self) -> None:
+        busy = await self._store.in_flight()
+        if busy >= self._max_concurrent:
+            await self._sleep(IDLE_POLL_S)  # a terminal status or an ended stream wakes us
+            return
+        wait = self._bucket.wait_s()
+        if wait > 0:
+            await asyncio.sleep(wait)  # the rate limit itself: nothing to wait on but time
+            return
+        (claim,) = await self._store.claim(limit=1, lease=LEASE, from_number=self._from) or (None,)
+        if claim is None:
+            due = await self._store.next_due()
+            delay = IDLE_POLL_S if due is None else (due - utcnow()).total_seconds()
+            if delay > 0:
+                await self._sleep(min(delay, IDLE_POLL_S))
+            return
+        self._bucket.take()
+        task = asyncio.create_task(self._dial(claim), name=f"dial-{claim.delivery_id}")
+        self._dials.add(task)
+        task.add_done_callback(self._dials.discard)
+
+    async def _dial(self, claim: Claim) -> None:
+        self._speaker.prefetch(claim.text)  # synthesized while the phone rings
+        try:
+            info = await self._twilio.create(
+                to=claim.phone,
+                from_=self._from,
+                twiml=twiml.connect_stream(self._media_url, {"token": claim.token}),
+                status_callback=f"{self._status_url}?call={claim.call_id}",
+                status_callback_event=["initiated", "ringing", "answered", "completed"],
+                timeout=RING_TIMEOUT_S,
+            )
+        except TwilioError as err:
+            retry_at = None
+            if err.retryable:
+                retry_at = utcnow() + timedelta(seconds=min(60.0, 2.0 ** min(claim.attempt, 5)))
+            log.warning("call for delivery %s refused: %s", claim.delivery_id, err)
+            move = await self._store.dial_refused(claim, code=err.code, reason=err.message, retry_at=retry_at)
+            self._moved(move)
+            self.wake()
+            return
+        self.placed += 1
+        await self._store.dialed(claim, info.sid)
+
+    # --- what calls report ------------------------------------------------------------------------
+
+    async def on_status(self, report: StatusReport) -> None:
+        """A status callback moved an attempt's call: move its delivery (if the call carries one)."""
+        new = state_for_call_status(report.status, answered=report.answered, sip_code=report.sip_code)
+        if new is None:
+            return
+        code = report.error_code or (report.sip_code if new == DeliveryState.FAILED else None)
+        move = await self._store.on_call_state(report.call_id, new, code=code, source="status callback")
+        self._moved(move)
+
+    async def on_call_outcome(self, call_id: int, outcome: CallOutcome, reason: str) -> None:
+        new = _OUTCOME_STATES.get(outcome)
+        if new is not None:
+            self._moved(await self._store.on_call_state(call_id, new, reason=reason, source="media stream"))
+
+    def _moved(self, move: Move | None) -> None:
+        if move is None:
+            return
+        if move.final or move.retry_at is not None:
+            self.wake()  # a slot came free
+        if self._on_move is not None:
+            self._on_move(move)

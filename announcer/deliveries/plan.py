@@ -1,0 +1,146 @@
+"""From an alert's recipients to deliveries: every recipient rendered and every number normalised before
+anything is accepted (a missing variable is an error before any call, never a half-spoken sentence).
+
+All problems are collected, not just the first: a caller fixing a 500-row list wants every bad row at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from announcer.messages.phones import BadNumber, to_e164
+from announcer.messages.render import MessageRenderer, PreparedTemplate, RenderError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a request cannot be accepted: `field` is a path into the request body."""
+
+    field: str
+    reason: str
+    index: int | None = None  # the recipient's index, when the problem is one recipient's
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"field": self.field, "reason": self.reason}
+        if self.index is not None:
+            out["index"] = self.index
+        return out
+
+
+class PlanError(Exception):
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{p.field}: {p.reason}" for p in self.problems[:5]))
+
+
+@dataclass(frozen=True)
+class RecipientIn:
+    phone: str
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedDelivery:
+    position: int
+    phone: str  # E.164
+    name: str | None
+    timezone: str | None
+    variables: dict[str, Any]
+    text: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_recipients: int
+    max_text_chars: int
+    region: str | None  # for numbers given without +country
+    strict_numbers: bool  # False in sandbox mode: fictional 555 numbers are fine there
+
+
+def prepare_template(
+    renderer: MessageRenderer, template: str | None, template_text: str | None
+) -> PreparedTemplate:
+    """The alert's template, loaded once; PlanError naming the field when it is missing or broken."""
+    if (template is None) == (template_text is None):
+        raise PlanError([Problem("template", "give exactly one of template and template_text")])
+    try:
+        return renderer.prepare(name=template, source=template_text)
+    except RenderError as err:
+        raise PlanError([Problem("template" if template else "template_text", str(err))]) from None
+
+
+def plan_deliveries(
+    prepared: PreparedTemplate,
+    shared: Mapping[str, Any],
+    recipients: Sequence[RecipientIn],
+    limits: Limits,
+) -> list[PlannedDelivery]:
+    """Render every recipient; raise PlanError with every problem found."""
+    problems: list[Problem] = []
+    if not recipients:
+        raise PlanError([Problem("recipients", "at least one recipient is required")])
+    if len(recipients) > limits.max_recipients:
+        raise PlanError(
+            [
+                Problem(
+                    "recipients", f"{len(recipients)} recipients; at most {limits.max_recipients} per alert"
+                )
+            ]
+        )
+    seen: dict[str, int] = {}
+    planned: list[PlannedDelivery] = []
+    for index, recipient in enumerate(recipients):
+        where = f"recipients[{index}]"
+        try:
+            phone = to_e164(recipient.phone, limits.region, strict=limits.strict_numbers)
+        except BadNumber as err:
+            problems.append(Problem(f"{where}.phone", str(err), index))
+            phone = None
+        if phone is not None:
+            first = seen.setdefault(phone, index)
+            if first != index:
+                problems.append(
+                    Problem(f"{where}.phone", f"duplicate of recipients[{first}] ({phone})", index)
+                )
+        if recipient.timezone is not None:
+            try:
+                ZoneInfo(recipient.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                problems.append(Problem(f"{where}.timezone", "unknown time zone", index))
+        # The recipient's own variables win over the alert's; name and phone are there unless given.
+        variables: dict[str, Any] = {"name": recipient.name, "phone": phone or recipient.phone}
+        variables.update(shared)
+        variables.update(recipient.variables)
+        try:
+            text = prepared.render(variables)
+        except RenderError as err:
+            problems.append(Problem(f"{where}.variables", str(err), index))
+            continue
+        if len(text) > limits.max_text_chars:
+            problems.append(
+                Problem(
+                    f"{where}.variables",
+                    f"the message is {len(text)} characters; at most {limits.max_text_chars}",
+                    index,
+                )
+            )
+            continue
+        if phone is not None:
+            planned.append(
+                PlannedDelivery(
+                    position=index,
+                    phone=phone,
+                    name=recipient.name,
+                    timezone=recipient.timezone,
+                    variables=dict(recipient.variables),
+                    text=text,
+                )
+            )
+    if problems:
+        raise PlanError(problems)
+    return planned

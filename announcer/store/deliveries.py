@@ -1,0 +1,684 @@
+"""Alerts and their deliveries in the database: acceptance, the dispatcher's claims, transitions, opt-outs.
+
+Every method is one transaction. A delivery only moves forward (deliveries/states.py decides what
+forward means), and every move, and every refused one, is a `delivery_events` row.
+
+Exactly once across crashes (design.md): the alert and all its deliveries are committed before the API
+answers; a delivery is claimed (state `dialing`, a lease, the attempt's call row and stream token) in one
+transaction before Twilio is asked to call, and the Call SID is written after. A claim whose lease ran
+out without a SID is reconciled against Twilio before it may be dialed again.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from announcer.store.calls import TOKEN_TTL, hash_token
+from announcer.store.delivery_states import is_final, moves_forward
+from announcer.store.models import (
+    FINAL_DELIVERY_STATES,
+    Alert,
+    AlertStatus,
+    Call,
+    CallDirection,
+    CallEvent,
+    CallKind,
+    CallStatus,
+    Delivery,
+    DeliveryEvent,
+    DeliveryState,
+    OptOut,
+    StreamToken,
+    utcnow,
+)
+
+_DELIVERIES = cast(Table, Delivery.__table__)
+_EVENTS = cast(Table, DeliveryEvent.__table__)
+_CHUNK = 500  # parameters per IN (...) list
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+class AlertFinished(Exception):
+    """The alert has nothing left to cancel."""
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    position: int
+    phone: str
+    name: str | None
+    timezone: str | None
+    variables: dict[str, Any]
+    text: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery this dispatcher may dial now: its attempt's call row and stream token are ready."""
+
+    delivery_id: int
+    alert_id: str
+    attempt: int
+    call_id: int
+    token: str
+    phone: str
+    text: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Move:
+    """A transition that happened (for the caller to act on: webhooks, retries, alert completion)."""
+
+    delivery_id: int
+    alert_id: str
+    state: DeliveryState
+    attempt: int
+    final: bool
+    retry_at: datetime | None = None
+    callback_url: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlertView:
+    id: str
+    status: str
+    recipients: int
+    created_at: datetime
+    finished_at: datetime | None
+    counts: dict[str, int]
+    options: dict[str, Any]
+    template: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    id: int
+    position: int
+    phone: str
+    name: str | None
+    state: str
+    attempt: int
+    outcome: str | None
+    outcome_code: int | None
+    outcome_reason: str | None
+    call_sid: str | None
+    text: str
+    updated_at: datetime
+    history: list[dict[str, Any]]
+
+
+def _event(delivery_id: int, kind: str, at: datetime, **detail: Any) -> dict[str, Any]:
+    return {"delivery_id": delivery_id, "kind": kind, "at": at, "detail": detail}
+
+
+class DeliveryStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, postgres: bool) -> None:
+        self.sessions = sessions
+        self._skip_locked = postgres  # FOR UPDATE SKIP LOCKED lets several dispatchers share the table
+
+    # --- acceptance ------------------------------------------------------------------------------
+
+    async def create_alert(
+        self,
+        *,
+        idempotency_key: str | None,
+        request_hash: str,
+        source: str,
+        template: str | None,
+        template_text: str | None,
+        variables: dict[str, Any],
+        options: dict[str, Any],
+        callback_url: str | None,
+        deliveries: Sequence[NewDelivery],
+        max_attempts: int,
+    ) -> tuple[str, bool]:
+        """Store the alert and its deliveries; (id, True) when created, (id, False) for a replay."""
+        if idempotency_key is not None:
+            existing = await self._by_key(idempotency_key, request_hash)
+            if existing is not None:
+                return existing, False
+        alert_id = "al_" + secrets.token_hex(12)
+        now = utcnow()
+        async with self.sessions() as s:
+            opted = await _opted_out(s, [d.phone for d in deliveries])
+            try:
+                await s.execute(
+                    insert(Alert).values(
+                        id=alert_id,
+                        idempotency_key=idempotency_key,
+                        request_hash=request_hash,
+                        source=source,
+                        template=template,
+                        template_text=template_text,
+                        variables=variables,
+                        options=options,
+                        callback_url=callback_url,
+                        status=AlertStatus.ACTIVE,
+                        recipients=len(deliveries),
+                        created_at=now,
+                    )
+                )
+            except IntegrityError:
+                await s.rollback()  # the same key won a race in another request
+                assert idempotency_key is not None
+                existing = await self._by_key(idempotency_key, request_hash)
+                assert existing is not None
+                return existing, False
+            rows = []
+            for d in deliveries:
+                out = d.phone in opted
+                rows.append(
+                    {
+                        "alert_id": alert_id,
+                        "position": d.position,
+                        "phone": d.phone,
+                        "name": d.name,
+                        "timezone": d.timezone,
+                        "variables": d.variables,
+                        "text": d.text,
+                        "state": DeliveryState.OPTED_OUT if out else DeliveryState.PENDING,
+                        "attempt": 0,
+                        "max_attempts": max_attempts,
+                        "next_attempt_at": now,
+                        "outcome": DeliveryState.OPTED_OUT if out else None,
+                        "outcome_reason": "this number opted out earlier" if out else None,
+                        "created_at": now,
+                        "updated_at": now,
+                        "finished_at": now if out else None,
+                    }
+                )
+            await s.execute(insert(_DELIVERIES), rows)
+            ids = (
+                await s.execute(
+                    select(Delivery.id, Delivery.state)
+                    .where(Delivery.alert_id == alert_id)
+                    .order_by(Delivery.id)
+                )
+            ).all()
+            await s.execute(insert(_EVENTS), [_event(i, "state", now, state=state) for i, state in ids])
+            if opted and len(opted) >= len(deliveries):
+                await _complete(s, alert_id, now)
+            await s.commit()
+        return alert_id, True
+
+    async def _by_key(self, key: str, request_hash: str) -> str | None:
+        async with self.sessions() as s:
+            row = (
+                await s.execute(select(Alert.id, Alert.request_hash).where(Alert.idempotency_key == key))
+            ).first()
+        if row is None:
+            return None
+        if row.request_hash != request_hash:
+            raise IdempotencyConflict(key)
+        return str(row.id)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    async def alert(self, alert_id: str) -> AlertView | None:
+        async with self.sessions() as s:
+            alert = await s.get(Alert, alert_id)
+            if alert is None:
+                return None
+            counts = dict(
+                (
+                    await s.execute(
+                        select(Delivery.state, func.count())
+                        .where(Delivery.alert_id == alert_id)
+                        .group_by(Delivery.state)
+                    )
+                )
+                .tuples()
+                .all()
+            )
+        return AlertView(
+            id=alert.id,
+            status=alert.status,
+            recipients=alert.recipients,
+            created_at=alert.created_at,
+            finished_at=alert.finished_at,
+            counts={str(k): int(v) for k, v in counts.items()},
+            options=alert.options,
+            template=alert.template,
+        )
+
+    async def deliveries(self, alert_id: str, *, after: int, limit: int) -> list[DeliveryView]:
+        """Page through an alert's deliveries by recipient index (positions after `after`)."""
+        async with self.sessions() as s:
+            rows = list(
+                (
+                    await s.execute(
+                        select(Delivery)
+                        .where(Delivery.alert_id == alert_id, Delivery.position > after)
+                        .order_by(Delivery.position)
+                        .limit(limit)
+                    )
+                ).scalars()
+            )
+            history: dict[int, list[dict[str, Any]]] = {d.id: [] for d in rows}
+            ids = list(history)
+            for start in range(0, len(ids), _CHUNK):
+                events = await s.execute(
+                    select(DeliveryEvent)
+                    .where(DeliveryEvent.delivery_id.in_(ids[start : start + _CHUNK]))
+                    .order_by(DeliveryEvent.id)
+                )
+                for e in events.scalars():
+                    history[e.delivery_id].append({"at": e.at.isoformat(), "kind": e.kind, **e.detail})
+        return [
+            DeliveryView(
+                id=d.id,
+                position=d.position,
+                phone=d.phone,
+                name=d.name,
+                state=d.state,
+                attempt=d.attempt,
+                outcome=d.outcome,
+                outcome_code=d.outcome_code,
+                outcome_reason=d.outcome_reason,
+                call_sid=d.call_sid,
+                text=d.text,
+                updated_at=d.updated_at,
+                history=history[d.id],
+            )
+            for d in rows
+        ]
+
+    # --- cancel ----------------------------------------------------------------------------------
+
+    async def cancel_alert(self, alert_id: str) -> tuple[int, list[tuple[int, str]]]:
+        """Cancel what has not been dialed; return (how many, [(delivery id, call sid)] still ringing or
+        dialing, for the caller to cancel at Twilio). Raises LookupError / AlertFinished."""
+        now = utcnow()
+        async with self.sessions() as s:
+            alert = await s.get(Alert, alert_id, with_for_update=True)
+            if alert is None:
+                raise LookupError(alert_id)
+            if alert.status != AlertStatus.ACTIVE:
+                raise AlertFinished(alert.status)
+            waiting = list(
+                (
+                    await s.execute(
+                        select(Delivery.id).where(
+                            Delivery.alert_id == alert_id,
+                            Delivery.state.in_([DeliveryState.PENDING, DeliveryState.QUEUED]),
+                        )
+                    )
+                ).scalars()
+            )
+            for start in range(0, len(waiting), _CHUNK):
+                chunk = waiting[start : start + _CHUNK]
+                await s.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(chunk))
+                    .values(
+                        state=DeliveryState.CANCELED,
+                        outcome=DeliveryState.CANCELED,
+                        outcome_reason="the alert was canceled before this call was placed",
+                        updated_at=now,
+                        finished_at=now,
+                    )
+                )
+            if waiting:
+                await s.execute(
+                    insert(_EVENTS),
+                    [_event(i, "state", now, state="canceled", reason="alert canceled") for i in waiting],
+                )
+            live = (
+                await s.execute(
+                    select(Delivery.id, Delivery.call_sid).where(
+                        Delivery.alert_id == alert_id,
+                        Delivery.state.in_([DeliveryState.DIALING, DeliveryState.RINGING]),
+                    )
+                )
+            ).all()
+            alert.status = AlertStatus.CANCELED
+            alert.finished_at = now
+            await s.commit()
+        return len(waiting), [(int(i), str(sid)) for i, sid in live if sid]
+
+    # --- the dispatcher --------------------------------------------------------------------------
+
+    async def next_due(self) -> datetime | None:
+        """When the earliest waiting delivery falls due (None: nothing waits)."""
+        async with self.sessions() as s:
+            return (
+                await s.execute(
+                    select(func.min(Delivery.next_attempt_at)).where(
+                        Delivery.state.in_([DeliveryState.PENDING, DeliveryState.QUEUED])
+                    )
+                )
+            ).scalar_one_or_none()
+
+    async def claim(self, *, limit: int, lease: timedelta, from_number: str) -> list[Claim]:
+        """Claim up to `limit` due deliveries for dialing (state `dialing`, a lease, a call row, a token)."""
+        now = utcnow()
+        async with self.sessions() as s:
+            query = (
+                select(Delivery, Alert.options)
+                .join(Alert, Alert.id == Delivery.alert_id)
+                .where(
+                    Delivery.state.in_([DeliveryState.PENDING, DeliveryState.QUEUED]),
+                    Delivery.next_attempt_at <= now,
+                    Alert.status == AlertStatus.ACTIVE,
+                )
+                .order_by(Delivery.next_attempt_at, Delivery.id)
+                .limit(limit)
+                .with_for_update(of=Delivery, skip_locked=self._skip_locked)
+            )
+            rows = (await s.execute(query)).all()
+            opted = await _opted_out(s, [d.phone for d, _ in rows])
+            claims: list[Claim] = []
+            events: list[dict[str, Any]] = []
+            for delivery, options in rows:
+                if delivery.phone in opted:  # opted out after the alert was accepted
+                    _finish(delivery, DeliveryState.OPTED_OUT, now, reason="this number opted out")
+                    events.append(_event(delivery.id, "state", now, state="opted_out"))
+                    continue
+                delivery.attempt += 1
+                delivery.state = DeliveryState.DIALING
+                delivery.lease_expires_at = now + lease
+                delivery.call_sid = None
+                delivery.updated_at = now
+                call = Call(
+                    direction=CallDirection.OUTBOUND,
+                    kind=CallKind.ANNOUNCEMENT,
+                    from_number=from_number,
+                    to_number=delivery.phone,
+                    status=CallStatus.QUEUED,
+                    text=delivery.text,
+                    delivery_id=delivery.id,
+                    attempt=delivery.attempt,
+                    created_at=now,
+                    updated_at=now,
+                )
+                s.add(call)
+                await s.flush()
+                delivery.call_id = call.id
+                token = secrets.token_urlsafe(24)
+                s.add(StreamToken(token_hash=hash_token(token), call_id=call.id, expires_at=now + TOKEN_TTL))
+                s.add(CallEvent(call_id=call.id, kind="stream_token_issued", detail={}, at=now))
+                events.append(_event(delivery.id, "state", now, state="dialing", attempt=delivery.attempt))
+                claims.append(
+                    Claim(
+                        delivery_id=delivery.id,
+                        alert_id=delivery.alert_id,
+                        attempt=delivery.attempt,
+                        call_id=call.id,
+                        token=token,
+                        phone=delivery.phone,
+                        text=delivery.text,
+                        options=options,
+                    )
+                )
+            if events:
+                await s.execute(insert(_EVENTS), events)
+            await s.commit()
+        return claims
+
+    async def dialed(self, claim: Claim, call_sid: str) -> None:
+        """Twilio accepted the call: its SID belongs to this attempt."""
+        now = utcnow()
+        async with self.sessions() as s:
+            await s.execute(
+                update(Call).where(Call.id == claim.call_id).values(call_sid=call_sid, updated_at=now)
+            )
+            await s.execute(
+                update(Delivery)
+                .where(Delivery.id == claim.delivery_id, Delivery.attempt == claim.attempt)
+                .values(call_sid=call_sid, updated_at=now)
+            )
+            await s.execute(
+                insert(_EVENTS),
+                [_event(claim.delivery_id, "dialed", now, attempt=claim.attempt, call_sid=call_sid)],
+            )
+            await s.commit()
+
+    async def dial_refused(
+        self, claim: Claim, *, code: int, reason: str, retry_at: datetime | None
+    ) -> Move | None:
+        """Twilio refused to place the call. With `retry_at` the attempt did not count (429, 5xx, network):
+        the delivery waits for that time; else it fails with Twilio's code."""
+        now = utcnow()
+        async with self.sessions() as s:
+            delivery = await s.get(Delivery, claim.delivery_id, with_for_update=True)
+            if (
+                delivery is None
+                or delivery.attempt != claim.attempt
+                or delivery.state != DeliveryState.DIALING
+            ):
+                return None
+            await s.execute(update(Call).where(Call.id == claim.call_id).values(status=CallStatus.FAILED))
+            if retry_at is not None:
+                delivery.attempt -= 1
+                delivery.state = DeliveryState.PENDING
+                delivery.next_attempt_at = retry_at
+                delivery.lease_expires_at = None
+                delivery.updated_at = now
+                s.add(
+                    DeliveryEvent(
+                        delivery_id=delivery.id,
+                        kind="dial_retry",
+                        at=now,
+                        detail={"code": code, "reason": reason[:300], "retry_at": retry_at.isoformat()},
+                    )
+                )
+                await s.commit()
+                return None
+            _finish(delivery, DeliveryState.FAILED, now, code=code, reason=reason)
+            s.add(
+                DeliveryEvent(
+                    delivery_id=delivery.id, kind="state", at=now, detail={"state": "failed", "code": code}
+                )
+            )
+            move = await _after_final(s, delivery, now)
+            await s.commit()
+            return move
+
+    # --- transitions from the call -----------------------------------------------------------------
+
+    async def on_call_state(
+        self,
+        call_id: int,
+        new: DeliveryState,
+        *,
+        code: int | None = None,
+        reason: str | None = None,
+        source: str,
+    ) -> Move | None:
+        """Move the delivery whose attempt `call_id` carries to `new`, if that is forward (see states.py).
+
+        A final state that the alert's options retry (busy, no answer, failed) becomes `pending` for the
+        next attempt instead, while attempts remain."""
+        now = utcnow()
+        async with self.sessions() as s:
+            call = await s.get(Call, call_id)
+            if call is None or call.delivery_id is None or call.attempt is None:
+                return None
+            delivery = await s.get(Delivery, call.delivery_id, with_for_update=True)
+            if delivery is None:
+                return None
+            if not moves_forward(DeliveryState(delivery.state), delivery.attempt, new, call.attempt):
+                s.add(
+                    DeliveryEvent(
+                        delivery_id=delivery.id,
+                        kind="ignored",
+                        at=now,
+                        detail={"state": new.value, "attempt": call.attempt, "source": source},
+                    )
+                )
+                await s.commit()
+                return None
+            detail: dict[str, Any] = {"state": new.value, "attempt": call.attempt, "source": source}
+            if code is not None:
+                detail["code"] = code
+            if reason:
+                detail["reason"] = reason[:300]
+            s.add(DeliveryEvent(delivery_id=delivery.id, kind="state", at=now, detail=detail))
+            if not is_final(new):
+                delivery.state = new
+                delivery.updated_at = now
+                if new == DeliveryState.IN_PROGRESS:
+                    delivery.lease_expires_at = None
+                await s.commit()
+                return Move(delivery.id, delivery.alert_id, new, delivery.attempt, final=False)
+            alert = await s.get(Alert, delivery.alert_id)
+            options = alert.options if alert is not None else {}
+            retry_on = set(options.get("retry_on", []))
+            if (
+                new.value in retry_on
+                and delivery.attempt < delivery.max_attempts
+                and alert is not None
+                and alert.status == AlertStatus.ACTIVE
+            ):
+                backoff = float(options.get("retry_backoff_s", 60)) * 2 ** (delivery.attempt - 1)
+                retry_at = now + timedelta(seconds=backoff)
+                delivery.state = DeliveryState.PENDING
+                delivery.next_attempt_at = retry_at
+                delivery.lease_expires_at = None
+                delivery.updated_at = now
+                s.add(
+                    DeliveryEvent(
+                        delivery_id=delivery.id,
+                        kind="retry_scheduled",
+                        at=now,
+                        detail={
+                            "after": new.value,
+                            "next_attempt": delivery.attempt + 1,
+                            "at": retry_at.isoformat(),
+                        },
+                    )
+                )
+                await s.commit()
+                return Move(
+                    delivery.id, delivery.alert_id, new, delivery.attempt, final=False, retry_at=retry_at
+                )
+            _finish(delivery, new, now, code=code, reason=reason)
+            if new == DeliveryState.OPTED_OUT:
+                await _opt_out(s, delivery.phone, delivery.id, now)
+            move = await _after_final(s, delivery, now)
+            await s.commit()
+            return move
+
+    async def expired_claims(self) -> list[tuple[int, int, int, str, datetime]]:
+        """Claims whose lease ran out with no Call SID: (delivery id, attempt, call id, phone, claimed at)."""
+        now = utcnow()
+        async with self.sessions() as s:
+            rows = (
+                await s.execute(
+                    select(
+                        Delivery.id, Delivery.attempt, Delivery.call_id, Delivery.phone, Delivery.updated_at
+                    ).where(
+                        Delivery.state == DeliveryState.DIALING,
+                        Delivery.call_sid.is_(None),
+                        Delivery.lease_expires_at < now,
+                    )
+                )
+            ).all()
+        return [(int(a), int(b), int(c or 0), str(d), e) for a, b, c, d, e in rows]
+
+    async def in_flight(self) -> int:
+        """Deliveries holding a dialing slot (dialing, ringing or in progress)."""
+        async with self.sessions() as s:
+            return int(
+                (
+                    await s.execute(
+                        select(func.count()).where(
+                            Delivery.state.in_(
+                                [DeliveryState.DIALING, DeliveryState.RINGING, DeliveryState.IN_PROGRESS]
+                            )
+                        )
+                    )
+                ).scalar_one()
+            )
+
+    # --- opt-outs --------------------------------------------------------------------------------
+
+    async def remove_opt_out(self, phone: str) -> bool:
+        async with self.sessions() as s:
+            row = await s.get(OptOut, phone)
+            if row is None:
+                return False
+            await s.delete(row)
+            await s.commit()
+            return True
+
+    async def opted_out(self, phone: str) -> bool:
+        async with self.sessions() as s:
+            return await s.get(OptOut, phone) is not None
+
+
+async def _opted_out(s: AsyncSession, phones: Sequence[str]) -> set[str]:
+    out: set[str] = set()
+    unique = list(dict.fromkeys(phones))
+    for start in range(0, len(unique), _CHUNK):
+        rows = await s.execute(select(OptOut.phone).where(OptOut.phone.in_(unique[start : start + _CHUNK])))
+        out.update(rows.scalars())
+    return out
+
+
+async def _opt_out(s: AsyncSession, phone: str, delivery_id: int, now: datetime) -> None:
+    if await s.get(OptOut, phone) is None:
+        s.add(OptOut(phone=phone, delivery_id=delivery_id, created_at=now))
+
+
+def _finish(
+    delivery: Delivery,
+    state: DeliveryState,
+    now: datetime,
+    *,
+    code: int | None = None,
+    reason: str | None = None,
+) -> None:
+    delivery.state = state
+    delivery.outcome = state
+    delivery.outcome_code = code
+    delivery.outcome_reason = reason[:400] if reason else None
+    delivery.lease_expires_at = None
+    delivery.updated_at = now
+    delivery.finished_at = now
+
+
+async def _after_final(s: AsyncSession, delivery: Delivery, now: datetime) -> Move:
+    """The delivery just reached its outcome: complete the alert when it was the last one."""
+    await s.flush()
+    alert = await s.get(Alert, delivery.alert_id)
+    remaining = (
+        await s.execute(
+            select(func.count()).where(
+                Delivery.alert_id == delivery.alert_id, Delivery.state.not_in(list(FINAL_DELIVERY_STATES))
+            )
+        )
+    ).scalar_one()
+    alert_done = remaining == 0 and alert is not None and alert.status == AlertStatus.ACTIVE
+    if alert_done:
+        await _complete(s, delivery.alert_id, now)
+    return Move(
+        delivery.id,
+        delivery.alert_id,
+        DeliveryState(delivery.state),
+        delivery.attempt,
+        final=True,
+        callback_url=alert.callback_url if alert is not None else None,
+        detail={"alert_completed": alert_done},
+    )
+
+
+async def _complete(s: AsyncSession, alert_id: str, now: datetime) -> None:
+    await s.execute(
+        update(Alert)
+        .where(Alert.id == alert_id, Alert.status == AlertStatus.ACTIVE)
+        .values(status=AlertStatus.COMPLETED, finished_at=now)
+    )

@@ -1,0 +1,61 @@
+"""The delivery state machine (design.md): which moves are forward, and what a call's status means for it.
+
+A delivery's position is (attempt, rank of state). A move is allowed only forward: a late, duplicated
+or out-of-order status callback, or one for an earlier attempt, changes nothing. A retry is forward too:
+it starts the next attempt.
+"""
+
+from __future__ import annotations
+
+from announcer.store.models import FINAL_DELIVERY_STATES, CallStatus, DeliveryState
+
+_RANK = {
+    DeliveryState.PENDING: 0,
+    DeliveryState.QUEUED: 1,
+    DeliveryState.DIALING: 2,
+    DeliveryState.RINGING: 3,
+    DeliveryState.IN_PROGRESS: 4,
+}
+FINAL_RANK = 5
+SIP_TEMPORARILY_UNAVAILABLE = 480  # a "failed" call with this SIP code was not answered (protocols.md)
+
+
+def rank(state: DeliveryState) -> int:
+    return _RANK.get(state, FINAL_RANK)
+
+
+def is_final(state: DeliveryState | str) -> bool:
+    return state in FINAL_DELIVERY_STATES
+
+
+def moves_forward(current: DeliveryState, current_attempt: int, new: DeliveryState, attempt: int) -> bool:
+    if attempt != current_attempt:
+        return attempt > current_attempt and not is_final(current)
+    return not is_final(current) and rank(new) > rank(current)
+
+
+def state_for_call_status(
+    status: CallStatus, *, answered: bool, sip_code: int | None
+) -> DeliveryState | None:
+    """What a Twilio call status means for its delivery; None when it means nothing new."""
+    match status:
+        case CallStatus.QUEUED | CallStatus.INITIATED:
+            return None  # still dialing
+        case CallStatus.RINGING:
+            return DeliveryState.RINGING
+        case CallStatus.IN_PROGRESS:
+            return DeliveryState.IN_PROGRESS
+        case CallStatus.BUSY:
+            return DeliveryState.BUSY
+        case CallStatus.NO_ANSWER:
+            return DeliveryState.NO_ANSWER
+        case CallStatus.CANCELED:
+            return DeliveryState.CANCELED
+        case CallStatus.FAILED:
+            return (
+                DeliveryState.NO_ANSWER if sip_code == SIP_TEMPORARILY_UNAVAILABLE else DeliveryState.FAILED
+            )
+        case CallStatus.COMPLETED:
+            # The media stream decides heard/confirmed/opted out before the call completes; a call that
+            # completes without one was answered and left (hung up early) or never answered at all.
+            return DeliveryState.HUNG_UP_EARLY if answered else DeliveryState.NO_ANSWER
