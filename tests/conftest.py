@@ -22,6 +22,8 @@ from announcer.store.calls import CallStore
 
 PG_ADMIN = os.environ.get("ANNOUNCER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 USE_PG = os.environ.get("ANNOUNCER_TEST_DATABASE") == "postgresql"
+API_TOKEN = "test-api-token"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 @pytest.fixture(autouse=True)
@@ -115,6 +117,8 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
         "announcer_sandbox_speed": 25.0,
         "elevenlabs_timeout_s": 2.0,
         "twilio_timeout_s": 5.0,
+        "announcer_api_token": API_TOKEN,
+        "twilio_cps": 50.0,
     }
     values.update(overrides)
     # _env_file=None: a developer's .env must not leak into the tests.

@@ -18,9 +18,7 @@ class Strict(BaseModel):
 
 
 class RecipientBody(Strict):
-    phone: str = Field(
-        min_length=3, max_length=40, description="E.164 (+14155550100) or national with a region"
-    )
+    phone: str = Field(max_length=40, description="E.164 (+14155550100) or national with a region")
     variables: dict[str, Any] = Field(default_factory=dict, description="this recipient's template variables")
     name: str | None = Field(default=None, max_length=200)
     timezone: str | None = Field(

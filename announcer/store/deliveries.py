@@ -239,9 +239,7 @@ class DeliveryStore:
                         .where(Delivery.alert_id == alert_id)
                         .group_by(Delivery.state)
                     )
-                )
-                .tuples()
-                .all()
+                ).all()
             )
         return AlertView(
             id=alert.id,

@@ -1,0 +1,137 @@
+"""Templated alerts end to end: the API accepts, the dispatcher dials through the real twilio SDK, the
+sandbox phones answer (or not), and every delivery ends in the outcome that really happened."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from announcer.sandbox.twilio_call import PhoneBehavior
+from tests.conftest import AUTH, Service, eventually
+
+HEARER = "+15550100001"
+BUSY = "+15550100002"
+AWAY = "+15550100003"
+
+
+async def post(
+    service: Service, path: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(service.base_url + path, json=body, headers={**AUTH, **(headers or {})}) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def get(service: Service, path: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.get(service.base_url + path, headers=AUTH) as resp:
+        return resp.status, await resp.json()
+
+
+def alert_body(*phones: str, **options: Any) -> dict[str, Any]:
+    return {
+        "template_text": "Hello {{ name }}. The {{ system }} is down since {{ since | spoken_time }} today.",
+        "variables": {"system": "billing server", "since": "09:30"},
+        "recipients": [{"phone": p, "name": f"Person {i}"} for i, p in enumerate(phones)],
+        "options": options,
+    }
+
+
+async def finished(service: Service, alert_id: str) -> dict[str, Any]:
+    async def done() -> bool:
+        status, body = await get(service, f"/v1/alerts/{alert_id}")
+        return status == 200 and body["status"] != "active"
+
+    await eventually(done, timeout=30)
+    return (await get(service, f"/v1/alerts/{alert_id}"))[1]
+
+
+async def test_everyone_is_called_and_each_outcome_is_known(service: Service) -> None:
+    service.sandbox.set_behavior(BUSY, PhoneBehavior(answer="busy"))
+    service.sandbox.set_behavior(AWAY, PhoneBehavior(answer="no-answer"))
+    status, accepted = await post(service, "/v1/alerts", alert_body(HEARER, BUSY, AWAY))
+    assert status == 202, accepted
+    assert accepted["recipients"] == 3 and accepted["status"] == "active"
+    alert = await finished(service, accepted["id"])
+    assert alert["status"] == "completed"
+    assert alert["counts"] == {"heard": 1, "busy": 1, "no_answer": 1}
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    by_phone = {d["phone"]: d for d in page["deliveries"]}
+    heard = by_phone[HEARER]
+    assert heard["text"] == "Hello Person 0. The billing server is down since nine thirty a.m. today."
+    states = [h["state"] for h in heard["history"] if h["kind"] == "state"]
+    assert states[0] == "pending" and states[-1] == "heard" and "dialing" in states
+    # the phone heard the message (a real stream, real frames) and each number was called once
+    calls = [c for c in service.sandbox.calls.values() if c.direction.value == "outbound-api"]
+    assert sorted(c.to for c in calls) == sorted([HEARER, BUSY, AWAY])
+    hearer_call = next(c for c in calls if c.to == HEARER)
+    assert hearer_call.frames_received > 50 and hearer_call.marks_echoed
+
+
+async def test_bad_recipients_are_refused_with_every_problem_and_nothing_is_stored(service: Service) -> None:
+    body = alert_body(HEARER, "12", HEARER)
+    body["template_text"] = "Hello {{ name }}, {{ missing }}."
+    status, answer = await post(service, "/v1/alerts", body)
+    assert status == 422
+    fields = {(p["field"], p.get("index")) for p in answer["problems"]}
+    assert ("recipients[1].phone", 1) in fields  # too short
+    assert ("recipients[2].phone", 2) in fields  # a duplicate
+    assert ("recipients[0].variables", 0) in fields  # 'missing' is undefined
+    assert not service.sandbox.calls
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"template": "nope.j2", "recipients": [{"phone": HEARER}]}, "template"),
+        ({"template_text": "Hi", "recipients": []}, "recipients"),
+        ({"template_text": "Hi", "recipients": [{"phone": HEARER, "age": 3}]}, "recipients[0].age"),
+        ({"template_text": "Hi", "recipients": [{"phone": 5550100}]}, "recipients[0].phone"),
+        (
+            {"template_text": "Hi", "recipients": [{"phone": HEARER}], "options": {"max_attempts": 0}},
+            "options.max_attempts",
+        ),
+        ({"template_text": "{{ 1 / 0 }}", "recipients": [{"phone": HEARER}]}, "recipients[0].variables"),
+    ],
+)
+async def test_each_bad_field_is_named(service: Service, body: dict[str, Any], field: str) -> None:
+    status, answer = await post(service, "/v1/alerts", body)
+    assert status == 422, answer
+    assert field in {p["field"] for p in answer["problems"]}
+
+
+async def test_malformed_unauthorised_and_unknown(service: Service) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(service.base_url + "/v1/alerts", json=alert_body(HEARER)) as resp:
+            assert resp.status == 401 and (await resp.json())["error"] == "unauthorized"
+        async with http.post(
+            service.base_url + "/v1/alerts",
+            data=b"{not json",
+            headers={**AUTH, "Content-Type": "application/json"},
+        ) as resp:
+            assert resp.status == 400 and (await resp.json())["error"] == "malformed_json"
+        async with http.get(service.base_url + "/v1/alerts/al_nope", headers=AUTH) as resp:
+            assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+    assert not service.sandbox.calls
+
+
+async def test_idempotency_key_replays_or_conflicts(service: Service) -> None:
+    key = {"Idempotency-Key": "outage-42"}
+    status, first = await post(service, "/v1/alerts", alert_body(HEARER), key)
+    assert status == 202 and not first["replayed"]
+    status, again = await post(service, "/v1/alerts", alert_body(HEARER), key)
+    assert status == 202 and again["id"] == first["id"] and again["replayed"]
+    status, clash = await post(service, "/v1/alerts", alert_body(BUSY), key)
+    assert status == 409 and clash["field"] == "Idempotency-Key"
+    await finished(service, first["id"])
+    assert [c.to for c in service.sandbox.calls.values()] == [HEARER]  # called once
+
+
+async def test_preview_renders_without_calling(service: Service) -> None:
+    body = {"template_text": "Hi {{ name }}", "recipient": {"phone": HEARER, "name": "Ada"}}
+    status, answer = await post(service, "/v1/preview", body)
+    assert status == 200 and answer["text"] == "Hi Ada"
+    assert not service.sandbox.calls
