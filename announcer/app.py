@@ -22,6 +22,7 @@ from announcer.api.http import make_middleware
 from announcer.config import Settings
 from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.plan import Limits
+from announcer.deliveries.script import CallScripts
 from announcer.messages.greeting import Greeting
 from announcer.messages.render import MessageRenderer
 from announcer.speech.cache import AudioCache
@@ -324,6 +325,7 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         tokens=tokens,
         account_sid=p.account_sid,
         on_outcome=app[DISPATCHER].on_call_outcome,
+        script=CallScripts(app[DELIVERIES], app[RENDERER]).for_call,
     )
     yield
 

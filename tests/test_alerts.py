@@ -135,3 +135,73 @@ async def test_preview_renders_without_calling(service: Service) -> None:
     status, answer = await post(service, "/v1/preview", body)
     assert status == 200 and answer["text"] == "Hi Ada"
     assert not service.sandbox.calls
+
+
+async def placed_call(service: Service, phone: str, n: int = 1) -> Any:
+    """The n-th call the sandbox placed to `phone`, once it exists."""
+
+    async def there() -> bool:
+        return len([c for c in service.sandbox.calls.values() if c.to == phone]) >= n
+
+    await eventually(there, timeout=20)
+    return [c for c in service.sandbox.calls.values() if c.to == phone][n - 1]
+
+
+async def test_keys_confirm_repeat_and_opt_out(service: Service) -> None:
+    confirmer, repeater, leaver, silent = "+15550100011", "+15550100012", "+15550100013", "+15550100014"
+    status, accepted = await post(
+        service, "/v1/alerts", alert_body(confirmer, repeater, leaver, silent, confirm=True, repeat_key="*")
+    )
+    assert status == 202, accepted
+    # 1 during the prompt confirms
+    call = await placed_call(service, confirmer)
+    await call.wait_for_mark("end:", 20)
+    await call.press("1")
+    # * (the alert's repeat key) during the message starts it over: the end mark comes later, once
+    call = await placed_call(service, repeater)
+    await call.wait_for_media(20)
+    await call.press("*")
+    await call.wait_for_mark("prompt:", 20)
+    await call.press("1")
+    # 9 opts out, for good
+    call = await placed_call(service, leaver)
+    await call.wait_for_media(20)
+    await call.press("9")
+    alert = await finished(service, accepted["id"])
+    assert alert["counts"] == {"confirmed": 2, "opted_out": 1, "heard": 1}  # silent: heard, no key
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    by_phone = {d["phone"]: d for d in page["deliveries"]}
+    assert by_phone[silent]["outcome"] == "heard"
+    repeat_call = next(c for c in service.sandbox.calls.values() if c.to == repeater)
+    call_id = await service.store.find_by_sid(repeat_call.sid)
+    assert call_id is not None
+    kinds = [e.kind for e in await service.store.events(call_id)]
+    assert "repeat" in kinds and kinds.count("speech_sent") >= 3  # message, message again, prompt
+    # the opted-out number is never called again by any alert
+    status, second = await post(service, "/v1/alerts", alert_body(leaver, silent))
+    assert status == 202
+    alert = await finished(service, second["id"])
+    assert alert["counts"] == {"opted_out": 1, "heard": 1}
+    assert len([c for c in service.sandbox.calls.values() if c.to == leaver]) == 1
+    # until the opt-out is removed
+    async with aiohttp.ClientSession() as http:
+        async with http.delete(f"{service.base_url}/v1/opt-outs/{leaver}", headers=AUTH) as resp:
+            assert resp.status == 200
+    status, third = await post(service, "/v1/alerts", alert_body(leaver))
+    alert = await finished(service, third["id"])
+    assert alert["counts"] == {"heard": 1}
+
+
+async def test_busy_is_retried_as_configured(service: Service) -> None:
+    service.sandbox.set_behavior(BUSY, PhoneBehavior(answer="busy"))
+    status, accepted = await post(
+        service, "/v1/alerts", alert_body(BUSY, max_attempts=3, retry_on=["busy"], retry_backoff_s=0.05)
+    )
+    assert status == 202
+    alert = await finished(service, accepted["id"])
+    assert alert["counts"] == {"busy": 1}
+    assert len([c for c in service.sandbox.calls.values() if c.to == BUSY]) == 3
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    (delivery,) = page["deliveries"]
+    assert delivery["attempt"] == 3
+    assert [h["kind"] for h in delivery["history"]].count("retry_scheduled") == 2

@@ -602,6 +602,18 @@ class DeliveryStore:
                 ).scalar_one()
             )
 
+    async def call_options(self, call_id: int) -> dict[str, Any] | None:
+        """The alert options of the delivery that call `call_id` carries (None: not an announcement)."""
+        async with self.sessions() as s:
+            return (
+                await s.execute(
+                    select(Alert.options)
+                    .join(Delivery, Delivery.alert_id == Alert.id)
+                    .join(Call, Call.delivery_id == Delivery.id)
+                    .where(Call.id == call_id)
+                )
+            ).scalar_one_or_none()
+
     # --- opt-outs --------------------------------------------------------------------------------
 
     async def remove_opt_out(self, phone: str) -> bool:

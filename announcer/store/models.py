@@ -82,6 +82,8 @@ def status_rank(status: CallStatus) -> int:
 
 class CallOutcome(StrEnum):
     HEARD = "heard"
+    CONFIRMED = "confirmed"  # pressed 1
+    OPTED_OUT = "opted_out"  # pressed 9
     HUNG_UP_EARLY = "hung_up_early"
     SAID_BY_TWILIO = "said_by_twilio"
     FAILED = "failed"

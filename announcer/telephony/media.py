@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +52,22 @@ class MediaDeps:
     # Told a call's outcome before the call is hung up (so it lands before Twilio's `completed`):
     # the dispatcher turns it into the delivery's outcome. Announcements only.
     on_outcome: Callable[[int, CallOutcome, str], Awaitable[None]] | None = None
+    # What an announcement does after its message (confirm prompt, keys); fetched while the message plays.
+    script: Callable[[int], Coroutine[Any, Any, CallScript | None]] | None = None
+
+
+@dataclass(frozen=True)
+class CallScript:
+    """After the message: a prompt, and how long to wait for a key once it has played (real seconds)."""
+
+    prompt: str | None  # None: no confirmation asked; the call ends when the message has played
+    repeat_keys: frozenset[str] = frozenset({"2"})
+    window_s: float = 8.0
+
+
+CONFIRM_KEY = "1"
+OPT_OUT_KEY = "9"
+PROMPT_MARK_PREFIX = "prompt:"
 
 
 def mask(number: str | None) -> str:
@@ -74,6 +90,12 @@ class MediaSession:
         self.started_at: float | None = None
         self._speaking: asyncio.Task[None] | None = None
         self._confirming: asyncio.Task[None] | None = None
+        self._script: asyncio.Task[CallScript | None] | None = None
+        self._key_window: asyncio.Task[None] | None = None
+        self._playout = deps.clock.stream()
+        # Marks carry the round they were sent in: after a `clear` Twilio echoes every pending mark at
+        # once (protocols.md), and those echoes must not count as "played".
+        self._round = 0
         self._finish_lock = asyncio.Lock()
 
     # --- reader ---------------------------------------------------------------------------------
@@ -139,11 +161,10 @@ class MediaSession:
             self._protocol_problem(f"streamSid {event.stream_sid} is not this stream's")
             return
         if isinstance(event, codec.Mark):
-            if event.name.startswith(END_MARK_PREFIX) and not self.heard:
-                self.heard = True
-                await self._end_call(CallOutcome.HEARD, "end mark echoed: the message played to the end")
+            await self._on_mark(event.name)
         elif isinstance(event, codec.Dtmf):
             self._record("dtmf", digit=event.digit)
+            await self._on_key(event.digit)
         elif isinstance(event, codec.Stop):
             # Answer Twilio's close at once, while its side is still open; the REST hang-up comes after.
             await self._close(WSCloseCode.OK, "stream stopped")
@@ -179,8 +200,9 @@ class MediaSession:
         self.started_at = time.monotonic()
         # Speaking is scheduled before the database writes, so its first step (a cache hit's first frames,
         # or the TTS request) runs ahead of theirs.
-        self._speaking = asyncio.create_task(self._speak(), name=f"speak-{start.call_sid}")
-        self._speaking.add_done_callback(self._speaking_done)
+        self._say(grant.text, END_MARK_PREFIX)
+        if grant.kind == CallKind.ANNOUNCEMENT and self.deps.script is not None:
+            self._script = asyncio.create_task(self.deps.script(grant.call_id))
         if confirm:
             self._confirming = asyncio.create_task(self._confirm_token(token, start.call_sid))
         self.deps.store.record_in_progress(grant.call_id)
@@ -201,15 +223,22 @@ class MediaSession:
 
     # --- speaking -------------------------------------------------------------------------------
 
-    async def _speak(self) -> None:
+    def _say(self, text: str, mark_prefix: str) -> None:
+        """Speak `text`, then send a mark (its echo says it played to the end)."""
+        assert self.grant is not None
+        mark = f"{mark_prefix}{self.grant.call_id}.{self._round}"
+        self._speaking = asyncio.create_task(self._speak(text, mark), name=f"speak-{self._sid_for_log()}")
+        self._speaking.add_done_callback(self._speaking_done)
+
+    async def _speak(self, text: str, mark: str) -> None:
         assert self.start is not None and self.grant is not None and self.started_at is not None
         sid = self.start.stream_sid
-        playout = self.deps.clock.stream()
+        playout = self._playout
         send = self.ws.send_str
         media_message = codec.media_message
         t0 = self.started_at
         try:
-            async with aclosing(self.deps.speaker.frames(self.grant.text, self._on_speech_event)) as frames:
+            async with aclosing(self.deps.speaker.frames(text, self._on_speech_event)) as frames:
                 async for payload in frames:
                     await playout.room()
                     await send(media_message(sid, payload))
@@ -220,12 +249,78 @@ class MediaSession:
                         self._record(
                             "speech_started", first_frame_ms=round((self.first_frame_at - t0) * 1000, 3)
                         )
-            await send(codec.mark_message(sid, f"{END_MARK_PREFIX}{self.grant.call_id}"))
-            self._record("speech_sent", frames=playout.frames_sent)
+            await send(codec.mark_message(sid, mark))
+            self._record("speech_sent", frames=playout.frames_sent, mark=mark.split(":", 1)[0])
         except SpeechUnavailable as err:
             await self._fall_back_to_say(err.reason)
         except ConnectionResetError:
             pass  # the socket went away mid-message; the reader's finish handles the call
+
+    # --- after the message: the prompt and the keys ------------------------------------------------
+
+    async def _on_mark(self, name: str) -> None:
+        if self.ended:
+            return
+        if not name.endswith(f".{self._round}"):
+            self._record("mark_cleared", mark=name[:64])  # flushed by our `clear`, not played
+            return
+        if name.startswith(END_MARK_PREFIX) and not self.heard:
+            self.heard = True
+            script = await self._get_script()
+            if script is None or script.prompt is None:
+                await self._end_call(CallOutcome.HEARD, "end mark echoed: the message played to the end")
+                return
+            self._say(script.prompt, PROMPT_MARK_PREFIX)
+        elif name.startswith(PROMPT_MARK_PREFIX):
+            script = await self._get_script()
+            window = script.window_s if script is not None else 0.0
+            self._cancel_key_window()
+            self._key_window = asyncio.create_task(self._wait_for_key(window / self.deps.clock.speed))
+
+    async def _wait_for_key(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)  # the key window is a span of time by definition
+        await self._end_call(CallOutcome.HEARD, "the message and the prompt played; no key pressed")
+
+    def _cancel_key_window(self) -> None:
+        if self._key_window is not None and not self._key_window.done():
+            self._key_window.cancel()
+        self._key_window = None
+
+    async def _get_script(self) -> CallScript | None:
+        if self._script is None:
+            return None
+        try:
+            return await self._script
+        except Exception:  # without its script the call still ends as a heard message
+            log.exception("could not load the script of call %s", self._sid_for_log())
+            return None
+
+    async def _on_key(self, digit: str) -> None:
+        if self.ended or self.grant is None or self.grant.kind != CallKind.ANNOUNCEMENT:
+            return
+        script = await self._get_script()
+        if digit == CONFIRM_KEY and script is not None and script.prompt is not None:
+            self._cancel_key_window()
+            self.heard = True
+            await self._end_call(CallOutcome.CONFIRMED, "pressed 1 to confirm")
+        elif digit == OPT_OUT_KEY:
+            self._cancel_key_window()
+            self.heard = True
+            await self._end_call(CallOutcome.OPTED_OUT, "pressed 9: do not call this number again")
+        elif digit in (script.repeat_keys if script is not None else frozenset({"2"})):
+            # Stop what is playing (Twilio drops its buffer on `clear`) and start the message over.
+            self._cancel_key_window()
+            if self._speaking is not None and not self._speaking.done():
+                self._speaking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._speaking
+            assert self.start is not None
+            await self.ws.send_str(codec.clear_message(self.start.stream_sid))
+            self._playout.cleared()
+            self._round += 1
+            self.heard = False
+            self._record("repeat", digit=digit)
+            self._say(self.grant.text, END_MARK_PREFIX)
 
     def _speaking_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -262,6 +357,8 @@ class MediaSession:
         self.ended = True
         if self._speaking is not None and not self._speaking.done():
             self._speaking.cancel()
+        if self._key_window is not None and self._key_window is not asyncio.current_task():
+            self._cancel_key_window()
         self.deps.store.record_outcome(self.grant.call_id, outcome, reason=why)
         await self._report(outcome, why)
         try:
@@ -282,6 +379,11 @@ class MediaSession:
             # The finished task holds its exception, whose traceback holds our frames: drop it so the
             # session is freed by reference counting, not by a (long, stop-the-world) full GC pass.
             self._speaking = None
+            if self._key_window is not None and self._key_window is not asyncio.current_task():
+                self._cancel_key_window()
+            if self._script is not None and not self._script.done():
+                self._script.cancel()
+            self._script = None
             if self.grant is not None and not self.ended and not self.heard:
                 # The socket broke without `stop` (a hang-up sends `stop`) or the end mark: the caller
                 # may still be there, so Twilio speaks the message instead (design: never silent).

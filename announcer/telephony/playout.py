@@ -27,6 +27,7 @@ class PlayoutClock:
         if not 0 < refill_s < ahead_s:
             raise ValueError("need 0 < refill_s < ahead_s")
         # speed > 1 only against the sandbox phone, whose clock tests may run faster than real time.
+        self.speed = speed
         self.frame_s = FRAME_S / speed
         self.ahead_s = ahead_s
         self.refill_s = refill_s

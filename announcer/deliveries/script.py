@@ -1,0 +1,48 @@
+"""What an announcement call does after its message: the confirmation prompt (from a template) and which
+keys repeat the message. Read once per call, while the message plays."""
+
+from __future__ import annotations
+
+import logging
+
+from announcer.messages.render import MessageRenderer, RenderError
+from announcer.store.deliveries import DeliveryStore
+from announcer.telephony.media import CallScript
+
+log = logging.getLogger(__name__)
+
+PROMPT_TEMPLATE = "confirm_prompt.j2"
+KEY_WINDOW_S = 8.0  # after the prompt has played: long enough to find the key, short enough not to annoy
+# Said when the template cannot be rendered: the caller still gets a working prompt.
+FALLBACK_PROMPT = "Press 1 to confirm. Press 2 to hear this message again."
+
+
+class CallScripts:
+    def __init__(
+        self, store: DeliveryStore, renderer: MessageRenderer, window_s: float = KEY_WINDOW_S
+    ) -> None:
+        self._store = store
+        self._renderer = renderer
+        self._window_s = window_s
+
+    def check(self) -> None:
+        """Render the prompt once at start, so a broken template stops the service, not a call."""
+        self.prompt(None)
+
+    def prompt(self, repeat_key: str | None) -> str:
+        return self._renderer.render(PROMPT_TEMPLATE, {"repeat_key": repeat_key})
+
+    async def for_call(self, call_id: int) -> CallScript | None:
+        options = await self._store.call_options(call_id)
+        if options is None:
+            return None
+        repeat_key = options.get("repeat_key")
+        keys = frozenset({"2", repeat_key} if repeat_key else {"2"})
+        if not options.get("confirm"):
+            return CallScript(prompt=None, repeat_keys=keys, window_s=self._window_s)
+        try:
+            prompt = self.prompt(repeat_key)
+        except RenderError as err:
+            log.error("confirmation prompt: %s; using the built-in one", err)
+            prompt = FALLBACK_PROMPT
+        return CallScript(prompt=prompt, repeat_keys=keys, window_s=self._window_s)
