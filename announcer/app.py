@@ -14,13 +14,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import WSCloseCode, web
 
 from announcer.api import alerts
 from announcer.api.alerts import AlertsDeps
 from announcer.api.http import make_middleware
 from announcer.config import Settings
+from announcer.deliveries.callbacks import WebhookSender
 from announcer.deliveries.dispatcher import Dispatcher
+from announcer.deliveries.notify import OutcomeNotifier
 from announcer.deliveries.plan import Limits
 from announcer.deliveries.script import CallScripts
 from announcer.messages.greeting import Greeting
@@ -76,6 +79,8 @@ RENDERER = web.AppKey("renderer", MessageRenderer)
 DELIVERIES = web.AppKey("deliveries", DeliveryStore)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 ALERTS = web.AppKey("alerts", AlertsDeps)
+WEBHOOKS = web.AppKey("webhooks", WebhookSender)
+API_TOKEN = web.AppKey("api_token", str)
 
 
 def public_url(settings: Settings) -> str:
@@ -91,9 +96,11 @@ def media_url(settings: Settings) -> str:
 
 def create_app(settings: Settings) -> web.Application:
     """Build the application. Raises `RenderError` when the greeting template cannot be rendered."""
+    token = _api_token(settings)
     app = web.Application(
-        client_max_size=settings.announcer_max_body_bytes, middlewares=[make_middleware(_api_token(settings))]
+        client_max_size=settings.announcer_max_body_bytes, middlewares=[make_middleware(token)]
     )
+    app[API_TOKEN] = token
     app[SETTINGS] = settings
     renderer = MessageRenderer(settings.announcer_templates_dir)
     greeting = Greeting(
@@ -262,6 +269,11 @@ async def _clock(app: web.Application) -> AsyncIterator[None]:
 async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     settings, p = app[SETTINGS], app[PROVIDERS]
     store = DeliveryStore(app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite)
+    secret = settings.announcer_webhook_secret or settings.announcer_api_token
+    http = aiohttp.ClientSession()
+    sender = WebhookSender(http, secret.get_secret_value() if secret else app[API_TOKEN])
+    sender.start()
+    notifier = OutcomeNotifier(sender, store)
     dispatcher = Dispatcher(
         store,
         app[TWILIO],
@@ -271,8 +283,10 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         from_number=p.phone_number,
         media_url=media_url(settings),
         status_url=public_url(settings) + "/twilio/status",
+        on_move=notifier.moved,
     )
     app[DELIVERIES] = store
+    app[WEBHOOKS] = sender
     app[DISPATCHER] = dispatcher
     app[ALERTS] = AlertsDeps(
         store=store,
@@ -290,6 +304,9 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     dispatcher.start()
     yield
     await dispatcher.close()
+    await notifier.close()
+    await sender.close()
+    await http.close()
 
 
 async def _sockets(app: web.Application) -> AsyncIterator[None]:

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     elevenlabs_timeout_s: PositiveFloat = 5.0
     database_url: str | None = None
     announcer_api_token: SecretStr | None = None
+    # Signs outcome webhooks (X-Announcer-Signature); the API token when unset.
+    announcer_webhook_secret: SecretStr | None = None
     announcer_data_dir: Path = Path("data")
     announcer_templates_dir: Path = DEFAULT_TEMPLATES_DIR
     announcer_greeting_template: str = "greeting.j2"

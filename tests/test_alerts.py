@@ -3,13 +3,17 @@ sandbox phones answer (or not), and every delivery ends in the outcome that real
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from announcer.deliveries.callbacks import verify
 from announcer.sandbox.twilio_call import PhoneBehavior
-from tests.conftest import AUTH, Service, eventually
+from tests.conftest import API_TOKEN, AUTH, Service, eventually, free_port
 
 HEARER = "+15550100001"
 BUSY = "+15550100002"
@@ -184,9 +188,11 @@ async def test_keys_confirm_repeat_and_opt_out(service: Service) -> None:
     assert alert["counts"] == {"opted_out": 1, "heard": 1}
     assert len([c for c in service.sandbox.calls.values() if c.to == leaver]) == 1
     # until the opt-out is removed
-    async with aiohttp.ClientSession() as http:
-        async with http.delete(f"{service.base_url}/v1/opt-outs/{leaver}", headers=AUTH) as resp:
-            assert resp.status == 200
+    async with (
+        aiohttp.ClientSession() as http,
+        http.delete(f"{service.base_url}/v1/opt-outs/{leaver}", headers=AUTH) as resp,
+    ):
+        assert resp.status == 200
     status, third = await post(service, "/v1/alerts", alert_body(leaver))
     alert = await finished(service, third["id"])
     assert alert["counts"] == {"heard": 1}
@@ -205,3 +211,40 @@ async def test_busy_is_retried_as_configured(service: Service) -> None:
     (delivery,) = page["deliveries"]
     assert delivery["attempt"] == 3
     assert [h["kind"] for h in delivery["history"]].count("retry_scheduled") == 2
+
+
+async def test_outcomes_are_posted_signed_to_the_callback_url(service: Service) -> None:
+    received: list[tuple[dict[str, Any], bool]] = []
+    arrived = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        raw = await request.read()
+        signed = verify(API_TOKEN, raw, request.headers["X-Announcer-Signature"])
+        received.append((json.loads(raw), signed))
+        if any(body["type"] == "alert.completed" for body, _ in received):
+            arrived.set()
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        service.sandbox.set_behavior(BUSY, PhoneBehavior(answer="busy"))
+        url = f"http://127.0.0.1:{port}/hook"
+        status, accepted = await post(service, "/v1/alerts", alert_body(HEARER, BUSY, callback_url=url))
+        assert status == 202
+        async with asyncio.timeout(30):
+            await arrived.wait()
+    finally:
+        await runner.cleanup()
+    assert all(signed for _, signed in received)
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for body, _ in received:
+        by_type.setdefault(body["type"], []).append(body)
+    outcomes = {b["delivery"]["phone"]: b["delivery"]["outcome"] for b in by_type["delivery.finished"]}
+    assert outcomes == {HEARER: "heard", BUSY: "busy"}
+    (done,) = by_type["alert.completed"]
+    assert done["alert_id"] == accepted["id"] and done["counts"] == {"heard": 1, "busy": 1}

@@ -89,6 +89,10 @@ class Move:
     retry_at: datetime | None = None
     callback_url: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    position: int = 0
+    phone: str = ""
+    outcome_code: int | None = None
+    outcome_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -683,6 +687,10 @@ async def _after_final(s: AsyncSession, delivery: Delivery, now: datetime) -> Mo
         final=True,
         callback_url=alert.callback_url if alert is not None else None,
         detail={"alert_completed": alert_done},
+        position=delivery.position,
+        phone=delivery.phone,
+        outcome_code=delivery.outcome_code,
+        outcome_reason=delivery.outcome_reason,
     )
 
 
