@@ -12,6 +12,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -284,6 +285,8 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         media_url=media_url(settings),
         status_url=public_url(settings) + "/twilio/status",
         on_move=notifier.moved,
+        # longer than a create request may take, or a slow answer would look like a lost one
+        lease=timedelta(seconds=max(settings.announcer_claim_lease_s, 2 * settings.twilio_timeout_s)),
     )
     app[DELIVERIES] = store
     app[WEBHOOKS] = sender

@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     announcer_max_recipients: PositiveInt = 10_000
     announcer_max_text_chars: PositiveInt = 2_000
     announcer_max_body_bytes: PositiveInt = 8 * 2**20
-    announcer_default_region: str | None = None  # e.g. US: numbers without +country are read as that
+    announcer_default_region: str | None = None
+    # A claimed delivery must have its Call SID within this time, else it is reconciled with Twilio.
+    announcer_claim_lease_s: PositiveFloat = 60.0  # e.g. US: numbers without +country are read as that
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
 

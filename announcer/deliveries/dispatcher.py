@@ -19,16 +19,16 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from announcer.speech.speaker import Speaker
-from announcer.store.deliveries import Claim, DeliveryStore, Move
+from announcer.store.deliveries import Claim, DeliveryStore, ExpiredClaim, Move
 from announcer.store.delivery_states import state_for_call_status
-from announcer.store.models import CallOutcome, DeliveryState, utcnow
+from announcer.store.models import CallOutcome, CallStatus, DeliveryState, utcnow
 from announcer.telephony import twiml
 from announcer.telephony.calls import TwilioCalls, TwilioError
 from announcer.telephony.status import StatusReport
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(seconds=120)  # a claim must have its SID by then, or it is reconciled
+RECONCILE_EVERY_S = 5.0
 IDLE_POLL_S = 5.0  # re-check the table this often even without a wake-up (another process' work)
 RING_TIMEOUT_S = 30
 
@@ -82,7 +82,9 @@ class Dispatcher:
         media_url: str,
         status_url: str,
         on_move: Callable[[Move], None] | None = None,
+        lease: timedelta = timedelta(seconds=60),
     ) -> None:
+        self._lease = lease  # a claim must have its SID by then, or it is reconciled before any redial
         self._store = store
         self._twilio = twilio
         self._speaker = speaker
@@ -94,17 +96,20 @@ class Dispatcher:
         self._on_move = on_move
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reconciler: asyncio.Task[None] | None = None
         self._dials: set[asyncio.Task[None]] = set()
         self.placed = 0  # calls Twilio accepted (a gauge)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="dispatcher")
+        self._reconciler = asyncio.create_task(self._reconcile_forever(), name="dispatcher-reconcile")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._reconciler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # A create request in flight finishes (its SID must be recorded, or the claim is reconciled later).
         if self._dials:
             await asyncio.wait(self._dials, timeout=10)
@@ -138,7 +143,7 @@ class Dispatcher:
         if wait > 0:
             await asyncio.sleep(wait)  # the rate limit itself: nothing to wait on but time
             return
-        (claim,) = await self._store.claim(limit=1, lease=LEASE, from_number=self._from) or (None,)
+        (claim,) = await self._store.claim(limit=1, lease=self._lease, from_number=self._from) or (None,)
         if claim is None:
             due = await self._store.next_due()
             delay = IDLE_POLL_S if due is None else (due - utcnow()).total_seconds()
@@ -172,6 +177,61 @@ class Dispatcher:
             return
         self.placed += 1
         await self._store.dialed(claim, info.sid)
+
+    # --- claims without a SID (a crash between claim and answer, or a lost answer) ---------------
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            try:
+                for claim in await self._store.expired_claims():
+                    await self._reconcile(claim)
+                for call_id, sid, answered in await self._store.stale_calls(self._lease):
+                    await self._check_call(call_id, sid, answered)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciling expired claims failed; trying again")
+            await asyncio.sleep(RECONCILE_EVERY_S)  # a periodic sweep by nature
+
+    async def _reconcile(self, claim: ExpiredClaim) -> None:
+        """Never call a person twice for one attempt: find the attempt's call before releasing it."""
+        sid = claim.call_sid
+        if sid is None:
+            # The status callback may have been lost too: ask Twilio for calls to that number since the
+            # claim. A call found there is taken as this attempt's (an alert dials a number once at a time).
+            try:
+                calls = await self._twilio.list_to(claim.phone, claim.claimed_at - timedelta(seconds=5))
+            except TwilioError as err:
+                log.warning("cannot reconcile delivery %s yet: %s", claim.delivery_id, err)
+                return
+            known = {c.sid for c in calls}
+            sid = next(iter(sorted(known)), None) if known else None
+        if sid is not None:
+            log.info(
+                "delivery %s attempt %s: its call %s exists; kept", claim.delivery_id, claim.attempt, sid
+            )
+            await self._store.adopt_sid(claim, sid)
+        else:
+            log.info("delivery %s attempt %s was never placed; due again", claim.delivery_id, claim.attempt)
+            await self._store.release(claim)
+            self.wake()
+
+    async def _check_call(self, call_id: int, sid: str, answered: bool) -> None:
+        """Ask Twilio how a call we stopped hearing about ended (the callbacks went to a dead process)."""
+        try:
+            info = await self._twilio.fetch(sid)
+        except TwilioError as err:
+            log.warning("cannot check call %s yet: %s", sid, err)
+            return
+        try:
+            status = CallStatus(info.status)
+        except ValueError:
+            return
+        new = state_for_call_status(status, answered=answered, sip_code=None)
+        if new is None or status in (CallStatus.RINGING, CallStatus.IN_PROGRESS):
+            await self._store.touch(call_id)
+            return
+        self._moved(await self._store.on_call_state(call_id, new, source="reconciled with Twilio"))
 
     # --- what calls report ------------------------------------------------------------------------
 

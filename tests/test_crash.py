@@ -1,0 +1,157 @@
+"""A crash in the middle of an alert: the service (a real process) is killed with SIGKILL while the alert
+is half-dialed and started again; every recipient is called exactly once (counted at the sandbox, which
+lives in this process like the real Twilio would, outside the service)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from announcer.sandbox import SandboxElevenLabs, SandboxTwilio
+from announcer.speech.local import LocalSynthesizer
+from tests.conftest import API_TOKEN, AUTH, eventually, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPIENTS = 50
+
+
+class Outside:
+    """The loopback Twilio and ElevenLabs, and how to (re)start the service against them."""
+
+    def __init__(self, tmp_path: Path, database_url: str) -> None:
+        self.port = free_port()
+        self.public = f"http://127.0.0.1:{self.port}"
+        self.account_sid = "AC" + secrets.token_hex(16)
+        self.auth_token = secrets.token_hex(16)
+        self.tmp_path = tmp_path
+        self.database_url = database_url
+        local = LocalSynthesizer()
+        self.el_key = secrets.token_hex(16)
+        self.tts = SandboxElevenLabs(api_key=self.el_key, synthesize=local.synthesize)
+        self.twilio = SandboxTwilio(
+            account_sid=self.account_sid,
+            auth_token=self.auth_token,
+            phone_number="+15550100000",
+            voice_url=self.public + "/twilio/voice",
+            status_callback_url=None,
+            recordings_dir=tmp_path / "recordings",
+            say_synthesize=local.synthesize,
+            speed=20.0,
+        )
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.el_base = await self.tts.start()
+        self.tw_base = await self.twilio.start()
+
+    async def serve(self) -> None:
+        env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))
+            },
+            "PUBLIC_URL": self.public,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "TWILIO_ACCOUNT_SID": self.account_sid,
+            "TWILIO_AUTH_TOKEN": self.auth_token,
+            "TWILIO_PHONE_NUMBER": "+15550100000",
+            "TWILIO_API_BASE_URL": self.tw_base,
+            "TWILIO_CPS": "25",
+            "TWILIO_TIMEOUT_S": "2",
+            "MAX_CONCURRENT_CALLS": "8",
+            "ELEVENLABS_API_KEY": self.el_key,
+            "ELEVENLABS_BASE_URL": self.el_base,
+            "DATABASE_URL": self.database_url,
+            "ANNOUNCER_DATA_DIR": str(self.tmp_path / "data"),
+            "ANNOUNCER_API_TOKEN": API_TOKEN,
+            "ANNOUNCER_CLAIM_LEASE_S": "4",
+            "ANNOUNCER_LOG_LEVEL": "WARNING",
+        }
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "announcer.cli", "serve", env=env, cwd=ROOT
+        )
+
+        async def up() -> bool:
+            assert self.proc is not None and self.proc.returncode is None, "the service exited"
+            try:
+                async with aiohttp.ClientSession() as http, http.get(self.public + "/healthz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(up, timeout=60)
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await self.proc.wait()
+        await self.twilio.close()
+        await self.tts.close()
+
+    def placed(self) -> Counter[str]:
+        return Counter(c.to for c in self.twilio.calls.values() if c.direction.value == "outbound-api")
+
+    async def api(self, method: str, path: str, body: Any = None) -> Any:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, self.public + path, json=body, headers=AUTH) as resp,
+        ):
+            return resp.status, await resp.json()
+
+
+@pytest.fixture
+async def outside(tmp_path: Path, database_url: str) -> AsyncIterator[Outside]:
+    world = Outside(tmp_path, database_url)
+    await world.start()
+    try:
+        yield world
+    finally:
+        await world.close()
+
+
+async def test_sigkill_mid_alert_calls_everyone_exactly_once(outside: Outside) -> None:
+    await outside.serve()
+    phones = [f"+1415555{2000 + i:04d}" for i in range(RECIPIENTS)]  # valid: a live-mode service is strict
+    body = {
+        "template_text": "Drill {{ n }}. This is only a test.",
+        "recipients": [{"phone": p, "variables": {"n": i}} for i, p in enumerate(phones)],
+    }
+    status, accepted = await outside.api("POST", "/v1/alerts", body)
+    assert status == 202, accepted
+
+    async def half_dialed() -> bool:
+        return sum(outside.placed().values()) >= RECIPIENTS // 3
+
+    await eventually(half_dialed, timeout=60)
+    await outside.kill()
+    killed_at = sum(outside.placed().values())
+    assert 0 < killed_at < RECIPIENTS
+    await outside.serve()
+
+    async def done() -> bool:
+        code, alert = await outside.api("GET", f"/v1/alerts/{accepted['id']}")
+        return code == 200 and alert["status"] == "completed"
+
+    await eventually(done, timeout=120)
+    placed = outside.placed()
+    assert set(placed) == set(phones)
+    assert max(placed.values()) == 1, {p: n for p, n in placed.items() if n > 1}
+    _, alert = await outside.api("GET", f"/v1/alerts/{accepted['id']}")
+    assert sum(alert["counts"].values()) == RECIPIENTS
