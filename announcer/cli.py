@@ -1,21 +1,37 @@
-"""Command line: `announcer serve | render | db upgrade | sandbox call-in`."""
+"""Command line: `announcer serve | render | send | db upgrade | sandbox call-in`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import gc
 import json
 import logging
+import os
+import shutil
 import sys
 import time
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
 
 import aiohttp
 from aiohttp import web
 
 from announcer.config import ConfigError, Settings, load_settings
 from announcer.messages.render import MessageRenderer, RenderError
+
+
+class CommandError(Exception):
+    """Stop the command: each of `lines` goes to stderr and `code` is the exit status (2: nothing to do
+    until the user fixes the command line, the input, the token or the URL)."""
+
+    def __init__(self, *lines: str, code: int = 2) -> None:
+        super().__init__(lines[0] if lines else "")
+        self.lines = lines
+        self.code = code
 
 
 def _settings_or_exit() -> Settings:
@@ -74,21 +90,495 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_render(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit()
-    variables: dict[str, Any] = {}
-    for item in args.var:
+def _parse_vars(items: Iterable[str]) -> dict[str, str]:
+    variables: dict[str, str] = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            print(f"error: --var {item!r}: expected key=value", file=sys.stderr)
-            return 2
+            raise CommandError(f"error: --var {item!r}: expected key=value")
         variables[key] = value
+    return variables
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    try:
+        variables = _parse_vars(args.var)
+    except CommandError as err:
+        print(*err.lines, sep="\n", file=sys.stderr)
+        return err.code
     try:
         print(MessageRenderer(settings.announcer_templates_dir).render(args.template, variables))
     except RenderError as err:
         print(f"error: template {err}", file=sys.stderr)
         return 2
     return 0
+
+
+# --- send: post an alert to the running service and follow it to the end -------------------------------
+
+# A delivery in one of these states is still on its way; any other state is its outcome. Listed here rather
+# than imported from announcer.store.models so that a client printing progress does not load SQLAlchemy.
+IN_FLIGHT = frozenset({"pending", "queued", "dialing", "ringing", "in_progress"})
+CALLING = frozenset({"dialing", "ringing", "in_progress"})
+SUCCESS = frozenset({"heard", "confirmed"})
+OUTCOME_ORDER = (
+    "heard",
+    "confirmed",
+    "hung_up_early",
+    "no_answer",
+    "busy",
+    "failed",
+    "canceled",
+    "opted_out",
+)
+CSV_COLUMNS = ("phone", "name", "timezone")  # every other column is a variable of that row's recipient
+MAX_LISTED_PROBLEMS = 20
+POLL_S = 0.5
+POLL_RETRIES = 10  # consecutive failed polls (a service restarting) before giving up on following the alert
+CONNECT_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 120.0  # accepting 10,000 recipients renders every message first
+DELIVERIES_PAGE = 500
+EXIT_STILL_ACTIVE = 3  # --timeout passed: the alert goes on, its outcome is not known yet
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Recipient:
+    phone: str
+    variables: dict[str, str]
+    name: str | None = None
+    timezone: str | None = None
+    file_line: str | None = None  # "people.csv line 4", when the recipient came from --file
+
+    @property
+    def origin(self) -> str:
+        """Where the user wrote this recipient, for messages about it."""
+        return self.file_line or f"--to {self.phone}"
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"phone": self.phone, "variables": self.variables}
+        if self.name is not None:
+            body["name"] = self.name
+        if self.timezone is not None:
+            body["timezone"] = self.timezone
+        return body
+
+
+def _capped(problems: Sequence[str]) -> list[str]:
+    """A 5,000-row file with a shifted column should not scroll the first problems off the screen."""
+    shown = list(problems[:MAX_LISTED_PROBLEMS])
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        shown.append(f"... and {len(problems) - MAX_LISTED_PROBLEMS} more")
+    return shown
+
+
+def read_recipients_csv(path: Path) -> list[Recipient]:
+    """The recipients of a CSV file with a header row; CommandError listing every bad line (with its line
+    number, as an editor shows it) before anything is sent."""
+    try:
+        # utf-8-sig: spreadsheets put a byte-order mark in front of the header, which would rename `phone`
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            try:
+                numbered = [(reader.line_num, row) for row in reader]
+            except csv.Error as err:
+                raise CommandError(f"error: {path} line {reader.line_num}: {err}") from None
+    except OSError as err:
+        raise CommandError(f"error: cannot read {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise CommandError(f"error: {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return _recipients_of_rows(path.name, [(n, row) for n, row in numbered if any(c.strip() for c in row)])
+
+
+def _recipients_of_rows(label: str, rows: list[tuple[int, list[str]]]) -> list[Recipient]:
+    if not rows:
+        raise CommandError(f"error: {label} is empty: expected a header row with a phone column")
+    header_line, header = rows[0]
+    columns = [c.strip() for c in header]
+    _check_header(label, header_line, columns)
+    # phone/name/timezone whatever their case ("Phone" from a spreadsheet); variables keep theirs (Jinja's)
+    role = {c.lower(): i for i, c in enumerate(columns) if c.lower() in CSV_COLUMNS}
+    variable_columns = [(i, c) for i, c in enumerate(columns) if c.lower() not in CSV_COLUMNS]
+    recipients: list[Recipient] = []
+    problems: list[str] = []
+    for line, row in rows[1:]:
+        where = f"{label} line {line}"
+        if len(row) != len(columns):
+            problems.append(f"{where}: {len(row)} cells, the header has {len(columns)}")
+            continue
+        cells = [c.strip() for c in row]
+        if not cells[role["phone"]]:
+            problems.append(f"{where}: the phone cell is empty")
+            continue
+        recipients.append(
+            Recipient(
+                phone=cells[role["phone"]],
+                # an empty cell is no value: the shared --var of that name (if any) applies instead
+                variables={name: cells[i] for i, name in variable_columns if cells[i]},
+                name=(cells[role["name"]] or None) if "name" in role else None,
+                timezone=(cells[role["timezone"]] or None) if "timezone" in role else None,
+                file_line=where,
+            )
+        )
+    if problems:
+        raise CommandError(
+            f"error: {label}: {len(problems)} bad line(s); nothing was sent", *_capped(problems)
+        )
+    if not recipients:
+        raise CommandError(f"error: {label} has a header but no recipients")
+    return recipients
+
+
+def _check_header(label: str, line: int, columns: list[str]) -> None:
+    where = f"{label} line {line} (the header)"
+    problems = [f"{where}: column {i + 1} has no name" for i, c in enumerate(columns) if not c]
+    keys = [c.lower() if c.lower() in CSV_COLUMNS else c for c in columns if c]
+    problems += [
+        f"{where}: column {c!r} appears twice" for c in sorted({k for k in keys if keys.count(k) > 1})
+    ]
+    if "phone" not in keys:
+        problems.append(f"{where}: no phone column (the columns are: {', '.join(columns)})")
+    if problems:
+        raise CommandError(f"error: {label}: bad header; nothing was sent", *problems)
+
+
+def _recipients_of_args(args: argparse.Namespace) -> list[Recipient]:
+    recipients = read_recipients_csv(args.file) if args.file is not None else []
+    names: list[str] = args.name
+    if names and len(names) != len(args.to):
+        raise CommandError(
+            f"error: {len(names)} --name for {len(args.to)} --to: give one --name per --to, in the same order"
+        )
+    recipients += [
+        Recipient(phone=phone, variables={}, name=names[i] if names else None)
+        for i, phone in enumerate(args.to)
+    ]
+    if not recipients:
+        raise CommandError("error: no recipients: give --to PHONE (repeatable) or --file recipients.csv")
+    return recipients
+
+
+def _alert_body(args: argparse.Namespace, recipients: list[Recipient]) -> dict[str, Any]:
+    """The POST /v1/alerts body; options the user did not give are left to the service's defaults."""
+    options: dict[str, Any] = {}
+    if args.confirm:
+        options["confirm"] = True
+    if args.max_attempts is not None:
+        options["max_attempts"] = args.max_attempts
+    if args.retry_on is not None:
+        # "no-answer" as Twilio spells it is accepted too; "" retries on nothing
+        options["retry_on"] = [w.strip().replace("-", "_") for w in args.retry_on.split(",") if w.strip()]
+    if args.retry_backoff is not None:
+        options["retry_backoff_s"] = args.retry_backoff
+    if args.callback_url is not None:
+        options["callback_url"] = args.callback_url
+    template = {"template": args.template} if args.template is not None else {"template_text": args.text}
+    return {
+        **template,
+        "variables": _parse_vars(args.var),
+        "recipients": [r.as_json() for r in recipients],
+        "options": options,
+    }
+
+
+def _url_and_token(args: argparse.Namespace) -> tuple[str, str]:
+    """--url and --token, else what the service itself uses. Settings are read only when a flag is missing:
+    with both given, a broken .env in the current directory does not matter."""
+    if args.url and args.token:
+        return _checked_url(args.url), str(args.token)
+    settings = _settings_or_exit()
+    return _checked_url(args.url or _default_url(settings)), args.token or _default_token(settings)
+
+
+def _default_url(settings: Settings) -> str:
+    """PUBLIC_URL, as the service announces itself; else HOST:PORT, where a wildcard means this machine."""
+    if settings.public_url:
+        return settings.public_url
+    host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+
+
+def _default_token(settings: Settings) -> str:
+    """ANNOUNCER_API_TOKEN, else the one a running service without it wrote for this run (app._api_token)."""
+    if settings.announcer_api_token is not None:
+        return settings.announcer_api_token.get_secret_value()
+    path = settings.announcer_data_dir / "api-token"
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    except OSError as err:
+        raise CommandError(f"error: cannot read the API token in {path}: {err.strerror or err}") from None
+    if not token:
+        raise CommandError(
+            f"error: no API token: pass --token, set ANNOUNCER_API_TOKEN, or start `announcer serve` here "
+            f"(without ANNOUNCER_API_TOKEN it writes one to {path})"
+        )
+    return token
+
+
+def _checked_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise CommandError(f"error: --url {url!r}: expected http://HOST:PORT or https://...")
+    return url.rstrip("/")
+
+
+class Api:
+    """The few /v1 calls `send` makes; every failure to talk to the service becomes one CommandError line
+    that names the URL."""
+
+    def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
+        self.http = http
+        self.base_url = base_url
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        url = self.base_url + path
+        try:
+            async with self.http.request(method, url, **kwargs) as resp:
+                try:
+                    return resp.status, await resp.json(content_type=None)
+                except ValueError:
+                    raise CommandError(
+                        f"error: {url} answered {resp.status} {resp.reason} without JSON: "
+                        "is this the announcer service (--url)?"
+                    ) from None
+        except aiohttp.ClientConnectorError as err:
+            errno = err.os_error.errno
+            reason = os.strerror(errno) if errno is not None and errno > 0 else err.strerror
+            raise CommandError(
+                f"error: cannot reach the announcer service at {self.base_url}: {reason} "
+                "(is `announcer serve` running there? see --url)"
+            ) from None
+        except TimeoutError:
+            raise CommandError(
+                f"error: no answer from the announcer service at {self.base_url} in time"
+            ) from None
+        except aiohttp.ClientError as err:
+            raise CommandError(
+                f"error: talking to the announcer service at {self.base_url} failed: {err}"
+            ) from None
+
+    async def create_alert(
+        self, body: dict[str, Any], headers: dict[str, str], recipients: list[Recipient]
+    ) -> dict[str, Any]:
+        status, answer = await self.request("POST", "/v1/alerts", json=body, headers=headers)
+        if status != 202 or not isinstance(answer, dict) or "id" not in answer:
+            raise CommandError(*_refusal(status, answer, recipients))
+        return answer
+
+    async def alert(self, alert_id: str) -> dict[str, Any]:
+        status, answer = await self.request("GET", f"/v1/alerts/{alert_id}")
+        if status != 200 or not isinstance(answer, dict):
+            raise CommandError(*_refusal(status, answer))
+        return answer
+
+    async def deliveries(self, alert_id: str) -> list[dict[str, Any]]:
+        """Every delivery of the alert, page by page (`next_after` is null on the last page)."""
+        found: list[dict[str, Any]] = []
+        after = -1
+        while True:
+            status, page = await self.request(
+                "GET", f"/v1/alerts/{alert_id}/deliveries", params={"after": after, "limit": DELIVERIES_PAGE}
+            )
+            if status != 200 or not isinstance(page, dict):
+                raise CommandError(*_refusal(status, page))
+            found += page["deliveries"]
+            if page.get("next_after") is None:
+                return found
+            after = int(page["next_after"])
+
+
+def _refusal(status: int, answer: Any, recipients: Sequence[Recipient] = ()) -> list[str]:
+    """An API error as lines: the message, then each problem of a 422 as `recipients[3].phone: reason`
+    (followed by where the user wrote that recipient: a CSV line or a --to)."""
+    body: dict[str, Any] = answer if isinstance(answer, dict) else {}
+    lines = [f"error: the service answered {status} {body.get('error', '')}: {body.get('message', answer)}"]
+    problems = [p for p in body.get("problems") or [] if isinstance(p, dict)]
+    for problem in problems:
+        line = f"{problem.get('field', 'body')}: {problem.get('reason', '')}"
+        index = problem.get("index")
+        if isinstance(index, int) and 0 <= index < len(recipients):
+            line += f"  [{recipients[index].origin}]"
+        lines.append(line)
+    if not problems and body.get("field"):
+        lines.append(f"{body['field']}: {body.get('message', '')}")
+    if status == 401:
+        lines.append("(the token comes from --token, ANNOUNCER_API_TOKEN, or the service's data/api-token)")
+    return lines
+
+
+def _outcomes(counts: dict[str, int]) -> str:
+    order = {state: i for i, state in enumerate(OUTCOME_ORDER)}
+    done = sorted(
+        (s for s, n in counts.items() if n and s not in IN_FLIGHT), key=lambda s: (order.get(s, 99), s)
+    )
+    return ", ".join(f"{state} {counts[state]}" for state in done)
+
+
+class Progress:
+    """How the alert goes, as it goes: for one recipient a line per change of state; for several a
+    progress bar redrawn in place on a terminal, or a plain line per change when piped to a file."""
+
+    def __init__(self, recipients: list[Recipient], total: int, out: TextIO) -> None:
+        self.single = recipients[0] if total == 1 and len(recipients) == 1 else None
+        self.total = total
+        self.out = out
+        self.tty = out.isatty()
+        self.started = time.monotonic()
+        self.last = ""
+        self.drawn = 0  # width of the bar on screen, to blank out what a shorter redraw leaves behind
+
+    def update(self, counts: dict[str, int]) -> None:
+        if self.single is not None:
+            self._single(self.single, counts)
+        elif self.tty:
+            self._bar(counts)
+        else:
+            line = self._done(counts)
+            if line != self.last:
+                self.last = line
+                print(line, file=self.out, flush=True)
+
+    def close(self) -> None:
+        if self.drawn:
+            print(file=self.out, flush=True)
+            self.drawn = 0
+
+    def _single(self, recipient: Recipient, counts: dict[str, int]) -> None:
+        state = next((s for s, n in counts.items() if n), "")
+        if state and state != self.last:
+            self.last = state
+            who = recipient.phone + (f" ({recipient.name})" if recipient.name else "")
+            print(f"{time.monotonic() - self.started:6.1f}s  {who}: {state}", file=self.out, flush=True)
+
+    def _done(self, counts: dict[str, int]) -> str:
+        done = sum(n for s, n in counts.items() if s not in IN_FLIGHT)
+        outcomes = _outcomes(counts)
+        return f"{done}/{self.total} done" + (f": {outcomes}" if outcomes else "")
+
+    def _bar(self, counts: dict[str, int]) -> None:
+        done = sum(n for s, n in counts.items() if s not in IN_FLIGHT)
+        calling = sum(n for s, n in counts.items() if s in CALLING)
+        width = 20
+        filled = width * done // self.total if self.total else width
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {self._done(counts)}"
+        if calling:
+            line += f" | calling {calling}"
+        # a line wider than the terminal wraps, and \r then redraws only its last part
+        line = line[: max(shutil.get_terminal_size().columns - 1, 20)]
+        print("\r" + line.ljust(self.drawn), end="", file=self.out, flush=True)
+        self.drawn = len(line)
+
+
+async def _follow(api: Api, alert_id: str, progress: Progress, timeout: float | None) -> dict[str, Any]:
+    """Poll the alert until it is no longer active (or `timeout` passes); its last view."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    failures = 0
+    while True:
+        try:
+            view = await api.alert(alert_id)
+        except CommandError as err:
+            # a restarting service or a dropped connection is not the end of the alert: try again for a while
+            failures += 1
+            if failures >= POLL_RETRIES:
+                raise CommandError(
+                    *err.lines, f"(the alert {alert_id} was accepted and goes on without us)"
+                ) from None
+            await asyncio.sleep(POLL_S)
+            continue
+        failures = 0
+        progress.update(view.get("counts") or {})
+        if view.get("status") != "active" or (deadline is not None and time.monotonic() >= deadline):
+            return view
+        await asyncio.sleep(POLL_S)  # a person (or a script) waiting at a terminal: polling is fine here
+
+
+def _delivery_line(d: dict[str, Any], recipients: list[Recipient]) -> str:
+    who = str(d["phone"]) + (f" ({d['name']})" if d.get("name") else "")
+    detail = ", ".join(
+        part
+        for part in (
+            f"code {d['outcome_code']}" if d.get("outcome_code") is not None else "",
+            str(d.get("outcome_reason") or ""),
+        )
+        if part
+    )
+    line = f"  #{d['index']} {who}: {d.get('outcome') or d.get('state')}" + (f" ({detail})" if detail else "")
+    index = d["index"]
+    if isinstance(index, int) and 0 <= index < len(recipients) and recipients[index].file_line:
+        line += f"  [{recipients[index].file_line}]"
+    return line
+
+
+async def _report(api: Api, view: dict[str, Any], recipients: list[Recipient], started: float) -> int:
+    """The per-outcome summary and a line for each recipient who did not hear the message; the exit code."""
+    counts: dict[str, int] = view.get("counts") or {}
+    status = view.get("status")
+    print(f"{status} after {time.monotonic() - started:.1f} s: {_outcomes(counts) or 'nothing finished yet'}")
+    if status == "active":
+        print(
+            f"error: the alert is still active after --timeout and goes on: "
+            f"GET {api.base_url}/v1/alerts/{view['id']}",
+            file=sys.stderr,
+        )
+        return EXIT_STILL_ACTIVE
+    missed = [
+        d
+        for d in await api.deliveries(str(view["id"]))
+        if (d.get("outcome") or d.get("state")) not in SUCCESS
+    ]
+    if not missed:
+        return 0
+    print(f"not heard ({len(missed)}):")
+    for d in missed:
+        print(_delivery_line(d, recipients))
+    return 1
+
+
+async def _send(
+    args: argparse.Namespace, body: dict[str, Any], recipients: list[Recipient], url: str, token: str
+) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+        api = Api(http, url)
+        extra = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key is not None else {}
+        accepted = await api.create_alert(body, extra, recipients)
+        alert_id = str(accepted["id"])
+        if args.no_wait:
+            print(alert_id)  # alone on stdout: `id=$(announcer send --no-wait ...)`
+            return 0
+        replayed = " (replayed: this Idempotency-Key was used before; following that alert)"
+        count = int(accepted.get("recipients", len(recipients)))
+        print(
+            f"alert {alert_id}: {count} recipient(s){replayed if accepted.get('replayed') else ''}",
+            flush=True,
+        )
+        started = time.monotonic()
+        progress = Progress(recipients, count, sys.stdout)
+        try:
+            view = await _follow(api, alert_id, progress, args.timeout)
+        finally:
+            progress.close()
+        return await _report(api, view, recipients, started)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    try:
+        if args.timeout is not None and args.timeout <= 0:
+            raise CommandError("error: --timeout must be more than 0 seconds")
+        recipients = _recipients_of_args(args)
+        body = _alert_body(args, recipients)
+        url, token = _url_and_token(args)
+        return asyncio.run(_send(args, body, recipients, url, token))
+    except CommandError as err:
+        print(*err.lines, sep="\n", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        # the service, not this command, places the calls: an accepted alert carries on without us
+        print("\ninterrupted: an alert already accepted goes on (GET /v1/alerts/<id>)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def cmd_db_upgrade(_: argparse.Namespace) -> int:
@@ -148,6 +638,42 @@ async def _call_in(info: dict[str, str], from_number: str, timeout: float) -> in
     return 1
 
 
+def _add_send_parser(sub: Any) -> None:
+    send = sub.add_parser(
+        "send",
+        help="phone an alert through the running service and follow it to the end",
+        description="Exit status: 0 every recipient heard (or confirmed) the message; 1 the alert ended and "
+        "some did not; 2 a usage error, a bad CSV, a request the service refused, or no service at the URL; "
+        f"{EXIT_STILL_ACTIVE} still active when --timeout passed.",
+    )
+    what = send.add_mutually_exclusive_group(required=True)
+    what.add_argument("--template", metavar="NAME", help="a template of the service (templates/NAME)")
+    what.add_argument("--text", metavar="JINJA", help="the message as inline Jinja text")
+    send.add_argument("--to", action="append", default=[], metavar="PHONE", help="a recipient (repeatable)")
+    send.add_argument("--name", action="append", default=[], help="the --to recipient's name (one per --to)")
+    send.add_argument(
+        "--file",
+        type=Path,
+        metavar="CSV",
+        help="recipients: a header row with a phone column; name and timezone optional; every other column "
+        "is that recipient's variable",
+    )
+    send.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="shared by everyone")
+    send.add_argument("--confirm", action="store_true", help='ask "press 1 to confirm"')
+    send.add_argument("--max-attempts", type=int, metavar="N", help="calls per recipient at most")
+    send.add_argument("--retry-on", metavar="OUTCOMES", help="comma-separated: busy,no_answer,failed")
+    send.add_argument("--retry-backoff", type=float, metavar="S", help="seconds before the first retry")
+    send.add_argument("--callback-url", metavar="URL", help="signed outcome webhooks go here")
+    send.add_argument(
+        "--idempotency-key", metavar="KEY", help="sending again with it replays, never re-calls"
+    )
+    send.add_argument("--url", help="the service (default: PUBLIC_URL, else http://HOST:PORT)")
+    send.add_argument("--token", help="the API token (default: ANNOUNCER_API_TOKEN, else DATA_DIR/api-token)")
+    send.add_argument("--no-wait", action="store_true", help="print the alert id and exit")
+    send.add_argument("--timeout", type=float, metavar="S", help="stop waiting after S seconds")
+    send.set_defaults(func=cmd_send)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="announcer", description="Phone announcements with generated speech."
@@ -161,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("template")
     render.add_argument("--var", action="append", default=[], metavar="KEY=VALUE")
     render.set_defaults(func=cmd_render)
+    _add_send_parser(sub)
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
     sandbox = sub.add_parser("sandbox", help="the loopback phone network").add_subparsers(

@@ -4,7 +4,10 @@ sandbox phones answer (or not), and every delivery ends in the outcome that real
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,7 +16,7 @@ from aiohttp import web
 
 from announcer.deliveries.callbacks import verify
 from announcer.sandbox.twilio_call import PhoneBehavior
-from tests.conftest import API_TOKEN, AUTH, Service, eventually, free_port
+from tests.conftest import API_TOKEN, AUTH, Service, eventually, free_port, make_settings, start_service
 
 HEARER = "+15550100001"
 BUSY = "+15550100002"
@@ -248,3 +251,59 @@ async def test_outcomes_are_posted_signed_to_the_callback_url(service: Service) 
     assert outcomes == {HEARER: "heard", BUSY: "busy"}
     (done,) = by_type["alert.completed"]
     assert done["alert_id"] == accepted["id"] and done["counts"] == {"heard": 1, "busy": 1}
+
+
+@pytest.fixture
+async def slow_service(tmp_path: Path, database_url: str) -> AsyncIterator[Service]:
+    """Twilio's default account limit: 1 call a second, and at most 2 calls at once."""
+    runner, svc = await start_service(
+        make_settings(tmp_path, database_url, twilio_cps=5.0, max_concurrent_calls=2)
+    )
+    try:
+        yield svc
+    finally:
+        await runner.cleanup()
+
+
+async def test_calls_per_second_and_concurrency_are_never_exceeded(slow_service: Service) -> None:
+    phones = [f"+1555010{i:04d}" for i in range(12)]
+    status, accepted = await post(slow_service, "/v1/alerts", alert_body(*phones))
+    assert status == 202
+    await finished(slow_service, accepted["id"])
+    creates = sorted(
+        r.at for r in slow_service.sandbox.rest_log if r.method == "POST" and r.path.endswith("/Calls.json")
+    )
+    assert len(creates) == 12
+    gaps = [b - a for a, b in itertools.pairwise(creates)]
+    assert min(gaps) >= 0.2 * 0.95  # 5 a second, measured where Twilio would measure it
+    # never more than 2 calls alive at once (from the sandbox's own call records)
+    events = sorted(
+        [(c.placed_at, 1) for c in slow_service.sandbox.calls.values()]
+        + [(c.finished_at, -1) for c in slow_service.sandbox.calls.values()]
+    )
+    alive = peak = 0
+    for _, step in events:
+        alive += step
+        peak = max(peak, alive)
+    assert peak <= 2
+
+
+async def test_cancel_stops_what_was_not_placed(slow_service: Service) -> None:
+    ringer = "+15550109999"
+    slow_service.sandbox.set_behavior(ringer, PhoneBehavior(answer="no-answer", ring_s=600))
+    phones = [ringer] + [f"+1555011{i:04d}" for i in range(6)]
+    status, accepted = await post(slow_service, "/v1/alerts", alert_body(*phones))
+    assert status == 202
+    call = await placed_call(slow_service, ringer)
+    await call.wait_for_status("ringing", 20)
+    status, canceled = await post(slow_service, f"/v1/alerts/{accepted['id']}/cancel", {})
+    assert status == 200, canceled
+    assert canceled["status"] == "canceled" and canceled["canceled"] >= 4
+    assert canceled["ringing_canceled"] >= 1
+    placed_before = len(slow_service.sandbox.calls)
+    await call.wait_ended(20)
+    _, alert = await get(slow_service, f"/v1/alerts/{accepted['id']}")
+    assert alert["status"] == "canceled" and alert["counts"].get("canceled", 0) >= 5
+    assert len(slow_service.sandbox.calls) == placed_before  # nothing new was dialed after the answer
+    status, again = await post(slow_service, f"/v1/alerts/{accepted['id']}/cancel", {})
+    assert status == 409 and again["error"] == "alert_finished"

@@ -21,7 +21,7 @@ from datetime import timedelta
 from announcer.speech.speaker import Speaker
 from announcer.store.deliveries import Claim, DeliveryStore, ExpiredClaim, Move
 from announcer.store.delivery_states import state_for_call_status
-from announcer.store.models import CallOutcome, CallStatus, DeliveryState, utcnow
+from announcer.store.models import TERMINAL_STATUSES, CallOutcome, CallStatus, DeliveryState, utcnow
 from announcer.telephony import twiml
 from announcer.telephony.calls import TwilioCalls, TwilioError
 from announcer.telephony.status import StatusReport
@@ -227,16 +227,21 @@ class Dispatcher:
             status = CallStatus(info.status)
         except ValueError:
             return
-        new = state_for_call_status(status, answered=answered, sip_code=None)
-        if new is None or status in (CallStatus.RINGING, CallStatus.IN_PROGRESS):
+        if status not in TERMINAL_STATUSES:
             await self._store.touch(call_id)
             return
-        self._moved(await self._store.on_call_state(call_id, new, source="reconciled with Twilio"))
+        await self._store.settle_call(call_id, status)
+        self.wake()  # its slot is free
+        new = state_for_call_status(status, answered=answered, sip_code=None)
+        if new is not None:
+            self._moved(await self._store.on_call_state(call_id, new, source="reconciled with Twilio"))
 
     # --- what calls report ------------------------------------------------------------------------
 
     async def on_status(self, report: StatusReport) -> None:
         """A status callback moved an attempt's call: move its delivery (if the call carries one)."""
+        if report.status in TERMINAL_STATUSES:
+            self.wake()  # its slot is free
         new = state_for_call_status(report.status, answered=report.answered, sip_code=report.sip_code)
         if new is None:
             return

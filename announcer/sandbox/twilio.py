@@ -303,6 +303,7 @@ class SandboxTwilio:
             call._end_hooks.clear()
             call._ending = True
             self._set_final(call, outcome)
+            call.finished_at = time.monotonic()
             if call.answered_at is not None or call.heard:
                 path = self.recordings_dir / f"{call.sid}.wav"
                 # synchronous on purpose: it must happen even when close() cancels this task, and a

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import pathlib
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -113,6 +114,8 @@ class SandboxCall:
     end_time: dt.datetime | None = None
     duration_s: int | None = None
     answered_at: float | None = None
+    placed_at: float = field(default_factory=time.monotonic)  # created (monotonic)
+    finished_at: float | None = None  # reached its final status (monotonic)
     # what the phone observed
     stream_sid: str | None = None
     start_sent_at: float | None = None

@@ -43,6 +43,8 @@ from announcer.store.models import (
 _DELIVERIES = cast(Table, Delivery.__table__)
 _EVENTS = cast(Table, DeliveryEvent.__table__)
 _CHUNK = 500  # parameters per IN (...) list
+_SLOT_LEASE = timedelta(minutes=15)
+_OPEN_CALL = [CallStatus.QUEUED, CallStatus.INITIATED, CallStatus.RINGING, CallStatus.IN_PROGRESS]
 
 
 class IdempotencyConflict(Exception):
@@ -611,20 +613,17 @@ class DeliveryStore:
         return [ExpiredClaim(int(a), int(b), int(c or 0), str(d), e, f) for a, b, c, d, e, f in rows]
 
     async def stale_calls(self, quiet_for: timedelta) -> list[tuple[int, str, bool]]:
-        """Deliveries on a call we have heard nothing about for `quiet_for` (the process that carried it
-        died, or a callback was lost): (call id, call sid, answered)."""
+        """Announcement calls still open here that nobody has heard about for `quiet_for` (the process
+        that carried them died, or a callback was lost): (call id, call sid, answered)."""
         since = utcnow() - quiet_for
         async with self.sessions() as s:
             rows = (
                 await s.execute(
-                    select(Call.id, Call.call_sid, Call.answered_at)
-                    .join(Delivery, Delivery.call_id == Call.id)
-                    .where(
-                        Delivery.state.in_(
-                            [DeliveryState.DIALING, DeliveryState.RINGING, DeliveryState.IN_PROGRESS]
-                        ),
-                        Delivery.call_sid.is_not(None),
-                        Delivery.updated_at < since,
+                    select(Call.id, Call.call_sid, Call.answered_at).where(
+                        Call.delivery_id.is_not(None),
+                        Call.call_sid.is_not(None),
+                        Call.status.in_(_OPEN_CALL),
+                        Call.updated_at < since,
                     )
                 )
             ).all()
@@ -633,7 +632,29 @@ class DeliveryStore:
     async def touch(self, call_id: int) -> None:
         """The call is still live at Twilio: check again after another quiet spell."""
         async with self.sessions() as s:
-            await s.execute(update(Delivery).where(Delivery.call_id == call_id).values(updated_at=utcnow()))
+            await s.execute(update(Call).where(Call.id == call_id).values(updated_at=utcnow()))
+            await s.commit()
+
+    async def settle_call(self, call_id: int, status: CallStatus) -> None:
+        """Twilio says the call is over: close the call row (its slot is free)."""
+        now = utcnow()
+        async with self.sessions() as s:
+            await s.execute(
+                update(Call)
+                .where(Call.id == call_id, Call.status.in_(_OPEN_CALL))
+                .values(status=status, ended_at=now, updated_at=now)
+            )
+            await s.execute(
+                insert(CallEvent),
+                [
+                    {
+                        "call_id": call_id,
+                        "kind": "status",
+                        "at": now,
+                        "detail": {"status": status.value, "source": "reconciled with Twilio"},
+                    }
+                ],
+            )
             await s.commit()
 
     async def adopt_sid(self, claim: ExpiredClaim, call_sid: str) -> None:
@@ -696,15 +717,27 @@ class DeliveryStore:
             await s.commit()
 
     async def in_flight(self) -> int:
-        """Deliveries holding a dialing slot (dialing, ringing or in progress)."""
+        """Announcement calls alive at Twilio (claimed and not yet reported over): the slots in use.
+
+        Counted on calls rather than deliveries: a delivery is final when its message was heard, a moment
+        before its call is hung up. A call silent for `_SLOT_LEASE` no longer holds a slot (its final
+        callback was lost; the reconciler settles the delivery)."""
+        since = utcnow() - _SLOT_LEASE
         async with self.sessions() as s:
             return int(
                 (
                     await s.execute(
                         select(func.count()).where(
-                            Delivery.state.in_(
-                                [DeliveryState.DIALING, DeliveryState.RINGING, DeliveryState.IN_PROGRESS]
-                            )
+                            Call.delivery_id.is_not(None),
+                            Call.status.in_(
+                                [
+                                    CallStatus.QUEUED,
+                                    CallStatus.INITIATED,
+                                    CallStatus.RINGING,
+                                    CallStatus.IN_PROGRESS,
+                                ]
+                            ),
+                            Call.updated_at > since,
                         )
                     )
                 ).scalar_one()

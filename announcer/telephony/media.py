@@ -381,8 +381,11 @@ class MediaSession:
             self._speaking = None
             if self._key_window is not None and self._key_window is not asyncio.current_task():
                 self._cancel_key_window()
-            if self._script is not None and not self._script.done():
-                self._script.cancel()
+            if self._script is not None:
+                if not self._script.done():
+                    self._script.cancel()
+                elif not self._script.cancelled() and self._script.exception() is not None:
+                    log.error("loading the call's script failed", exc_info=self._script.exception())
             self._script = None
             if self.grant is not None and not self.ended and not self.heard:
                 # The socket broke without `stop` (a hang-up sends `stop`) or the end mark: the caller
