@@ -21,12 +21,13 @@ from aiohttp import WSCloseCode, web
 from announcer.api import alerts
 from announcer.api.alerts import AlertsDeps
 from announcer.api.http import make_middleware
+from announcer.api.openapi import document as openapi_document
 from announcer.config import Settings
 from announcer.deliveries.callbacks import WebhookSender
 from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.notify import OutcomeNotifier
 from announcer.deliveries.plan import Limits
-from announcer.deliveries.script import CallScripts
+from announcer.deliveries.script import PROMPT_TEMPLATE, CallScripts
 from announcer.messages.greeting import Greeting
 from announcer.messages.render import MessageRenderer
 from announcer.speech.cache import AudioCache
@@ -108,6 +109,7 @@ def create_app(settings: Settings) -> web.Application:
         renderer, settings.announcer_greeting_template, settings.announcer_org_name, settings.zone
     )
     greeting.check()
+    renderer.render(PROMPT_TEMPLATE, {"repeat_key": None})  # a broken prompt template stops start-up here
     app[GREETING] = greeting
     app[SOCKETS] = set()
     app[RENDERER] = renderer
@@ -122,7 +124,12 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/alerts/{alert_id}/cancel", _with_alerts(alerts.cancel_alert))
     app.router.add_post("/v1/preview", _with_alerts(alerts.preview))
     app.router.add_delete("/v1/opt-outs/{phone}", _with_alerts(alerts.delete_opt_out))
+    app.router.add_get("/v1/openapi.json", _openapi)
     return app
+
+
+async def _openapi(_request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
 
 
 def _api_token(settings: Settings) -> str:

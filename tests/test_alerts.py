@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from twilio.request_validator import RequestValidator
 
 from announcer.deliveries.callbacks import verify
 from announcer.sandbox.twilio_call import PhoneBehavior
@@ -296,6 +297,12 @@ async def test_cancel_stops_what_was_not_placed(slow_service: Service) -> None:
     assert status == 202
     call = await placed_call(slow_service, ringer)
     await call.wait_for_status("ringing", 20)
+
+    async def known_sid() -> bool:  # the service knows which call to cancel
+        _, page = await get(slow_service, f"/v1/alerts/{accepted['id']}/deliveries?limit=1")
+        return page["deliveries"][0]["call_sid"] is not None
+
+    await eventually(known_sid)
     status, canceled = await post(slow_service, f"/v1/alerts/{accepted['id']}/cancel", {})
     assert status == 200, canceled
     assert canceled["status"] == "canceled" and canceled["canceled"] >= 4
@@ -307,3 +314,69 @@ async def test_cancel_stops_what_was_not_placed(slow_service: Service) -> None:
     assert len(slow_service.sandbox.calls) == placed_before  # nothing new was dialed after the answer
     status, again = await post(slow_service, f"/v1/alerts/{accepted['id']}/cancel", {})
     assert status == 409 and again["error"] == "alert_finished"
+
+
+async def test_openapi_document_matches_the_routes(service: Service) -> None:
+    async with aiohttp.ClientSession() as http, http.get(service.base_url + "/v1/openapi.json") as resp:
+        assert resp.status == 200  # public: no token needed to read the contract
+        doc = await resp.json()
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    registered = {
+        (r.method, r.resource.canonical)
+        for r in service.app.router.routes()
+        if r.resource is not None and r.resource.canonical.startswith("/v1/") and r.method != "HEAD"
+    }
+    assert documented == registered
+    alert = doc["components"]["schemas"]["AlertBody"]
+    assert set(alert["properties"]) == {"template", "template_text", "variables", "recipients", "options"}
+    assert alert.get("additionalProperties") is False  # unknown fields are refused, and documented so
+
+
+async def test_late_duplicate_and_reordered_callbacks_change_no_outcome(service: Service) -> None:
+    service.sandbox.set_behavior(BUSY, PhoneBehavior(answer="busy"))
+    status, accepted = await post(service, "/v1/alerts", alert_body(HEARER, BUSY))
+    assert status == 202
+    before = await finished(service, accepted["id"])
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    url = service.base_url + "/twilio/status"
+    validator = RequestValidator(service.providers.auth_token)
+    async with aiohttp.ClientSession() as http:
+        for d in page["deliveries"]:
+            for seq, call_status in (
+                (0, "ringing"),
+                (1, "in-progress"),
+                (9, "busy"),
+                (9, "completed"),
+                (2, "no-answer"),
+            ):
+                form = {
+                    "CallSid": d["call_sid"],
+                    "AccountSid": service.providers.account_sid,
+                    "CallStatus": call_status,
+                    "SequenceNumber": str(seq),
+                }
+                headers = {"X-Twilio-Signature": validator.compute_signature(url, form)}
+                async with http.post(url, data=form, headers=headers) as resp:
+                    assert resp.status == 204
+    after = (await get(service, f"/v1/alerts/{accepted['id']}"))[1]
+    assert after["counts"] == before["counts"] == {"heard": 1, "busy": 1}
+    _, again = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    assert [d["outcome"] for d in again["deliveries"]] == [d["outcome"] for d in page["deliveries"]]
+
+
+async def test_twilio_refusals_fail_with_the_code_or_are_retried(service: Service) -> None:
+    forbidden, throttled = "+15550100021", "+15550100022"
+    service.sandbox.set_behavior(forbidden, PhoneBehavior(refuse_code=21215))  # geo permissions
+    service.sandbox.set_behavior(
+        throttled, PhoneBehavior(refuse_code=20429, refuse_status=429, refuse_times=1)
+    )
+    status, accepted = await post(service, "/v1/alerts", alert_body(forbidden, throttled))
+    assert status == 202
+    alert = await finished(service, accepted["id"])
+    assert alert["counts"] == {"failed": 1, "heard": 1}
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    by_phone = {d["phone"]: d for d in page["deliveries"]}
+    assert by_phone[forbidden]["outcome_code"] == 21215
+    # a 429 is Twilio's rate limit, not the person: retried without spending the only attempt
+    assert by_phone[throttled]["attempt"] == 1
+    assert "dial_retry" in [h["kind"] for h in by_phone[throttled]["history"]]

@@ -176,7 +176,12 @@ class Dispatcher:
             self.wake()
             return
         self.placed += 1
-        await self._store.dialed(claim, info.sid)
+        if not await self._store.dialed(claim, info.sid):
+            # The alert was canceled while Twilio was placing this call: stop it ringing.
+            try:
+                await self._twilio.cancel(info.sid)
+            except TwilioError as err:
+                log.warning("could not cancel call %s of a canceled alert: %s", info.sid, err)
 
     # --- claims without a SID (a crash between claim and answer, or a lost answer) ---------------
 

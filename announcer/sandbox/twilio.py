@@ -162,6 +162,9 @@ class SandboxTwilio:
         return call
 
     # -- used by the REST API and the call handles -----------------------------------------------
+    def behavior(self, number: str) -> PhoneBehavior:
+        return self._behaviors.get(number, PhoneBehavior())
+
     def create_outbound(self, request: OutboundRequest) -> SandboxCall:
         call = SandboxCall(
             sid=new_sid("CA"),

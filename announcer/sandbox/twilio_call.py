@@ -76,6 +76,11 @@ class PhoneBehavior:
     ring_s: float = 0.05  # sandbox seconds of ringing before answer / no-answer
     sip_code: int | None = None  # reported as SipResponseCode with "fail" (e.g. 480)
     hang_up_after_s: float | None = None  # sandbox seconds after answering
+    # Twilio refuses to place the call: its error code (21215 geo permissions, 20429 too many requests,
+    # ...) with `refuse_status`, `refuse_times` times (None: always), before any call exists.
+    refuse_code: int | None = None
+    refuse_status: int = 400
+    refuse_times: int | None = None
 
 
 @dataclass

@@ -353,6 +353,13 @@ class RestApi:
     # -- Calls API ---------------------------------------------------------------------------
     async def create_call(self, request: web.Request) -> web.Response:
         outbound = parse_create(await self._form(request))
+        behavior = self._sandbox.behavior(outbound.to)
+        if behavior.refuse_code is not None and behavior.refuse_times != 0:
+            if behavior.refuse_times is not None:
+                behavior.refuse_times -= 1
+            raise RestError(
+                behavior.refuse_status, behavior.refuse_code, f"refused by the sandbox: {outbound.to}"
+            )
         call = self._sandbox.create_outbound(outbound)
         return web.json_response(call_resource(call), status=201)
 

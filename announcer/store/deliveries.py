@@ -352,7 +352,9 @@ class DeliveryStore:
                 )
             live = (
                 await s.execute(
-                    select(Delivery.id, Delivery.call_sid).where(
+                    select(Delivery.id, func.coalesce(Delivery.call_sid, Call.call_sid))
+                    .outerjoin(Call, Call.id == Delivery.call_id)
+                    .where(
                         Delivery.alert_id == alert_id,
                         Delivery.state.in_([DeliveryState.DIALING, DeliveryState.RINGING]),
                     )
@@ -442,8 +444,9 @@ class DeliveryStore:
             await s.commit()
         return claims
 
-    async def dialed(self, claim: Claim, call_sid: str) -> None:
-        """Twilio accepted the call: its SID belongs to this attempt."""
+    async def dialed(self, claim: Claim, call_sid: str) -> bool:
+        """Twilio accepted the call: its SID belongs to this attempt. False when the alert was canceled
+        while the request was on its way (the caller then cancels the call)."""
         now = utcnow()
         async with self.sessions() as s:
             await s.execute(
@@ -458,7 +461,9 @@ class DeliveryStore:
                 insert(_EVENTS),
                 [_event(claim.delivery_id, "dialed", now, attempt=claim.attempt, call_sid=call_sid)],
             )
+            status = (await s.execute(select(Alert.status).where(Alert.id == claim.alert_id))).scalar_one()
             await s.commit()
+        return bool(status == AlertStatus.ACTIVE)
 
     async def dial_refused(
         self, claim: Claim, *, code: int, reason: str, retry_at: datetime | None

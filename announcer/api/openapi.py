@@ -1,0 +1,240 @@
+"""`GET /v1/openapi.json`: the API described from the same models the handlers validate with, so the
+document and the handlers cannot disagree about a request body. Route table below = the routes the app
+registers (a test checks both ways)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from announcer.api.schemas import AlertBody, PreviewBody
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_VALIDATION = {"$ref": "#/components/schemas/ValidationError"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "malformed JSON or query",
+        401: "missing or wrong bearer token",
+        404: "no such resource",
+        409: "conflict (see `error`)",
+        413: "body too large",
+        415: "not application/json",
+        422: "validation failed: every problem, with its field",
+    }
+    return {str(c): _json(_VALIDATION if c == 422 else _ERROR, text[c]) for c in codes}
+
+
+_ALERT_ID = {"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_ALERT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["active", "completed", "canceled"]},
+        "recipients": {"type": "integer"},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "created_at": {"type": "string", "format": "date-time"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "options": {"type": "object"},
+    },
+}
+_DELIVERY = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "index": {"type": "integer"},
+        "phone": {"type": "string"},
+        "name": {"type": ["string", "null"]},
+        "state": {"type": "string"},
+        "attempt": {"type": "integer"},
+        "outcome": {"type": ["string", "null"]},
+        "outcome_code": {"type": ["integer", "null"]},
+        "outcome_reason": {"type": ["string", "null"]},
+        "call_sid": {"type": ["string", "null"]},
+        "text": {"type": "string"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "history": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+# (method, path, operation): what the app registers under /v1
+OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "post",
+        "/v1/alerts",
+        {
+            "summary": "Accept an alert: every recipient is rendered and validated first, then called",
+            "parameters": [
+                {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AlertBody"}}},
+            },
+            "responses": {
+                "202": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "string"},
+                            "status": {"type": "string"},
+                            "recipients": {"type": "integer"},
+                            "replayed": {"type": "boolean"},
+                        },
+                    },
+                    "accepted (or replayed for the same Idempotency-Key and body)",
+                ),
+                **_errors(400, 401, 409, 413, 415, 422),
+            },
+        },
+    ),
+    (
+        "get",
+        "/v1/alerts/{alert_id}",
+        {
+            "summary": "An alert's status and its deliveries counted by state",
+            "parameters": [_ALERT_ID],
+            "responses": {"200": _json(_ALERT, "the alert"), **_errors(401, 404)},
+        },
+    ),
+    (
+        "get",
+        "/v1/alerts/{alert_id}/deliveries",
+        {
+            "summary": "An alert's deliveries, by recipient index, each with its state history",
+            "parameters": [
+                _ALERT_ID,
+                {"name": "after", "in": "query", "schema": {"type": "integer", "default": -1}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "default": 100, "maximum": 1000},
+                },
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "deliveries": {"type": "array", "items": _DELIVERY},
+                            "next_after": {"type": ["integer", "null"]},
+                        },
+                    },
+                    "a page of deliveries; pass next_after as after for the next one",
+                ),
+                **_errors(400, 401, 404),
+            },
+        },
+    ),
+    (
+        "post",
+        "/v1/alerts/{alert_id}/cancel",
+        {
+            "summary": "Cancel: queued calls are not placed, ringing ones are canceled",
+            "parameters": [_ALERT_ID],
+            "responses": {"200": _json(_ALERT, "canceled"), **_errors(401, 404, 409)},
+        },
+    ),
+    (
+        "post",
+        "/v1/preview",
+        {
+            "summary": "Render a template for one recipient (?audio=1: the synthesized WAV) without calling",
+            "parameters": [
+                {"name": "audio", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}}
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PreviewBody"}}},
+            },
+            "responses": {
+                "200": {
+                    "description": "the text (JSON), or the audio (audio/wav)",
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "object", "properties": {"text": {"type": "string"}}}
+                        },
+                        "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
+                **_errors(400, 401, 415, 422),
+            },
+        },
+    ),
+    (
+        "delete",
+        "/v1/opt-outs/{phone}",
+        {
+            "summary": "Allow alerts to call a number that pressed 9 again",
+            "parameters": [{"name": "phone", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _json({"type": "object"}, "removed"), **_errors(401, 404, 422)},
+        },
+    ),
+    (
+        "get",
+        "/v1/openapi.json",
+        {
+            "summary": "This document",
+            "security": [],
+            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+        },
+    ),
+]
+
+
+def document() -> dict[str, Any]:
+    models: list[tuple[type[BaseModel], Any]] = [(AlertBody, "validation"), (PreviewBody, "validation")]
+    _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    schemas = dict(defs.get("$defs", {}))
+    schemas["Error"] = {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "field": {"type": "string"},
+        },
+    }
+    schemas["ValidationError"] = {
+        "type": "object",
+        "properties": {
+            "error": {"const": "validation_failed"},
+            "message": {"type": "string"},
+            "problems": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "reason"],
+                    "properties": {
+                        "field": {"type": "string", "examples": ["recipients[3].phone"]},
+                        "reason": {"type": "string"},
+                        "index": {"type": "integer"},
+                    },
+                },
+            },
+        },
+    }
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, operation in OPERATIONS:
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "announcer",
+            "version": "1",
+            "description": "Phone announcements with generated speech.",
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }
