@@ -47,6 +47,8 @@ def _setup_logging(level: str) -> None:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # The twilio SDK logs every request and its headers at INFO: noise, and numbers in URLs.
+    logging.getLogger("twilio").setLevel(logging.WARNING)
 
 
 async def _freeze_startup_heap(app: web.Application) -> None:
