@@ -380,3 +380,35 @@ async def test_twilio_refusals_fail_with_the_code_or_are_retried(service: Servic
     # a 429 is Twilio's rate limit, not the person: retried without spending the only attempt
     assert by_phone[throttled]["attempt"] == 1
     assert "dial_retry" in [h["kind"] for h in by_phone[throttled]["history"]]
+
+
+async def test_message_is_synthesized_while_the_phone_rings(service: Service) -> None:
+    slow_to_answer = "+15550100031"
+    service.sandbox.set_behavior(slow_to_answer, PhoneBehavior(ring_s=25))  # one second at the test's speed
+    status, accepted = await post(service, "/v1/alerts", alert_body(slow_to_answer))
+    assert status == 202
+    await finished(service, accepted["id"])
+    call = next(c for c in service.sandbox.calls.values() if c.to == slow_to_answer)
+    assert call.answered_at is not None and service.tts.requests
+    first_request = min(r.received_at for r in service.tts.requests)
+    assert first_request < call.answered_at  # the audio was being made before anyone picked up
+
+
+async def test_pressing_2_then_hanging_up_is_hung_up_early(service: Service) -> None:
+    leaver = "+15550100032"
+    status, accepted = await post(service, "/v1/alerts", alert_body(leaver, confirm=True))
+    assert status == 202
+    call = await placed_call(service, leaver)
+    await call.wait_for_media(20)
+    await call.press("2")
+    await call.hang_up()
+    alert = await finished(service, accepted["id"])
+    assert alert["counts"] == {"hung_up_early": 1}
+
+
+async def test_oversized_body_is_413_json(service: Service) -> None:
+    body = alert_body(HEARER)
+    body["variables"]["padding"] = "x" * (service.settings.announcer_max_body_bytes + 1)
+    status, answer = await post(service, "/v1/alerts", body)
+    assert status == 413 and answer["error"] == "body_too_large"
+    assert not service.sandbox.calls
