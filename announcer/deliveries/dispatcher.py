@@ -29,6 +29,8 @@ from announcer.telephony.status import StatusReport
 log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_S = 5.0
+CLAIM_AHEAD_S = 0.25
+MAX_BATCH = 50
 IDLE_POLL_S = 5.0  # re-check the table this often even without a wake-up (another process' work)
 RING_TIMEOUT_S = 30
 
@@ -135,25 +137,31 @@ class Dispatcher:
                 await self._sleep(1.0)
 
     async def _step(self) -> None:
-        busy = await self._store.in_flight()
-        if busy >= self._max_concurrent:
+        free = self._max_concurrent - await self._store.in_flight()
+        if free <= 0:
             await self._sleep(IDLE_POLL_S)  # a terminal status or an ended stream wakes us
             return
         wait = self._bucket.wait_s()
         if wait > 0:
             await asyncio.sleep(wait)  # the rate limit itself: nothing to wait on but time
             return
-        (claim,) = await self._store.claim(limit=1, lease=self._lease, from_number=self._from) or (None,)
-        if claim is None:
+        # One claim transaction for the calls the rate allows in the next quarter second.
+        batch = max(1, min(free, int(self._bucket.rate * CLAIM_AHEAD_S), MAX_BATCH))
+        claims = await self._store.claim(limit=batch, lease=self._lease, from_number=self._from)
+        if not claims:
             due = await self._store.next_due()
             delay = IDLE_POLL_S if due is None else (due - utcnow()).total_seconds()
             if delay > 0:
                 await self._sleep(min(delay, IDLE_POLL_S))
             return
-        self._bucket.take()
-        task = asyncio.create_task(self._dial(claim), name=f"dial-{claim.delivery_id}")
-        self._dials.add(task)
-        task.add_done_callback(self._dials.discard)
+        for claim in claims:
+            wait = self._bucket.wait_s()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._bucket.take()
+            task = asyncio.create_task(self._dial(claim), name=f"dial-{claim.delivery_id}")
+            self._dials.add(task)
+            task.add_done_callback(self._dials.discard)
 
     async def _dial(self, claim: Claim) -> None:
         self._speaker.prefetch(claim.text)  # synthesized while the phone rings

@@ -316,19 +316,25 @@ class DeliveryStore:
         """Cancel what has not been dialed; return (how many, [(delivery id, call sid)] still ringing or
         dialing, for the caller to cancel at Twilio). Raises LookupError / AlertFinished."""
         now = utcnow()
+        # Locks are taken in the order every other writer takes them, deliveries before their alert (a
+        # delivery's final outcome completes its alert): the other order deadlocked against the dispatcher.
         async with self.sessions() as s:
-            alert = await s.get(Alert, alert_id, with_for_update=True)
-            if alert is None:
+            status = (await s.execute(select(Alert.status).where(Alert.id == alert_id))).scalar_one_or_none()
+            if status is None:
                 raise LookupError(alert_id)
-            if alert.status != AlertStatus.ACTIVE:
-                raise AlertFinished(alert.status)
+            if status != AlertStatus.ACTIVE:
+                raise AlertFinished(status)
+            # A delivery being claimed right now is skipped: its call is canceled once placed (`dialed`).
             waiting = list(
                 (
                     await s.execute(
-                        select(Delivery.id).where(
+                        select(Delivery.id)
+                        .where(
                             Delivery.alert_id == alert_id,
                             Delivery.state.in_([DeliveryState.PENDING, DeliveryState.QUEUED]),
                         )
+                        .order_by(Delivery.id)
+                        .with_for_update(skip_locked=self._skip_locked)
                     )
                 ).scalars()
             )
@@ -360,8 +366,14 @@ class DeliveryStore:
                     )
                 )
             ).all()
-            alert.status = AlertStatus.CANCELED
-            alert.finished_at = now
+            done = await s.execute(
+                update(Alert)
+                .where(Alert.id == alert_id, Alert.status == AlertStatus.ACTIVE)
+                .values(status=AlertStatus.CANCELED, finished_at=now)
+            )
+            if not done.rowcount:  # type: ignore[attr-defined]
+                await s.rollback()  # it completed meanwhile: its deliveries are all final already
+                raise AlertFinished(AlertStatus.COMPLETED)
             await s.commit()
         return len(waiting), [(int(i), str(sid)) for i, sid in live if sid]
 
@@ -523,36 +535,38 @@ class DeliveryStore:
         next attempt instead, while attempts remain."""
         now = utcnow()
         async with self.sessions() as s:
-            call = await s.get(Call, call_id)
-            if call is None or call.delivery_id is None or call.attempt is None:
-                return None
-            delivery = await s.get(Delivery, call.delivery_id, with_for_update=True)
-            if delivery is None:
-                return None
-            if not moves_forward(DeliveryState(delivery.state), delivery.attempt, new, call.attempt):
-                s.add(
-                    DeliveryEvent(
-                        delivery_id=delivery.id,
-                        kind="ignored",
-                        at=now,
-                        detail={"state": new.value, "attempt": call.attempt, "source": source},
-                    )
+            # Core for the common moves (ringing, answered, a late callback): several per call.
+            row = (
+                await s.execute(
+                    select(Delivery.id, Delivery.state, Delivery.attempt, Delivery.alert_id, Call.attempt)
+                    .join(Call, Call.delivery_id == Delivery.id)
+                    .where(Call.id == call_id)
+                    .with_for_update(of=Delivery)
                 )
+            ).first()
+            if row is None or row[4] is None:
+                return None
+            delivery_id, state, attempt, alert_id = row[0], row[1], row[2], row[3]
+            call_attempt: int = row[4]
+            detail: dict[str, Any] = {"state": new.value, "attempt": call_attempt, "source": source}
+            if not moves_forward(DeliveryState(state), attempt, new, call_attempt):
+                await s.execute(insert(_EVENTS), [_event(delivery_id, "ignored", now, **detail)])
                 await s.commit()
                 return None
-            detail: dict[str, Any] = {"state": new.value, "attempt": call.attempt, "source": source}
             if code is not None:
                 detail["code"] = code
             if reason:
                 detail["reason"] = reason[:300]
-            s.add(DeliveryEvent(delivery_id=delivery.id, kind="state", at=now, detail=detail))
+            await s.execute(insert(_EVENTS), [_event(delivery_id, "state", now, **detail)])
             if not is_final(new):
-                delivery.state = new
-                delivery.updated_at = now
+                values: dict[str, Any] = {"state": new, "updated_at": now}
                 if new == DeliveryState.IN_PROGRESS:
-                    delivery.lease_expires_at = None
+                    values["lease_expires_at"] = None
+                await s.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
                 await s.commit()
-                return Move(delivery.id, delivery.alert_id, new, delivery.attempt, final=False)
+                return Move(delivery_id, alert_id, new, attempt, final=False)
+            delivery = await s.get(Delivery, delivery_id)
+            assert delivery is not None
             alert = await s.get(Alert, delivery.alert_id)
             options = alert.options if alert is not None else {}
             retry_on = set(options.get("retry_on", []))

@@ -78,7 +78,9 @@ async def status_webhook(
         call_id, status, sequence=sequence, source="callback", duration_s=duration, extra=extra
     )
     if moved and observer is not None:
-        call = await store.get(call_id)
-        answered = call is not None and call.answered_at is not None
+        answered = False
+        if status == CallStatus.COMPLETED:  # only there does it matter whether anyone picked up
+            call = await store.get(call_id)
+            answered = call is not None and call.answered_at is not None
         await observer(StatusReport(call_id, status, answered, sip, error_code))
     return web.Response(status=204)
