@@ -19,10 +19,11 @@ def to_e164(number: str, region: str | None = None, *, strict: bool = True) -> s
         parsed = phonenumbers.parse(number, region)
     except phonenumbers.NumberParseException as err:
         raise BadNumber(_PARSE_REASONS.get(err.error_type, "not a phone number")) from None
-    if not phonenumbers.is_possible_number(parsed):
+    if strict:
+        if not phonenumbers.is_valid_number(parsed):  # implies a possible length: one check, not two
+            raise BadNumber("not a valid phone number for its country")
+    elif not phonenumbers.is_possible_number(parsed):
         raise BadNumber("not a possible phone number (wrong length)")
-    if strict and not phonenumbers.is_valid_number(parsed):
-        raise BadNumber("not a valid phone number for its country")
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 
 

@@ -216,15 +216,9 @@ class DeliveryStore:
                         "finished_at": now if out else None,
                     }
                 )
+            # Each delivery's first state is its row (state and created_at): no event row per recipient,
+            # which would double the rows written before the answer (`deliveries()` lists it first).
             await s.execute(insert(_DELIVERIES), rows)
-            ids = (
-                await s.execute(
-                    select(Delivery.id, Delivery.state)
-                    .where(Delivery.alert_id == alert_id)
-                    .order_by(Delivery.id)
-                )
-            ).all()
-            await s.execute(insert(_EVENTS), [_event(i, "state", now, state=state) for i, state in ids])
             if opted and len(opted) >= len(deliveries):
                 await _complete(s, alert_id, now)
             await s.commit()
@@ -281,7 +275,18 @@ class DeliveryStore:
                     )
                 ).scalars()
             )
-            history: dict[int, list[dict[str, Any]]] = {d.id: [] for d in rows}
+            history: dict[int, list[dict[str, Any]]] = {
+                d.id: [
+                    {
+                        "at": d.created_at.isoformat(),
+                        "kind": "state",
+                        "state": DeliveryState.OPTED_OUT.value
+                        if d.outcome == DeliveryState.OPTED_OUT and d.attempt == 0
+                        else DeliveryState.PENDING.value,
+                    }
+                ]
+                for d in rows
+            }
             ids = list(history)
             for start in range(0, len(ids), _CHUNK):
                 events = await s.execute(
