@@ -276,7 +276,9 @@ async def _clock(app: web.Application) -> AsyncIterator[None]:
 
 async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     settings, p = app[SETTINGS], app[PROVIDERS]
-    store = DeliveryStore(app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite)
+    store = DeliveryStore(
+        app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite, journal=app[STORE].journal
+    )
     secret = settings.announcer_webhook_secret or settings.announcer_api_token
     http = aiohttp.ClientSession()
     sender = WebhookSender(http, secret.get_secret_value() if secret else app[API_TOKEN])

@@ -31,6 +31,7 @@ from announcer.store.models import (
 )
 
 TOKEN_TTL = timedelta(minutes=10)
+_SID_CACHE = 50_000
 
 
 def hash_token(token: str) -> str:
@@ -51,6 +52,7 @@ class CallStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
         self.journal = Journal(sessions)  # every write but the call's creation goes through it
+        self._ids: dict[str, int] = {}  # call SID -> row id, bounded (oldest out first)
 
     async def open_inbound(
         self, *, call_sid: str, from_number: str, to_number: str, kind: str, text: str, status: str
@@ -161,8 +163,17 @@ class CallStore:
         return call_id if sid == call_sid else None
 
     async def find_by_sid(self, call_sid: str) -> int | None:
+        """The call row of a SID (remembered: every call gets several callbacks; a SID never moves)."""
+        known = self._ids.get(call_sid)
+        if known is not None:
+            return known
         async with self.sessions() as s:
-            return (await s.execute(select(Call.id).where(Call.call_sid == call_sid))).scalar_one_or_none()
+            found = (await s.execute(select(Call.id).where(Call.call_sid == call_sid))).scalar_one_or_none()
+        if found is not None:
+            if len(self._ids) >= _SID_CACHE:
+                self._ids.pop(next(iter(self._ids)))
+            self._ids[call_sid] = found
+        return found
 
     async def get(self, call_id: int) -> Call | None:
         async with self.sessions() as s:

@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import Table, func, insert, select, update
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from announcer.store.calls import TOKEN_TTL, hash_token
 from announcer.store.delivery_states import is_final, moves_forward
+from announcer.store.journal import Batch, Journal
 from announcer.store.models import (
     FINAL_DELIVERY_STATES,
     Alert,
@@ -141,8 +143,12 @@ def _event(delivery_id: int, kind: str, at: datetime, **detail: Any) -> dict[str
 
 
 class DeliveryStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, postgres: bool) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, postgres: bool, journal: Journal | None = None
+    ) -> None:
         self.sessions = sessions
+        # Moves driven by calls (several per call, many calls at once) go through the group-commit journal.
+        self._journal = journal or Journal(sessions)
         self._skip_locked = postgres  # FOR UPDATE SKIP LOCKED lets several dispatchers share the table
 
     # --- acceptance ------------------------------------------------------------------------------
@@ -538,77 +544,77 @@ class DeliveryStore:
 
         A final state that the alert's options retry (busy, no answer, failed) becomes `pending` for the
         next attempt instead, while attempts remain."""
+        return await self._journal.submit(partial(self._on_call_state, call_id, new, code, reason, source))
+
+    async def _on_call_state(
+        self, call_id: int, new: DeliveryState, code: int | None, reason: str | None, source: str, b: Batch
+    ) -> Move | None:
+        """`on_call_state` as an operation of a journal batch: several calls' moves share a transaction."""
         now = utcnow()
-        async with self.sessions() as s:
-            # Core for the common moves (ringing, answered, a late callback): several per call.
-            row = (
-                await s.execute(
-                    select(Delivery.id, Delivery.state, Delivery.attempt, Delivery.alert_id, Call.attempt)
-                    .join(Call, Call.delivery_id == Delivery.id)
-                    .where(Call.id == call_id)
-                    .with_for_update(of=Delivery)
+        s = b.session
+        # Core for the common moves (ringing, answered, a late callback): several per call.
+        row = (
+            await s.execute(
+                select(Delivery.id, Delivery.state, Delivery.attempt, Delivery.alert_id, Call.attempt)
+                .join(Call, Call.delivery_id == Delivery.id)
+                .where(Call.id == call_id)
+                .with_for_update(of=Delivery)
+            )
+        ).first()
+        if row is None or row[4] is None:
+            return None
+        delivery_id, state, attempt, alert_id = row[0], row[1], row[2], row[3]
+        call_attempt: int = row[4]
+        detail: dict[str, Any] = {"state": new.value, "attempt": call_attempt, "source": source}
+        if not moves_forward(DeliveryState(state), attempt, new, call_attempt):
+            await s.execute(insert(_EVENTS), [_event(delivery_id, "ignored", now, **detail)])
+            return None
+        if code is not None:
+            detail["code"] = code
+        if reason:
+            detail["reason"] = reason[:300]
+        await s.execute(insert(_EVENTS), [_event(delivery_id, "state", now, **detail)])
+        if not is_final(new):
+            values: dict[str, Any] = {"state": new, "updated_at": now}
+            if new == DeliveryState.IN_PROGRESS:
+                values["lease_expires_at"] = None
+            await s.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+            return Move(delivery_id, alert_id, new, attempt, final=False)
+        delivery = await s.get(Delivery, delivery_id)
+        assert delivery is not None
+        alert = await s.get(Alert, delivery.alert_id)
+        options = alert.options if alert is not None else {}
+        retry_on = set(options.get("retry_on", []))
+        if (
+            new.value in retry_on
+            and delivery.attempt < delivery.max_attempts
+            and alert is not None
+            and alert.status == AlertStatus.ACTIVE
+        ):
+            backoff = float(options.get("retry_backoff_s", 60)) * 2 ** (delivery.attempt - 1)
+            retry_at = now + timedelta(seconds=backoff)
+            delivery.state = DeliveryState.PENDING
+            delivery.next_attempt_at = retry_at
+            delivery.lease_expires_at = None
+            delivery.updated_at = now
+            s.add(
+                DeliveryEvent(
+                    delivery_id=delivery.id,
+                    kind="retry_scheduled",
+                    at=now,
+                    detail={
+                        "after": new.value,
+                        "next_attempt": delivery.attempt + 1,
+                        "at": retry_at.isoformat(),
+                    },
                 )
-            ).first()
-            if row is None or row[4] is None:
-                return None
-            delivery_id, state, attempt, alert_id = row[0], row[1], row[2], row[3]
-            call_attempt: int = row[4]
-            detail: dict[str, Any] = {"state": new.value, "attempt": call_attempt, "source": source}
-            if not moves_forward(DeliveryState(state), attempt, new, call_attempt):
-                await s.execute(insert(_EVENTS), [_event(delivery_id, "ignored", now, **detail)])
-                await s.commit()
-                return None
-            if code is not None:
-                detail["code"] = code
-            if reason:
-                detail["reason"] = reason[:300]
-            await s.execute(insert(_EVENTS), [_event(delivery_id, "state", now, **detail)])
-            if not is_final(new):
-                values: dict[str, Any] = {"state": new, "updated_at": now}
-                if new == DeliveryState.IN_PROGRESS:
-                    values["lease_expires_at"] = None
-                await s.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
-                await s.commit()
-                return Move(delivery_id, alert_id, new, attempt, final=False)
-            delivery = await s.get(Delivery, delivery_id)
-            assert delivery is not None
-            alert = await s.get(Alert, delivery.alert_id)
-            options = alert.options if alert is not None else {}
-            retry_on = set(options.get("retry_on", []))
-            if (
-                new.value in retry_on
-                and delivery.attempt < delivery.max_attempts
-                and alert is not None
-                and alert.status == AlertStatus.ACTIVE
-            ):
-                backoff = float(options.get("retry_backoff_s", 60)) * 2 ** (delivery.attempt - 1)
-                retry_at = now + timedelta(seconds=backoff)
-                delivery.state = DeliveryState.PENDING
-                delivery.next_attempt_at = retry_at
-                delivery.lease_expires_at = None
-                delivery.updated_at = now
-                s.add(
-                    DeliveryEvent(
-                        delivery_id=delivery.id,
-                        kind="retry_scheduled",
-                        at=now,
-                        detail={
-                            "after": new.value,
-                            "next_attempt": delivery.attempt + 1,
-                            "at": retry_at.isoformat(),
-                        },
-                    )
-                )
-                await s.commit()
-                return Move(
-                    delivery.id, delivery.alert_id, new, delivery.attempt, final=False, retry_at=retry_at
-                )
-            _finish(delivery, new, now, code=code, reason=reason)
-            if new == DeliveryState.OPTED_OUT:
-                await _opt_out(s, delivery.phone, delivery.id, now)
-            move = await _after_final(s, delivery, now)
-            await s.commit()
-            return move
+            )
+            return Move(delivery.id, delivery.alert_id, new, delivery.attempt, final=False, retry_at=retry_at)
+        _finish(delivery, new, now, code=code, reason=reason)
+        if new == DeliveryState.OPTED_OUT:
+            await _opt_out(s, delivery.phone, delivery.id, now)
+        move = await _after_final(s, delivery, now)
+        return move
 
     async def expired_claims(self) -> list[ExpiredClaim]:
         """Claims whose lease ran out before their Call SID was recorded (a crash, a lost answer)."""
