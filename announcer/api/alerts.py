@@ -3,6 +3,7 @@ first, committed before the answer), report on it, cancel it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ from announcer.telephony.calls import TwilioCalls, TwilioError
 
 log = logging.getLogger(__name__)
 PAGE = 100
+_INLINE_PLAN = 200  # recipients planned on the event loop; more go to a worker thread
 
 
 @dataclass
@@ -57,7 +59,15 @@ async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
         )
     try:
         prepared = prepare_template(deps.renderer, body.template, body.template_text)
-        planned = plan_deliveries(prepared, body.variables, _recipients(body), deps.limits)
+        recipients = _recipients(body)
+        if len(recipients) > _INLINE_PLAN:
+            # Thousands of renders and number checks take a good fraction of a second: off the event
+            # loop, so the calls that are live meanwhile keep their audio and new ones their first frame.
+            planned = await asyncio.to_thread(
+                plan_deliveries, prepared, body.variables, recipients, deps.limits
+            )
+        else:
+            planned = plan_deliveries(prepared, body.variables, recipients, deps.limits)
     except PlanError as err:
         raise invalid(err.problems) from None
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -52,7 +52,7 @@ class CallStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
         self.journal = Journal(sessions)  # every write but the call's creation goes through it
-        self._ids: dict[str, int] = {}  # call SID -> row id, bounded (oldest out first)
+        self._ids: dict[str, tuple[int, bool]] = {}  # call SID -> (row id, carries a delivery), bounded
 
     async def open_inbound(
         self, *, call_sid: str, from_number: str, to_number: str, kind: str, text: str, status: str
@@ -163,16 +163,25 @@ class CallStore:
         return call_id if sid == call_sid else None
 
     async def find_by_sid(self, call_sid: str) -> int | None:
-        """The call row of a SID (remembered: every call gets several callbacks; a SID never moves)."""
+        found = await self.find_call(call_sid)
+        return found[0] if found is not None else None
+
+    async def find_call(self, call_sid: str) -> tuple[int, bool] | None:
+        """(row id, whether it carries a delivery) of a SID. Remembered: every call gets several
+        callbacks, and neither a SID nor what the call carries ever changes."""
         known = self._ids.get(call_sid)
         if known is not None:
             return known
         async with self.sessions() as s:
-            found = (await s.execute(select(Call.id).where(Call.call_sid == call_sid))).scalar_one_or_none()
-        if found is not None:
-            if len(self._ids) >= _SID_CACHE:
-                self._ids.pop(next(iter(self._ids)))
-            self._ids[call_sid] = found
+            row = (
+                await s.execute(select(Call.id, Call.delivery_id).where(Call.call_sid == call_sid))
+            ).first()
+        if row is None:
+            return None
+        found = (int(row[0]), row[1] is not None)
+        if len(self._ids) >= _SID_CACHE:
+            self._ids.pop(next(iter(self._ids)))
+        self._ids[call_sid] = found
         return found
 
     async def get(self, call_id: int) -> Call | None:

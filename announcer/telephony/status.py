@@ -62,12 +62,13 @@ async def status_webhook(
     if status == CallStatus.FAILED and sip == 480:
         status = CallStatus.NO_ANSWER
     error_code = _int_field(form, "ErrorCode")
-    call_id = await store.find_by_sid(call_sid)
+    found = await store.find_call(call_sid)
+    call_id, carries_delivery = found if found is not None else (None, False)
     attempt = request.query.get("call", "")
     if call_id is None and attempt.isdigit():
         # Our status URL names the attempt's call row: its SID may not be recorded yet (the create
         # request's answer was lost, or is still on its way), so this callback reveals it.
-        call_id = await store.attach_sid(int(attempt), call_sid)
+        call_id, carries_delivery = await store.attach_sid(int(attempt), call_sid), True
     if call_id is None:
         log.info("status %s for a call we do not know (%s); ignored", status, call_sid)
         return web.Response(status=204)
@@ -77,7 +78,7 @@ async def status_webhook(
     moved = await store.apply_status(
         call_id, status, sequence=sequence, source="callback", duration_s=duration, extra=extra
     )
-    if moved and observer is not None:
+    if moved and observer is not None and carries_delivery:  # the greeting line has no one to tell
         answered = False
         if status == CallStatus.COMPLETED:  # only there does it matter whether anyone picked up
             call = await store.get(call_id)
