@@ -354,7 +354,7 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         tokens=tokens,
         account_sid=p.account_sid,
         on_outcome=app[DISPATCHER].on_call_outcome,
-        script=CallScripts(app[DELIVERIES], app[RENDERER]).for_call,
+        script=CallScripts(app[DELIVERIES], app[RENDERER]).for_grant,
     )
     yield
 

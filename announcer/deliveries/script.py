@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from announcer.messages.render import MessageRenderer, RenderError
+from announcer.store.calls import StreamGrant
 from announcer.store.deliveries import DeliveryStore
 from announcer.telephony.media import CallScript
 
@@ -32,8 +33,10 @@ class CallScripts:
     def prompt(self, repeat_key: str | None) -> str:
         return self._renderer.render(PROMPT_TEMPLATE, {"repeat_key": repeat_key})
 
-    async def for_call(self, call_id: int) -> CallScript | None:
-        options = await self._store.call_options(call_id)
+    async def for_grant(self, grant: StreamGrant) -> CallScript | None:
+        options = (
+            grant.options if grant.options is not None else await self._store.call_options(grant.call_id)
+        )
         if options is None:
             return None
         repeat_key = options.get("repeat_key")

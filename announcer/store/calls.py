@@ -22,9 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from announcer.store.journal import Batch, Journal
 from announcer.store.models import (
     TERMINAL_STATUSES,
+    Alert,
     Call,
     CallEvent,
     CallStatus,
+    Delivery,
     StreamToken,
     status_rank,
     utcnow,
@@ -46,6 +48,9 @@ class StreamGrant:
     call_sid: str | None
     text: str
     kind: str
+    # An announcement's alert options (what happens after the message), read with the token: no query
+    # of its own per call. None for the greeting line, and for grants this process issued itself.
+    options: dict[str, Any] | None = None
 
 
 class CallStore:
@@ -238,12 +243,25 @@ async def _consume_token(token_hash: str, call_sid: str, now: datetime, b: Batch
     if row is None:
         return None  # nothing matched, nothing changed
     call = (
-        await b.session.execute(select(Call.call_sid, Call.text, Call.kind).where(Call.id == row[0]))
+        await b.session.execute(
+            select(Call.call_sid, Call.text, Call.kind, Call.delivery_id).where(Call.id == row[0])
+        )
     ).first()
     if call is None or (call.call_sid is not None and call.call_sid != call_sid):
         # Presented for another call: the token has leaked. It stays burnt rather than usable.
         return None
-    return StreamGrant(call_id=row[0], call_sid=call.call_sid, text=call.text, kind=call.kind)
+    options = None
+    if call.delivery_id is not None:
+        options = (
+            await b.session.execute(
+                select(Alert.options)
+                .join(Delivery, Delivery.alert_id == Alert.id)
+                .where(Delivery.id == call.delivery_id)
+            )
+        ).scalar_one_or_none()
+    return StreamGrant(
+        call_id=row[0], call_sid=call.call_sid, text=call.text, kind=call.kind, options=options
+    )
 
 
 async def _add_event(call_id: int, kind: str, detail: dict[str, Any], at: datetime, b: Batch) -> None:

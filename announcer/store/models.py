@@ -213,6 +213,8 @@ class Delivery(Base):
         Index("ix_deliveries_alert", "alert_id", "position"),
         # the dispatcher's question: what is due, oldest first
         Index("ix_deliveries_due", "state", "next_attempt_at"),
+        # "does this alert still have an open delivery?", asked at every outcome
+        Index("ix_deliveries_alert_state", "alert_id", "state"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -53,7 +53,7 @@ class MediaDeps:
     # the dispatcher turns it into the delivery's outcome. Announcements only.
     on_outcome: Callable[[int, CallOutcome, str], Awaitable[None]] | None = None
     # What an announcement does after its message (confirm prompt, keys); fetched while the message plays.
-    script: Callable[[int], Coroutine[Any, Any, CallScript | None]] | None = None
+    script: Callable[[StreamGrant], Coroutine[Any, Any, CallScript | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ class MediaSession:
         # or the TTS request) runs ahead of theirs.
         self._say(grant.text, END_MARK_PREFIX)
         if grant.kind == CallKind.ANNOUNCEMENT and self.deps.script is not None:
-            self._script = asyncio.create_task(self.deps.script(grant.call_id))
+            self._script = asyncio.create_task(self.deps.script(grant))
         if confirm:
             self._confirming = asyncio.create_task(self._confirm_token(token, start.call_sid))
         self.deps.store.record_in_progress(grant.call_id)
