@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -412,3 +413,87 @@ async def test_oversized_body_is_413_json(service: Service) -> None:
     status, answer = await post(service, "/v1/alerts", body)
     assert status == 413 and answer["error"] == "body_too_large"
     assert not service.sandbox.calls
+
+
+async def test_twenty_recipients_each_end_in_what_happened(service: Service) -> None:
+    """The issue's mixed list: answer, press 1, press 2 then hang up, no answer, busy, invalid number;
+    retries as configured, and every outcome reported through the signed webhook."""
+    groups: dict[str, list[str]] = {
+        "heard": [f"+155501020{i:02d}" for i in range(4)],
+        "confirmed": [f"+155501021{i:02d}" for i in range(4)],
+        "hung_up_early": [f"+155501022{i:02d}" for i in range(3)],
+        "no_answer": [f"+155501023{i:02d}" for i in range(3)],
+        "busy": [f"+155501024{i:02d}" for i in range(3)],
+        "failed": [f"+155501025{i:02d}" for i in range(3)],
+    }
+    for phone in groups["no_answer"]:
+        service.sandbox.set_behavior(phone, PhoneBehavior(answer="no-answer"))
+    for phone in groups["busy"]:
+        service.sandbox.set_behavior(phone, PhoneBehavior(answer="busy"))
+    for phone in groups["failed"]:
+        service.sandbox.set_behavior(phone, PhoneBehavior(refuse_code=21211))  # Twilio: invalid 'To'
+    received: list[dict[str, Any]] = []
+    completed = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        raw = await request.read()
+        assert verify(API_TOKEN, raw, request.headers["X-Announcer-Signature"])
+        received.append(json.loads(raw))
+        if received[-1]["type"] == "alert.completed":
+            completed.set()
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        phones = [p for group in groups.values() for p in group]
+        options = {
+            "confirm": True,
+            "max_attempts": 2,
+            "retry_on": ["busy"],
+            "retry_backoff_s": 0.05,
+            "callback_url": f"http://127.0.0.1:{port}/hook",
+        }
+        status, accepted = await post(service, "/v1/alerts", alert_body(*phones, **options))
+        assert status == 202 and accepted["recipients"] == 20
+
+        async def confirm(phone: str) -> None:
+            call = await placed_call(service, phone)
+            await call.wait_for_mark("prompt:", 20)
+            await call.press("1")
+
+        async def repeat_then_leave(phone: str) -> None:
+            call = await placed_call(service, phone)
+            await call.wait_for_media(20)
+            await call.press("2")
+            await call.hang_up()
+
+        await asyncio.gather(
+            *(confirm(p) for p in groups["confirmed"]),
+            *(repeat_then_leave(p) for p in groups["hung_up_early"]),
+        )
+        alert = await finished(service, accepted["id"])
+        async with asyncio.timeout(30):
+            await completed.wait()
+    finally:
+        await runner.cleanup()
+    assert alert["counts"] == {outcome: len(group) for outcome, group in groups.items()}
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    by_phone = {d["phone"]: d for d in page["deliveries"]}
+    for outcome, group in groups.items():
+        assert {by_phone[p]["outcome"] for p in group} == {outcome}
+    assert {by_phone[p]["outcome_code"] for p in groups["failed"]} == {21211}
+    placed = Counter(c.to for c in service.sandbox.calls.values())
+    assert all(placed[p] == 2 for p in groups["busy"])  # retried once, as configured
+    assert all(
+        placed[p] == 1 for g in ("heard", "confirmed", "hung_up_early", "no_answer") for p in groups[g]
+    )
+    assert not any(placed[p] for p in groups["failed"])  # refused by Twilio: no call exists
+    finals = {
+        b["delivery"]["phone"]: b["delivery"]["outcome"] for b in received if b["type"] == "delivery.finished"
+    }
+    assert finals == {p: outcome for outcome, group in groups.items() for p in group}
