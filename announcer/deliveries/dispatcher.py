@@ -97,6 +97,7 @@ class Dispatcher:
         self._status_url = status_url
         self._on_move = on_move
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reconciler: asyncio.Task[None] | None = None
         self._dials: set[asyncio.Task[None]] = set()
@@ -107,8 +108,14 @@ class Dispatcher:
         self._reconciler = asyncio.create_task(self._reconcile_forever(), name="dispatcher-reconcile")
 
     async def close(self) -> None:
-        for task in (self._task, self._reconciler):
-            if task is not None:
+        # Stop between steps, not inside one: a task cancelled mid-query leaves the database driver's
+        # thread answering a loop that is about to close.
+        self._stopping.set()
+        self.wake()
+        tasks = [t for t in (self._task, self._reconciler) if t is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=5)
+            for task in late:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -127,7 +134,7 @@ class Dispatcher:
         self._wake.clear()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._step()
             except asyncio.CancelledError:
@@ -155,6 +162,8 @@ class Dispatcher:
                 await self._sleep(min(delay, IDLE_POLL_S))
             return
         for claim in claims:
+            if self._stopping.is_set():
+                return  # the rest of the batch is released by the reconciler once its lease runs out
             wait = self._bucket.wait_s()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -194,7 +203,7 @@ class Dispatcher:
     # --- claims without a SID (a crash between claim and answer, or a lost answer) ---------------
 
     async def _reconcile_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 for claim in await self._store.expired_claims():
                     await self._reconcile(claim)
@@ -204,7 +213,9 @@ class Dispatcher:
                 raise
             except Exception:
                 log.exception("reconciling expired claims failed; trying again")
-            await asyncio.sleep(RECONCILE_EVERY_S)  # a periodic sweep by nature
+            with contextlib.suppress(TimeoutError):  # a periodic sweep, until the service stops
+                async with asyncio.timeout(RECONCILE_EVERY_S):
+                    await self._stopping.wait()
 
     async def _reconcile(self, claim: ExpiredClaim) -> None:
         """Never call a person twice for one attempt: find the attempt's call before releasing it."""
