@@ -337,13 +337,15 @@ class Speaker:
         else:
             flight.finish(None)
         finally:
-            if flight.held:
-                # Prefetched and nobody has asked yet: keep it, so the stream that asks gets this
-                # synthesis' audio and events (a failure included: it then falls back as if it had met
-                # the failure itself) instead of silently starting over.
+            if flight.held and (flight.error is not None or flight.primary_failure is not None):
+                # Prefetched, failed, and nobody has asked yet: keep it, so the stream that asks meets
+                # this failure (and falls back) as if it had met it itself, instead of silently starting
+                # over. A success needs no keeping: the stream finds it in the cache. (Holding successes
+                # kept every unanswered call's audio alive for the hold time: megabytes at 50 calls/s.)
                 asyncio.get_running_loop().call_later(_PREFETCH_HOLD_S, self._release, flight)
             elif self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]
+            flight.frames = []  # on disk and in the cache by now; listeners read the payloads
 
     def _release(self, flight: _Flight) -> None:
         if flight.held and self._flights.get(flight.key) is flight:
