@@ -144,6 +144,48 @@ def _fresh(err: SpeechError) -> SpeechError:
     return type(err)(err.reason)
 
 
+class _Ahead:
+    """One sentence's audio, requested now and read later: the chunks wait in a queue (a sentence is a few
+    kilobytes). A failure is raised when the chunks are read, at that sentence's turn."""
+
+    def __init__(self, engine: Synthesizer, sentences: list[str], index: int) -> None:
+        self._queue: asyncio.Queue[bytes | SpeechError | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._fetch(engine, sentences, index))
+
+    async def _fetch(self, engine: Synthesizer, sentences: list[str], index: int) -> None:
+        audio = engine.stream(
+            sentences[index],
+            previous_text=" ".join(sentences[:index]) or None,
+            next_text=" ".join(sentences[index + 1 :]) or None,
+        )
+        try:
+            async for chunk in audio:
+                self._queue.put_nowait(chunk)
+            self._queue.put_nowait(None)
+        except SpeechError as err:
+            self._queue.put_nowait(err)
+        except Exception as err:  # a bug: the reader still gets an answer it handles
+            log.exception("speech stream failed")
+            self._queue.put_nowait(SpeechError(f"internal error: {type(err).__name__}"))
+        finally:
+            # Close the engine's stream now (its HTTP response), also when this task is cancelled.
+            if isinstance(audio, AsyncGenerator):
+                await audio.aclose()
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, SpeechError):
+                raise item
+            yield item
+
+    async def cancel(self) -> None:
+        self._task.cancel()
+        await asyncio.wait([self._task])
+
+
 class Speaker:
     """Owns the flights; does not own the engines or the cache (the app's lifecycle closes those)."""
 
@@ -353,18 +395,41 @@ class Speaker:
 
     async def _synthesize(self, flight: _Flight, text: str) -> None:
         sentences = split_sentences(text)
-        for index in range(len(sentences)):
-            try:
-                await self._speak(self._primary, flight, sentences, index)
-            except SpeechError as err:
-                if not flight.payloads:
-                    raise  # nothing said yet: the caller speaks the text another way
-                flight.primary_failure = err.reason
-                flight.event(SpeechEventKind.TTS_FAILED_MIDWAY, err.reason, sentence=index)
-                if self._fallback is None:
-                    raise
-                await self._fall_back(flight, sentences, index, err.reason)
-                return  # mixed audio is not cached: the next call tries the primary again
+        ahead: _Ahead | None = None  # the next sentence, already requested
+        current: _Ahead | None = None
+        try:
+            for index in range(len(sentences)):
+                current = ahead if ahead is not None else _Ahead(self._primary, sentences, index)
+                ahead = None
+                try:
+                    before = len(flight.payloads)
+                    framer = Framer()
+                    async for chunk in current.chunks():
+                        if ahead is None and index + 1 < len(sentences):
+                            # The next request goes out as this one's audio arrives, so its first byte is
+                            # there when this sentence ends: no silence at the join while it is made.
+                            ahead = _Ahead(self._primary, sentences, index + 1)
+                        flight.add(framer.feed(chunk))
+                    flight.add(framer.flush())
+                    if len(flight.payloads) == before:
+                        raise SpeechError(f"{self._primary.name}: no audio")
+                except SpeechError as err:
+                    if ahead is not None:
+                        await ahead.cancel()
+                        ahead = None
+                    if not flight.payloads:
+                        raise  # nothing said yet: the caller speaks the text another way
+                    flight.primary_failure = err.reason
+                    flight.event(SpeechEventKind.TTS_FAILED_MIDWAY, err.reason, sentence=index)
+                    if self._fallback is None:
+                        raise
+                    await self._fall_back(flight, sentences, index, err.reason)
+                    return  # mixed audio is not cached: the next call tries the primary again
+        finally:
+            # Cancelled (nobody listens) or done: no request of this flight may go on downloading.
+            for stream in (current, ahead):
+                if stream is not None:
+                    await stream.cancel()
         try:
             await self._cache.store(flight.key, flight.frames, tuple(flight.payloads))
         except OSError as err:  # the cache is an optimisation: the call has its audio anyway
