@@ -8,6 +8,7 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -218,33 +219,46 @@ async def test_busy_is_retried_as_configured(service: Service) -> None:
     assert [h["kind"] for h in delivery["history"]].count("retry_scheduled") == 2
 
 
-async def test_outcomes_are_posted_signed_to_the_callback_url(service: Service) -> None:
-    received: list[tuple[dict[str, Any], bool]] = []
-    arrived = asyncio.Event()
+@dataclass
+class Receiver:
+    """A real HTTP endpoint for outcome webhooks: every body with whether its signature verified."""
+
+    url: str
+    received: list[tuple[dict[str, Any], bool]] = field(default_factory=list)
+    completed: asyncio.Event = field(default_factory=asyncio.Event)  # the alert.completed event arrived
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    port = free_port()
+    hooks = Receiver(f"http://127.0.0.1:{port}/hook")
 
     async def hook(request: web.Request) -> web.Response:
         raw = await request.read()
-        signed = verify(API_TOKEN, raw, request.headers["X-Announcer-Signature"])
-        received.append((json.loads(raw), signed))
-        if any(body["type"] == "alert.completed" for body, _ in received):
-            arrived.set()
+        body = json.loads(raw)
+        hooks.received.append((body, verify(API_TOKEN, raw, request.headers["X-Announcer-Signature"])))
+        if body["type"] == "alert.completed":
+            hooks.completed.set()
         return web.Response(status=204)
 
-    receiver = web.Application()
-    receiver.router.add_post("/hook", hook)
-    runner = web.AppRunner(receiver)
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        service.sandbox.set_behavior(BUSY, PhoneBehavior(answer="busy"))
-        url = f"http://127.0.0.1:{port}/hook"
-        status, accepted = await post(service, "/v1/alerts", alert_body(HEARER, BUSY, callback_url=url))
-        assert status == 202
-        async with asyncio.timeout(30):
-            await arrived.wait()
+        yield hooks
     finally:
         await runner.cleanup()
+
+
+async def test_outcomes_are_posted_signed_to_the_callback_url(service: Service, receiver: Receiver) -> None:
+    service.sandbox.set_behavior(BUSY, PhoneBehavior(answer="busy"))
+    status, accepted = await post(service, "/v1/alerts", alert_body(HEARER, BUSY, callback_url=receiver.url))
+    assert status == 202
+    async with asyncio.timeout(30):
+        await receiver.completed.wait()
+    received = receiver.received
     assert all(signed for _, signed in received)
     by_type: dict[str, list[dict[str, Any]]] = {}
     for body, _ in received:
@@ -415,7 +429,7 @@ async def test_oversized_body_is_413_json(service: Service) -> None:
     assert not service.sandbox.calls
 
 
-async def test_twenty_recipients_each_end_in_what_happened(service: Service) -> None:
+async def test_twenty_recipients_each_end_in_what_happened(service: Service, receiver: Receiver) -> None:
     """The issue's mixed list: answer, press 1, press 2 then hang up, no answer, busy, invalid number;
     retries as configured, and every outcome reported through the signed webhook."""
     groups: dict[str, list[str]] = {
@@ -432,55 +446,37 @@ async def test_twenty_recipients_each_end_in_what_happened(service: Service) -> 
         service.sandbox.set_behavior(phone, PhoneBehavior(answer="busy"))
     for phone in groups["failed"]:
         service.sandbox.set_behavior(phone, PhoneBehavior(refuse_code=21211))  # Twilio: invalid 'To'
-    received: list[dict[str, Any]] = []
-    completed = asyncio.Event()
+    phones = [p for group in groups.values() for p in group]
+    options = {
+        "confirm": True,
+        "max_attempts": 2,
+        "retry_on": ["busy"],
+        "retry_backoff_s": 0.05,
+        "callback_url": receiver.url,
+    }
+    status, accepted = await post(service, "/v1/alerts", alert_body(*phones, **options))
+    assert status == 202 and accepted["recipients"] == 20
 
-    async def hook(request: web.Request) -> web.Response:
-        raw = await request.read()
-        assert verify(API_TOKEN, raw, request.headers["X-Announcer-Signature"])
-        received.append(json.loads(raw))
-        if received[-1]["type"] == "alert.completed":
-            completed.set()
-        return web.Response(status=204)
+    async def confirm(phone: str) -> None:
+        call = await placed_call(service, phone)
+        await call.wait_for_mark("prompt:", 20)
+        await call.press("1")
 
-    receiver = web.Application()
-    receiver.router.add_post("/hook", hook)
-    runner = web.AppRunner(receiver)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        phones = [p for group in groups.values() for p in group]
-        options = {
-            "confirm": True,
-            "max_attempts": 2,
-            "retry_on": ["busy"],
-            "retry_backoff_s": 0.05,
-            "callback_url": f"http://127.0.0.1:{port}/hook",
-        }
-        status, accepted = await post(service, "/v1/alerts", alert_body(*phones, **options))
-        assert status == 202 and accepted["recipients"] == 20
+    async def repeat_then_leave(phone: str) -> None:
+        call = await placed_call(service, phone)
+        await call.wait_for_media(20)
+        await call.press("2")
+        await call.hang_up()
 
-        async def confirm(phone: str) -> None:
-            call = await placed_call(service, phone)
-            await call.wait_for_mark("prompt:", 20)
-            await call.press("1")
-
-        async def repeat_then_leave(phone: str) -> None:
-            call = await placed_call(service, phone)
-            await call.wait_for_media(20)
-            await call.press("2")
-            await call.hang_up()
-
-        await asyncio.gather(
-            *(confirm(p) for p in groups["confirmed"]),
-            *(repeat_then_leave(p) for p in groups["hung_up_early"]),
-        )
-        alert = await finished(service, accepted["id"])
-        async with asyncio.timeout(30):
-            await completed.wait()
-    finally:
-        await runner.cleanup()
+    await asyncio.gather(
+        *(confirm(p) for p in groups["confirmed"]),
+        *(repeat_then_leave(p) for p in groups["hung_up_early"]),
+    )
+    alert = await finished(service, accepted["id"])
+    async with asyncio.timeout(30):
+        await receiver.completed.wait()
+    assert all(signed for _, signed in receiver.received)
+    received = [body for body, _ in receiver.received]
     assert alert["counts"] == {outcome: len(group) for outcome, group in groups.items()}
     _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
     by_phone = {d["phone"]: d for d in page["deliveries"]}

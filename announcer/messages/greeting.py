@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import phonenumbers
-
+from announcer.messages.phones import BadNumber, to_e164
 from announcer.messages.render import MessageRenderer
 from announcer.messages.speakable import time_of_day
 
@@ -17,12 +16,9 @@ SAMPLE_CALLER = "+15550100123"
 def e164_or_empty(number: str) -> str:
     """The caller's number in E.164, or "" when withheld or not a phone number (e.g. "anonymous")."""
     try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
+        return to_e164(number, strict=False)
+    except BadNumber:
         return ""
-    if not phonenumbers.is_possible_number(parsed):
-        return ""
-    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 
 
 class Greeting:

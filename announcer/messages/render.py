@@ -62,38 +62,21 @@ class MessageRenderer:
 
     def prepare(self, name: str | None = None, source: str | None = None) -> PreparedTemplate:
         """A template loaded (or compiled) once, for rendering many recipients."""
-        if source is not None:
-            label = "<inline>"
-            try:
-                template = self.env.from_string(source)
-            except jinja2.TemplateSyntaxError as err:
-                raise RenderError(label, f"syntax error: {err.message}", err.lineno) from err
-        else:
-            assert name is not None, "a template name or source"
-            label = name
-            try:
-                template = self.env.get_template(name)
-            except jinja2.TemplateNotFound as err:
-                raise RenderError(name, "no such template") from err
-            except jinja2.TemplateSyntaxError as err:
-                raise RenderError(name, f"syntax error: {err.message}", err.lineno) from err
+        label = "<inline>" if source is not None else name
+        assert label is not None, "a template name or source"
+        try:
+            template = self.env.from_string(source) if source is not None else self.env.get_template(label)
+        except jinja2.TemplateNotFound as err:
+            raise RenderError(label, "no such template") from err
+        except jinja2.TemplateSyntaxError as err:
+            raise RenderError(label, f"syntax error: {err.message}", err.lineno) from err
         return PreparedTemplate(self, label, template)
 
     def render(self, name: str, variables: Mapping[str, Any]) -> str:
-        try:
-            template = self.env.get_template(name)
-        except jinja2.TemplateNotFound as err:
-            raise RenderError(name, "no such template") from err
-        except jinja2.TemplateSyntaxError as err:
-            raise RenderError(name, f"syntax error: {err.message}", err.lineno) from err
-        return self._run(name, template, variables)
+        return self.prepare(name=name).render(variables)
 
-    def render_text(self, source: str, variables: Mapping[str, Any], *, name: str = "<inline>") -> str:
-        try:
-            template = self.env.from_string(source)
-        except jinja2.TemplateSyntaxError as err:
-            raise RenderError(name, f"syntax error: {err.message}", err.lineno) from err
-        return self._run(name, template, variables)
+    def render_text(self, source: str, variables: Mapping[str, Any]) -> str:
+        return self.prepare(source=source).render(variables)
 
     def _run(self, name: str, template: jinja2.Template, variables: Mapping[str, Any]) -> str:
         try:

@@ -491,10 +491,7 @@ class DeliveryStore:
             await s.execute(update(Call).where(Call.id == claim.call_id).values(status=CallStatus.FAILED))
             if retry_at is not None:
                 delivery.attempt -= 1
-                delivery.state = DeliveryState.PENDING
-                delivery.next_attempt_at = retry_at
-                delivery.lease_expires_at = None
-                delivery.updated_at = now
+                _requeue(delivery, retry_at, now)
                 s.add(
                     DeliveryEvent(
                         delivery_id=delivery.id,
@@ -579,10 +576,7 @@ class DeliveryStore:
         ):
             backoff = float(options.get("retry_backoff_s", 60)) * 2 ** (delivery.attempt - 1)
             retry_at = now + timedelta(seconds=backoff)
-            delivery.state = DeliveryState.PENDING
-            delivery.next_attempt_at = retry_at
-            delivery.lease_expires_at = None
-            delivery.updated_at = now
+            _requeue(delivery, retry_at, now)
             s.add(
                 DeliveryEvent(
                     delivery_id=delivery.id,
@@ -814,6 +808,14 @@ async def _opted_out(s: AsyncSession, phones: Sequence[str]) -> set[str]:
 async def _opt_out(s: AsyncSession, phone: str, delivery_id: int, now: datetime) -> None:
     if await s.get(OptOut, phone) is None:
         s.add(OptOut(phone=phone, delivery_id=delivery_id, created_at=now))
+
+
+def _requeue(delivery: Delivery, at: datetime, now: datetime) -> None:
+    """Back to waiting: dialed again (by whoever claims it) from `at`."""
+    delivery.state = DeliveryState.PENDING
+    delivery.next_attempt_at = at
+    delivery.lease_expires_at = None
+    delivery.updated_at = now
 
 
 def _finish(
