@@ -91,6 +91,9 @@ class CallOutcome(StrEnum):
 
 class Call(Base):
     __tablename__ = "calls"
+    # The dispatcher counts open calls before every claim, and the reconciler looks for quiet ones: both
+    # ask about the few open calls, which must not mean a scan of every call ever made.
+    __table_args__ = (Index("ix_calls_status_updated", "status", "updated_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     call_sid: Mapped[str | None] = mapped_column(String(34), unique=True)
