@@ -88,8 +88,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         public_url(settings),
     )
     app.on_startup.append(_freeze_startup_heap)  # after the lifecycle contexts have opened everything
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None, loop=_new_loop())
     return 0
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed: the same asyncio API with a third of the cost per socket event."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _parse_vars(items: Iterable[str]) -> dict[str, str]:

@@ -69,7 +69,7 @@ LOG_RECORD = re.compile(r"(?m)^(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ )")
 ALERT_ID = re.compile(r"al_[0-9a-f]+")
 DISPATCH_CPS = 50
 DISPATCH_CONCURRENCY = 200
-PHONE_SPEED = 20.0  # the sandbox phones ring and listen 20x faster than real time
+PHONE_SPEED = float(os.environ.get("PHONE_SPEED", "1"))
 ACCEPT_TEMPLATE = "Hello {{ name }}, this is {{ org }}. Your code is {{ code | digits }}."
 
 
@@ -356,6 +356,10 @@ async def dispatch(dep: Deployment, n: int, label: str) -> list[str]:
     missing = len(wanted - set(placed))
     rate_ok = abs(rate - DISPATCH_CPS) <= 0.02 * DISPATCH_CPS
     gaps = [(b - a) * 1000 for a, b in itertools.pairwise(at)]
+    ours = [c for c in dep.twilio.calls.values() if c.to in wanted and c.finished_at is not None]
+    lasted = sorted((c.finished_at or 0.0) - c.placed_at for c in ours)
+    answer_to_end = sorted((c.finished_at or 0.0) - c.answered_at for c in ours if c.answered_at is not None)
+    peak = max_open(ours)
     lines = [
         f"2. dispatch {n} recipients [{label}] at TWILIO_CPS={DISPATCH_CPS}, MAX_CONCURRENT_CALLS="
         f"{DISPATCH_CONCURRENCY}: {len(at)} create requests ({refused} not 201) over "
@@ -370,9 +374,26 @@ async def dispatch(dep: Deployment, n: int, label: str) -> list[str]:
         f"{1000 / DISPATCH_CPS:.0f} ms); CPU while dispatching: service "
         f"{service_cpu / (done - t0) * 100:.0f}%, this process (sandbox phones) "
         f"{own_cpu / (done - t0) * 100:.0f}% of one core; load average {load:.2f} before; {dep.errors()}",
+        f"   call length at the sandbox (create -> final status): p50 {pct(lasted, 50):.2f} s, p99 "
+        f"{pct(lasted, 99):.2f} s; answer -> final status p50 {pct(answer_to_end, 50):.2f} s; "
+        f"most calls open at once {peak} (MAX_CONCURRENT_CALLS={DISPATCH_CONCURRENCY})",
     ]
     print("\n".join(lines), flush=True)
     return lines
+
+
+def pct(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * p / 100))] if values else float("nan")
+
+
+def max_open(calls: list[Any]) -> int:
+    """The most calls open at once at the sandbox (from each call's create to its final status)."""
+    edges = sorted([(c.placed_at, 1) for c in calls] + [(c.finished_at, -1) for c in calls])
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
 
 
 async def tts_requests(dep: Deployment, tts: SandboxElevenLabs) -> list[str]:

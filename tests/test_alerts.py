@@ -331,6 +331,41 @@ async def test_cancel_stops_what_was_not_placed(slow_service: Service) -> None:
     assert status == 409 and again["error"] == "alert_finished"
 
 
+async def test_cancel_withdraws_calls_claimed_but_not_yet_dialed(tmp_path: Path, database_url: str) -> None:
+    """At one call a second the next delivery waits, claimed, for its turn: a cancel takes it back."""
+    runner, svc = await start_service(
+        make_settings(tmp_path, database_url, twilio_cps=1.0, max_concurrent_calls=10)
+    )
+    try:
+        phones = [f"+1555012{i:04d}" for i in range(5)]
+        for phone in phones:
+            svc.sandbox.set_behavior(phone, PhoneBehavior(answer="no-answer", ring_s=600))
+        status, accepted = await post(svc, "/v1/alerts", alert_body(*phones))
+        assert status == 202
+        first = await placed_call(svc, phones[0])
+        await first.wait_for_status("ringing", 20)
+
+        async def next_one_claimed() -> bool:  # claimed, waiting about a second for its turn
+            _, page = await get(svc, f"/v1/alerts/{accepted['id']}/deliveries?limit=2")
+            return bool(page["deliveries"][1]["state"] == "dialing")
+
+        await eventually(next_one_claimed)
+        status, canceled = await post(svc, f"/v1/alerts/{accepted['id']}/cancel", {})
+        assert status == 200, canceled
+        placed_at_answer = len(svc.sandbox.calls)
+        assert canceled["canceled"] == 4 and canceled["status"] == "canceled"
+        assert placed_at_answer == 1
+        # The dispatcher dials in order: once a later alert's call is placed, anything still queued
+        # before it would have been placed too.
+        status, later = await post(svc, "/v1/alerts", alert_body(HEARER))
+        assert status == 202
+        await finished(svc, later["id"])
+        dialed = sorted(c.to for c in svc.sandbox.calls.values())
+        assert dialed == sorted([phones[0], HEARER]), dialed
+    finally:
+        await runner.cleanup()
+
+
 async def test_openapi_document_matches_the_routes(service: Service) -> None:
     async with aiohttp.ClientSession() as http, http.get(service.base_url + "/v1/openapi.json") as resp:
         assert resp.status == 200  # public: no token needed to read the contract

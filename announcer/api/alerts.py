@@ -154,11 +154,14 @@ async def list_deliveries(request: web.Request, deps: AlertsDeps) -> web.Respons
 
 async def cancel_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
     alert_id = request.match_info["alert_id"]
+    unplaced = deps.dispatcher.withdraw(alert_id)  # claimed here, not dialed yet: never dialed now
     try:
-        canceled, live = await deps.store.cancel_alert(alert_id)
+        canceled, live = await deps.store.cancel_alert(alert_id, unplaced)
     except LookupError:
+        deps.dispatcher.give_back(unplaced)
         raise error(404, "not_found", "no such alert") from None
     except AlertFinished as err:
+        deps.dispatcher.give_back(unplaced)
         raise error(
             409, "alert_finished", f"the alert is already {err}; there is nothing to cancel"
         ) from None

@@ -19,7 +19,6 @@ from elevenlabs.client import AsyncElevenLabs
 from elevenlabs.core.api_error import ApiError
 from elevenlabs.types.voice_settings import VoiceSettings
 
-from announcer.audio import FRAME_BYTES
 from announcer.speech.engine import SpeechError
 
 OUTPUT_FORMAT = "ulaw_8000"
@@ -82,8 +81,10 @@ class ElevenLabsSynthesizer:
                     text=text,
                     model_id=self._model_id,
                     output_format=OUTPUT_FORMAT,
-                    # Regroup into 20 ms pieces: the SDK's default 1024 B would hold back 128 ms of audio.
-                    request_options={"chunk_size": FRAME_BYTES},
+                    # No regrouping: the SDK's default 1024 B pieces would hold back 128 ms of audio, and
+                    # small fixed pieces cost a trip through four generators each. `None` hands on what
+                    # the network delivered, when it arrives; the speaker cuts it into frames.
+                    request_options={"chunk_size": None},
                     **extra,
                 )
             ) as audio:

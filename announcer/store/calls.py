@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -51,6 +51,17 @@ class StreamGrant:
     # An announcement's alert options (what happens after the message), read with the token: no query
     # of its own per call. None for the greeting line, and for grants this process issued itself.
     options: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusApplied:
+    """What `apply_status` did: truthy when the call moved; `answered` whether it has been answered."""
+
+    moved: bool
+    answered: bool
+
+    def __bool__(self) -> bool:
+        return self.moved
 
 
 class CallStore:
@@ -132,7 +143,9 @@ class CallStore:
 
     def record_in_progress(self, call_id: int) -> None:
         """The media stream started, so the call is answered (without waiting)."""
-        self.journal.post(partial(_apply_status, call_id, CallStatus.IN_PROGRESS, None, "stream", None, None))
+        self.journal.post(
+            partial(_apply_status, call_id, CallStatus.IN_PROGRESS, None, "stream", None, None, None)
+        )
 
     async def apply_status(
         self,
@@ -143,11 +156,18 @@ class CallStore:
         source: str,
         duration_s: int | None = None,
         extra: dict[str, Any] | None = None,
-    ) -> bool:
-        """Move a call forward to `status`; False (nothing changed, event noted) when it would go back."""
-        return await self.journal.submit(
-            partial(_apply_status, call_id, status, sequence, source, duration_s, extra)
+        call_sid: str | None = None,
+    ) -> StatusApplied:
+        """Move a call forward to `status`; falsy (nothing changed, event noted) when it would go back.
+
+        With `call_sid` the report names the call by our row id (the signed status URL of a call we
+        placed): the SID is recorded if the row has none yet, and a row with another SID is left alone."""
+        applied = await self.journal.submit(
+            partial(_apply_status, call_id, status, sequence, source, duration_s, extra, call_sid)
         )
+        if call_sid is not None and applied.moved:
+            self._remember(call_sid, (call_id, True))
+        return applied
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed."""
@@ -184,10 +204,15 @@ class CallStore:
         if row is None:
             return None
         found = (int(row[0]), row[1] is not None)
+        self._remember(call_sid, found)
+        return found
+
+    def _remember(self, call_sid: str, found: tuple[int, bool]) -> None:
+        if call_sid in self._ids:
+            return
         if len(self._ids) >= _SID_CACHE:
             self._ids.pop(next(iter(self._ids)))
         self._ids[call_sid] = found
-        return found
 
     async def get(self, call_id: int) -> Call | None:
         async with self.sessions() as s:
@@ -228,39 +253,15 @@ def _event(call_id: int, kind: str, detail: dict[str, Any], at: datetime) -> dic
 
 
 async def _consume_token(token_hash: str, call_sid: str, now: datetime, b: Batch) -> StreamGrant | None:
-    row = (
-        await b.session.execute(
-            update(StreamToken)
-            .where(
-                StreamToken.token_hash == token_hash,
-                StreamToken.used_at.is_(None),
-                StreamToken.expires_at > now,
-            )
-            .values(used_at=now)
-            .returning(StreamToken.call_id)
-        )
-    ).first()
+    row = (await b.session.execute(_USE_TOKEN, {"hash": token_hash, "now": now})).first()
     if row is None:
         return None  # nothing matched, nothing changed
-    call = (
-        await b.session.execute(
-            select(Call.call_sid, Call.text, Call.kind, Call.delivery_id).where(Call.id == row[0])
-        )
-    ).first()
+    call = (await b.session.execute(_CALL_FOR_GRANT, {"call_id": row[0]})).first()
     if call is None or (call.call_sid is not None and call.call_sid != call_sid):
         # Presented for another call: the token has leaked. It stays burnt rather than usable.
         return None
-    options = None
-    if call.delivery_id is not None:
-        options = (
-            await b.session.execute(
-                select(Alert.options)
-                .join(Delivery, Delivery.alert_id == Alert.id)
-                .where(Delivery.id == call.delivery_id)
-            )
-        ).scalar_one_or_none()
     return StreamGrant(
-        call_id=row[0], call_sid=call.call_sid, text=call.text, kind=call.kind, options=options
+        call_id=row[0], call_sid=call.call_sid, text=call.text, kind=call.kind, options=call.options
     )
 
 
@@ -269,9 +270,7 @@ async def _add_event(call_id: int, kind: str, detail: dict[str, Any], at: dateti
 
 
 async def _set_outcome(call_id: int, outcome: str, detail: dict[str, Any], at: datetime, b: Batch) -> None:
-    await b.session.execute(
-        update(Call).where(Call.id == call_id, Call.outcome.is_(None)).values(outcome=outcome, updated_at=at)
-    )
+    await b.session.execute(_SET_OUTCOME, {"call_id": call_id, "outcome": outcome, "updated_at": at})
     b.insert(_EVENTS, _event(call_id, "outcome", {"outcome": outcome, **detail}, at))
 
 
@@ -282,35 +281,77 @@ async def _apply_status(
     source: str,
     duration_s: int | None,
     extra: dict[str, Any] | None,
+    call_sid: str | None,
     b: Batch,
-) -> bool:
-    call = (
-        await b.session.execute(
-            select(Call.status, Call.last_sequence, Call.answered_at)
-            .where(Call.id == call_id)
-            .with_for_update()
-        )
-    ).first()
+) -> StatusApplied:
+    call = (await b.session.execute(_CALL_FOR_STATUS, {"call_id": call_id})).first()
     if call is None:
-        return False
+        return StatusApplied(False, False)
     now = utcnow()
-    current = CallStatus(call.status)
-    stale = sequence is not None and sequence <= call.last_sequence
-    backwards = current in TERMINAL_STATUSES or status_rank(status) <= status_rank(current)
+    answered = call.answered_at is not None
     detail: dict[str, Any] = {"status": status.value, "source": source, **(extra or {})}
     if sequence is not None:
         detail["sequence"] = sequence
-    if stale or backwards:
+    if call_sid is not None and call.call_sid not in (None, call_sid):
+        detail["reason"] = f"reported for {call_sid}, but this call is {call.call_sid}"
         b.insert(_EVENTS, _event(call_id, "status_ignored", detail, now))
-        return False
-    values: dict[str, Any] = {"status": status.value, "updated_at": now}
+        return StatusApplied(False, answered)
+    attach = call_sid is not None and call.call_sid is None
+    current = CallStatus(call.status)
+    stale = sequence is not None and sequence <= call.last_sequence
+    backwards = current in TERMINAL_STATUSES or status_rank(status) <= status_rank(current)
+    if stale or backwards:
+        if attach:
+            await b.session.execute(_UPDATE_CALL, {"call_id": call_id, "call_sid": call_sid})
+        b.insert(_EVENTS, _event(call_id, "status_ignored", detail, now))
+        return StatusApplied(False, answered)
+    values: dict[str, Any] = {"call_id": call_id, "status": status.value, "updated_at": now}
+    if attach:
+        values["call_sid"] = call_sid
     if sequence is not None:
         values["last_sequence"] = sequence
-    if status == CallStatus.IN_PROGRESS and call.answered_at is None:
+    if status == CallStatus.IN_PROGRESS and not answered:
         values["answered_at"] = now
+        answered = True
     if status in TERMINAL_STATUSES:
         values["ended_at"] = now
         values["duration_s"] = duration_s
-    await b.session.execute(update(Call).where(Call.id == call_id).values(**values))
+    await b.session.execute(_UPDATE_CALL, values)
     b.insert(_EVENTS, _event(call_id, "status", detail, now))
-    return True
+    return StatusApplied(True, answered)
+
+
+# Built once, on the tables rather than the mapped classes: these run several times per call, and a
+# statement built per use costs its construction, its cache key and the ORM's bulk-update machinery
+# every time. An UPDATE without `.values()` sets the columns named by the parameters given.
+_CALLS = cast(Table, Call.__table__)
+_TOKENS = cast(Table, StreamToken.__table__)
+_DELIVERIES = cast(Table, Delivery.__table__)
+_ALERTS = cast(Table, Alert.__table__)
+_CALL_FOR_STATUS = (
+    select(_CALLS.c.status, _CALLS.c.last_sequence, _CALLS.c.answered_at, _CALLS.c.call_sid)
+    .where(_CALLS.c.id == bindparam("call_id"))
+    .with_for_update()
+)
+_UPDATE_CALL = update(_CALLS).where(_CALLS.c.id == bindparam("call_id"))
+_SET_OUTCOME = update(_CALLS).where(_CALLS.c.id == bindparam("call_id"), _CALLS.c.outcome.is_(None))
+_USE_TOKEN = (
+    update(_TOKENS)
+    .where(
+        _TOKENS.c.token_hash == bindparam("hash"),
+        _TOKENS.c.used_at.is_(None),
+        _TOKENS.c.expires_at > bindparam("now"),
+    )
+    .values(used_at=bindparam("now"))
+    .returning(_TOKENS.c.call_id)
+)
+# An announcement's alert options come with the call (what happens after the message): one query.
+_CALL_FOR_GRANT = (
+    select(_CALLS.c.call_sid, _CALLS.c.text, _CALLS.c.kind, _ALERTS.c.options)
+    .select_from(
+        _CALLS.outerjoin(_DELIVERIES, _DELIVERIES.c.id == _CALLS.c.delivery_id).outerjoin(
+            _ALERTS, _ALERTS.c.id == _DELIVERIES.c.alert_id
+        )
+    )
+    .where(_CALLS.c.id == bindparam("call_id"))
+)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -48,6 +48,26 @@ _CHUNK = 500  # parameters per IN (...) list
 _SLOT_LEASE = timedelta(minutes=15)
 _OPEN_DELIVERY = [s for s in DeliveryState if s not in FINAL_DELIVERY_STATES]
 _OPEN_CALL = [CallStatus.QUEUED, CallStatus.INITIATED, CallStatus.RINGING, CallStatus.IN_PROGRESS]
+
+# The statements every call runs, built once on the tables (see calls.py for why). Parameters named
+# after a column set it; `d_*` names avoid the deliveries table's own `call_id` column.
+_CALLS = cast(Table, Call.__table__)
+_DELIVERIES = cast(Table, Delivery.__table__)
+_ALERTS = cast(Table, Alert.__table__)
+_UPDATE_CALL = update(_CALLS).where(_CALLS.c.id == bindparam("call_id"))
+_UPDATE_DELIVERY = update(_DELIVERIES).where(_DELIVERIES.c.id == bindparam("d_id"))
+_DIALED = update(_DELIVERIES).where(
+    _DELIVERIES.c.id == bindparam("d_id"), _DELIVERIES.c.attempt == bindparam("d_attempt")
+)
+_ALERT_STATUS = select(_ALERTS.c.status).where(_ALERTS.c.id == bindparam("alert_id"))
+_DELIVERY_OF_CALL = (
+    select(
+        _DELIVERIES.c.id, _DELIVERIES.c.state, _DELIVERIES.c.attempt, _DELIVERIES.c.alert_id, _CALLS.c.attempt
+    )
+    .select_from(_DELIVERIES.join(_CALLS, _CALLS.c.delivery_id == _DELIVERIES.c.id))
+    .where(_CALLS.c.id == bindparam("call_id"))
+    .with_for_update(of=_DELIVERIES)
+)
 
 
 class IdempotencyConflict(Exception):
@@ -324,9 +344,13 @@ class DeliveryStore:
 
     # --- cancel ----------------------------------------------------------------------------------
 
-    async def cancel_alert(self, alert_id: str) -> tuple[int, list[tuple[int, str]]]:
+    async def cancel_alert(
+        self, alert_id: str, unplaced: Sequence[Claim] = ()
+    ) -> tuple[int, list[tuple[int, str]]]:
         """Cancel what has not been dialed; return (how many, [(delivery id, call sid)] still ringing or
-        dialing, for the caller to cancel at Twilio). Raises LookupError / AlertFinished."""
+        dialing, for the caller to cancel at Twilio). `unplaced`: claims of this alert that the
+        dispatcher took back before dialing them; they are canceled too. Raises LookupError /
+        AlertFinished."""
         now = utcnow()
         # Locks are taken in the order every other writer takes them, deliveries before their alert (a
         # delivery's final outcome completes its alert): the other order deadlocked against the dispatcher.
@@ -363,6 +387,29 @@ class DeliveryStore:
                         finished_at=now,
                     )
                 )
+            for claim in unplaced:
+                taken_back = await s.execute(
+                    update(Delivery)
+                    .where(
+                        Delivery.id == claim.delivery_id,
+                        Delivery.attempt == claim.attempt,
+                        Delivery.state == DeliveryState.DIALING,
+                        Delivery.call_sid.is_(None),
+                    )
+                    .values(
+                        state=DeliveryState.CANCELED,
+                        outcome=DeliveryState.CANCELED,
+                        outcome_reason="the alert was canceled before this call was placed",
+                        lease_expires_at=None,
+                        updated_at=now,
+                        finished_at=now,
+                    )
+                )
+                if taken_back.rowcount:  # type: ignore[attr-defined]
+                    await s.execute(
+                        update(Call).where(Call.id == claim.call_id).values(status=CallStatus.CANCELED)
+                    )
+                    waiting.append(claim.delivery_id)
             if waiting:
                 await s.execute(
                     insert(_EVENTS),
@@ -420,49 +467,89 @@ class DeliveryStore:
             )
             rows = (await s.execute(query)).all()
             opted = await _opted_out(s, [d.phone for d, _ in rows])
-            claims: list[Claim] = []
             events: list[dict[str, Any]] = []
+            taken: list[tuple[Delivery, dict[str, Any]]] = []
             for delivery, options in rows:
                 if delivery.phone in opted:  # opted out after the alert was accepted
                     _finish(delivery, DeliveryState.OPTED_OUT, now, reason="this number opted out")
                     events.append(_event(delivery.id, "state", now, state="opted_out"))
-                    continue
-                delivery.attempt += 1
-                delivery.state = DeliveryState.DIALING
-                delivery.lease_expires_at = now + lease
-                delivery.call_sid = None
-                delivery.updated_at = now
-                call = Call(
-                    direction=CallDirection.OUTBOUND,
-                    kind=CallKind.ANNOUNCEMENT,
-                    from_number=from_number,
-                    to_number=delivery.phone,
-                    status=CallStatus.QUEUED,
-                    text=delivery.text,
-                    delivery_id=delivery.id,
-                    attempt=delivery.attempt,
-                    created_at=now,
-                    updated_at=now,
+                else:
+                    taken.append((delivery, options))
+            await s.flush()  # the opted-out ones; the claimed ones are written in bulk below
+            # Bulk statements, not the unit of work: one INSERT ... RETURNING for every call row of the
+            # batch instead of a flush (a round trip) per claimed delivery.
+            call_ids = (
+                (
+                    await s.execute(
+                        insert(Call).returning(Call.id, sort_by_parameter_order=True),
+                        [
+                            {
+                                "direction": CallDirection.OUTBOUND,
+                                "kind": CallKind.ANNOUNCEMENT,
+                                "from_number": from_number,
+                                "to_number": d.phone,
+                                "status": CallStatus.QUEUED,
+                                "text": d.text,
+                                "delivery_id": d.id,
+                                "attempt": d.attempt + 1,
+                                "created_at": now,
+                                "updated_at": now,
+                            }
+                            for d, _ in taken
+                        ],
+                    )
                 )
-                s.add(call)
-                await s.flush()
-                delivery.call_id = call.id
+                .scalars()
+                .all()
+                if taken
+                else []
+            )
+            claims: list[Claim] = []
+            tokens: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
+            for (delivery, options), call_id in zip(taken, call_ids, strict=True):
+                attempt = delivery.attempt + 1
                 token = secrets.token_urlsafe(24)
-                s.add(StreamToken(token_hash=hash_token(token), call_id=call.id, expires_at=now + TOKEN_TTL))
-                s.add(CallEvent(call_id=call.id, kind="stream_token_issued", detail={}, at=now))
-                events.append(_event(delivery.id, "state", now, state="dialing", attempt=delivery.attempt))
+                tokens.append(
+                    {"token_hash": hash_token(token), "call_id": call_id, "expires_at": now + TOKEN_TTL}
+                )
+                updates.append(
+                    {
+                        "id": delivery.id,
+                        "attempt": attempt,
+                        "state": DeliveryState.DIALING,
+                        "lease_expires_at": now + lease,
+                        "call_sid": None,
+                        "call_id": call_id,
+                        "updated_at": now,
+                    }
+                )
+                events.append(_event(delivery.id, "state", now, state="dialing", attempt=attempt))
                 claims.append(
                     Claim(
                         delivery_id=delivery.id,
                         alert_id=delivery.alert_id,
-                        attempt=delivery.attempt,
-                        call_id=call.id,
+                        attempt=attempt,
+                        call_id=call_id,
                         token=token,
                         phone=delivery.phone,
                         text=delivery.text,
                         options=options,
                     )
                 )
+            if taken:
+                await s.execute(insert(StreamToken), tokens)
+                await s.execute(
+                    insert(CallEvent),
+                    [
+                        {"call_id": c.call_id, "kind": "stream_token_issued", "detail": {}, "at": now}
+                        for c in claims
+                    ],
+                )
+                # Expunged first: the bulk UPDATE by primary key must not race the loaded objects' state.
+                for delivery, _ in taken:
+                    s.expunge(delivery)
+                await s.execute(update(Delivery), updates)
             if events:
                 await s.execute(insert(_EVENTS), events)
             await s.commit()
@@ -536,32 +623,25 @@ class DeliveryStore:
         now = utcnow()
         s = b.session
         # Core for the common moves (ringing, answered, a late callback): several per call.
-        row = (
-            await s.execute(
-                select(Delivery.id, Delivery.state, Delivery.attempt, Delivery.alert_id, Call.attempt)
-                .join(Call, Call.delivery_id == Delivery.id)
-                .where(Call.id == call_id)
-                .with_for_update(of=Delivery)
-            )
-        ).first()
+        row = (await s.execute(_DELIVERY_OF_CALL, {"call_id": call_id})).first()
         if row is None or row[4] is None:
             return None
         delivery_id, state, attempt, alert_id = row[0], row[1], row[2], row[3]
         call_attempt: int = row[4]
         detail: dict[str, Any] = {"state": new.value, "attempt": call_attempt, "source": source}
         if not moves_forward(DeliveryState(state), attempt, new, call_attempt):
-            await s.execute(insert(_EVENTS), [_event(delivery_id, "ignored", now, **detail)])
+            b.insert(_EVENTS, _event(delivery_id, "ignored", now, **detail))
             return None
         if code is not None:
             detail["code"] = code
         if reason:
             detail["reason"] = reason[:300]
-        await s.execute(insert(_EVENTS), [_event(delivery_id, "state", now, **detail)])
+        b.insert(_EVENTS, _event(delivery_id, "state", now, **detail))
         if not is_final(new):
-            values: dict[str, Any] = {"state": new, "updated_at": now}
+            values: dict[str, Any] = {"d_id": delivery_id, "state": new, "updated_at": now}
             if new == DeliveryState.IN_PROGRESS:
                 values["lease_expires_at"] = None
-            await s.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+            await s.execute(_UPDATE_DELIVERY, values)
             return Move(delivery_id, alert_id, new, attempt, final=False)
         delivery = await s.get(Delivery, delivery_id)
         assert delivery is not None
@@ -577,17 +657,16 @@ class DeliveryStore:
             backoff = float(options.get("retry_backoff_s", 60)) * 2 ** (delivery.attempt - 1)
             retry_at = now + timedelta(seconds=backoff)
             _requeue(delivery, retry_at, now)
-            s.add(
-                DeliveryEvent(
-                    delivery_id=delivery.id,
-                    kind="retry_scheduled",
-                    at=now,
-                    detail={
+            b.insert(
+                _EVENTS,
+                {
+                    **_event(delivery.id, "retry_scheduled", now),
+                    "detail": {
                         "after": new.value,
                         "next_attempt": delivery.attempt + 1,
                         "at": retry_at.isoformat(),
                     },
-                )
+                },
             )
             return Move(delivery.id, delivery.alert_id, new, delivery.attempt, final=False, retry_at=retry_at)
         _finish(delivery, new, now, code=code, reason=reason)
@@ -783,16 +862,13 @@ class DeliveryStore:
 
 async def _dialed(claim: Claim, call_sid: str, now: datetime, b: Batch) -> bool:
     s = b.session
-    await s.execute(update(Call).where(Call.id == claim.call_id).values(call_sid=call_sid, updated_at=now))
+    await s.execute(_UPDATE_CALL, {"call_id": claim.call_id, "call_sid": call_sid, "updated_at": now})
     await s.execute(
-        update(Delivery)
-        .where(Delivery.id == claim.delivery_id, Delivery.attempt == claim.attempt)
-        .values(call_sid=call_sid, updated_at=now)
+        _DIALED,
+        {"d_id": claim.delivery_id, "d_attempt": claim.attempt, "call_sid": call_sid, "updated_at": now},
     )
-    await s.execute(
-        insert(_EVENTS), [_event(claim.delivery_id, "dialed", now, attempt=claim.attempt, call_sid=call_sid)]
-    )
-    status = (await s.execute(select(Alert.status).where(Alert.id == claim.alert_id))).scalar_one()
+    b.insert(_EVENTS, _event(claim.delivery_id, "dialed", now, attempt=claim.attempt, call_sid=call_sid))
+    status = (await s.execute(_ALERT_STATUS, {"alert_id": claim.alert_id})).scalar_one()
     return bool(status == AlertStatus.ACTIVE)
 
 

@@ -9,8 +9,8 @@ Under load a batch holds many operations for about the price of one; when idle n
 
 Operations run in the order they were submitted (a call's trail keeps its order), against the batch
 (its session, and `insert` for rows nobody in the batch reads back: the event trail), and must not
-commit. Queued rows are written at the end of the batch in one multi-row INSERT per run of one table, in
-the order queued: the ORM's unit of work per row cost more than all the rest of a call's bookkeeping.
+commit. Queued rows are written at the end of the batch in one multi-row INSERT per table, in the
+order queued: the ORM's unit of work per row cost more than all the rest of a call's bookkeeping.
 When a batch fails it is rolled back and its operations are retried one by one, so one bad operation (a
 row that vanished) costs only itself.
 """
@@ -43,14 +43,24 @@ class Batch:
         self._rows.append((table, row))
 
     async def write_rows(self) -> None:
-        rows, start = self._rows, 0
-        while start < len(rows):
-            table = rows[start][0]
-            end = start
-            while end < len(rows) and rows[end][0] is table:
-                end += 1
-            await self.session.execute(insert(table), [row for _, row in rows[start:end]])
-            start = end
+        # One multi-row INSERT per table, each table's rows in the order queued. The rows only point at
+        # rows that exist before the batch (calls, deliveries), so the order across tables is free.
+        by_table: dict[Table, list[dict[str, Any]]] = {}
+        for table, row in self._rows:
+            by_table.setdefault(table, []).append(row)
+        for table, rows in by_table.items():
+            await self.session.execute(_insert_of(table), rows)
+
+
+_INSERTS: dict[Table, Any] = {}
+
+
+def _insert_of(table: Table) -> Any:
+    """The INSERT statement of a table, built once (its construction and cache key, once per process)."""
+    stmt = _INSERTS.get(table)
+    if stmt is None:
+        stmt = _INSERTS[table] = insert(table)
+    return stmt
 
 
 Operation = Callable[[Batch], Awaitable[Any]]

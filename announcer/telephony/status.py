@@ -62,26 +62,31 @@ async def status_webhook(
     if status == CallStatus.FAILED and sip == 480:
         status = CallStatus.NO_ANSWER
     error_code = _int_field(form, "ErrorCode")
-    found = await store.find_call(call_sid)
-    call_id, carries_delivery = found if found is not None else (None, False)
     attempt = request.query.get("call", "")
-    if call_id is None and attempt.isdigit():
-        # Our status URL names the attempt's call row: its SID may not be recorded yet (the create
-        # request's answer was lost, or is still on its way), so this callback reveals it.
-        call_id, carries_delivery = await store.attach_sid(int(attempt), call_sid), True
+    named_sid: str | None = None
+    if attempt.isdigit():
+        # Our status URL names the attempt's call row (the URL is signed, so the id is ours): no lookup
+        # by SID, whose row may not have it yet (the create request's answer may still be on its way).
+        call_id: int | None = int(attempt)
+        carries_delivery, named_sid = True, call_sid
+    else:
+        found = await store.find_call(call_sid)
+        call_id, carries_delivery = found if found is not None else (None, False)
     if call_id is None:
         log.info("status %s for a call we do not know (%s); ignored", status, call_sid)
         return web.Response(status=204)
     extra = {k: v for k, v in (("sip_response_code", sip), ("answered_by", form.get("AnsweredBy"))) if v}
     if error_code:
         extra["error_code"] = error_code
-    moved = await store.apply_status(
-        call_id, status, sequence=sequence, source="callback", duration_s=duration, extra=extra
+    applied = await store.apply_status(
+        call_id,
+        status,
+        sequence=sequence,
+        source="callback",
+        duration_s=duration,
+        extra=extra,
+        call_sid=named_sid,
     )
-    if moved and observer is not None and carries_delivery:  # the greeting line has no one to tell
-        answered = False
-        if status == CallStatus.COMPLETED:  # only there does it matter whether anyone picked up
-            call = await store.get(call_id)
-            answered = call is not None and call.answered_at is not None
-        await observer(StatusReport(call_id, status, answered, sip, error_code))
+    if applied.moved and observer is not None and carries_delivery:  # the greeting line: no one to tell
+        await observer(StatusReport(call_id, status, applied.answered, sip, error_code))
     return web.Response(status=204)
