@@ -10,8 +10,8 @@ start-up heap.
      TWILIO_CPS=1; the dispatcher starts dialing at once, so every alert is cancelled right after it was
      accepted (outside the timing). SQLite; with --pg PostgreSQL too.
   2. dispatch: an alert of --dispatch recipients at TWILIO_CPS=50, MAX_CONCURRENT_CALLS=200, short texts,
-     phones answering at once: create rate at the sandbox, the busiest 1 s window, duplicate calls,
-     outcomes and the time to completion (with --pg on PostgreSQL too).
+     phones answering at once (in real time): create rate at the sandbox, the busiest 1 s window,
+     duplicate calls, outcomes and the time to completion (with --pg on PostgreSQL too).
   3. TTS requests: 1 recipient (the requests one text needs), 200 recipients with one identical text,
      and 100 recipients sharing 10 texts.
 
@@ -69,6 +69,8 @@ LOG_RECORD = re.compile(r"(?m)^(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ )")
 ALERT_ID = re.compile(r"al_[0-9a-f]+")
 DISPATCH_CPS = 50
 DISPATCH_CONCURRENCY = 200
+# The sandbox phones run in real time: a faster sandbox clock shortens the calls but also multiplies the
+# microphone frames each call sends (20x at speed 20), a load no real call puts on the service.
 PHONE_SPEED = float(os.environ.get("PHONE_SPEED", "1"))
 ACCEPT_TEMPLATE = "Hello {{ name }}, this is {{ org }}. Your code is {{ code | digits }}."
 

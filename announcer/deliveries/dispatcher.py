@@ -1,12 +1,13 @@
 """The dispatcher: places the calls of due deliveries, at most `TWILIO_CPS` a second and at most
 `MAX_CONCURRENT_CALLS` at once, and turns what the calls report into delivery transitions.
 
-Each call goes: wait for a free slot (counted in the database: every process shares the account's limit)
--> wait for a token of the rate bucket -> claim one delivery (a transaction: `dialing`, a lease, the
-attempt's call row and stream token) -> speech starts synthesizing into the cache while the phone rings
+Each call goes: the claimer takes a batch of due deliveries while slots are free (counted in the
+database: every process shares the account's limit) in one transaction (`dialing`, a lease, each
+attempt's call row and stream token), keeping about a second of calls ready -> the pacer takes them
+one per token of the rate bucket -> speech starts synthesizing into the cache while the phone rings
 -> `calls.create` with inline TwiML `<Connect><Stream>` carrying the token -> record the SID. Twilio's
 429/20429, 5xx and network errors put the delivery back with a backoff without spending an attempt; any
-other refusal fails it with Twilio's code.
+other refusal fails it with Twilio's code. A canceled alert's claims still queued are withdrawn.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ RING_TIMEOUT_S = 30
 # Paced a hair under the account's rate: Twilio counts requests as they arrive, and one held up on its
 # way out (a busy event loop) arrives close behind the next; 1 % leaves room for 40 ms of that at 50/s.
 RATE_MARGIN = 0.01
+TIMER_SLACK_S = 0.002
+WINDOW_GUARD_S = 0.01  # and for the sliding window (with the margin, 50 dials span 1.01 s at 50/s)
 
 _OUTCOME_STATES = {
     CallOutcome.HEARD: DeliveryState.HEARD,
@@ -94,7 +97,10 @@ class Dispatcher:
         self._store = store
         self._twilio = twilio
         self._speaker = speaker
-        self._bucket = TokenBucket(cps * (1 - RATE_MARGIN))
+        # A timer fires up to a millisecond or two late (libuv counts in whole milliseconds): the bucket
+        # saves that much beyond one token, so the next call makes up for it and the average holds.
+        rate = cps * (1 - RATE_MARGIN)
+        self._bucket = TokenBucket(rate, burst=1 + TIMER_SLACK_S * rate)
         self._max_concurrent = max_concurrent
         self._from = from_number
         self._media_url = media_url
@@ -106,6 +112,7 @@ class Dispatcher:
         self._claimer: asyncio.Task[None] | None = None
         self._ready: deque[Claim] = deque()  # claimed, waiting for a token of the bucket
         self._ready_event = asyncio.Event()
+        self._sent: deque[float] = deque(maxlen=max(1, int(cps)))  # when the last dials left
         self._reconciler: asyncio.Task[None] | None = None
         self._dials: set[asyncio.Task[None]] = set()
         self.placed = 0  # calls Twilio accepted (a gauge)
@@ -199,6 +206,13 @@ class Dispatcher:
         self._ready.extend(claims)
         self._ready_event.set()
 
+    def _window_wait_s(self) -> float:
+        """How long until a dial now keeps every window of 1 s + WINDOW_GUARD_S to `TWILIO_CPS` dials:
+        the bucket's catch-up must not bunch calls into one second as Twilio counts them."""
+        if len(self._sent) < (self._sent.maxlen or 0):
+            return 0.0
+        return self._sent[0] + 1.0 + WINDOW_GUARD_S - time.monotonic()
+
     async def _run(self) -> None:
         """The pacer: one dial per token of the rate bucket, from the claimed queue."""
         while not self._stopping.is_set():
@@ -207,10 +221,11 @@ class Dispatcher:
                 self.wake()
                 await self._ready_event.wait()
                 continue
-            wait = self._bucket.wait_s()
+            wait = max(self._bucket.wait_s(), self._window_wait_s())
             if wait > 0:
                 await asyncio.sleep(wait)  # the rate limit itself: nothing to wait on but time
                 continue
+            self._sent.append(time.monotonic())
             claim = self._ready.popleft()
             if len(self._ready) * 2 < self._ahead():
                 self.wake()  # the claimer tops the queue up while these are dialed

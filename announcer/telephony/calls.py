@@ -72,6 +72,9 @@ class TwilioCalls:
         self._http = AsyncTwilioHttpClient() if default else _BaseUrlHttpClient(base_url)
         # environment={}: TWILIO_REGION / TWILIO_EDGE in the environment would rewrite the host.
         self._client = Client(account_sid, auth_token, http_client=self._http, environment={})
+        # The SDK imports its call resources on first use (about 40 ms): paid here at start, not by the
+        # first call placed (which then reached Twilio late, and close behind the second).
+        _ = self._client.calls
         self._timeout_s = timeout_s
 
     async def aclose(self) -> None:
