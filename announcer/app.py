@@ -7,21 +7,23 @@ and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
 from aiohttp import WSCloseCode, web
 
-from announcer.api import alerts
+from announcer.api import alerts, schedules
 from announcer.api.alerts import AlertsDeps
 from announcer.api.http import make_middleware
 from announcer.api.openapi import document as openapi_document
+from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
 from announcer.deliveries.callbacks import WebhookSender
 from announcer.deliveries.dispatcher import Dispatcher
@@ -30,6 +32,7 @@ from announcer.deliveries.plan import Limits
 from announcer.deliveries.script import PROMPT_TEMPLATE, CallScripts
 from announcer.messages.greeting import Greeting
 from announcer.messages.render import MessageRenderer
+from announcer.scheduling.scheduler import Scheduler
 from announcer.speech.cache import AudioCache
 from announcer.speech.elevenlabs import ElevenLabsSynthesizer
 from announcer.speech.local import LocalSynthesizer
@@ -37,6 +40,7 @@ from announcer.speech.speaker import Speaker
 from announcer.store.calls import CallStore
 from announcer.store.db import Database
 from announcer.store.deliveries import DeliveryStore
+from announcer.store.schedules import ScheduleRow, ScheduleStore
 from announcer.telephony.calls import TwilioCalls
 from announcer.telephony.media import MediaDeps, media_websocket
 from announcer.telephony.playout import PlayoutClock
@@ -81,6 +85,7 @@ RENDERER = web.AppKey("renderer", MessageRenderer)
 DELIVERIES = web.AppKey("deliveries", DeliveryStore)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 ALERTS = web.AppKey("alerts", AlertsDeps)
+SCHEDULES = web.AppKey("schedules", SchedulesDeps)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 API_TOKEN = web.AppKey("api_token", str)
 
@@ -113,7 +118,9 @@ def create_app(settings: Settings) -> web.Application:
     app[GREETING] = greeting
     app[SOCKETS] = set()
     app[RENDERER] = renderer
-    app.cleanup_ctx.extend([_database, _sandbox, _twilio, _speech, _clock, _dispatcher, _wiring, _sockets])
+    app.cleanup_ctx.extend(
+        [_database, _sandbox, _twilio, _speech, _clock, _dispatcher, _scheduler, _wiring, _sockets]
+    )
     app.router.add_post("/twilio/voice", _voice)
     app.router.add_post("/twilio/status", _status)
     app.router.add_get("/twilio/media", _media)
@@ -124,6 +131,11 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/alerts/{alert_id}/cancel", _with_alerts(alerts.cancel_alert))
     app.router.add_post("/v1/preview", _with_alerts(alerts.preview))
     app.router.add_delete("/v1/opt-outs/{phone}", _with_alerts(alerts.delete_opt_out))
+    app.router.add_post("/v1/schedules", _with_schedules(schedules.create_schedule))
+    app.router.add_get("/v1/schedules", _with_schedules(schedules.list_schedules))
+    app.router.add_get("/v1/schedules/{schedule_id}", _with_schedules(schedules.get_schedule))
+    app.router.add_patch("/v1/schedules/{schedule_id}", _with_schedules(schedules.patch_schedule))
+    app.router.add_delete("/v1/schedules/{schedule_id}", _with_schedules(schedules.delete_schedule))
     app.router.add_get("/v1/openapi.json", _openapi)
     return app
 
@@ -321,6 +333,44 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     await http.close()
 
 
+async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+    """The reminders' clock: rebuilt from the schedules table, missed fires caught up, then armed."""
+    store = ScheduleStore(app[DATABASE].sessions)
+    holder: list[SchedulesDeps] = []
+
+    async def make(schedule: ScheduleRow, planned: datetime, key: str) -> str:
+        return await schedules.make_alert(holder[0], schedule, planned, key)
+
+    scheduler = Scheduler(store, make)
+    deps = SchedulesDeps(
+        store=store,
+        deliveries=app[DELIVERIES],
+        scheduler=scheduler,
+        renderer=app[RENDERER],
+        limits=app[ALERTS].limits,
+        dispatcher=app[DISPATCHER],
+    )
+    holder.append(deps)
+    app[SCHEDULES] = deps
+    settings = app[SETTINGS]
+
+    async def listening() -> None:
+        # Our own socket, not PUBLIC_URL (a proxy may sit there): accepted means webhooks get through.
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection(settings.host, settings.port)
+                except OSError:
+                    await asyncio.sleep(0.02)
+                    continue
+                writer.close()
+                return
+
+    scheduler.start(listening)
+    yield
+    await scheduler.close()
+
+
 async def _sockets(app: web.Application) -> AsyncIterator[None]:
     yield
     sockets: set[web.WebSocketResponse] = app[SOCKETS]
@@ -366,6 +416,15 @@ async def _voice(request: web.Request) -> web.Response:
 async def _status(request: web.Request) -> web.Response:
     app = request.app
     return await status_webhook(request, app[SIGNATURE], app[STORE], app[DISPATCHER].on_status)
+
+
+def _with_schedules(
+    handler: Callable[[web.Request, SchedulesDeps], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await handler(request, request.app[SCHEDULES])
+
+    return handle
 
 
 def _with_alerts(

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from announcer.api.schemas import AlertBody, PreviewBody
+from announcer.api.schemas import AlertBody, PreviewBody, ScheduleBody, SchedulePatch
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _VALIDATION = {"$ref": "#/components/schemas/ValidationError"}
@@ -189,8 +189,97 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+_SCHEDULE_ID = {"name": "schedule_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_SCHEDULE = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": ["string", "null"]},
+        "status": {"type": "string", "enum": ["active", "paused", "ended"]},
+        "when": {"type": "object"},
+        "recipients": {"type": "integer"},
+        "next_run_at": {"type": ["string", "null"], "format": "date-time"},
+        "next_run_times": {"type": "array", "items": {"type": "string", "format": "date-time"}},
+        "occurrences": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def _body(model: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}},
+    }
+
+
+OPERATIONS += [
+    (
+        "post",
+        "/v1/schedules",
+        {
+            "summary": "Create a reminder, once (`when.at`) or repeating (`when.cron` in a time zone)",
+            "requestBody": _body("ScheduleBody"),
+            "responses": {
+                "201": _json(_SCHEDULE, "created: its id and next run"),
+                **_errors(400, 401, 415, 422),
+            },
+        },
+    ),
+    (
+        "get",
+        "/v1/schedules",
+        {
+            "summary": "Every schedule that is not deleted",
+            "responses": {
+                "200": _json(
+                    {"type": "object", "properties": {"schedules": {"type": "array", "items": _SCHEDULE}}},
+                    "the schedules",
+                ),
+                **_errors(401),
+            },
+        },
+    ),
+    (
+        "get",
+        "/v1/schedules/{schedule_id}",
+        {
+            "summary": "A schedule: its next run times and its past occurrences with their outcomes",
+            "parameters": [_SCHEDULE_ID],
+            "responses": {"200": _json(_SCHEDULE, "the schedule"), **_errors(401, 404)},
+        },
+    ),
+    (
+        "patch",
+        "/v1/schedules/{schedule_id}",
+        {
+            "summary": "Pause, resume, or change the time, recipients or variables",
+            "parameters": [_SCHEDULE_ID],
+            "requestBody": _body("SchedulePatch"),
+            "responses": {
+                "200": _json(_SCHEDULE, "the schedule as changed"),
+                **_errors(400, 401, 404, 415, 422),
+            },
+        },
+    ),
+    (
+        "delete",
+        "/v1/schedules/{schedule_id}",
+        {
+            "summary": "Delete a schedule: nothing of it is called after the answer",
+            "parameters": [_SCHEDULE_ID],
+            "responses": {"204": {"description": "deleted"}, **_errors(401, 404)},
+        },
+    ),
+]
+
+
 def document() -> dict[str, Any]:
-    models: list[tuple[type[BaseModel], Any]] = [(AlertBody, "validation"), (PreviewBody, "validation")]
+    models: list[tuple[type[BaseModel], Any]] = [
+        (AlertBody, "validation"),
+        (PreviewBody, "validation"),
+        (ScheduleBody, "validation"),
+        (SchedulePatch, "validation"),
+    ]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas = dict(defs.get("$defs", {}))
     schemas["Error"] = {

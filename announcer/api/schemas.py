@@ -63,6 +63,49 @@ class AlertBody(Strict):
     options: AlertOptions = Field(default_factory=AlertOptions)
 
 
+class QuietHoursBody(Strict):
+    start: str = Field(max_length=5, description='local time of day, "21:00"')
+    end: str = Field(max_length=5, description='local time of day, "08:00"; may wrap midnight')
+
+
+class ScheduleOptions(AlertOptions):
+    quiet_hours: QuietHoursBody | None = Field(
+        default=None, description="nobody is called then, in their own time zone (else the schedule's)"
+    )
+    misfire: Literal["run", "skip"] = Field(
+        default="run", description="a fire missed while the service was down: run it once, or skip it"
+    )
+    misfire_grace_s: float = Field(default=300.0, ge=1, le=7 * 86_400, description="how late `run` may be")
+    presynthesize_s: float = Field(default=600.0, ge=0, le=86_400, description="speech made this early")
+    snooze_s: float = Field(default=900.0, ge=60, le=86_400, description="key 3 calls again after this")
+
+
+class WhenBody(Strict):
+    at: str | None = Field(default=None, max_length=64, description="ISO-8601, with an offset or local")
+    cron: str | None = Field(default=None, max_length=120, description='crontab, e.g. "0 8 * * mon-fri"')
+    timezone: str | None = Field(default=None, max_length=64, description="IANA zone, e.g. Europe/Berlin")
+    start: str | None = Field(default=None, max_length=64, description="cron only: not before")
+    end: str | None = Field(default=None, max_length=64, description="cron only: not after")
+
+
+class ScheduleBody(Strict):
+    name: str | None = Field(default=None, max_length=200)
+    template: str | None = Field(default=None, max_length=255, description="a template in templates/")
+    template_text: str | None = Field(default=None, max_length=20_000, description="or inline Jinja text")
+    variables: dict[str, Any] = Field(default_factory=dict, description="shared by every recipient")
+    recipients: list[RecipientBody]
+    when: WhenBody
+    options: ScheduleOptions = Field(default_factory=ScheduleOptions)
+
+
+class SchedulePatch(Strict):
+    status: Literal["active", "paused"] | None = Field(default=None, description="pause or resume")
+    name: str | None = Field(default=None, max_length=200)
+    variables: dict[str, Any] | None = None
+    recipients: list[RecipientBody] | None = None
+    when: WhenBody | None = None
+
+
 class PreviewBody(Strict):
     template: str | None = Field(default=None, max_length=255)
     template_text: str | None = Field(default=None, max_length=20_000)

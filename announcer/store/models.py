@@ -264,3 +264,53 @@ class OptOut(Base):
     phone: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivery_id: Mapped[int | None]
+
+
+class ScheduleStatus(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    ENDED = "ended"  # a one-shot that fired, or a cron past its end
+    DELETED = "deleted"  # kept (its occurrences point at it), never fired again
+
+
+class OccurrenceStatus(StrEnum):
+    FIRED = "fired"  # its alert was created: the deliveries say who was reached
+    MISSED = "missed"  # the service was down at the time and the misfire policy did not run it
+    FAILED = "failed"  # it could not become an alert (a template no longer renders)
+
+
+class Schedule(Base):
+    """A reminder to repeat or to make once: what to say to whom (as an alert) and when. The truth;
+    APScheduler only keeps the time (see scheduling/)."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    template: Mapped[str | None] = mapped_column(String(255))
+    template_text: Mapped[str | None] = mapped_column(Text)
+    variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    recipients: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"items": [...]} as given
+    when: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=ScheduleStatus.ACTIVE)
+    # The last planned fire time handled (fired, missed or failed): where a restart's catch-up starts.
+    last_planned_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Occurrence(Base):
+    """One planned fire of a schedule. (schedule_id, planned_at) is unique: a double fire, a second
+    scheduler or a restart's catch-up can create it only once."""
+
+    __tablename__ = "occurrences"
+    __table_args__ = (Index("ux_occurrences_planned", "schedule_id", "planned_at", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_id: Mapped[str] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    planned_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16))
+    alert_id: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,230 @@
+"""When a schedule fires: one moment (`at`) or a cron expression in a time zone, checked into an
+APScheduler trigger; and quiet hours, the part of a recipient's day nobody is called in.
+
+Daylight-saving time follows the zone's rules, and APScheduler's cron arithmetic on wall-clock time:
+- spring forward: a time that does not exist that day (02:30 in Europe/Berlin on the last Sunday of
+  March) fires when the clock has jumped past it, one gap later (03:30 local);
+- fall back: a time that happens twice that day fires once, at the first of the two (APScheduler
+  alone fires both; `WallClockCron` drops the repeat).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+
+from announcer.deliveries.plan import PlanError, Problem
+
+
+class WallClockCron(CronTrigger):  # type: ignore[misc]
+    """A cron trigger that fires once per wall-clock time: on the night the clocks fall back, the
+    repeated hour's second pass is skipped (a daily 02:30 reminder rings once, not twice)."""
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        fire: datetime | None = super().get_next_fire_time(previous_fire_time, now)
+        if (
+            fire is not None
+            and previous_fire_time is not None
+            and fire.replace(tzinfo=None) == previous_fire_time.astimezone(fire.tzinfo).replace(tzinfo=None)
+        ):
+            # Ask again from past the repeated hour (no zone repeats more than an hour).
+            fire = super().get_next_fire_time(fire, fire + timedelta(hours=1, seconds=1))
+        return fire
+
+
+@dataclass(frozen=True)
+class When:
+    at: datetime | None  # a one-shot (aware)
+    cron: str | None
+    timezone: str
+    start: datetime | None
+    end: datetime | None
+
+    def trigger(self) -> BaseTrigger:
+        zone = ZoneInfo(self.timezone)
+        if self.at is not None:
+            return DateTrigger(run_date=self.at, timezone=zone)
+        assert self.cron is not None
+        fields = _cron_fields(self.cron)
+        return WallClockCron(**fields, timezone=zone, start_date=self.start, end_date=self.end)
+
+    def next_times(self, after: datetime, count: int) -> list[datetime]:
+        """The next `count` fire times after `after` (fewer when the schedule ends)."""
+        trigger = self.trigger()
+        times: list[datetime] = []
+        previous: datetime | None = None
+        now = after + timedelta(microseconds=1)
+        while len(times) < count:
+            fire = trigger.get_next_fire_time(previous, now)
+            if fire is None:
+                break
+            times.append(fire)
+            previous, now = fire, fire + timedelta(microseconds=1)
+        return times
+
+    def times_between(self, after: datetime, until: datetime, limit: int = 1000) -> list[datetime]:
+        """Fire times in (after, until]: the fires missed while the service was down."""
+        times = []
+        for fire in self.next_times(after, limit):
+            if fire > until:
+                break
+            times.append(fire)
+        return times
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"timezone": self.timezone}
+        if self.at is not None:
+            out["at"] = self.at.isoformat()
+        if self.cron is not None:
+            out["cron"] = self.cron
+        if self.start is not None:
+            out["start"] = self.start.isoformat()
+        if self.end is not None:
+            out["end"] = self.end.isoformat()
+        return out
+
+
+_CRON_NAMES = ("minute", "hour", "day", "month", "day_of_week")
+
+
+def _cron_fields(expression: str) -> dict[str, str]:
+    """A standard 5-field crontab line as CronTrigger fields. CronTrigger.from_crontab would do the
+    same, but day-of-week numbers differ: crontab's 0 is Sunday, APScheduler's 0 is Monday; only names
+    mean the same to both, so numbers are refused with a clear reason."""
+    parts = expression.split()
+    if len(parts) != 5:
+        raise ValueError(f"expected 5 fields (minute hour day month day-of-week), got {len(parts)}")
+    fields = dict(zip(_CRON_NAMES, parts, strict=True))
+    if any(ch.isdigit() for ch in fields["day_of_week"]):
+        raise ValueError("give days of the week by name (mon-fri, sun), not by number")
+    return fields
+
+
+def _zone(name: str | None, field: str, problems: list[Problem]) -> ZoneInfo | None:
+    if name is None:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(Problem(field, f"unknown time zone {name!r}"))
+        return None
+
+
+def _moment(value: str | None, zone: ZoneInfo | None, field: str, problems: list[Problem]) -> datetime | None:
+    """ISO-8601 with an offset, or local time read in `zone`."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        problems.append(Problem(field, "not an ISO-8601 date and time"))
+        return None
+    if moment.tzinfo is None:
+        if zone is None:
+            problems.append(Problem(field, "no UTC offset: add one (+01:00) or give `when.timezone`"))
+            return None
+        moment = moment.replace(tzinfo=zone)
+    return moment
+
+
+def parse_when(raw: dict[str, Any], now: datetime) -> When:
+    """Check a schedule's `when` and make it a When; PlanError names every bad field."""
+    problems: list[Problem] = []
+    at, cron = raw.get("at"), raw.get("cron")
+    zone_name = raw.get("timezone")
+    zone = _zone(zone_name, "when.timezone", problems)
+    if (at is None) == (cron is None):
+        raise PlanError([Problem("when", "give either `at` (one time) or `cron` (repeating)")])
+    if at is not None:
+        if raw.get("start") is not None or raw.get("end") is not None:
+            problems.append(Problem("when", "`start` and `end` belong to a cron schedule"))
+        moment = _moment(at, zone, "when.at", problems)
+        if moment is not None and moment <= now:
+            problems.append(Problem("when.at", f"{moment.isoformat()} is in the past"))
+        if problems:
+            raise PlanError(problems)
+        assert moment is not None
+        # Given with an offset only: the moment is exact; quiet hours then read recipients' own zones.
+        return When(moment, None, zone_name or "UTC", None, None)
+    if zone is None and not problems:
+        problems.append(Problem("when.timezone", "a cron schedule needs its time zone (e.g. Europe/Berlin)"))
+    start = _moment(raw.get("start"), zone, "when.start", problems)
+    end = _moment(raw.get("end"), zone, "when.end", problems)
+    if start is not None and end is not None and end <= start:
+        problems.append(Problem("when.end", "is not after `when.start`"))
+    if end is not None and end <= now:
+        problems.append(Problem("when.end", f"{end.isoformat()} is in the past"))
+    try:
+        fields = _cron_fields(str(cron))
+        CronTrigger(**fields, timezone=zone or ZoneInfo("UTC"))
+    except ValueError as err:
+        problems.append(Problem("when.cron", f"invalid cron expression: {err}"))
+    if problems:
+        raise PlanError(problems)
+    when = When(None, str(cron), str(zone_name), start, end)
+    if not when.next_times(now, 1):
+        raise PlanError([Problem("when", "this schedule would never fire")])
+    return when
+
+
+def when_from_json(raw: dict[str, Any]) -> When:
+    """A stored When (already checked when it was accepted)."""
+
+    def moment(key: str) -> datetime | None:
+        value = raw.get(key)
+        return datetime.fromisoformat(value) if value else None
+
+    return When(moment("at"), raw.get("cron"), raw["timezone"], moment("start"), moment("end"))
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """[start, end) of local time in which nobody is called; it may wrap midnight (21:00-08:00)."""
+
+    start: time
+    end: time
+
+    def contains(self, local: time) -> bool:
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+    def window_end(self, moment: datetime) -> datetime:
+        """The end of the quiet window `moment` (aware, local) falls in: when calling may resume."""
+        end = moment.replace(hour=self.end.hour, minute=self.end.minute, second=0, microsecond=0)
+        if end <= moment:
+            end += timedelta(days=1)
+        return end
+
+    def as_json(self) -> dict[str, str]:
+        return {"start": self.start.strftime("%H:%M"), "end": self.end.strftime("%H:%M")}
+
+
+def parse_quiet_hours(raw: dict[str, Any] | None) -> QuietHours | None:
+    if raw is None:
+        return None
+    problems: list[Problem] = []
+    bounds: dict[str, time] = {}
+    for key in ("start", "end"):
+        value = raw.get(key)
+        try:
+            bounds[key] = time.fromisoformat(str(value))
+        except ValueError:
+            problems.append(Problem(f"options.quiet_hours.{key}", 'expected a time of day like "21:00"'))
+    if problems:
+        raise PlanError(problems)
+    if bounds["start"] == bounds["end"]:
+        raise PlanError(
+            [
+                Problem(
+                    "options.quiet_hours", "start and end are the same: that is the whole day or none of it"
+                )
+            ]
+        )
+    return QuietHours(bounds["start"], bounds["end"])

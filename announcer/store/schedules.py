@@ -1,0 +1,191 @@
+"""Schedules and their occurrences: the truth the scheduler is rebuilt from at every start."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from announcer.store.models import Delivery, Occurrence, OccurrenceStatus, Schedule, ScheduleStatus, utcnow
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    id: str
+    name: str | None
+    template: str | None
+    template_text: str | None
+    variables: dict[str, Any]
+    recipients: list[dict[str, Any]]
+    when: dict[str, Any]
+    options: dict[str, Any]
+    status: str
+    last_planned_at: datetime | None
+    created_at: datetime
+
+
+def _row(s: Schedule) -> ScheduleRow:
+    return ScheduleRow(
+        s.id,
+        s.name,
+        s.template,
+        s.template_text,
+        dict(s.variables),
+        list(s.recipients.get("items", [])),
+        dict(s.when),
+        dict(s.options),
+        s.status,
+        s.last_planned_at,
+        s.created_at,
+    )
+
+
+class ScheduleStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def create(
+        self,
+        *,
+        name: str | None,
+        template: str | None,
+        template_text: str | None,
+        variables: dict[str, Any],
+        recipients: list[dict[str, Any]],
+        when: dict[str, Any],
+        options: dict[str, Any],
+    ) -> ScheduleRow:
+        now = utcnow()
+        schedule = Schedule(
+            id="sc_" + secrets.token_hex(12),
+            name=name,
+            template=template,
+            template_text=template_text,
+            variables=variables,
+            recipients={"items": recipients},
+            when=when,
+            options=options,
+            status=ScheduleStatus.ACTIVE,
+            # Nothing before its creation is owed: a restart's catch-up starts here.
+            last_planned_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.sessions() as s:
+            s.add(schedule)
+            await s.commit()
+        return _row(schedule)
+
+    async def get(self, schedule_id: str) -> ScheduleRow | None:
+        async with self.sessions() as s:
+            found = await s.get(Schedule, schedule_id)
+            return None if found is None or found.status == ScheduleStatus.DELETED else _row(found)
+
+    async def listing(self, *, include_deleted: bool = False) -> list[ScheduleRow]:
+        async with self.sessions() as s:
+            query = select(Schedule).order_by(Schedule.created_at, Schedule.id)
+            if not include_deleted:
+                query = query.where(Schedule.status != ScheduleStatus.DELETED)
+            return [_row(x) for x in (await s.execute(query)).scalars()]
+
+    async def active(self) -> list[ScheduleRow]:
+        async with self.sessions() as s:
+            rows = await s.execute(select(Schedule).where(Schedule.status == ScheduleStatus.ACTIVE))
+            return [_row(x) for x in rows.scalars()]
+
+    async def change(self, schedule_id: str, **values: Any) -> ScheduleRow | None:
+        """Update the given fields of a schedule that is not deleted; None when there is none."""
+        if "recipients" in values:
+            values["recipients"] = {"items": values["recipients"]}
+        async with self.sessions() as s:
+            result = await s.execute(
+                update(Schedule)
+                .where(Schedule.id == schedule_id, Schedule.status != ScheduleStatus.DELETED)
+                .values(**values, updated_at=utcnow())
+            )
+            await s.commit()
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return None
+        return await self.get(schedule_id)
+
+    async def record_occurrence(
+        self,
+        schedule_id: str,
+        planned_at: datetime,
+        status: OccurrenceStatus,
+        *,
+        alert_id: str | None = None,
+        **detail: Any,
+    ) -> bool:
+        """Record one planned fire; False when it was recorded already (a double fire)."""
+        async with self.sessions() as s:
+            try:
+                await s.execute(
+                    insert(Occurrence).values(
+                        schedule_id=schedule_id,
+                        planned_at=planned_at,
+                        status=status,
+                        alert_id=alert_id,
+                        detail=detail,
+                        created_at=utcnow(),
+                    )
+                )
+            except IntegrityError:
+                await s.rollback()
+                return False
+            await s.execute(
+                update(Schedule)
+                .where(
+                    Schedule.id == schedule_id,
+                    (Schedule.last_planned_at.is_(None)) | (Schedule.last_planned_at < planned_at),
+                )
+                .values(last_planned_at=planned_at)
+            )
+            await s.commit()
+        return True
+
+    async def occurrence_exists(self, schedule_id: str, planned_at: datetime) -> bool:
+        async with self.sessions() as s:
+            found = await s.execute(
+                select(Occurrence.id).where(
+                    Occurrence.schedule_id == schedule_id, Occurrence.planned_at == planned_at
+                )
+            )
+            return found.first() is not None
+
+    async def occurrences(self, schedule_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest occurrences, newest first, each with its alert's outcome counts."""
+        async with self.sessions() as s:
+            rows = (
+                await s.execute(
+                    select(Occurrence)
+                    .where(Occurrence.schedule_id == schedule_id)
+                    .order_by(Occurrence.planned_at.desc())
+                    .limit(limit)
+                )
+            ).scalars()
+            out: list[dict[str, Any]] = []
+            for o in rows:
+                counts: dict[str, int] = {}
+                if o.alert_id is not None:
+                    for state, n in await s.execute(
+                        select(Delivery.state, func.count())
+                        .where(Delivery.alert_id == o.alert_id)
+                        .group_by(Delivery.state)
+                    ):
+                        counts[str(state)] = int(n)
+                out.append(
+                    {
+                        "planned_at": o.planned_at.isoformat(),
+                        "status": o.status,
+                        "alert_id": o.alert_id,
+                        "counts": counts,
+                        "detail": o.detail,
+                    }
+                )
+            return out

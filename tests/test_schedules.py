@@ -1,0 +1,206 @@
+"""Scheduled reminders: validation, one-shot fires, pause/resume/delete, a restart's misfire policy, and
+the DST rules of repeating schedules. Fires are a second or two ahead of real time and waited for as
+events (a placed call, a recorded occurrence); the DST rules are checked on the triggers themselves."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from announcer.deliveries.plan import PlanError
+from announcer.scheduling.when import parse_quiet_hours, parse_when
+from tests.conftest import AUTH, Service, eventually, make_settings, start_service
+from tests.test_alerts import HEARER, finished, get, placed_call, post
+
+
+def soon(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+def schedule_body(when: dict[str, Any], *phones: str, **options: Any) -> dict[str, Any]:
+    return {
+        "name": "appointment reminder",
+        "template_text": "Hello {{ name }}, your appointment is at {{ at | spoken_time }}.",
+        "variables": {"at": "10:30"},
+        "recipients": [{"phone": p, "name": f"Person {i}"} for i, p in enumerate(phones or (HEARER,))],
+        "when": when,
+        "options": options,
+    }
+
+
+async def patch(service: Service, path: str, body: Any) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.patch(service.base_url + path, json=body, headers=AUTH) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def delete(service: Service, path: str) -> int:
+    async with aiohttp.ClientSession() as http, http.delete(service.base_url + path, headers=AUTH) as resp:
+        return resp.status
+
+
+async def occurrences(service: Service, schedule_id: str, n: int = 1) -> list[dict[str, Any]]:
+    async def recorded() -> bool:
+        _, view = await get(service, f"/v1/schedules/{schedule_id}")
+        return len(view["occurrences"]) >= n
+
+    await eventually(recorded, timeout=20)
+    return list((await get(service, f"/v1/schedules/{schedule_id}"))[1]["occurrences"])
+
+
+async def test_a_one_shot_fires_once_at_its_time(service: Service) -> None:
+    at = soon(1.5)
+    status, created = await post(service, "/v1/schedules", schedule_body({"at": at}))
+    assert status == 201, created
+    assert created["next_run_at"] == datetime.fromisoformat(at).isoformat()
+    call = await placed_call(service, HEARER)
+    lateness = call.placed_at  # monotonic: compared below through the occurrence's wall-clock time
+    [occurrence] = await occurrences(service, created["id"])
+    assert (
+        occurrence["status"] == "fired" and occurrence["planned_at"] == datetime.fromisoformat(at).isoformat()
+    )
+    alert = await finished(service, occurrence["alert_id"])
+    assert alert["counts"] == {"heard": 1}
+    _, view = await get(service, f"/v1/schedules/{created['id']}")
+    assert view["status"] == "ended" and view["next_run_at"] is None
+    assert [c.to for c in service.sandbox.calls.values()].count(HEARER) == 1
+    assert lateness > 0
+
+
+@pytest.mark.parametrize(
+    ("when", "options", "field"),
+    [
+        ({"cron": "61 8 * * *", "timezone": "Europe/Berlin"}, {}, "when.cron"),
+        ({"cron": "0 8 * * 1-5", "timezone": "Europe/Berlin"}, {}, "when.cron"),
+        ({"cron": "0 8 * * mon-fri", "timezone": "Mars/Olympus"}, {}, "when.timezone"),
+        ({"at": "2020-01-01T09:00:00+01:00"}, {}, "when.at"),
+        ({"at": "2099-01-01T09:00:00"}, {}, "when.at"),
+        (
+            {"cron": "0 8 * * *", "timezone": "UTC", "start": "2099-02-01T00:00", "end": "2099-01-01T00:00"},
+            {},
+            "when.end",
+        ),
+        ({"at": soon(3600)}, {"quiet_hours": {"start": "08:00", "end": "08:00"}}, "options.quiet_hours"),
+        ({"at": soon(3600), "cron": "0 8 * * *"}, {}, "when"),
+    ],
+)
+async def test_bad_schedules_are_refused_naming_the_field(
+    service: Service, when: dict[str, Any], options: dict[str, Any], field: str
+) -> None:
+    _, before = await get(service, "/v1/schedules")
+    status, body = await post(service, "/v1/schedules", schedule_body(when, **options))
+    assert status == 422, body
+    assert field in [p["field"] for p in body["problems"]], body
+    _, after = await get(service, "/v1/schedules")
+    assert after == before  # nothing stored
+
+
+async def test_a_missing_variable_is_refused_before_anything_is_stored(service: Service) -> None:
+    body = schedule_body({"at": soon(3600)})
+    body["variables"] = {}
+    _, before = await get(service, "/v1/schedules")
+    status, answer = await post(service, "/v1/schedules", body)
+    assert status == 422
+    assert answer["problems"][0]["field"] == "recipients[0].variables"
+    _, after = await get(service, "/v1/schedules")
+    assert after == before
+
+
+async def test_pause_resume_and_delete(service: Service) -> None:
+    status, created = await post(
+        service, "/v1/schedules", schedule_body({"cron": "0 8 * * mon-fri", "timezone": "Europe/Berlin"})
+    )
+    assert status == 201 and created["next_run_at"] is not None
+    sid = created["id"]
+    status, paused = await patch(service, f"/v1/schedules/{sid}", {"status": "paused"})
+    assert status == 200 and paused["status"] == "paused" and paused["next_run_at"] is None
+    status, resumed = await patch(service, f"/v1/schedules/{sid}", {"status": "active"})
+    assert status == 200 and resumed["next_run_at"] == created["next_run_at"]
+    nxt = datetime.fromisoformat(resumed["next_run_at"]).astimezone(datetime.now().astimezone().tzinfo)
+    assert nxt.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Berlin")).hour == 8
+    _, view = await get(service, f"/v1/schedules/{sid}")
+    assert len(view["next_run_times"]) == 5
+    # A one-shot deleted before its time never calls; a later one proves the clock went past it.
+    status, doomed = await post(service, "/v1/schedules", schedule_body({"at": soon(1.0)}, "+15550130001"))
+    assert status == 201
+    assert await delete(service, f"/v1/schedules/{doomed['id']}") == 204
+    assert (await get(service, f"/v1/schedules/{doomed['id']}"))[0] == 404
+    status, _ = await post(service, "/v1/schedules", schedule_body({"at": soon(1.5)}, "+15550130002"))
+    assert status == 201
+    await placed_call(service, "+15550130002")
+    assert "+15550130001" not in [c.to for c in service.sandbox.calls.values()]
+    assert await delete(service, f"/v1/schedules/{sid}") == 204
+    _, listing = await get(service, "/v1/schedules")
+    assert sid not in [s["id"] for s in listing["schedules"]]
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("run", "fired"), ("skip", "missed")])
+async def test_a_fire_missed_while_down_follows_the_misfire_policy_once(
+    tmp_path: Path, database_url: str, policy: str, expected: str
+) -> None:
+    settings = make_settings(tmp_path, database_url)
+    runner, svc = await start_service(settings)
+    try:
+        at = soon(1.0)
+        status, created = await post(svc, "/v1/schedules", schedule_body({"at": at}, misfire=policy))
+        assert status == 201
+    finally:
+        await runner.cleanup()  # down across the fire time
+    planned = datetime.fromisoformat(at)
+
+    async def past() -> bool:
+        return datetime.now(UTC) > planned + timedelta(seconds=0.2)
+
+    await eventually(past)
+    for restart in range(2):  # the second start must not run it again
+        runner, svc = await start_service(make_settings(tmp_path, database_url))
+        try:
+            [occurrence] = await occurrences(svc, created["id"])
+            assert occurrence["status"] == expected, occurrence
+            if expected == "fired":
+                await finished(svc, occurrence["alert_id"])
+                placed = [c.to for c in svc.sandbox.calls.values()]
+                assert placed.count(HEARER) == (1 if restart == 0 else 0)
+            else:
+                assert svc.sandbox.calls == {} or HEARER not in [c.to for c in svc.sandbox.calls.values()]
+        finally:
+            await runner.cleanup()
+
+
+def test_cron_follows_the_zone_across_dst() -> None:
+    now = datetime(2027, 3, 1, tzinfo=UTC)
+    daily = parse_when({"cron": "30 2 * * *", "timezone": "Europe/Berlin"}, now)
+    spring = daily.next_times(datetime(2027, 3, 26, 12, tzinfo=UTC), 4)
+    # 02:30 does not exist on 28 March: it rings when the clock has jumped past it, at 03:30 CEST.
+    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in spring] == [
+        "27 01:30",
+        "28 01:30",
+        "29 00:30",
+        "30 00:30",
+    ]
+    autumn = daily.next_times(datetime(2027, 10, 29, 12, tzinfo=UTC), 3)
+    # 02:30 happens twice on 31 October: once only, at the first.
+    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in autumn] == ["30 00:30", "31 00:30", "01 01:30"]
+    weekdays = parse_when({"cron": "0 8 * * mon-fri", "timezone": "America/New_York"}, now)
+    local = [
+        t.astimezone(__import__("zoneinfo").ZoneInfo("America/New_York"))
+        for t in weekdays.next_times(now, 10)
+    ]
+    assert all(t.hour == 8 and t.weekday() < 5 for t in local)
+
+
+def test_quiet_hours_wrap_midnight_and_refuse_the_whole_day() -> None:
+    quiet = parse_quiet_hours({"start": "21:00", "end": "08:00"})
+    assert quiet is not None
+    assert quiet.contains(datetime(2027, 1, 1, 22, 0).time()) and quiet.contains(
+        datetime(2027, 1, 1, 7, 59).time()
+    )
+    assert not quiet.contains(datetime(2027, 1, 1, 8, 0).time())
+    with pytest.raises(PlanError):
+        parse_quiet_hours({"start": "09:00", "end": "09:00"})
