@@ -1,4 +1,4 @@
-"""Command line: `announcer serve | render | send | db upgrade | sandbox call-in`."""
+"""Command line: `announcer serve | render | send | schedule | db upgrade | sandbox call-in`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -152,6 +154,23 @@ REQUEST_TIMEOUT_S = 120.0  # accepting 10,000 recipients renders every message f
 DELIVERIES_PAGE = 500
 EXIT_STILL_ACTIVE = 3  # --timeout passed: the alert goes on, its outcome is not known yet
 EXIT_INTERRUPTED = 130
+# the flag of `schedule add` that gave each field of the body, named after a 422's problem with that field
+SCHEDULE_FLAGS = {
+    "name": "--name",
+    "template": "--template",
+    "template_text": "--text",
+    "variables": "--var",
+    "when.at": "--at",
+    "when.cron": "--cron",
+    "when.timezone": "--timezone",
+    "when.start": "--start",
+    "when.end": "--end",
+    "options.misfire": "--misfire",
+    "options.max_attempts": "--max-attempts",
+    "options.retry_on": "--retry-on",
+    "options.retry_backoff_s": "--retry-backoff",
+    "options.callback_url": "--callback-url",
+}
 
 
 @dataclass(frozen=True)
@@ -254,12 +273,14 @@ def _check_header(label: str, line: int, columns: list[str]) -> None:
         raise CommandError(f"error: {label}: bad header; nothing was sent", *problems)
 
 
-def _recipients_of_args(args: argparse.Namespace) -> list[Recipient]:
+def _recipients_of_args(args: argparse.Namespace, name_flag: str) -> list[Recipient]:
+    """--file and --to (with their names: `name_flag`, one per --to) as recipients."""
     recipients = read_recipients_csv(args.file) if args.file is not None else []
-    names: list[str] = args.name
+    names: list[str] = args.recipient_names
     if names and len(names) != len(args.to):
         raise CommandError(
-            f"error: {len(names)} --name for {len(args.to)} --to: give one --name per --to, in the same order"
+            f"error: {len(names)} {name_flag} for {len(args.to)} --to: give one {name_flag} per --to, "
+            "in the same order"
         )
     recipients += [
         Recipient(phone=phone, variables={}, name=names[i] if names else None)
@@ -335,9 +356,15 @@ def _checked_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def _client(token: str) -> aiohttp.ClientSession:
+    """The HTTP session every command talking to the service uses: its bearer token and time limits."""
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
+    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+
 class Api:
-    """The few /v1 calls `send` makes; every failure to talk to the service becomes one CommandError line
-    that names the URL."""
+    """The few /v1 calls `send` and `schedule` make; every failure to talk to the service becomes one
+    CommandError line that names the URL."""
 
     def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
         self.http = http
@@ -399,18 +426,58 @@ class Api:
                 return found
             after = int(page["next_after"])
 
+    async def create_schedule(self, body: dict[str, Any], recipients: list[Recipient]) -> dict[str, Any]:
+        status, answer = await self.request("POST", "/v1/schedules", json=body)
+        if status != 201 or not isinstance(answer, dict) or "id" not in answer:
+            raise CommandError(*_refusal(status, answer, recipients, SCHEDULE_FLAGS))
+        return answer
 
-def _refusal(status: int, answer: Any, recipients: Sequence[Recipient] = ()) -> list[str]:
+    async def schedules(self) -> list[dict[str, Any]]:
+        status, answer = await self.request("GET", "/v1/schedules")
+        if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("schedules"), list):
+            raise CommandError(*_refusal(status, answer))
+        return [s for s in answer["schedules"] if isinstance(s, dict)]
+
+    async def set_schedule_status(self, schedule_id: str, status: str) -> dict[str, Any]:
+        """Pause ("paused") or resume ("active") a schedule; its view after the change."""
+        code, answer = await self.request("PATCH", _schedule_path(schedule_id), json={"status": status})
+        if code != 200 or not isinstance(answer, dict):
+            raise CommandError(*_schedule_refusal(schedule_id, code, answer))
+        return answer
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        status, answer = await self.request("DELETE", _schedule_path(schedule_id))
+        if status != 204:
+            raise CommandError(*_schedule_refusal(schedule_id, status, answer))
+
+
+def _schedule_path(schedule_id: str) -> str:
+    return f"/v1/schedules/{quote(schedule_id, safe='')}"
+
+
+def _schedule_refusal(schedule_id: str, status: int, answer: Any) -> list[str]:
+    """As _refusal, with the schedule named: `error: schedule sc_x: the service answered 404 ...`."""
+    first, *rest = _refusal(status, answer)
+    return [first.replace("error: ", f"error: schedule {schedule_id}: ", 1), *rest]
+
+
+def _refusal(
+    status: int, answer: Any, recipients: Sequence[Recipient] = (), flags: Mapping[str, str] | None = None
+) -> list[str]:
     """An API error as lines: the message, then each problem of a 422 as `recipients[3].phone: reason`
-    (followed by where the user wrote that recipient: a CSV line or a --to)."""
+    (followed by where the user wrote that recipient: a CSV line or a --to; or the flag that gave the
+    field, `when.cron: reason  [--cron]`, for the fields in `flags`)."""
     body: dict[str, Any] = answer if isinstance(answer, dict) else {}
     lines = [f"error: the service answered {status} {body.get('error', '')}: {body.get('message', answer)}"]
     problems = [p for p in body.get("problems") or [] if isinstance(p, dict)]
     for problem in problems:
-        line = f"{problem.get('field', 'body')}: {problem.get('reason', '')}"
+        field = problem.get("field", "body")
+        line = f"{field}: {problem.get('reason', '')}"
         index = problem.get("index")
         if isinstance(index, int) and 0 <= index < len(recipients):
             line += f"  [{recipients[index].origin}]"
+        elif flags and field in flags:
+            line += f"  [{flags[field]}]"
         lines.append(line)
     if not problems and body.get("field"):
         lines.append(f"{body['field']}: {body.get('message', '')}")
@@ -550,9 +617,7 @@ async def _report(api: Api, view: dict[str, Any], recipients: list[Recipient], s
 async def _send(
     args: argparse.Namespace, body: dict[str, Any], recipients: list[Recipient], url: str, token: str
 ) -> int:
-    headers = {"Authorization": f"Bearer {token}"}
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
-    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+    async with _client(token) as http:
         api = Api(http, url)
         extra = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key is not None else {}
         accepted = await api.create_alert(body, extra, recipients)
@@ -579,7 +644,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     try:
         if args.timeout is not None and args.timeout <= 0:
             raise CommandError("error: --timeout must be more than 0 seconds")
-        recipients = _recipients_of_args(args)
+        recipients = _recipients_of_args(args, "--name")
         body = _alert_body(args, recipients)
         url, token = _url_and_token(args)
         return asyncio.run(_send(args, body, recipients, url, token))
@@ -590,6 +655,168 @@ def cmd_send(args: argparse.Namespace) -> int:
         # the service, not this command, places the calls: an accepted alert carries on without us
         print("\ninterrupted: an alert already accepted goes on (GET /v1/alerts/<id>)", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+# --- schedule: reminders the running service keeps (add, list, pause, resume, rm) -----------------------
+
+
+def _schedule_body(args: argparse.Namespace, recipients: list[Recipient]) -> dict[str, Any]:
+    """The POST /v1/schedules body: an alert's body (template, variables, recipients, options) with a
+    `when`, the schedule's name and its own options; what the user did not give is left to the service."""
+    body = _alert_body(args, recipients)
+    when: dict[str, Any] = {"at": args.at} if args.at is not None else {"cron": args.cron}
+    for key in ("timezone", "start", "end"):
+        if getattr(args, key) is not None:
+            when[key] = getattr(args, key)
+    body["when"] = when
+    if args.name is not None:
+        body["name"] = args.name
+    if args.misfire is not None:
+        body["options"]["misfire"] = args.misfire
+    return body
+
+
+def _moment_text(value: Any) -> str:
+    """An ISO-8601 time as a person reads it: `2026-11-30 09:00+01:00` (seconds only when there are)."""
+    if not isinstance(value, str):
+        return "-" if value is None else str(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    return moment.isoformat(sep=" ", timespec="seconds" if moment.second else "minutes")
+
+
+def _when_text(when: Any) -> str:
+    """A schedule's `when` on one line: `once at 2026-11-30 09:00+01:00 (Europe/Berlin)` or
+    `cron 0 8 * * mon-fri (Europe/Berlin) from ... until ...`."""
+    if not isinstance(when, dict):
+        return str(when)
+    zone = f" ({when['timezone']})" if when.get("timezone") else ""
+    if when.get("at"):
+        return f"once at {_moment_text(when['at'])}{zone}"
+    text = f"cron {when.get('cron')}{zone}"
+    if when.get("start"):
+        text += f" from {_moment_text(when['start'])}"
+    if when.get("end"):
+        text += f" until {_moment_text(when['end'])}"
+    return text
+
+
+def _cell(value: Any) -> str:
+    """One table cell on one line, whatever the name holds (a tab, a newline)."""
+    return "-" if value is None or value == "" else " ".join(str(value).split())
+
+
+def _schedule_table(schedules: list[dict[str, Any]]) -> list[str]:
+    header = ("ID", "NAME", "STATUS", "NEXT RUN", "WHEN")
+    rows = [
+        (
+            _cell(s.get("id")),
+            _cell(s.get("name")),
+            _cell(s.get("status")),
+            _moment_text(s.get("next_run_at")),
+            _when_text(s.get("when")),
+        )
+        for s in schedules
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return [
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+        for row in [header, *rows]
+    ]
+
+
+def _next_run(view: dict[str, Any]) -> str:
+    return f"next run {_moment_text(view['next_run_at'])}" if view.get("next_run_at") else "no next run"
+
+
+def _failed(err: CommandError) -> int:
+    print(*err.lines, sep="\n", file=sys.stderr)
+    return err.code
+
+
+async def _with_api(url: str, token: str, work: Callable[[Api], Awaitable[int]]) -> int:
+    async with _client(token) as http:
+        return await work(Api(http, url))
+
+
+def _on_service(args: argparse.Namespace, work: Callable[[Api], Awaitable[int]]) -> int:
+    """Run `work` against the service of --url and --token (else the one of this machine's settings)."""
+    try:
+        url, token = _url_and_token(args)
+        return asyncio.run(_with_api(url, token, work))
+    except CommandError as err:
+        return _failed(err)
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: a request already sent may have taken effect (see `announcer schedule list`)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+def cmd_schedule_add(args: argparse.Namespace) -> int:
+    try:
+        if args.cron is not None and args.timezone is None:
+            raise CommandError(
+                "error: --cron needs --timezone ZONE (an IANA zone, e.g. Europe/Berlin): "
+                "8 o'clock is not the same moment everywhere"
+            )
+        recipients = _recipients_of_args(args, "--recipient-name")
+        body = _schedule_body(args, recipients)
+    except CommandError as err:
+        return _failed(err)
+
+    async def add(api: Api) -> int:
+        created = await api.create_schedule(body, recipients)
+        print(f"schedule {created['id']}: {created.get('status')}, {_next_run(created)}")
+        return 0
+
+    return _on_service(args, add)
+
+
+def cmd_schedule_list(args: argparse.Namespace) -> int:
+    async def listing(api: Api) -> int:
+        schedules = await api.schedules()
+        if not schedules:
+            print("no schedules")
+        for line in _schedule_table(schedules):
+            print(line.rstrip())
+        return 0
+
+    return _on_service(args, listing)
+
+
+def _set_status(args: argparse.Namespace, status: str) -> int:
+    schedule_id: str = args.schedule_id
+
+    async def change(api: Api) -> int:
+        view = await api.set_schedule_status(schedule_id, status)
+        state = str(view.get("status"))
+        print(f"schedule {schedule_id}: {state}" + (f", {_next_run(view)}" if state == "active" else ""))
+        return 0
+
+    return _on_service(args, change)
+
+
+def cmd_schedule_pause(args: argparse.Namespace) -> int:
+    return _set_status(args, "paused")
+
+
+def cmd_schedule_resume(args: argparse.Namespace) -> int:
+    return _set_status(args, "active")
+
+
+def cmd_schedule_rm(args: argparse.Namespace) -> int:
+    schedule_id: str = args.schedule_id
+
+    async def remove(api: Api) -> int:
+        await api.delete_schedule(schedule_id)
+        print(f"schedule {schedule_id}: deleted")
+        return 0
+
+    return _on_service(args, remove)
 
 
 def cmd_db_upgrade(_: argparse.Namespace) -> int:
@@ -649,6 +876,44 @@ async def _call_in(info: dict[str, str], from_number: str, timeout: float) -> in
     return 1
 
 
+def _add_message_arguments(parser: argparse.ArgumentParser, name_flag: str) -> None:
+    """What an alert says and to whom, and how it calls: the arguments `send` and `schedule add` share
+    (read by _recipients_of_args and _alert_body)."""
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--template", metavar="NAME", help="a template of the service (templates/NAME)")
+    what.add_argument("--text", metavar="JINJA", help="the message as inline Jinja text")
+    parser.add_argument("--to", action="append", default=[], metavar="PHONE", help="a recipient (repeatable)")
+    parser.add_argument(
+        name_flag,
+        dest="recipient_names",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="the --to recipient's name (one per --to)",
+    )
+    parser.add_argument(
+        "--file",
+        type=Path,
+        metavar="CSV",
+        help="recipients: a header row with a phone column; name and timezone optional; every other column "
+        "is that recipient's variable",
+    )
+    parser.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="shared by everyone")
+    parser.add_argument("--confirm", action="store_true", help='ask "press 1 to confirm"')
+    parser.add_argument("--max-attempts", type=int, metavar="N", help="calls per recipient at most")
+    parser.add_argument("--retry-on", metavar="OUTCOMES", help="comma-separated: busy,no_answer,failed")
+    parser.add_argument("--retry-backoff", type=float, metavar="S", help="seconds before the first retry")
+    parser.add_argument("--callback-url", metavar="URL", help="signed outcome webhooks go here")
+
+
+def _add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the running service is (read by _url_and_token)."""
+    parser.add_argument("--url", help="the service (default: PUBLIC_URL, else http://HOST:PORT)")
+    parser.add_argument(
+        "--token", help="the API token (default: ANNOUNCER_API_TOKEN, else DATA_DIR/api-token)"
+    )
+
+
 def _add_send_parser(sub: Any) -> None:
     send = sub.add_parser(
         "send",
@@ -657,32 +922,70 @@ def _add_send_parser(sub: Any) -> None:
         "some did not; 2 a usage error, a bad CSV, a request the service refused, or no service at the URL; "
         f"{EXIT_STILL_ACTIVE} still active when --timeout passed.",
     )
-    what = send.add_mutually_exclusive_group(required=True)
-    what.add_argument("--template", metavar="NAME", help="a template of the service (templates/NAME)")
-    what.add_argument("--text", metavar="JINJA", help="the message as inline Jinja text")
-    send.add_argument("--to", action="append", default=[], metavar="PHONE", help="a recipient (repeatable)")
-    send.add_argument("--name", action="append", default=[], help="the --to recipient's name (one per --to)")
-    send.add_argument(
-        "--file",
-        type=Path,
-        metavar="CSV",
-        help="recipients: a header row with a phone column; name and timezone optional; every other column "
-        "is that recipient's variable",
-    )
-    send.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="shared by everyone")
-    send.add_argument("--confirm", action="store_true", help='ask "press 1 to confirm"')
-    send.add_argument("--max-attempts", type=int, metavar="N", help="calls per recipient at most")
-    send.add_argument("--retry-on", metavar="OUTCOMES", help="comma-separated: busy,no_answer,failed")
-    send.add_argument("--retry-backoff", type=float, metavar="S", help="seconds before the first retry")
-    send.add_argument("--callback-url", metavar="URL", help="signed outcome webhooks go here")
+    _add_message_arguments(send, "--name")
     send.add_argument(
         "--idempotency-key", metavar="KEY", help="sending again with it replays, never re-calls"
     )
-    send.add_argument("--url", help="the service (default: PUBLIC_URL, else http://HOST:PORT)")
-    send.add_argument("--token", help="the API token (default: ANNOUNCER_API_TOKEN, else DATA_DIR/api-token)")
+    _add_service_arguments(send)
     send.add_argument("--no-wait", action="store_true", help="print the alert id and exit")
     send.add_argument("--timeout", type=float, metavar="S", help="stop waiting after S seconds")
     send.set_defaults(func=cmd_send)
+
+
+def _add_schedule_parser(sub: Any) -> None:
+    exit_status = (
+        "Exit status: 0 done; 2 a usage error, a bad CSV, a request the service refused (an unknown ID too), "
+        "or no service at the URL."
+    )
+    commands = sub.add_parser(
+        "schedule",
+        help="reminders the running service places at a time, once or repeating",
+        description=exit_status,
+    ).add_subparsers(dest="schedule_command", required=True)
+    add = commands.add_parser(
+        "add",
+        help="schedule an alert: once (--at) or repeating (--cron)",
+        description="Every recipient is rendered when the schedule is made: a missing variable, a bad time "
+        f"or zone is refused now, not at 8 am. {exit_status}",
+    )
+    _add_message_arguments(add, "--recipient-name")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--at",
+        metavar="ISO",
+        help="once, at this time: 2026-11-30T09:00 (read in --timezone) or with an offset (+01:00)",
+    )
+    when.add_argument(
+        "--cron",
+        metavar="LINE",
+        help='repeating, by a crontab line with days by name: "0 8 * * mon-fri" (needs --timezone)',
+    )
+    add.add_argument("--timezone", metavar="ZONE", help="the IANA zone of the times, e.g. Europe/Berlin")
+    add.add_argument("--start", metavar="ISO", help="with --cron: no fire before this time")
+    add.add_argument("--end", metavar="ISO", help="with --cron: no fire after this time")
+    add.add_argument("--name", help="the schedule's name, as `schedule list` shows it")
+    add.add_argument(
+        "--misfire",
+        choices=("run", "skip"),
+        help="a fire missed while the service was down: run it once if not too late (the default), "
+        "or skip it",
+    )
+    _add_service_arguments(add)
+    add.set_defaults(func=cmd_schedule_add)
+    listing = commands.add_parser(
+        "list", help="the schedules: id, name, status, next run, when", description=exit_status
+    )
+    _add_service_arguments(listing)
+    listing.set_defaults(func=cmd_schedule_list)
+    for name, func, what in (
+        ("pause", cmd_schedule_pause, "stop a schedule firing until it is resumed"),
+        ("resume", cmd_schedule_resume, "let a paused schedule fire again"),
+        ("rm", cmd_schedule_rm, "delete a schedule: nothing of it fires after this"),
+    ):
+        command = commands.add_parser(name, help=what, description=exit_status)
+        command.add_argument("schedule_id", metavar="ID", help="as `announcer schedule list` shows it")
+        _add_service_arguments(command)
+        command.set_defaults(func=func)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -699,6 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--var", action="append", default=[], metavar="KEY=VALUE")
     render.set_defaults(func=cmd_render)
     _add_send_parser(sub)
+    _add_schedule_parser(sub)
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
     sandbox = sub.add_parser("sandbox", help="the loopback phone network").add_subparsers(

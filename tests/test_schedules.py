@@ -204,3 +204,71 @@ def test_quiet_hours_wrap_midnight_and_refuse_the_whole_day() -> None:
     assert not quiet.contains(datetime(2027, 1, 1, 8, 0).time())
     with pytest.raises(PlanError):
         parse_quiet_hours({"start": "09:00", "end": "09:00"})
+
+
+async def test_quiet_hours_defer_to_the_window_end_in_each_recipients_zone(service: Service) -> None:
+    now = datetime.now(UTC)
+    quiet = {
+        "start": (now - timedelta(hours=1)).strftime("%H:%M"),
+        "end": (now + timedelta(hours=1)).strftime("%H:%M"),
+    }
+    sleeper, awake = "+15550140001", "+15550140002"
+    body = schedule_body({"at": soon(1.0)}, sleeper, awake, quiet_hours=quiet)
+    body["recipients"][0]["timezone"] = "UTC"  # inside the window
+    body["recipients"][1]["timezone"] = "Etc/GMT-12"  # twelve hours ahead: outside it
+    status, created = await post(service, "/v1/schedules", body)
+    assert status == 201, created
+    [occurrence] = await occurrences(service, created["id"])
+    await placed_call(service, awake)
+
+    async def deferred() -> dict[str, Any] | None:
+        _, page = await get(service, f"/v1/alerts/{occurrence['alert_id']}/deliveries")
+        first = page["deliveries"][0]
+        kinds = [h["kind"] for h in first["history"]]
+        return first if "deferred" in kinds else None
+
+    await eventually(lambda: _truthy(deferred()))
+    first = await deferred()
+    assert first is not None and first["state"] == "pending" and first["call_sid"] is None
+    [event] = [h for h in first["history"] if h["kind"] == "deferred"]
+    until = datetime.fromisoformat(event["until"])
+    assert until.strftime("%H:%M") == quiet["end"] and until > now  # the window's end, not dropped
+    assert sleeper not in [c.to for c in service.sandbox.calls.values()]
+
+    async def awake_heard() -> bool:
+        _, page = await get(service, f"/v1/alerts/{occurrence['alert_id']}/deliveries")
+        return bool(page["deliveries"][1]["state"] == "heard")
+
+    await eventually(awake_heard, timeout=20)
+
+
+async def _truthy(value: Any) -> bool:
+    return bool(await value)
+
+
+async def test_reminder_keys_confirm_decline_and_snooze(service: Service) -> None:
+    yes, no, later = "+15550150001", "+15550150002", "+15550150003"
+    body = schedule_body({"at": soon(1.0)}, yes, no, later, confirm=True, snooze_s=120)
+    status, created = await post(service, "/v1/schedules", body)
+    assert status == 201, created
+    for phone, key in ((yes, "1"), (no, "2"), (later, "3")):
+        call = await placed_call(service, phone)
+        await call.wait_for_mark("prompt:", 20)
+        await call.press(key)
+    [occurrence] = await occurrences(service, created["id"])
+
+    async def settled() -> bool:
+        _, alert = await get(service, f"/v1/alerts/{occurrence['alert_id']}")
+        return bool(alert["counts"] == {"confirmed": 1, "declined": 1, "snoozed": 1, "pending": 1})
+
+    await eventually(settled, timeout=20)
+    _, page = await get(service, f"/v1/alerts/{occurrence['alert_id']}/deliveries")
+    [again] = [d for d in page["deliveries"] if d["state"] == "pending"]
+    assert again["phone"] == later and again["call_sid"] is None
+    [snoozed] = [d for d in page["deliveries"] if d["state"] == "snoozed"]
+    due = datetime.fromisoformat(again["history"][-1]["due"])
+    assert (
+        timedelta(seconds=110) < due - datetime.fromisoformat(snoozed["updated_at"]) <= timedelta(seconds=121)
+    )
+    _, alert = await get(service, f"/v1/alerts/{occurrence['alert_id']}")
+    assert alert["status"] == "active"  # the snoozed reminder is still owed

@@ -123,6 +123,25 @@ RENDERED: list[tuple[str, dict[str, Any], str]] = [
         "Press nine if you do not want to receive these calls.",
     ),
     (
+        "reminder_prompt.j2",
+        {},
+        "Press one to confirm. Press two to cancel. Press three to be called again later. "
+        "Press nine if you do not want to receive these calls.",
+    ),
+    (
+        "reminder_prompt.j2",
+        {"repeat_key": "*"},
+        "Press one to confirm. Press two to cancel. Press three to be called again later. "
+        "Press the star key to hear this message again. "
+        "Press nine if you do not want to receive these calls.",
+    ),
+    (
+        "reminder_prompt.j2",
+        {"repeat_key": "2"},  # 2 cancels a reminder: not offered as a repeat key
+        "Press one to confirm. Press two to cancel. Press three to be called again later. "
+        "Press nine if you do not want to receive these calls.",
+    ),
+    (
         "greeting.j2",
         {"org_name": "Acme Clinic", "time_of_day": "morning", "caller": "", "caller_name": ""},
         "Good morning, and thank you for calling Acme Clinic. "

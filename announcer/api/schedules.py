@@ -205,7 +205,13 @@ async def make_alert(deps: SchedulesDeps, schedule: ScheduleRow, planned: dateti
         template=schedule.template,
         template_text=schedule.template_text,
         variables=schedule.variables,
-        options={**schedule.options, "schedule_id": schedule.id, "planned_at": planned.isoformat()},
+        # The schedule's zone: quiet hours of recipients without their own are read in it.
+        options={
+            **schedule.options,
+            "schedule_id": schedule.id,
+            "planned_at": planned.isoformat(),
+            "timezone": schedule.when.get("timezone", "UTC"),
+        },
         callback_url=schedule.options.get("callback_url"),
         deliveries=[
             NewDelivery(p.position, p.phone, p.name, p.timezone, p.variables, p.text)

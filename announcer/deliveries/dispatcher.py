@@ -45,6 +45,8 @@ _OUTCOME_STATES = {
     CallOutcome.HEARD: DeliveryState.HEARD,
     CallOutcome.CONFIRMED: DeliveryState.CONFIRMED,
     CallOutcome.OPTED_OUT: DeliveryState.OPTED_OUT,
+    CallOutcome.DECLINED: DeliveryState.DECLINED,
+    CallOutcome.SNOOZED: DeliveryState.SNOOZED,
     CallOutcome.HUNG_UP_EARLY: DeliveryState.HUNG_UP_EARLY,
     CallOutcome.SAID_BY_TWILIO: DeliveryState.HEARD,
     CallOutcome.FAILED: DeliveryState.FAILED,

@@ -13,9 +13,12 @@ from announcer.telephony.media import CallScript
 log = logging.getLogger(__name__)
 
 PROMPT_TEMPLATE = "confirm_prompt.j2"
+REMINDER_PROMPT_TEMPLATE = "reminder_prompt.j2"  # a scheduled reminder's: confirm, cancel, later
 KEY_WINDOW_S = 8.0  # after the prompt has played: long enough to find the key, short enough not to annoy
 # Said when the template cannot be rendered: the caller still gets a working prompt.
 FALLBACK_PROMPT = "Press 1 to confirm. Press 2 to hear this message again."
+FALLBACK_REMINDER_PROMPT = "Press 1 to confirm. Press 2 to cancel. Press 3 to be called again later."
+DECLINE_KEY, SNOOZE_KEY = "2", "3"
 
 
 class CallScripts:
@@ -27,11 +30,15 @@ class CallScripts:
         self._window_s = window_s
 
     def check(self) -> None:
-        """Render the prompt once at start, so a broken template stops the service, not a call."""
+        """Render the prompts once at start, so a broken template stops the service, not a call."""
         self.prompt(None)
+        self.reminder_prompt(None)
 
     def prompt(self, repeat_key: str | None) -> str:
         return self._renderer.render(PROMPT_TEMPLATE, {"repeat_key": repeat_key})
+
+    def reminder_prompt(self, repeat_key: str | None) -> str:
+        return self._renderer.render(REMINDER_PROMPT_TEMPLATE, {"repeat_key": repeat_key})
 
     async def for_grant(self, grant: StreamGrant) -> CallScript | None:
         options = (
@@ -40,6 +47,20 @@ class CallScripts:
         if options is None:
             return None
         repeat_key = options.get("repeat_key")
+        if options.get("schedule_id") and options.get("confirm"):
+            # A reminder: 2 cancels and 3 asks for a later call; only its own repeat key repeats.
+            try:
+                prompt = self.reminder_prompt(repeat_key)
+            except RenderError as err:
+                log.error("reminder prompt: %s; using the built-in one", err)
+                prompt = FALLBACK_REMINDER_PROMPT
+            return CallScript(
+                prompt=prompt,
+                repeat_keys=frozenset({repeat_key} - {DECLINE_KEY, SNOOZE_KEY} if repeat_key else set()),
+                window_s=self._window_s,
+                decline_key=DECLINE_KEY,
+                snooze_key=SNOOZE_KEY,
+            )
         keys = frozenset({"2", repeat_key} if repeat_key else {"2"})
         if not options.get("confirm"):
             return CallScript(prompt=None, repeat_keys=keys, window_s=self._window_s)

@@ -11,7 +11,7 @@ Daylight-saving time follows the zone's rules, and APScheduler's cron arithmetic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -20,6 +20,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 
 from announcer.deliveries.plan import PlanError, Problem
+from announcer.store import quiet_hours
+from announcer.store.quiet_hours import QuietHours
 
 
 class WallClockCron(CronTrigger):  # type: ignore[misc]
@@ -183,48 +185,9 @@ def when_from_json(raw: dict[str, Any]) -> When:
     return When(moment("at"), raw.get("cron"), raw["timezone"], moment("start"), moment("end"))
 
 
-@dataclass(frozen=True)
-class QuietHours:
-    """[start, end) of local time in which nobody is called; it may wrap midnight (21:00-08:00)."""
-
-    start: time
-    end: time
-
-    def contains(self, local: time) -> bool:
-        if self.start < self.end:
-            return self.start <= local < self.end
-        return local >= self.start or local < self.end
-
-    def window_end(self, moment: datetime) -> datetime:
-        """The end of the quiet window `moment` (aware, local) falls in: when calling may resume."""
-        end = moment.replace(hour=self.end.hour, minute=self.end.minute, second=0, microsecond=0)
-        if end <= moment:
-            end += timedelta(days=1)
-        return end
-
-    def as_json(self) -> dict[str, str]:
-        return {"start": self.start.strftime("%H:%M"), "end": self.end.strftime("%H:%M")}
-
-
 def parse_quiet_hours(raw: dict[str, Any] | None) -> QuietHours | None:
-    if raw is None:
-        return None
-    problems: list[Problem] = []
-    bounds: dict[str, time] = {}
-    for key in ("start", "end"):
-        value = raw.get(key)
-        try:
-            bounds[key] = time.fromisoformat(str(value))
-        except ValueError:
-            problems.append(Problem(f"options.quiet_hours.{key}", 'expected a time of day like "21:00"'))
-    if problems:
-        raise PlanError(problems)
-    if bounds["start"] == bounds["end"]:
-        raise PlanError(
-            [
-                Problem(
-                    "options.quiet_hours", "start and end are the same: that is the whole day or none of it"
-                )
-            ]
-        )
-    return QuietHours(bounds["start"], bounds["end"])
+    """Quiet hours as given in a schedule's options; PlanError names the bad field."""
+    try:
+        return quiet_hours.parse_quiet_hours(raw)
+    except quiet_hours.QuietHoursError as err:
+        raise PlanError([Problem(err.field, err.reason)]) from None

@@ -14,9 +14,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -41,6 +42,7 @@ from announcer.store.models import (
     StreamToken,
     utcnow,
 )
+from announcer.store.quiet_hours import QuietHoursError, parse_quiet_hours
 
 _DELIVERIES = cast(Table, Delivery.__table__)
 _EVENTS = cast(Table, DeliveryEvent.__table__)
@@ -473,8 +475,16 @@ class DeliveryStore:
                 if delivery.phone in opted:  # opted out after the alert was accepted
                     _finish(delivery, DeliveryState.OPTED_OUT, now, reason="this number opted out")
                     events.append(_event(delivery.id, "state", now, state="opted_out"))
-                else:
-                    taken.append((delivery, options))
+                    continue
+                resume = _quiet_until(delivery, options, now)
+                if resume is not None:  # inside the recipient's quiet hours: due again at their end
+                    delivery.next_attempt_at = resume
+                    delivery.updated_at = now
+                    events.append(
+                        _event(delivery.id, "deferred", now, reason="quiet hours", until=resume.isoformat())
+                    )
+                    continue
+                taken.append((delivery, options))
             await s.flush()  # the opted-out ones; the claimed ones are written in bulk below
             # Bulk statements, not the unit of work: one INSERT ... RETURNING for every call row of the
             # batch instead of a flush (a round trip) per claimed delivery.
@@ -670,6 +680,36 @@ class DeliveryStore:
             )
             return Move(delivery.id, delivery.alert_id, new, delivery.attempt, final=False, retry_at=retry_at)
         _finish(delivery, new, now, code=code, reason=reason)
+        if new == DeliveryState.SNOOZED:
+            # "Call me again later": a new delivery of the same message to the same person.
+            again = Delivery(
+                alert_id=delivery.alert_id,
+                position=delivery.position,
+                phone=delivery.phone,
+                name=delivery.name,
+                timezone=delivery.timezone,
+                variables=delivery.variables,
+                text=delivery.text,
+                state=DeliveryState.PENDING,
+                attempt=0,
+                max_attempts=delivery.max_attempts,
+                next_attempt_at=now + timedelta(seconds=float(options.get("snooze_s", 900))),
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(again)
+            await s.flush()
+            b.insert(
+                _EVENTS,
+                {
+                    **_event(again.id, "state", now),
+                    "detail": {
+                        "state": "pending",
+                        "snoozed_from": delivery.id,
+                        "due": again.next_attempt_at.isoformat(),
+                    },
+                },
+            )
         if new == DeliveryState.OPTED_OUT:
             await _opt_out(s, delivery.phone, delivery.id, now)
         move = await _after_final(s, delivery, now)
@@ -892,6 +932,25 @@ def _requeue(delivery: Delivery, at: datetime, now: datetime) -> None:
     delivery.next_attempt_at = at
     delivery.lease_expires_at = None
     delivery.updated_at = now
+
+
+def _quiet_until(delivery: Delivery, options: dict[str, Any], now: datetime) -> datetime | None:
+    """When the quiet hours `now` falls in end for this recipient (their zone, else the alert's), or
+    None when they may be called now."""
+    raw = options.get("quiet_hours")
+    if not raw:
+        return None
+    try:
+        quiet = parse_quiet_hours(raw)
+        zone = ZoneInfo(delivery.timezone or options.get("timezone") or "UTC")
+    except (QuietHoursError, ZoneInfoNotFoundError, ValueError):
+        return None  # checked when it was accepted; an unreadable leftover does not stop a call
+    if quiet is None:
+        return None
+    local = now.astimezone(zone)
+    if not quiet.contains(local.time()):
+        return None
+    return quiet.window_end(local).astimezone(UTC)
 
 
 def _finish(

@@ -84,6 +84,8 @@ class CallOutcome(StrEnum):
     HEARD = "heard"
     CONFIRMED = "confirmed"  # pressed 1
     OPTED_OUT = "opted_out"  # pressed 9
+    DECLINED = "declined"  # a reminder: pressed 2 to cancel
+    SNOOZED = "snoozed"  # a reminder: pressed 3 to be called again later
     HUNG_UP_EARLY = "hung_up_early"
     SAID_BY_TWILIO = "said_by_twilio"
     FAILED = "failed"
@@ -171,6 +173,8 @@ class DeliveryState(StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     OPTED_OUT = "opted_out"
+    DECLINED = "declined"  # a reminder the recipient canceled (key 2)
+    SNOOZED = "snoozed"  # a reminder to be repeated later (key 3): a new delivery follows after snooze_s
 
 
 FINAL_DELIVERY_STATES = frozenset(
@@ -183,6 +187,8 @@ FINAL_DELIVERY_STATES = frozenset(
         DeliveryState.FAILED,
         DeliveryState.CANCELED,
         DeliveryState.OPTED_OUT,
+        DeliveryState.DECLINED,
+        DeliveryState.SNOOZED,
     }
 )
 

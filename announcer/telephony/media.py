@@ -63,6 +63,8 @@ class CallScript:
     prompt: str | None  # None: no confirmation asked; the call ends when the message has played
     repeat_keys: frozenset[str] = frozenset({"2"})
     window_s: float = 8.0
+    decline_key: str | None = None  # a reminder's "cancel" (2)
+    snooze_key: str | None = None  # a reminder's "call me again later" (3)
 
 
 CONFIRM_KEY = "1"
@@ -307,6 +309,14 @@ class MediaSession:
             self._cancel_key_window()
             self.heard = True
             await self._end_call(CallOutcome.OPTED_OUT, "pressed 9: do not call this number again")
+        elif script is not None and script.prompt is not None and digit == script.decline_key:
+            self._cancel_key_window()
+            self.heard = True
+            await self._end_call(CallOutcome.DECLINED, f"pressed {digit} to cancel")
+        elif script is not None and script.prompt is not None and digit == script.snooze_key:
+            self._cancel_key_window()
+            self.heard = True
+            await self._end_call(CallOutcome.SNOOZED, f"pressed {digit} to be called again later")
         elif digit in (script.repeat_keys if script is not None else frozenset({"2"})):
             # Stop what is playing (Twilio drops its buffer on `clear`) and start the message over.
             self._cancel_key_window()
