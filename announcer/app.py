@@ -32,6 +32,7 @@ from announcer.deliveries.plan import Limits
 from announcer.deliveries.script import PROMPT_TEMPLATE, CallScripts
 from announcer.messages.greeting import Greeting
 from announcer.messages.render import MessageRenderer
+from announcer.scheduling.leader import Leadership
 from announcer.scheduling.scheduler import Scheduler
 from announcer.speech.cache import AudioCache
 from announcer.speech.elevenlabs import ElevenLabsSynthesizer
@@ -341,7 +342,10 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     async def make(schedule: ScheduleRow, planned: datetime, key: str) -> str:
         return await schedules.make_alert(holder[0], schedule, planned, key)
 
-    scheduler = Scheduler(store, make)
+    async def presynthesize(schedule: ScheduleRow) -> int:
+        return await schedules.presynthesize(holder[0], schedule)
+
+    scheduler = Scheduler(store, make, presynthesize)
     deps = SchedulesDeps(
         store=store,
         deliveries=app[DELIVERIES],
@@ -349,6 +353,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         renderer=app[RENDERER],
         limits=app[ALERTS].limits,
         dispatcher=app[DISPATCHER],
+        speaker=app[SPEAKER],
     )
     holder.append(deps)
     app[SCHEDULES] = deps
@@ -366,9 +371,12 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
                 writer.close()
                 return
 
-    scheduler.start(listening)
+    database = app[DATABASE]
+    leadership = Leadership(database.engine, postgres=not database.is_sqlite)
+    scheduler.start(listening, leadership)
     yield
     await scheduler.close()
+    await leadership.release()
 
 
 async def _sockets(app: web.Application) -> AsyncIterator[None]:

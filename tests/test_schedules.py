@@ -46,12 +46,17 @@ async def delete(service: Service, path: str) -> int:
 
 
 async def occurrences(service: Service, schedule_id: str, n: int = 1) -> list[dict[str, Any]]:
-    async def recorded() -> bool:
+    """The schedule's occurrences once `n` of them have happened (an `upcoming` one has not yet)."""
+
+    async def happened() -> list[dict[str, Any]]:
         _, view = await get(service, f"/v1/schedules/{schedule_id}")
-        return len(view["occurrences"]) >= n
+        return [o for o in view["occurrences"] if o["status"] != "upcoming"]
+
+    async def recorded() -> bool:
+        return len(await happened()) >= n
 
     await eventually(recorded, timeout=20)
-    return list((await get(service, f"/v1/schedules/{schedule_id}"))[1]["occurrences"])
+    return await happened()
 
 
 async def test_a_one_shot_fires_once_at_its_time(service: Service) -> None:
@@ -272,3 +277,90 @@ async def test_reminder_keys_confirm_decline_and_snooze(service: Service) -> Non
     )
     _, alert = await get(service, f"/v1/alerts/{occurrence['alert_id']}")
     assert alert["status"] == "active"  # the snoozed reminder is still owed
+
+
+async def test_speech_is_made_before_the_fire_and_a_tts_failure_shows_first(service: Service) -> None:
+    # Made ahead: the TTS request for the reminder ends before its call is placed.
+    body = schedule_body({"at": soon(2.0)}, "+15550160001")
+    body["template_text"] = "Presynthesis check for {{ name }}, appointment at {{ at | spoken_time }}."
+    status, created = await post(service, "/v1/schedules", body)
+    assert status == 201
+
+    async def ready() -> bool:
+        _, view = await get(service, f"/v1/schedules/{created['id']}")
+        return any(o["detail"].get("presynthesis") == "ready" for o in view["occurrences"])
+
+    await eventually(ready, timeout=10)
+    call = await placed_call(service, "+15550160001")
+    [request] = [r for r in service.tts.requests if "Presynthesis check" in r.text]
+    assert request.finished_at is not None and request.finished_at < call.placed_at
+    [occurrence] = await occurrences(service, created["id"])
+    assert occurrence["status"] == "fired" and occurrence["detail"]["presynthesis"] == "ready"
+
+    # A failing TTS is retried, and shows on the occurrence before the call time.
+    service.tts.fail_next("server_error", times=100)
+    body = schedule_body({"at": soon(3.0)}, "+15550160002")
+    body["template_text"] = "Failing synthesis for {{ name }} at {{ at | spoken_time }}."
+    status, failing = await post(service, "/v1/schedules", body)
+    assert status == 201
+
+    async def failed_ahead() -> bool:
+        _, view = await get(service, f"/v1/schedules/{failing['id']}")
+        return any(
+            o["status"] == "upcoming" and o["detail"].get("presynthesis") == "failed"
+            for o in view["occurrences"]
+        )
+
+    await eventually(failed_ahead, timeout=10)
+    assert "+15550160002" not in [c.to for c in service.sandbox.calls.values()]  # before anyone is dialed
+    # At the time, the call still goes out, spoken by the fallback voice.
+    [occurrence] = await occurrences(service, failing["id"])
+    assert occurrence["status"] == "fired" and occurrence["detail"]["attempts"] >= 1
+    alert = await finished(service, occurrence["alert_id"])
+    assert alert["counts"] == {"heard": 1}
+
+
+async def test_two_processes_on_one_postgresql_fire_each_occurrence_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("several processes share a database on PostgreSQL; SQLite is one process's file")
+    from announcer.app import SCHEDULES
+
+    services = [await start_service(make_settings(tmp_path / name, database_url)) for name in ("a", "b")]
+    runners = [r for r, _ in services]
+    try:
+
+        async def one_leads() -> bool:
+            return [svc.app[SCHEDULES].scheduler.leading for _, svc in services].count(True) == 1
+
+        await eventually(one_leads)
+        leader, follower = sorted(
+            (svc for _, svc in services), key=lambda s: not s.app[SCHEDULES].scheduler.leading
+        )
+        phone = "+15550170001"
+        status, created = await post(follower, "/v1/schedules", schedule_body({"at": soon(5.0)}, phone))
+        assert status == 201  # through the process that does not lead: the leader arms it when it syncs
+        [occurrence] = await occurrences(leader, created["id"])
+        await finished(leader, occurrence["alert_id"])
+        placed = [c.to for _, svc in services for c in svc.sandbox.calls.values()]
+        assert placed.count(phone) == 1
+        # The leader stops: the other process takes over and fires what comes next.
+        await runners[[svc for _, svc in services].index(leader)].cleanup()
+        runners.remove(runners[[svc for _, svc in services].index(leader)])
+
+        async def took_over() -> bool:
+            return bool(follower.app[SCHEDULES].scheduler.leading)
+
+        await eventually(took_over, timeout=15)
+        status, second = await post(
+            follower, "/v1/schedules", schedule_body({"at": soon(2.0)}, "+15550170002")
+        )
+        assert status == 201
+        await placed_call(follower, "+15550170002")
+        [occurrence] = await occurrences(follower, second["id"])
+        assert occurrence["status"] == "fired"
+        await finished(follower, occurrence["alert_id"])
+    finally:
+        for runner in runners:
+            await runner.cleanup()

@@ -24,6 +24,7 @@ from announcer.deliveries.plan import (
 from announcer.messages.render import MessageRenderer
 from announcer.scheduling.scheduler import Scheduler
 from announcer.scheduling.when import parse_quiet_hours, parse_when, when_from_json
+from announcer.speech.speaker import Speaker
 from announcer.store.deliveries import DeliveryStore, NewDelivery
 from announcer.store.models import ScheduleStatus, utcnow
 from announcer.store.schedules import ScheduleRow, ScheduleStore
@@ -41,6 +42,7 @@ class SchedulesDeps:
     renderer: MessageRenderer
     limits: Limits
     dispatcher: Dispatcher
+    speaker: Speaker
 
 
 def _recipients(items: list[dict[str, Any]] | list[RecipientBody]) -> list[RecipientIn]:
@@ -222,3 +224,23 @@ async def make_alert(deps: SchedulesDeps, schedule: ScheduleRow, planned: dateti
     if created:
         deps.dispatcher.wake()
     return alert_id
+
+
+_PRESYNTH_AT_ONCE = 4  # syntheses of one schedule in flight together (its recipients' distinct texts)
+
+
+async def presynthesize(deps: SchedulesDeps, schedule: ScheduleRow) -> int:
+    """Render `schedule` and make every distinct text's speech into the cache; how many texts. Raises
+    SpeechError (the first failure) when one could not be made by the primary voice."""
+    texts = sorted({p.text for p in await _plan(deps, schedule)})
+    gate = asyncio.Semaphore(_PRESYNTH_AT_ONCE)
+
+    async def one(text: str) -> None:
+        async with gate:
+            await deps.speaker.presynthesize(text)
+
+    results = await asyncio.gather(*(one(text) for text in texts), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return len(texts)

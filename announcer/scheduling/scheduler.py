@@ -25,7 +25,9 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from announcer.deliveries.plan import PlanError
+from announcer.scheduling.leader import Leadership
 from announcer.scheduling.when import When, when_from_json
+from announcer.speech.engine import SpeechError
 from announcer.store.models import OccurrenceStatus, ScheduleStatus, utcnow
 from announcer.store.schedules import ScheduleRow, ScheduleStore
 
@@ -36,6 +38,12 @@ DEFAULT_MISFIRE_GRACE_S = 300.0
 # Turns a schedule's fire into an alert: (schedule, planned time, idempotency key) -> alert id. Raises
 # PlanError when the schedule no longer renders (the occurrence is then recorded as failed).
 MakeAlert = Callable[[ScheduleRow, datetime, str], Awaitable[str]]
+# Renders a schedule and synthesizes its texts into the audio cache; raises SpeechError saying why not.
+Presynthesize = Callable[[ScheduleRow], Awaitable[int]]
+
+SYNC_S = 2.0  # how soon the leader arms a schedule created or changed through another process
+PRESYNTH_TICK_S = 5.0  # how often the coming fires are looked at (and failed syntheses retried)
+DEFAULT_PRESYNTHESIZE_S = 600.0
 
 
 def occurrence_key(schedule_id: str, planned_at: datetime) -> str:
@@ -45,28 +53,62 @@ def occurrence_key(schedule_id: str, planned_at: datetime) -> str:
 class Scheduler:
     """Started and stopped by the app's lifecycle."""
 
-    def __init__(self, store: ScheduleStore, make_alert: MakeAlert) -> None:
+    def __init__(
+        self,
+        store: ScheduleStore,
+        make_alert: MakeAlert,
+        presynthesize: Presynthesize | None = None,
+        *,
+        presynth_tick_s: float = PRESYNTH_TICK_S,
+        sync_s: float = SYNC_S,
+    ) -> None:
         self._store = store
         self._make_alert = make_alert
-        self._aps = AsyncIOScheduler(timezone=UTC)
+        self._presynthesize = presynthesize
+        self._presynth_tick_s = presynth_tick_s
+        self._presynthesized: set[tuple[str, datetime]] = set()
+        self._presynth_failures: dict[tuple[str, datetime], int] = {}
+        self._presynth_wake = asyncio.Event()
+        self._presynth_task: asyncio.Task[None] | None = None
         # APScheduler 3 does not hand a job its planned time; its submission event does, just before
         # the job's coroutine starts on the loop.
         self._planned: defaultdict[str, deque[datetime]] = defaultdict(deque)
-        self._aps.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
-        self._aps.add_listener(self._on_missed, EVENT_JOB_MISSED)
+        self._aps = self._new_aps()
+        self._sync_s = sync_s
+        self._sync_task: asyncio.Task[None] | None = None
+        self._synced_at = utcnow()
         self.fired = 0  # occurrences made into alerts (a gauge)
         self.started = asyncio.Event()
         self._starting: asyncio.Task[None] | None = None
 
-    def start(self, ready: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Arm every active schedule, after `ready` (the server accepts connections: a fire caught up
-        at start places calls whose webhooks must find us listening)."""
-        self._starting = asyncio.create_task(self._start(ready), name="scheduler-start")
+    def start(
+        self, ready: Callable[[], Awaitable[None]] | None = None, leadership: Leadership | None = None
+    ) -> None:
+        """Arm every active schedule once `ready` (the server accepts connections: a fire caught up at
+        start places calls whose webhooks must find us listening) and once this process leads (one
+        scheduler per database); stand down if leadership is lost, and try to lead again."""
+        self._starting = asyncio.create_task(self._run(ready, leadership), name="scheduler")
 
-    async def _start(self, ready: Callable[[], Awaitable[None]] | None) -> None:
+    @property
+    def leading(self) -> bool:
+        return bool(self._aps.running)
+
+    async def _run(self, ready: Callable[[], Awaitable[None]] | None, leadership: Leadership | None) -> None:
         if ready is not None:
             await ready()
+        while True:
+            if leadership is not None:
+                await leadership.acquire()
+            await self._lead()
+            if leadership is None:
+                await asyncio.Event().wait()  # leads until closed
+                return
+            await leadership.lost()
+            self._stand_down()
+
+    async def _lead(self) -> None:
         self._aps.start()
+        self._synced_at = utcnow()
         for schedule in await self._store.active():
             try:
                 await self._catch_up(schedule)
@@ -74,24 +116,59 @@ class Scheduler:
                 log.exception("catching up schedule %s failed; it is armed for its next time", schedule.id)
             self.add(schedule)
         self.started.set()
+        if self._presynthesize is not None:
+            self._presynth_task = asyncio.create_task(self._presynth_forever(), name="scheduler-presynth")
+        self._sync_task = asyncio.create_task(self._sync_forever(), name="scheduler-sync")
+
+    def _stand_down(self) -> None:
+        for task in (self._presynth_task, self._sync_task):
+            if task is not None:
+                task.cancel()
+        self._presynth_task = self._sync_task = None
+        if self._aps.running:
+            self._aps.shutdown(wait=False)
+        self._aps = self._new_aps()  # a shut-down APScheduler cannot start again
+        self.started.clear()
 
     async def close(self) -> None:
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
             await asyncio.wait([self._starting])
+        tasks = [t for t in (self._presynth_task, self._sync_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         if self._aps.running:
             self._aps.shutdown(wait=False)
+
+    async def _sync_forever(self) -> None:
+        """Schedules changed through another process (any process serves the API): re-armed here."""
+        while True:
+            await asyncio.sleep(self._sync_s)
+            try:
+                since, self._synced_at = self._synced_at, utcnow()
+                for schedule in await self._store.changed_since(since - timedelta(seconds=1)):
+                    self.add(schedule)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("syncing schedules failed; trying again")
 
     # --- jobs ------------------------------------------------------------------------------------------
 
     def add(self, schedule: ScheduleRow) -> datetime | None:
-        """(Re)arm a schedule; its next fire time (None: it will not fire again)."""
+        """(Re)arm a schedule; its next fire time (None: it will not fire again). In a process that
+        does not lead, only the time: the leader arms it when it syncs."""
         self.remove(schedule.id)
         if schedule.status != ScheduleStatus.ACTIVE:
             return None
         when = when_from_json(schedule.when)
         if when.at is not None and when.at <= utcnow():
             return None  # a one-shot whose time has passed: caught up (or ended) already
+        if not self._aps.running:
+            upcoming = when.next_times(utcnow(), 1)
+            return upcoming[0] if upcoming else None
         grace = float(schedule.options.get("misfire_grace_s", DEFAULT_MISFIRE_GRACE_S))
         job = self._aps.add_job(
             self._fire_job,
@@ -102,21 +179,27 @@ class Scheduler:
             coalesce=False,
             max_instances=100,
         )
-        # Added before the scheduler started (its start is waiting for the server): not computed yet.
+        self._presynth_wake.set()  # a new time may fall inside its pre-synthesis window already
         next_run: datetime | None = getattr(job, "next_run_time", None)
-        if next_run is None and not self._aps.running:
-            upcoming = when.next_times(utcnow(), 1)
-            next_run = upcoming[0] if upcoming else None
         return next_run
 
     def remove(self, schedule_id: str) -> None:
-        with contextlib.suppress(JobLookupError):
-            self._aps.remove_job(schedule_id)
-        self._planned.pop(schedule_id, None)
+        if self._aps.running:
+            with contextlib.suppress(JobLookupError):
+                self._aps.remove_job(schedule_id)
+        # `_planned` is left alone: a fire submitted a moment ago still runs (then finds it inactive).
 
     def next_run_at(self, schedule_id: str) -> datetime | None:
+        if not self._aps.running:
+            return None
         job = self._aps.get_job(schedule_id)
         return None if job is None else getattr(job, "next_run_time", None)
+
+    def _new_aps(self) -> AsyncIOScheduler:
+        aps = AsyncIOScheduler(timezone=UTC)
+        aps.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
+        aps.add_listener(self._on_missed, EVENT_JOB_MISSED)
+        return aps
 
     def _on_submitted(self, event: JobSubmissionEvent) -> None:
         self._planned[event.job_id].extend(event.scheduled_run_times)
@@ -143,11 +226,58 @@ class Scheduler:
             # A one-shot's job is gone once it fired: the schedule has ended.
             await self._store.change(schedule_id, status=ScheduleStatus.ENDED)
 
+    # --- speech made ahead ------------------------------------------------------------------------------
+
+    async def _presynth_forever(self) -> None:
+        while True:
+            try:
+                await self._presynth_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("pre-synthesis sweep failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._presynth_tick_s):
+                    await self._presynth_wake.wait()
+            self._presynth_wake.clear()
+
+    async def _presynth_due(self) -> None:
+        """Every fire due within its schedule's `presynthesize_s`: render it and make its speech now, so a
+        TTS problem shows (on the occurrence) before anyone is dialed. Failures are retried each tick."""
+        assert self._presynthesize is not None
+        now = utcnow()
+        self._presynthesized = {k for k in self._presynthesized if k[1] > now}
+        for job in self._aps.get_jobs():
+            planned: datetime | None = getattr(job, "next_run_time", None)
+            if planned is None or (job.id, planned) in self._presynthesized:
+                continue
+            schedule = await self._store.get(job.id)
+            if schedule is None or schedule.status != ScheduleStatus.ACTIVE:
+                continue
+            ahead = float(schedule.options.get("presynthesize_s", DEFAULT_PRESYNTHESIZE_S))
+            if ahead <= 0 or planned - now > timedelta(seconds=ahead):
+                continue
+            key = (job.id, planned)
+            try:
+                texts = await self._presynthesize(schedule)
+            except (PlanError, SpeechError) as err:
+                attempts = self._presynth_failures.get(key, 0) + 1
+                self._presynth_failures[key] = attempts
+                reason = str(err)
+                log.warning("pre-synthesis for %s at %s failed (%d): %s", job.id, planned, attempts, reason)
+                await self._store.note_upcoming(
+                    job.id, planned, presynthesis="failed", reason=reason[:300], attempts=attempts
+                )
+                continue
+            self._presynthesized.add(key)
+            self._presynth_failures.pop(key, None)
+            await self._store.note_upcoming(job.id, planned, presynthesis="ready", texts=texts)
+
     # --- occurrences -----------------------------------------------------------------------------------
 
     async def fire(self, schedule: ScheduleRow, planned: datetime, *, late: bool = False) -> bool:
         """Make one planned fire an alert; False when it was made already."""
-        if await self._store.occurrence_exists(schedule.id, planned):
+        if await self._store.occurrence_done(schedule.id, planned):
             return False
         try:
             alert_id = await self._make_alert(schedule, planned, occurrence_key(schedule.id, planned))

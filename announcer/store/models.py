@@ -280,6 +280,7 @@ class ScheduleStatus(StrEnum):
 
 
 class OccurrenceStatus(StrEnum):
+    UPCOMING = "upcoming"  # not yet due; its speech is being (or was) made ahead (see `detail`)
     FIRED = "fired"  # its alert was created: the deliveries say who was reached
     MISSED = "missed"  # the service was down at the time and the misfire policy did not run it
     FAILED = "failed"  # it could not become an alert (a template no longer renders)

@@ -98,6 +98,12 @@ class ScheduleStore:
             rows = await s.execute(select(Schedule).where(Schedule.status == ScheduleStatus.ACTIVE))
             return [_row(x) for x in rows.scalars()]
 
+    async def changed_since(self, since: datetime) -> list[ScheduleRow]:
+        """Schedules created or changed after `since` (deleted and paused ones included)."""
+        async with self.sessions() as s:
+            rows = await s.execute(select(Schedule).where(Schedule.updated_at > since))
+            return [_row(x) for x in rows.scalars()]
+
     async def change(self, schedule_id: str, **values: Any) -> ScheduleRow | None:
         """Update the given fields of a schedule that is not deleted; None when there is none."""
         if "recipients" in values:
@@ -122,7 +128,8 @@ class ScheduleStore:
         alert_id: str | None = None,
         **detail: Any,
     ) -> bool:
-        """Record one planned fire; False when it was recorded already (a double fire)."""
+        """Record what one planned fire became; False when that was recorded already (a double fire).
+        An `upcoming` row (made by pre-synthesis) becomes this, keeping its detail."""
         async with self.sessions() as s:
             try:
                 await s.execute(
@@ -137,7 +144,25 @@ class ScheduleStore:
                 )
             except IntegrityError:
                 await s.rollback()
-                return False
+                found = (
+                    await s.execute(
+                        select(Occurrence).where(
+                            Occurrence.schedule_id == schedule_id,
+                            Occurrence.planned_at == planned_at,
+                            Occurrence.status == OccurrenceStatus.UPCOMING,
+                        )
+                    )
+                ).scalar_one_or_none()
+                if found is None:
+                    return False
+                taken = await s.execute(
+                    update(Occurrence)
+                    .where(Occurrence.id == found.id, Occurrence.status == OccurrenceStatus.UPCOMING)
+                    .values(status=status, alert_id=alert_id, detail={**found.detail, **detail})
+                )
+                if not taken.rowcount:  # type: ignore[attr-defined]
+                    await s.rollback()
+                    return False  # another fire took it between the two statements
             await s.execute(
                 update(Schedule)
                 .where(
@@ -149,11 +174,41 @@ class ScheduleStore:
             await s.commit()
         return True
 
-    async def occurrence_exists(self, schedule_id: str, planned_at: datetime) -> bool:
+    async def note_upcoming(self, schedule_id: str, planned_at: datetime, **detail: Any) -> None:
+        """Note something about a fire that is not due yet (its pre-synthesis), on its occurrence."""
+        async with self.sessions() as s:
+            found = (
+                await s.execute(
+                    select(Occurrence).where(
+                        Occurrence.schedule_id == schedule_id, Occurrence.planned_at == planned_at
+                    )
+                )
+            ).scalar_one_or_none()
+            if found is None:
+                s.add(
+                    Occurrence(
+                        schedule_id=schedule_id,
+                        planned_at=planned_at,
+                        status=OccurrenceStatus.UPCOMING,
+                        detail=detail,
+                        created_at=utcnow(),
+                    )
+                )
+            elif found.status == OccurrenceStatus.UPCOMING:
+                found.detail = {**found.detail, **detail}
+            try:
+                await s.commit()
+            except IntegrityError:
+                await s.rollback()  # the fire itself got there first: nothing to note ahead any more
+
+    async def occurrence_done(self, schedule_id: str, planned_at: datetime) -> bool:
+        """Whether this planned fire has become something (fired, missed, failed)."""
         async with self.sessions() as s:
             found = await s.execute(
                 select(Occurrence.id).where(
-                    Occurrence.schedule_id == schedule_id, Occurrence.planned_at == planned_at
+                    Occurrence.schedule_id == schedule_id,
+                    Occurrence.planned_at == planned_at,
+                    Occurrence.status != OccurrenceStatus.UPCOMING,
                 )
             )
             return found.first() is not None
