@@ -119,9 +119,8 @@ def create_app(settings: Settings) -> web.Application:
     app[GREETING] = greeting
     app[SOCKETS] = set()
     app[RENDERER] = renderer
-    app.cleanup_ctx.extend(
-        [_database, _sandbox, _twilio, _speech, _clock, _dispatcher, _scheduler, _wiring, _sockets]
-    )
+    app.cleanup_ctx.extend([_database, _sandbox, _twilio, _speech, _clock, _dispatcher, _scheduler, _wiring])
+    app.on_shutdown.append(_close_sockets)
     app.router.add_post("/twilio/voice", _voice)
     app.router.add_post("/twilio/status", _status)
     app.router.add_get("/twilio/media", _media)
@@ -379,8 +378,9 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     await leadership.release()
 
 
-async def _sockets(app: web.Application) -> AsyncIterator[None]:
-    yield
+async def _close_sockets(app: web.Application) -> None:
+    """On shutdown, before the server waits for its handlers to finish: a media websocket's handler
+    lasts as long as its call, so an open one held the shutdown until aiohttp's timeout."""
     sockets: set[web.WebSocketResponse] = app[SOCKETS]
     for ws in list(sockets):  # a copy: closing removes them from the set
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
@@ -455,5 +455,8 @@ async def _healthz(request: web.Request) -> web.Response:
         "status": "ok" if ok else "unavailable",
         "database": "ok" if ok else "unreachable",
         "sandbox": request.app[SANDBOX] is not None,
+        # "running": this process runs the reminders' clock (caught up and armed); "standby": another
+        # process on the same database does (PostgreSQL), or this one has not started it yet.
+        "scheduler": "running" if request.app[SCHEDULES].scheduler.started.is_set() else "standby",
     }
     return web.json_response(body, status=200 if ok else 503)

@@ -155,3 +155,54 @@ async def test_sigkill_mid_alert_calls_everyone_exactly_once(outside: Outside) -
     assert max(placed.values()) == 1, {p: n for p, n in placed.items() if n > 1}
     _, alert = await outside.api("GET", f"/v1/alerts/{accepted['id']}")
     assert sum(alert["counts"].values()) == RECIPIENTS
+
+
+async def test_a_service_down_across_a_fire_runs_it_once_after_a_real_restart(outside: Outside) -> None:
+    """Stopped (SIGKILL) before a reminder's time, started after it: the misfire policy (`run`, within the
+    grace) makes the reminder once; a second restart does not make it again."""
+    from datetime import UTC, datetime, timedelta
+
+    await outside.serve()
+    phone = "+14155552999"
+    at = datetime.now(UTC) + timedelta(seconds=2)
+    body = {
+        "template_text": "Reminder: the drill starts at noon.",
+        "recipients": [{"phone": phone}],
+        "when": {"at": at.isoformat()},
+        "options": {"misfire": "run", "misfire_grace_s": 600},
+    }
+    status, created = await outside.api("POST", "/v1/schedules", body)
+    assert status == 201, created
+    await outside.kill()
+
+    async def past() -> bool:
+        return datetime.now(UTC) > at + timedelta(seconds=0.5)
+
+    await eventually(past)
+    assert outside.placed()[phone] == 0  # it was down at the time
+    for _ in range(2):
+        await outside.serve()
+
+        async def made() -> bool:
+            code, view = await outside.api("GET", f"/v1/schedules/{created['id']}")
+            return code == 200 and any(o["status"] == "fired" for o in view["occurrences"])
+
+        await eventually(made, timeout=60)
+
+        async def scheduler_running() -> bool:  # caught up and armed: a second run would have happened
+            _, health = await outside.api("GET", "/healthz")
+            return bool(health["scheduler"] == "running")
+
+        await eventually(scheduler_running, timeout=30)
+        _, view = await outside.api("GET", f"/v1/schedules/{created['id']}")
+        [occurrence] = view["occurrences"]
+        assert occurrence["detail"].get("late") is True
+        alert_id = occurrence["alert_id"]
+
+        async def done(alert_id: str = alert_id) -> bool:
+            code, alert = await outside.api("GET", f"/v1/alerts/{alert_id}")
+            return code == 200 and alert["status"] == "completed"
+
+        await eventually(done, timeout=60)
+        assert outside.placed()[phone] == 1
+        await outside.kill()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -127,40 +128,55 @@ async def test_pause_resume_and_delete(service: Service) -> None:
     assert status == 200 and paused["status"] == "paused" and paused["next_run_at"] is None
     status, resumed = await patch(service, f"/v1/schedules/{sid}", {"status": "active"})
     assert status == 200 and resumed["next_run_at"] == created["next_run_at"]
-    nxt = datetime.fromisoformat(resumed["next_run_at"]).astimezone(datetime.now().astimezone().tzinfo)
-    assert nxt.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Berlin")).hour == 8
+    assert datetime.fromisoformat(resumed["next_run_at"]).astimezone(ZoneInfo("Europe/Berlin")).hour == 8
     _, view = await get(service, f"/v1/schedules/{sid}")
     assert len(view["next_run_times"]) == 5
+    status, moved = await patch(
+        service, f"/v1/schedules/{sid}", {"when": {"cron": "30 9 * * sat", "timezone": "Europe/Berlin"}}
+    )
+    assert status == 200, moved
+    berlin = datetime.fromisoformat(moved["next_run_at"]).astimezone(ZoneInfo("Europe/Berlin"))
+    assert (berlin.weekday(), berlin.hour, berlin.minute) == (5, 9, 30)
+    status, refused = await patch(
+        service, f"/v1/schedules/{sid}", {"when": {"cron": "0 25 * * *", "timezone": "UTC"}}
+    )
+    assert status == 422 and refused["problems"][0]["field"] == "when.cron"
     # A one-shot deleted before its time never calls; a later one proves the clock went past it.
     status, doomed = await post(service, "/v1/schedules", schedule_body({"at": soon(1.0)}, "+15550130001"))
     assert status == 201
     assert await delete(service, f"/v1/schedules/{doomed['id']}") == 204
     assert (await get(service, f"/v1/schedules/{doomed['id']}"))[0] == 404
-    status, _ = await post(service, "/v1/schedules", schedule_body({"at": soon(1.5)}, "+15550130002"))
+    status, later = await post(service, "/v1/schedules", schedule_body({"at": soon(1.5)}, "+15550130002"))
     assert status == 201
     await placed_call(service, "+15550130002")
     assert "+15550130001" not in [c.to for c in service.sandbox.calls.values()]
+    [occurrence] = await occurrences(service, later["id"])
+    await finished(service, occurrence["alert_id"])
     assert await delete(service, f"/v1/schedules/{sid}") == 204
     _, listing = await get(service, "/v1/schedules")
     assert sid not in [s["id"] for s in listing["schedules"]]
 
 
-@pytest.mark.parametrize(("policy", "expected"), [("run", "fired"), ("skip", "missed")])
+@pytest.mark.parametrize(
+    ("policy", "grace_s", "expected"),
+    [("run", 300, "fired"), ("skip", 300, "missed"), ("run", 1, "missed")],  # the last: later than its grace
+)
 async def test_a_fire_missed_while_down_follows_the_misfire_policy_once(
-    tmp_path: Path, database_url: str, policy: str, expected: str
+    tmp_path: Path, database_url: str, policy: str, grace_s: int, expected: str
 ) -> None:
     settings = make_settings(tmp_path, database_url)
     runner, svc = await start_service(settings)
     try:
         at = soon(1.0)
-        status, created = await post(svc, "/v1/schedules", schedule_body({"at": at}, misfire=policy))
+        body = schedule_body({"at": at}, misfire=policy, misfire_grace_s=grace_s)
+        status, created = await post(svc, "/v1/schedules", body)
         assert status == 201
     finally:
         await runner.cleanup()  # down across the fire time
     planned = datetime.fromisoformat(at)
 
     async def past() -> bool:
-        return datetime.now(UTC) > planned + timedelta(seconds=0.2)
+        return datetime.now(UTC) > planned + timedelta(seconds=0.2 if grace_s > 1 else 1.5)
 
     await eventually(past)
     for restart in range(2):  # the second start must not run it again
@@ -193,10 +209,7 @@ def test_cron_follows_the_zone_across_dst() -> None:
     # 02:30 happens twice on 31 October: once only, at the first.
     assert [t.astimezone(UTC).strftime("%d %H:%M") for t in autumn] == ["30 00:30", "31 00:30", "01 01:30"]
     weekdays = parse_when({"cron": "0 8 * * mon-fri", "timezone": "America/New_York"}, now)
-    local = [
-        t.astimezone(__import__("zoneinfo").ZoneInfo("America/New_York"))
-        for t in weekdays.next_times(now, 10)
-    ]
+    local = [t.astimezone(ZoneInfo("America/New_York")) for t in weekdays.next_times(now, 10)]
     assert all(t.hour == 8 and t.weekday() < 5 for t in local)
 
 
