@@ -51,6 +51,9 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # The twilio SDK logs every request and its headers at INFO: noise, and numbers in URLs.
     logging.getLogger("twilio").setLevel(logging.WARNING)
+    # APScheduler logs every job added and every run at INFO: 10,000 lines at a start with 10,000
+    # schedules. Our own scheduler logs what matters (fires, misses) itself.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 async def _freeze_startup_heap(app: web.Application) -> None:

@@ -10,6 +10,7 @@ Daylight-saving time follows the zone's rules, and APScheduler's cron arithmetic
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,8 +54,7 @@ class When:
         if self.at is not None:
             return DateTrigger(run_date=self.at, timezone=zone)
         assert self.cron is not None
-        fields = _cron_fields(self.cron)
-        return WallClockCron(**fields, timezone=zone, start_date=self.start, end_date=self.end)
+        return _cron_trigger(self.cron, self.timezone, self.start, self.end)
 
     def next_times(self, after: datetime, count: int) -> list[datetime]:
         """The next `count` fire times after `after` (fewer when the schedule ends)."""
@@ -71,12 +71,18 @@ class When:
         return times
 
     def times_between(self, after: datetime, until: datetime, limit: int = 1000) -> list[datetime]:
-        """Fire times in (after, until]: the fires missed while the service was down."""
-        times = []
-        for fire in self.next_times(after, limit):
-            if fire > until:
+        """Fire times in (after, until]: the fires missed while the service was down. Stops at the first
+        one past `until` (most schedules at a start have missed nothing: one trigger step each)."""
+        trigger = self.trigger()
+        times: list[datetime] = []
+        previous: datetime | None = None
+        now = after + timedelta(microseconds=1)
+        while len(times) < limit:
+            fire = trigger.get_next_fire_time(previous, now)
+            if fire is None or fire > until:
                 break
             times.append(fire)
+            previous, now = fire, fire + timedelta(microseconds=1)
         return times
 
     def as_json(self) -> dict[str, Any]:
@@ -90,6 +96,13 @@ class When:
         if self.end is not None:
             out["end"] = self.end.isoformat()
         return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _cron_trigger(cron: str, zone: str, start: datetime | None, end: datetime | None) -> WallClockCron:
+    """Shared by every schedule with the same line, zone and bounds (thousands of "0 8 * * mon-fri"
+    in a few zones): a trigger only computes times, it keeps no state of its own."""
+    return WallClockCron(**_cron_fields(cron), timezone=ZoneInfo(zone), start_date=start, end_date=end)
 
 
 _CRON_NAMES = ("minute", "hour", "day", "month", "day_of_week")

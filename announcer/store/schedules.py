@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -22,6 +22,18 @@ class ScheduleRow:
     template_text: str | None
     variables: dict[str, Any]
     recipients: list[dict[str, Any]]
+    when: dict[str, Any]
+    options: dict[str, Any]
+    status: str
+    last_planned_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ArmInfo:
+    """What arming a schedule takes (its time and options), without its recipients and variables."""
+
+    id: str
     when: dict[str, Any]
     options: dict[str, Any]
     status: str
@@ -97,6 +109,15 @@ class ScheduleStore:
         async with self.sessions() as s:
             rows = await s.execute(select(Schedule).where(Schedule.status == ScheduleStatus.ACTIVE))
             return [_row(x) for x in rows.scalars()]
+
+    async def active_times(self) -> list[ArmInfo]:
+        """Every active schedule's time and options: a start arms thousands, and needs no recipients."""
+        t = cast(Table, Schedule.__table__)
+        query = select(t.c.id, t.c.when, t.c.options, t.c.status, t.c.last_planned_at, t.c.created_at).where(
+            t.c.status == ScheduleStatus.ACTIVE
+        )
+        async with self.sessions() as s:
+            return [ArmInfo(*row) for row in await s.execute(query)]
 
     async def changed_since(self, since: datetime) -> list[ScheduleRow]:
         """Schedules created or changed after `since` (deleted and paused ones included)."""
