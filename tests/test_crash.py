@@ -55,15 +55,20 @@ class Outside:
         self.tw_base = await self.twilio.start()
 
     async def serve(self) -> None:
+        self.proc = await self.spawn(self.port)
+
+    async def spawn(self, port: int) -> asyncio.subprocess.Process:
+        """A service process on `port` against this sandbox and database (several may share them)."""
+        public = f"http://127.0.0.1:{port}"
         env = {
             **{
                 k: v
                 for k, v in os.environ.items()
                 if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))
             },
-            "PUBLIC_URL": self.public,
+            "PUBLIC_URL": public,
             "HOST": "127.0.0.1",
-            "PORT": str(self.port),
+            "PORT": str(port),
             "TWILIO_ACCOUNT_SID": self.account_sid,
             "TWILIO_AUTH_TOKEN": self.auth_token,
             "TWILIO_PHONE_NUMBER": "+15550100000",
@@ -74,24 +79,25 @@ class Outside:
             "ELEVENLABS_API_KEY": self.el_key,
             "ELEVENLABS_BASE_URL": self.el_base,
             "DATABASE_URL": self.database_url,
-            "ANNOUNCER_DATA_DIR": str(self.tmp_path / "data"),
+            "ANNOUNCER_DATA_DIR": str(self.tmp_path / f"data-{port}"),
             "ANNOUNCER_API_TOKEN": API_TOKEN,
             "ANNOUNCER_CLAIM_LEASE_S": "4",
             "ANNOUNCER_LOG_LEVEL": "WARNING",
         }
-        self.proc = await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "announcer.cli", "serve", env=env, cwd=ROOT
         )
 
         async def up() -> bool:
-            assert self.proc is not None and self.proc.returncode is None, "the service exited"
+            assert proc.returncode is None, "the service exited"
             try:
-                async with aiohttp.ClientSession() as http, http.get(self.public + "/healthz") as resp:
+                async with aiohttp.ClientSession() as http, http.get(public + "/healthz") as resp:
                     return resp.status == 200
             except aiohttp.ClientError:
                 return False
 
         await eventually(up, timeout=60)
+        return proc
 
     async def kill(self) -> None:
         assert self.proc is not None
@@ -108,10 +114,11 @@ class Outside:
     def placed(self) -> Counter[str]:
         return Counter(c.to for c in self.twilio.calls.values() if c.direction.value == "outbound-api")
 
-    async def api(self, method: str, path: str, body: Any = None) -> Any:
+    async def api(self, method: str, path: str, body: Any = None, port: int | None = None) -> Any:
+        base = self.public if port is None else f"http://127.0.0.1:{port}"
         async with (
             aiohttp.ClientSession() as http,
-            http.request(method, self.public + path, json=body, headers=AUTH) as resp,
+            http.request(method, base + path, json=body, headers=AUTH) as resp,
         ):
             return resp.status, await resp.json()
 
@@ -206,3 +213,77 @@ async def test_a_service_down_across_a_fire_runs_it_once_after_a_real_restart(ou
         await eventually(done, timeout=60)
         assert outside.placed()[phone] == 1
         await outside.kill()
+
+
+async def test_two_service_processes_on_one_postgresql_fire_each_occurrence_once(
+    outside: Outside, database_url: str
+) -> None:
+    """Two real processes on one PostgreSQL database: one runs the scheduler (advisory lock), both serve
+    the API; every reminder is made and called once, and when the leader is killed the other takes
+    over."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("several processes share a database on PostgreSQL; SQLite is one process's file")
+    from datetime import UTC, datetime, timedelta
+
+    ports = [free_port(), free_port()]
+    procs = [await outside.spawn(port) for port in ports]
+    try:
+
+        async def roles() -> list[str]:
+            return [(await outside.api("GET", "/healthz", port=p))[1]["scheduler"] for p in ports]
+
+        async def one_runs() -> bool:
+            return sorted(await roles()) == ["running", "standby"]
+
+        await eventually(one_runs, timeout=30)
+        leader = ports[(await roles()).index("running")]
+        follower = ports[1 - ports.index(leader)]
+        phones = [f"+1415555{3000 + i:04d}" for i in range(6)]
+        at = datetime.now(UTC) + timedelta(seconds=5)
+        created = []
+        for i, phone in enumerate(phones):  # through both processes
+            body = {
+                "template_text": "Reminder {{ n }}.",
+                "variables": {"n": i},
+                "recipients": [{"phone": phone}],
+                "when": {"at": at.isoformat()},
+            }
+            status, answer = await outside.api("POST", "/v1/schedules", body, port=ports[i % 2])
+            assert status == 201, answer
+            created.append(answer["id"])
+
+        async def all_called() -> bool:
+            return all(outside.placed()[p] >= 1 for p in phones)
+
+        await eventually(all_called, timeout=60)
+        # The leader dies; the other process takes over and makes the next reminder.
+        procs[ports.index(leader)].send_signal(signal.SIGKILL)
+        await procs[ports.index(leader)].wait()
+
+        async def took_over() -> bool:
+            return bool((await outside.api("GET", "/healthz", port=follower))[1]["scheduler"] == "running")
+
+        await eventually(took_over, timeout=30)
+        late = "+14155553999"
+        body = {
+            "template_text": "After the takeover.",
+            "recipients": [{"phone": late}],
+            "when": {"at": (datetime.now(UTC) + timedelta(seconds=2)).isoformat()},
+        }
+        status, answer = await outside.api("POST", "/v1/schedules", body, port=follower)
+        assert status == 201, answer
+
+        async def late_called() -> bool:
+            return outside.placed()[late] >= 1
+
+        await eventually(late_called, timeout=60)
+        placed = outside.placed()
+        assert all(placed[p] == 1 for p in [*phones, late]), placed
+        for schedule_id in created:
+            _, view = await outside.api("GET", f"/v1/schedules/{schedule_id}", port=follower)
+            assert [o["status"] for o in view["occurrences"]] == ["fired"]
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
