@@ -127,7 +127,8 @@ class Scheduler:
         for n, arm in enumerate(await self._store.active_times()):
             # The first time after the last one handled: past it, nothing was missed (the common case)
             # and it is the next run; else the misfire policy handles what was missed first.
-            trigger = when_from_json(arm.when).trigger()
+            when = when_from_json(arm.when)
+            trigger = when.trigger()
             since = (arm.last_planned_at or arm.created_at) + timedelta(microseconds=1)
             # Schedules sharing a trigger share its next time for every `since` before it.
             known = firsts.get(trigger)
@@ -137,7 +138,7 @@ class Scheduler:
                 first = trigger.get_next_fire_time(None, since)
                 firsts[trigger] = (since, first)
             if first is not None and first > now:
-                self.add(arm, trigger, first)
+                self.add(arm, trigger, first, when)
             elif first is not None:
                 schedule = await self._store.get(arm.id)
                 if schedule is not None:
@@ -198,14 +199,16 @@ class Scheduler:
         schedule: ScheduleRow | ArmInfo,
         trigger: BaseTrigger | None = None,
         next_run: datetime | None = None,
+        when: When | None = None,
     ) -> datetime | None:
         """(Re)arm a schedule; its next fire time (None: it will not fire again). In a process that
-        does not lead, only the time: the leader arms it when it syncs. `trigger` and `next_run`, when
-        the caller has them already, spare computing them again (a start arms thousands)."""
-        self.remove(schedule.id)
+        does not lead, only the time: the leader arms it when it syncs. `trigger`, `next_run` and
+        `when`, when the caller has them already, spare computing them again (a start arms thousands)."""
+        if trigger is None:  # else a start arming it: not armed yet (add_job replaces one if it is)
+            self.remove(schedule.id)
         if schedule.status != ScheduleStatus.ACTIVE:
             return None
-        when = when_from_json(schedule.when)
+        when = when or when_from_json(schedule.when)
         if when.at is not None and when.at <= utcnow():
             return None  # a one-shot whose time has passed: caught up (or ended) already
         if not self._aps.running:
@@ -222,6 +225,7 @@ class Scheduler:
             misfire_grace_time=max(1, int(grace)),
             coalesce=False,
             max_instances=100,
+            replace_existing=True,
             **extra,
         )
         self._presynth_wake.set()  # a new time may fall inside its pre-synthesis window already
