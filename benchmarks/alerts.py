@@ -30,7 +30,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import statistics
 import sys
 import tempfile
@@ -43,8 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg  # type: ignore[import-untyped]
-import phonenumbers
+from harness import cpu_s, free_port, pct, pg_database, phones, verdict
 
 from announcer.api.schemas import AlertBody
 from announcer.config import DEFAULT_TEMPLATES_DIR
@@ -61,7 +59,6 @@ EL_KEY = secrets.token_hex(16)
 API_TOKEN = secrets.token_hex(16)
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 NUMBER = "+15550100000"
-PG_ADMIN = os.environ.get("ANNOUNCER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 ACCEPT_RUNS = 5
 ACCEPT_TARGET_S = 1.0
 CANCEL_TRIES = 5
@@ -75,24 +72,6 @@ PHONE_SPEED = float(os.environ.get("PHONE_SPEED", "1"))
 ACCEPT_TEMPLATE = "Hello {{ name }}, this is {{ org }}. Your code is {{ code | digits }}."
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def phones(n: int) -> list[str]:
-    """`n` distinct numbers valid for their country (a live deployment refuses the rest)."""
-    out: list[str] = []
-    candidates = [f"+1415555{i:04d}" for i in range(10_000)] + [f"+1650555{i:04d}" for i in range(10_000)]
-    for number in candidates:
-        if phonenumbers.is_valid_number(phonenumbers.parse(number)):
-            out.append(number)
-            if len(out) == n:
-                return out
-    raise SystemExit(f"only {len(out)} valid numbers for {n} recipients")
-
-
 def max_in_window(times: list[float], window: float = 1.0) -> int:
     """The most events in any half-open window [t, t + window)."""
     best = j = 0
@@ -101,15 +80,6 @@ def max_in_window(times: list[float], window: float = 1.0) -> int:
             j += 1
         best = max(best, j - i)
     return best
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def verdict(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
 
 
 @dataclass
@@ -221,26 +191,6 @@ async def deploy(
                 proc.kill()
                 await proc.wait()
         await twilio.close()
-
-
-@contextlib.asynccontextmanager
-async def pg_database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards (as tests/conftest.py does)."""
-    name = f"announcer_bench_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    await admin(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        yield f"{base}/{name}"
-    finally:
-        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def accept_cost(body: bytes) -> dict[str, float]:
@@ -382,10 +332,6 @@ async def dispatch(dep: Deployment, n: int, label: str) -> list[str]:
     ]
     print("\n".join(lines), flush=True)
     return lines
-
-
-def pct(values: list[float], p: float) -> float:
-    return values[min(len(values) - 1, int(len(values) * p / 100))] if values else float("nan")
 
 
 def max_open(calls: list[Any]) -> int:

@@ -44,11 +44,9 @@ import random
 import re
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -58,8 +56,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
 import aiohttp
-import asyncpg  # type: ignore[import-untyped]
-import phonenumbers
+from harness import cpu_s, free_port, pct, pg_database, phones, verdict
 
 from announcer.api.schemas import ScheduleOptions
 from announcer.sandbox import SandboxElevenLabs, SandboxTwilio
@@ -75,7 +72,6 @@ EL_KEY = secrets.token_hex(16)
 API_TOKEN = secrets.token_hex(16)
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 NUMBER = "+15550100000"
-PG_ADMIN = os.environ.get("ANNOUNCER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 STARTUP_TARGET_S = 2.0
@@ -105,36 +101,9 @@ LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+) ([\w.]+): 
 FIRED = re.compile(r"schedule (sc_[0-9a-f]+) fired for ")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def phones(n: int) -> list[str]:
-    """`n` distinct numbers valid for their country (a live deployment refuses the rest)."""
-    out: list[str] = []
-    candidates = [f"+1415555{i:04d}" for i in range(10_000)] + [f"+1650555{i:04d}" for i in range(10_000)]
-    for number in candidates:
-        if phonenumbers.is_valid_number(phonenumbers.parse(number)):
-            out.append(number)
-            if len(out) == n:
-                return out
-    raise SystemExit(f"only {len(out)} valid numbers, {n} wanted")
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] if ordered else float("nan")
-
-
 def ms(values: list[float]) -> str:
     p50, p99, worst = pct(values, 50) * 1000, pct(values, 99) * 1000, max(values) * 1000
     return f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms"
-
-
-def verdict(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -145,11 +114,6 @@ def proc_status(pid: int) -> dict[str, int]:
         if key.startswith("Vm"):
             out[key] = int(value.split()[0])
     return out
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def clock_offset() -> float:
@@ -359,26 +323,6 @@ async def serve(
                 proc.kill()
                 await proc.wait()
         await twilio.close()
-
-
-@contextlib.asynccontextmanager
-async def pg_database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards (as tests/conftest.py does)."""
-    name = f"announcer_bench_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    await admin(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        yield f"{base}/{name}"
-    finally:
-        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --- 1. start-up ------------------------------------------------------------------------------------------
