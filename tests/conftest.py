@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -151,3 +152,34 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
     async with asyncio.timeout(timeout):
         while not await check():  # noqa: ASYNC110 - the condition lives in the database, not in an Event
             await asyncio.sleep(0.01)
+
+
+async def run_cli(
+    tmp_path: Path, url: str, command: str, *args: str, timeout: float = 60
+) -> tuple[int, str, str]:
+    """`announcer COMMAND ARGS --url URL --token T` in its own process: (exit code, stdout, stderr).
+    Awaited, never blocking the loop the service under test runs on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "announcer.cli",
+        command,
+        *args,
+        "--url",
+        url,
+        "--token",
+        API_TOKEN,
+        env=env,
+        cwd=tmp_path,  # no .env of the developer's
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

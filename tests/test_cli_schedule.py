@@ -5,52 +5,20 @@ Fires are a few seconds ahead of real time and waited for as conditions, never w
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from announcer.cli import _moment_text, _schedule_table
-from tests.conftest import API_TOKEN, Service, eventually, free_port
+from tests.conftest import Service, eventually, free_port, run_cli
 from tests.test_alerts import finished, get
 
 HEARER = "+15550100001"
 OTHER = "+15550100002"
 CREATED = re.compile(r"^schedule (\S+): (\S+), (.*)$", re.MULTILINE)
 WEEKDAYS_AT_8 = ("--cron", "0 8 * * mon-fri", "--timezone", "Europe/Berlin")
-
-
-async def run_schedule(tmp_path: Path, url: str, *args: str, timeout: float = 60) -> tuple[int, str, str]:
-    """`announcer schedule ARGS --url URL --token T` in its own process; awaited, never blocking the loop
-    the service runs on."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "announcer.cli",
-        "schedule",
-        *args,
-        "--url",
-        url,
-        "--token",
-        API_TOKEN,
-        env=env,
-        cwd=tmp_path,  # no .env of the developer's
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def row_of(listing: str, schedule_id: str) -> list[str]:
@@ -62,7 +30,7 @@ def row_of(listing: str, schedule_id: str) -> list[str]:
 
 async def add(service: Service, tmp_path: Path, *args: str) -> str:
     """A schedule made with the CLI; its id."""
-    code, out, err = await run_schedule(tmp_path, service.base_url, "add", *args)
+    code, out, err = await run_cli(tmp_path, service.base_url, "schedule", "add", *args)
     assert code == 0, (out, err)
     match = CREATED.search(out)
     assert match, out
@@ -71,9 +39,10 @@ async def add(service: Service, tmp_path: Path, *args: str) -> str:
 
 async def test_add_a_one_shot_it_is_listed_then_fires(service: Service, tmp_path: Path) -> None:
     at = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
-    code, out, err = await run_schedule(
+    code, out, err = await run_cli(
         tmp_path,
         service.base_url,
+        "schedule",
         "add",
         "--text",
         "Hello {{ name }}, your appointment is at {{ time }}.",
@@ -99,7 +68,7 @@ async def test_add_a_one_shot_it_is_listed_then_fires(service: Service, tmp_path
     assert status == 200 and view["name"] == "dentist reminder"
     assert view["options"]["misfire"] == "skip"
 
-    code, out, err = await run_schedule(tmp_path, service.base_url, "list")
+    code, out, err = await run_cli(tmp_path, service.base_url, "schedule", "list")
     assert code == 0, (out, err)
     assert out.splitlines()[0].split() == ["ID", "NAME", "STATUS", "NEXT", "RUN", "WHEN"]
     cells = row_of(out, schedule_id)
@@ -118,7 +87,7 @@ async def test_add_a_one_shot_it_is_listed_then_fires(service: Service, tmp_path
     _, page = await get(service, f"/v1/alerts/{alert['id']}/deliveries")
     assert [d["text"] for d in page["deliveries"]] == ["Hello Alice, your appointment is at 10:30."]
 
-    code, out, err = await run_schedule(tmp_path, service.base_url, "list")
+    code, out, err = await run_cli(tmp_path, service.base_url, "schedule", "list")
     assert code == 0, (out, err)
     assert row_of(out, schedule_id)[2:4] == ["ended", "-"], out
 
@@ -136,8 +105,8 @@ async def test_refused_add_exits_2_naming_the_field_and_stores_nothing(
     service: Service, tmp_path: Path, when: tuple[str, ...], problem: str
 ) -> None:
     _, before = await get(service, "/v1/schedules")
-    code, out, err = await run_schedule(
-        tmp_path, service.base_url, "add", "--text", "Hello.", "--to", HEARER, *when
+    code, out, err = await run_cli(
+        tmp_path, service.base_url, "schedule", "add", "--text", "Hello.", "--to", HEARER, *when
     )
     assert code == 2, (out, err)
     assert err.startswith("error: the service answered 422"), err
@@ -152,9 +121,10 @@ async def test_refused_add_names_the_recipient_and_the_missing_variable(
 ) -> None:
     people = tmp_path / "people.csv"
     people.write_text(f"phone,name\n{HEARER},Alice\n")
-    code, out, err = await run_schedule(
+    code, out, err = await run_cli(
         tmp_path,
         service.base_url,
+        "schedule",
         "add",
         "--text",
         "Hello {{ name }}, see you at {{ time }}.",
@@ -171,8 +141,8 @@ async def test_refused_add_names_the_recipient_and_the_missing_variable(
 
 async def test_cron_without_a_zone_is_refused_before_any_request(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a request would say "cannot reach"
-    code, out, err = await run_schedule(
-        tmp_path, url, "add", "--text", "Hello.", "--to", HEARER, "--cron", "0 8 * * mon-fri"
+    code, out, err = await run_cli(
+        tmp_path, url, "schedule", "add", "--text", "Hello.", "--to", HEARER, "--cron", "0 8 * * mon-fri"
     )
     assert code == 2, (out, err)
     assert err.strip().splitlines() == [
@@ -190,25 +160,25 @@ async def test_pause_resume_and_rm(service: Service, tmp_path: Path) -> None:
     next_run = view["next_run_at"]
     assert view["status"] == "active" and next_run is not None
 
-    code, out, err = await run_schedule(tmp_path, service.base_url, "pause", schedule_id)
+    code, out, err = await run_cli(tmp_path, service.base_url, "schedule", "pause", schedule_id)
     assert (code, out, err) == (0, f"schedule {schedule_id}: paused\n", "")
     _, view = await get(service, f"/v1/schedules/{schedule_id}")
     assert view["status"] == "paused" and view["next_run_at"] is None
-    code, out, err = await run_schedule(tmp_path, service.base_url, "list")
+    code, out, err = await run_cli(tmp_path, service.base_url, "schedule", "list")
     assert code == 0, (out, err)
     cells = row_of(out, schedule_id)
     assert cells[1:] == ["stand-up", "paused", "-", "cron 0 8 * * mon-fri (Europe/Berlin)"], out
 
-    code, out, err = await run_schedule(tmp_path, service.base_url, "resume", schedule_id)
+    code, out, err = await run_cli(tmp_path, service.base_url, "schedule", "resume", schedule_id)
     assert (code, out, err) == (0, f"schedule {schedule_id}: active, next run {_moment_text(next_run)}\n", "")
     _, view = await get(service, f"/v1/schedules/{schedule_id}")
     assert view["status"] == "active" and view["next_run_at"] == next_run
 
-    code, out, err = await run_schedule(tmp_path, service.base_url, "rm", schedule_id)
+    code, out, err = await run_cli(tmp_path, service.base_url, "schedule", "rm", schedule_id)
     assert (code, out, err) == (0, f"schedule {schedule_id}: deleted\n", "")
     status, _ = await get(service, f"/v1/schedules/{schedule_id}")
     assert status == 404
-    code, out, err = await run_schedule(tmp_path, service.base_url, "list")
+    code, out, err = await run_cli(tmp_path, service.base_url, "schedule", "list")
     assert code == 0 and schedule_id not in out, (out, err)
 
 
@@ -216,7 +186,7 @@ async def test_pause_resume_and_rm(service: Service, tmp_path: Path) -> None:
 async def test_unknown_id_exits_2_with_one_line_naming_it(
     service: Service, tmp_path: Path, command: str
 ) -> None:
-    code, out, err = await run_schedule(tmp_path, service.base_url, command, "sc_nosuchschedule")
+    code, out, err = await run_cli(tmp_path, service.base_url, "schedule", command, "sc_nosuchschedule")
     assert code == 2, (out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -236,7 +206,7 @@ async def test_resuming_a_schedule_that_ended_is_refused_naming_the_field(
         return bool(view["status"] == "ended")
 
     await eventually(ended, timeout=30)
-    code, out, err = await run_schedule(tmp_path, service.base_url, "resume", schedule_id)
+    code, out, err = await run_cli(tmp_path, service.base_url, "schedule", "resume", schedule_id)
     assert code == 2, (out, err)
     assert err.startswith(f"error: schedule {schedule_id}: the service answered 422"), err
     assert re.search(r"^status: this schedule has ended", err, re.MULTILINE), err
@@ -244,7 +214,7 @@ async def test_resuming_a_schedule_that_ended_is_refused_naming_the_field(
 
 async def test_list_of_an_unreachable_service_exits_2_with_one_line_naming_the_url(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    code, out, err = await run_schedule(tmp_path, url, "list")
+    code, out, err = await run_cli(tmp_path, url, "schedule", "list")
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "cannot reach" in lines[0] and url in lines[0], err

@@ -5,10 +5,7 @@ everyone heard the message (0), someone did not (1), or nothing could be sent (2
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import re
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,40 +16,12 @@ from aiohttp import web
 
 from announcer.cli import CommandError, _url_and_token, read_recipients_csv
 from announcer.sandbox.twilio_call import PhoneBehavior
-from tests.conftest import API_TOKEN, AUTH, Service, free_port
+from tests.conftest import AUTH, Service, free_port, run_cli
 
 HEARER = "+15550100001"
 BUSY = "+15550100002"
 OTHER = "+15550100003"
 ALERT_ID = re.compile(r"^alert (\S+): (\d+) recipient", re.MULTILINE)
-
-
-async def run_send(tmp_path: Path, url: str, *args: str, timeout: float = 60) -> tuple[int, str, str]:
-    """The CLI in its own process; awaited, never blocking the loop the service runs on."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "announcer.cli",
-        "send",
-        *args,
-        "--url",
-        url,
-        "--token",
-        API_TOKEN,
-        env=env,
-        cwd=tmp_path,  # no .env of the developer's
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def deliveries(service: Service, alert_id: str) -> list[dict[str, Any]]:
@@ -88,9 +57,10 @@ async def listener() -> AsyncIterator[tuple[str, list[str]]]:
 
 
 async def test_one_recipient_hears_the_message(service: Service, tmp_path: Path) -> None:
-    code, out, err = await run_send(
+    code, out, err = await run_cli(
         tmp_path,
         service.base_url,
+        "send",
         "--text",
         "Hello {{ name }}. The {{ system }} is down.",
         "--to",
@@ -120,9 +90,10 @@ async def test_csv_of_three_with_one_busy_exits_1_and_lists_it(service: Service,
         f"{BUSY},Bob,5,\n"
         f"{OTHER},Carol,,\n"  # an empty cell: the shared --var room applies
     )
-    code, out, err = await run_send(
+    code, out, err = await run_cli(
         tmp_path,
         service.base_url,
+        "send",
         "--text",
         "{{ name }}, please go to room {{ room }}.",
         "--file",
@@ -152,8 +123,8 @@ async def test_csv_of_three_with_one_busy_exits_1_and_lists_it(service: Service,
 async def test_refused_alert_exits_2_naming_the_field_and_places_no_call(
     service: Service, tmp_path: Path
 ) -> None:
-    code, out, err = await run_send(
-        tmp_path, service.base_url, "--text", "Hello {{ name }}, {{ missing }}.", "--to", HEARER
+    code, out, err = await run_cli(
+        tmp_path, service.base_url, "send", "--text", "Hello {{ name }}, {{ missing }}.", "--to", HEARER
     )
     assert code == 2, (out, err)
     assert "422" in err
@@ -166,7 +137,7 @@ async def test_refused_alert_exits_2_naming_the_field_and_places_no_call(
 
 async def test_unreachable_service_exits_2_with_one_line_naming_the_url(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    code, out, err = await run_send(tmp_path, url, "--text", "Hello.", "--to", HEARER)
+    code, out, err = await run_cli(tmp_path, url, "send", "--text", "Hello.", "--to", HEARER)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "cannot reach" in lines[0] and url in lines[0], err
@@ -187,7 +158,9 @@ async def test_bad_csv_exits_2_before_any_request(
     url, seen = listener
     people = tmp_path / "people.csv"
     people.write_text(csv_text)
-    code, out, err = await run_send(tmp_path, url, "--text", "Hello {{ name }}.", "--file", str(people))
+    code, out, err = await run_cli(
+        tmp_path, url, "send", "--text", "Hello {{ name }}.", "--file", str(people)
+    )
     assert code == 2, (out, err)
     assert expected in err
     assert out == ""

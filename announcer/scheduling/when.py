@@ -11,6 +11,8 @@ Daylight-saving time follows the zone's rules, and APScheduler's cron arithmetic
 from __future__ import annotations
 
 import functools
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,34 +58,23 @@ class When:
         assert self.cron is not None
         return _cron_trigger(self.cron, self.timezone, self.start, self.end)
 
-    def next_times(self, after: datetime, count: int) -> list[datetime]:
-        """The next `count` fire times after `after` (fewer when the schedule ends)."""
+    def fires(self, after: datetime) -> Iterator[datetime]:
+        """Fire times after `after`, in order, until the schedule ends."""
         trigger = self.trigger()
-        times: list[datetime] = []
         previous: datetime | None = None
         now = after + timedelta(microseconds=1)
-        while len(times) < count:
-            fire = trigger.get_next_fire_time(previous, now)
-            if fire is None:
-                break
-            times.append(fire)
+        while (fire := trigger.get_next_fire_time(previous, now)) is not None:
+            yield fire
             previous, now = fire, fire + timedelta(microseconds=1)
-        return times
+
+    def next_times(self, after: datetime, count: int) -> list[datetime]:
+        """The next `count` fire times after `after` (fewer when the schedule ends)."""
+        return list(itertools.islice(self.fires(after), count))
 
     def times_between(self, after: datetime, until: datetime, limit: int = 1000) -> list[datetime]:
         """Fire times in (after, until]: the fires missed while the service was down. Stops at the first
         one past `until` (most schedules at a start have missed nothing: one trigger step each)."""
-        trigger = self.trigger()
-        times: list[datetime] = []
-        previous: datetime | None = None
-        now = after + timedelta(microseconds=1)
-        while len(times) < limit:
-            fire = trigger.get_next_fire_time(previous, now)
-            if fire is None or fire > until:
-                break
-            times.append(fire)
-            previous, now = fire, fire + timedelta(microseconds=1)
-        return times
+        return list(itertools.islice(itertools.takewhile(lambda t: t <= until, self.fires(after)), limit))
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"timezone": self.timezone}
