@@ -28,7 +28,7 @@ from announcer.messages.phones import BadNumber, to_e164
 from announcer.messages.render import MessageRenderer
 from announcer.speech.engine import SpeechError
 from announcer.speech.speaker import Speaker
-from announcer.store.deliveries import AlertFinished, DeliveryStore, IdempotencyConflict, NewDelivery
+from announcer.store.deliveries import AlertFinished, DeliveryStore, IdempotencyConflict
 from announcer.telephony.calls import TwilioCalls, TwilioError
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,7 @@ async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
             variables=body.variables,
             options=body.options.model_dump(mode="json"),
             callback_url=body.options.callback_url,
-            deliveries=[
-                NewDelivery(p.position, p.phone, p.name, p.timezone, p.variables, p.text) for p in planned
-            ],
+            deliveries=planned,
             max_attempts=body.options.max_attempts,
         )
     except IdempotencyConflict:

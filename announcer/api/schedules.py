@@ -17,6 +17,7 @@ from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.plan import (
     Limits,
     PlanError,
+    Problem,
     RecipientIn,
     plan_deliveries,
     prepare_template,
@@ -53,7 +54,7 @@ def _recipients(items: list[dict[str, Any]] | list[RecipientBody]) -> list[Recip
     return out
 
 
-async def _plan(deps: SchedulesDeps, schedule: ScheduleRow | ScheduleBody) -> list[Any]:
+async def _plan(deps: SchedulesDeps, schedule: ScheduleRow | ScheduleBody) -> list[NewDelivery]:
     """Render every recipient now: a missing variable is refused at creation, not found at 8 am."""
     prepared = prepare_template(deps.renderer, schedule.template, schedule.template_text)
     items = schedule.recipients
@@ -181,9 +182,7 @@ async def patch_schedule(request: web.Request, deps: SchedulesDeps) -> web.Respo
     return web.json_response(_view(deps, updated))
 
 
-def _ended() -> Any:
-    from announcer.deliveries.plan import Problem
-
+def _ended() -> Problem:
     return Problem("status", "this schedule has ended; give it a new `when` to run it again")
 
 
@@ -215,10 +214,7 @@ async def make_alert(deps: SchedulesDeps, schedule: ScheduleRow, planned: dateti
             "timezone": schedule.when.get("timezone", "UTC"),
         },
         callback_url=schedule.options.get("callback_url"),
-        deliveries=[
-            NewDelivery(p.position, p.phone, p.name, p.timezone, p.variables, p.text)
-            for p in planned_deliveries
-        ],
+        deliveries=planned_deliveries,
         max_attempts=int(schedule.options.get("max_attempts", 1)),
     )
     if created:

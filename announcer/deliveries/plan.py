@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from announcer.messages.phones import BadNumber, to_e164
 from announcer.messages.render import MessageRenderer, PreparedTemplate, RenderError
+from announcer.store.deliveries import NewDelivery  # what the store takes: planned, then stored as is
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,6 @@ class RecipientIn:
 
 
 @dataclass(frozen=True)
-class PlannedDelivery:
-    position: int
-    phone: str  # E.164
-    name: str | None
-    timezone: str | None
-    variables: dict[str, Any]
-    text: str
-
-
-@dataclass(frozen=True)
 class Limits:
     max_recipients: int
     max_text_chars: int
@@ -79,7 +70,7 @@ def plan_deliveries(
     shared: Mapping[str, Any],
     recipients: Sequence[RecipientIn],
     limits: Limits,
-) -> list[PlannedDelivery]:
+) -> list[NewDelivery]:
     """Render every recipient; raise PlanError with every problem found."""
     problems: list[Problem] = []
     if not recipients:
@@ -93,7 +84,7 @@ def plan_deliveries(
             ]
         )
     seen: dict[str, int] = {}
-    planned: list[PlannedDelivery] = []
+    planned: list[NewDelivery] = []
     for index, recipient in enumerate(recipients):
         where = f"recipients[{index}]"
         try:
@@ -132,7 +123,7 @@ def plan_deliveries(
             continue
         if phone is not None:
             planned.append(
-                PlannedDelivery(
+                NewDelivery(
                     position=index,
                     phone=phone,
                     name=recipient.name,

@@ -26,17 +26,14 @@ class Leadership:
         self._postgres = postgres
         self._retry_s = retry_s
         self._conn: AsyncConnection | None = None
-        self.leading = False
 
     async def acquire(self) -> None:
         """Return once this process leads (at once on SQLite)."""
         if not self._postgres:
-            self.leading = True
             return
         while True:
             with contextlib.suppress(Exception):
                 if await self._try():
-                    self.leading = True
                     log.info("this process now runs the scheduler (advisory lock %#x)", SCHEDULER_LOCK_ID)
                     return
             await asyncio.sleep(self._retry_s)  # another process leads: try again later
@@ -69,13 +66,11 @@ class Leadership:
                 await self._conn.commit()
             except Exception as err:
                 log.error("lost the scheduler lock's connection (%r): no longer running the scheduler", err)
-                self.leading = False
                 await self._drop()
                 return
 
     async def release(self) -> None:
         await self._drop()
-        self.leading = False
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None

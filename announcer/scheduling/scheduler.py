@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import inspect
-import json
 import logging
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
@@ -374,15 +372,3 @@ class Scheduler:
                 )
         if when.at is not None and when.at <= now:
             await self._store.change(schedule.id, status=ScheduleStatus.ENDED)
-
-
-def request_hash(schedule: ScheduleRow) -> str:
-    """What an occurrence's alert is made of, for its Idempotency-Key check."""
-    body: dict[str, Any] = {
-        "template": schedule.template,
-        "template_text": schedule.template_text,
-        "variables": schedule.variables,
-        "recipients": schedule.recipients,
-        "options": schedule.options,
-    }
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

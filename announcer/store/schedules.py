@@ -105,11 +105,6 @@ class ScheduleStore:
                 query = query.where(Schedule.status != ScheduleStatus.DELETED)
             return [_row(x) for x in (await s.execute(query)).scalars()]
 
-    async def active(self) -> list[ScheduleRow]:
-        async with self.sessions() as s:
-            rows = await s.execute(select(Schedule).where(Schedule.status == ScheduleStatus.ACTIVE))
-            return [_row(x) for x in rows.scalars()]
-
     async def active_times(self) -> list[ArmInfo]:
         """Every active schedule's time and options: a start arms thousands, and needs no recipients."""
         t = cast(Table, Schedule.__table__)
