@@ -19,7 +19,9 @@ from typing import Any
 import aiohttp
 from aiohttp import WSCloseCode, web
 
-from announcer.api import alerts, schedules
+from announcer.agent.connect import AgentConnector
+from announcer.agent.line import AgentLine
+from announcer.api import alerts, calls, schedules
 from announcer.api.alerts import AlertsDeps
 from announcer.api.http import make_middleware
 from announcer.api.openapi import document as openapi_document
@@ -43,6 +45,7 @@ from announcer.store.db import Database
 from announcer.store.deliveries import DeliveryStore
 from announcer.store.schedules import ScheduleRow, ScheduleStore
 from announcer.telephony.calls import TwilioCalls
+from announcer.telephony.handoff import After, AgentOffer
 from announcer.telephony.media import MediaDeps, media_websocket
 from announcer.telephony.playout import PlayoutClock
 from announcer.telephony.signature import SignatureChecker
@@ -53,6 +56,7 @@ from announcer.telephony.voice import VoiceDeps, voice_webhook
 log = logging.getLogger(__name__)
 
 SANDBOX_NUMBER = "+15550100000"
+SANDBOX_AGENT_ID = "sandbox-agent"  # the loopback agent's id when ELEVENLABS_AGENT_ID is not set
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,17 @@ WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 API_TOKEN = web.AppKey("api_token", str)
 
 
+@dataclass(frozen=True)
+class AgentSetup:
+    connector: AgentConnector
+    agent_id: str
+
+
+# None: no agent configured (agent mode off)
+AGENT: web.AppKey[AgentSetup | None] = web.AppKey("agent")
+CALLS = web.AppKey("calls", calls.CallsDeps)
+
+
 def public_url(settings: Settings) -> str:
     return settings.public_url or f"http://{settings.host}:{settings.port}"
 
@@ -119,7 +134,9 @@ def create_app(settings: Settings) -> web.Application:
     app[GREETING] = greeting
     app[SOCKETS] = set()
     app[RENDERER] = renderer
-    app.cleanup_ctx.extend([_database, _sandbox, _twilio, _speech, _clock, _dispatcher, _scheduler, _wiring])
+    app.cleanup_ctx.extend(
+        [_database, _sandbox, _twilio, _speech, _agent, _clock, _dispatcher, _scheduler, _wiring]
+    )
     app.on_shutdown.append(_close_sockets)
     app.router.add_post("/twilio/voice", _voice)
     app.router.add_post("/twilio/status", _status)
@@ -136,6 +153,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/schedules/{schedule_id}", _with_schedules(schedules.get_schedule))
     app.router.add_patch("/v1/schedules/{schedule_id}", _with_schedules(schedules.patch_schedule))
     app.router.add_delete("/v1/schedules/{schedule_id}", _with_schedules(schedules.delete_schedule))
+    app.router.add_get("/v1/calls/{call_sid}", _with_calls(calls.get_call))
+    app.router.add_get("/v1/deliveries/{delivery_id}/call", _with_calls(calls.get_delivery_call))
+    app.router.add_post("/outbound-call", _with_calls(calls.outbound_call))
     app.router.add_get("/v1/openapi.json", _openapi)
     return app
 
@@ -277,6 +297,21 @@ async def _speech(app: web.Application) -> AsyncIterator[None]:
     await primary.aclose()
 
 
+async def _agent(app: web.Application) -> AsyncIterator[None]:
+    """The ElevenLabs agent line (agent mode): only with an agent to talk to. In sandbox mode that is
+    the loopback agent, unless ELEVENLABS_AGENT_ID names another."""
+    settings, p = app[SETTINGS], app[PROVIDERS]
+    agent_id = settings.elevenlabs_agent_id or (SANDBOX_AGENT_ID if settings.tts_sandbox else None)
+    if agent_id is None:
+        app[AGENT] = None
+        yield
+        return
+    connector = AgentConnector(p.elevenlabs_api_key, p.elevenlabs_base_url)
+    app[AGENT] = AgentSetup(connector, agent_id)
+    yield
+    await connector.aclose()
+
+
 async def _clock(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     clock = PlayoutClock(speed=settings.announcer_sandbox_speed if settings.twilio_sandbox else 1.0)
@@ -320,6 +355,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
             max_text_chars=settings.announcer_max_text_chars,
             region=settings.announcer_default_region,
             strict_numbers=not settings.twilio_sandbox,
+            agent=app[AGENT] is not None,
         ),
         dispatcher=dispatcher,
         speaker=app[SPEAKER],
@@ -404,6 +440,16 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         account_sid=p.account_sid,
         media_url=media_url(settings),
     )
+    line: AgentLine | None = None
+    agent = app[AGENT]
+    if agent is not None:
+        line = AgentLine(
+            agent.connector,
+            agent.agent_id,
+            app[STORE].journal,
+            app[DELIVERIES].call_context,
+            max_s=settings.agent_max_conversation_s,
+        )
     app[MEDIA] = MediaDeps(
         store=app[STORE],
         twilio=app[TWILIO],
@@ -413,6 +459,15 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         account_sid=p.account_sid,
         on_outcome=app[DISPATCHER].on_call_outcome,
         script=CallScripts(app[DELIVERIES], app[RENDERER]).for_grant,
+        start_agent=line,
+        greeting_agent=AgentOffer(After.ANNOUNCEMENT) if settings.greeting_agent else None,
+    )
+    app[CALLS] = calls.CallsDeps(
+        store=app[STORE],
+        deliveries=app[DELIVERIES],
+        dispatcher=app[DISPATCHER],
+        limits=app[ALERTS].limits,
+        agent_ready=line is not None,
     )
     yield
 
@@ -431,6 +486,15 @@ def _with_schedules(
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         return await handler(request, request.app[SCHEDULES])
+
+    return handle
+
+
+def _with_calls(
+    handler: Callable[[web.Request, calls.CallsDeps], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await handler(request, request.app[CALLS])
 
     return handle
 

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     elevenlabs_agent_id: str | None = None
     elevenlabs_base_url: str = "https://api.elevenlabs.io"
     elevenlabs_timeout_s: PositiveFloat = 5.0
+    # Agent mode: the greeting line hands its callers to the agent after the greeting; a conversation
+    # is cut (with a spoken goodbye) after this long.
+    greeting_agent: bool = False
+    agent_max_conversation_s: PositiveFloat = 600.0
     database_url: str | None = None
     announcer_api_token: SecretStr | None = None
     # Signs outcome webhooks (X-Announcer-Signature); the API token when unset.

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from announcer.api.http import error, invalid, read_model
+from announcer.api.http import error, idempotency_conflict, idempotency_key, invalid, read_model
 from announcer.api.schemas import AlertBody, PreviewBody
 from announcer.audio import wav_bytes
 from announcer.deliveries.dispatcher import Dispatcher
@@ -21,6 +21,7 @@ from announcer.deliveries.plan import (
     PlanError,
     Problem,
     RecipientIn,
+    agent_problems,
     plan_deliveries,
     prepare_template,
 )
@@ -52,11 +53,9 @@ def _recipients(body: AlertBody) -> list[RecipientIn]:
 
 async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
     body = await read_model(request, AlertBody)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise error(
-            400, "invalid_header", "Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key"
-        )
+    key = idempotency_key(request)
+    if problems := agent_problems(body.options.agent is not None, deps.limits):
+        raise invalid(problems)
     try:
         prepared = prepare_template(deps.renderer, body.template, body.template_text)
         recipients = _recipients(body)
@@ -85,12 +84,7 @@ async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
             max_attempts=body.options.max_attempts,
         )
     except IdempotencyConflict:
-        raise error(
-            409,
-            "idempotency_conflict",
-            "this Idempotency-Key was used with a different body",
-            field="Idempotency-Key",
-        ) from None
+        raise idempotency_conflict() from None
     if created:
         deps.dispatcher.wake()
         log.info("alert %s accepted: %d recipients", alert_id, len(planned))

@@ -44,6 +44,25 @@ def error(status: int, code: str, message: str, **extra: Any) -> web.HTTPExcepti
     return _ERRORS.get(status, web.HTTPBadRequest)(text=body, content_type="application/json")
 
 
+def idempotency_key(request: web.Request) -> str | None:
+    """The optional `Idempotency-Key` header: a repeated request with it is answered, not redone."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise error(
+            400, "invalid_header", "Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key"
+        )
+    return key
+
+
+def idempotency_conflict() -> web.HTTPException:
+    return error(
+        409,
+        "idempotency_conflict",
+        "this Idempotency-Key was used with a different body",
+        field="Idempotency-Key",
+    )
+
+
 def invalid(problems: Sequence[Problem]) -> web.HTTPException:
     return error(
         422,

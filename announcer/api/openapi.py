@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from announcer.api.schemas import AlertBody, PreviewBody, ScheduleBody, SchedulePatch
+from announcer.api.schemas import AlertBody, OutboundCallBody, PreviewBody, ScheduleBody, SchedulePatch
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _VALIDATION = {"$ref": "#/components/schemas/ValidationError"}
@@ -273,12 +273,99 @@ OPERATIONS += [
 ]
 
 
+_TURN = {
+    "type": "object",
+    "properties": {
+        "seq": {"type": "integer"},
+        "at": {"type": "string", "format": "date-time"},
+        "role": {"type": "string", "enum": ["agent", "user"]},
+        "text": {"type": "string"},
+        "interrupted": {"type": "boolean", "description": "an agent turn the caller cut short"},
+        "original_text": {"type": "string", "description": "before the agent corrected the cut turn"},
+        "played_ms": {
+            "type": "integer",
+            "description": "of an interrupted turn: audio played before the cut",
+        },
+        "sent_ms": {"type": "integer"},
+    },
+}
+_CALL = {
+    "type": "object",
+    "properties": {
+        "call_sid": {"type": ["string", "null"]},
+        "kind": {"type": "string"},
+        "status": {"type": "string"},
+        "outcome": {"type": ["string", "null"]},
+        "delivery_id": {"type": ["integer", "null"]},
+        "events": {"type": "array", "items": {"type": "object"}},
+        "transcript": {"type": "array", "items": _TURN},
+    },
+}
+
+OPERATIONS += [
+    (
+        "get",
+        "/v1/calls/{call_sid}",
+        {
+            "summary": "A call: its events and, for an agent conversation, the transcript in order",
+            "parameters": [
+                {"name": "call_sid", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {"200": _json(_CALL, "the call"), **_errors(401, 404)},
+        },
+    ),
+    (
+        "get",
+        "/v1/deliveries/{delivery_id}/call",
+        {
+            "summary": "The latest call of a delivery, as `GET /v1/calls/{call_sid}`",
+            "parameters": [
+                {"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+            ],
+            "responses": {"200": _json(_CALL, "the call"), **_errors(400, 401, 404)},
+        },
+    ),
+]
+
+# Outside /v1, kept where the reference example had it; documented all the same.
+OPERATIONS += [
+    (
+        "post",
+        "/outbound-call",
+        {
+            "summary": "Call `number` and hand the call to the agent from its first second",
+            "description": "ElevenLabs' Twilio outbound example, with bearer auth and validation; the prompt "
+            "and first message are stored, never put into TwiML or a URL.",
+            "requestBody": _body("OutboundCallBody"),
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "success": {"type": "boolean"},
+                            "message": {"type": "string"},
+                            "callSid": {"type": ["string", "null"]},
+                            "alert_id": {"type": "string"},
+                            "delivery_id": {"type": "integer"},
+                        },
+                    },
+                    "placed (callSid) or queued behind the rate limit (callSid null)",
+                ),
+                "503": _json(_ERROR, "no agent configured"),
+                **_errors(400, 401, 409, 415, 422),
+            },
+        },
+    ),
+]
+
+
 def document() -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Any]] = [
         (AlertBody, "validation"),
         (PreviewBody, "validation"),
         (ScheduleBody, "validation"),
         (SchedulePatch, "validation"),
+        (OutboundCallBody, "validation"),
     ]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas = dict(defs.get("$defs", {}))

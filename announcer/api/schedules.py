@@ -19,6 +19,7 @@ from announcer.deliveries.plan import (
     PlanError,
     Problem,
     RecipientIn,
+    agent_problems,
     plan_deliveries,
     prepare_template,
 )
@@ -79,7 +80,7 @@ def _view(deps: SchedulesDeps, row: ScheduleRow) -> dict[str, Any]:
 
 async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Response:
     body = await read_model(request, ScheduleBody)
-    problems = []
+    problems = agent_problems(body.options.agent is not None, deps.limits)
     when = None
     try:
         when = parse_when(body.when.model_dump(exclude_none=True), utcnow())

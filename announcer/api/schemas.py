@@ -30,6 +30,30 @@ def _default_retry_on() -> list[RetryOn]:
     return ["busy", "no_answer"]
 
 
+MAX_PROMPT_CHARS = 10_000
+MAX_FIRST_MESSAGE_CHARS = 1_000
+
+
+class AgentOption(Strict):
+    after: Literal["announcement", "key"] = Field(
+        default="announcement", description="hand over when the message has played, or on a key"
+    )
+    key: Digit = Field(default="0", description='with after="key": the key that hands over')
+    prompt: str | None = Field(
+        default=None, min_length=1, max_length=MAX_PROMPT_CHARS, description="overrides the agent's prompt"
+    )
+    first_message: str | None = Field(
+        default=None, min_length=1, max_length=MAX_FIRST_MESSAGE_CHARS, description="the agent's first words"
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _free_key(cls, value: str) -> str:
+        if value in ("1", "9"):
+            raise ValueError("1 confirms and 9 opts out; choose another key")
+        return value
+
+
 class AlertOptions(Strict):
     max_attempts: int = Field(default=1, ge=1, le=10, description="calls per recipient at most")
     retry_on: list[RetryOn] = Field(default_factory=_default_retry_on)
@@ -38,6 +62,9 @@ class AlertOptions(Strict):
     repeat_key: Digit | None = Field(default=None, description="another key that repeats the message")
     callback_url: str | None = Field(
         default=None, max_length=2048, description="signed outcome webhooks go here"
+    )
+    agent: AgentOption | None = Field(
+        default=None, description="hand the call to the conversational agent (agent mode)"
     )
 
     @field_validator("callback_url")
@@ -104,6 +131,16 @@ class SchedulePatch(Strict):
     variables: dict[str, Any] | None = None
     recipients: list[RecipientBody] | None = None
     when: WhenBody | None = None
+
+
+class OutboundCallBody(Strict):
+    """The reference example's body (ElevenLabs' Twilio outbound guide), validated."""
+
+    number: str = Field(max_length=40, description="who to call: E.164, or national with a region")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="the agent's prompt")
+    first_message: str = Field(
+        min_length=1, max_length=MAX_FIRST_MESSAGE_CHARS, description="what the agent says first"
+    )
 
 
 class PreviewBody(Strict):

@@ -50,6 +50,7 @@ _OUTCOME_STATES = {
     CallOutcome.HUNG_UP_EARLY: DeliveryState.HUNG_UP_EARLY,
     CallOutcome.SAID_BY_TWILIO: DeliveryState.HEARD,
     CallOutcome.FAILED: DeliveryState.FAILED,
+    CallOutcome.AGENT: DeliveryState.AGENT,
 }
 
 

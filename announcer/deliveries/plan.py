@@ -51,6 +51,14 @@ class Limits:
     max_text_chars: int
     region: str | None  # for numbers given without +country
     strict_numbers: bool  # False in sandbox mode: fictional 555 numbers are fine there
+    agent: bool = False  # an agent is configured: calls may be handed to it (agent mode)
+
+
+def agent_problems(wants_agent: bool, limits: Limits) -> list[Problem]:
+    """An `agent` option is refused up front where no agent is configured, not at the call."""
+    if wants_agent and not limits.agent:
+        return [Problem("options.agent", "agent mode needs ELEVENLABS_AGENT_ID (an ElevenLabs agent)")]
+    return []
 
 
 def prepare_template(

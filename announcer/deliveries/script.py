@@ -8,6 +8,7 @@ import logging
 from announcer.messages.render import MessageRenderer, RenderError
 from announcer.store.calls import StreamGrant
 from announcer.store.deliveries import DeliveryStore
+from announcer.telephony.handoff import AgentOffer
 from announcer.telephony.media import CallScript
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class CallScripts:
         if options is None:
             return None
         repeat_key = options.get("repeat_key")
+        agent = AgentOffer.from_options(options)
         if options.get("schedule_id") and options.get("confirm"):
             # A reminder: 2 cancels and 3 asks for a later call; only its own repeat key repeats.
             try:
@@ -60,13 +62,14 @@ class CallScripts:
                 window_s=self._window_s,
                 decline_key=DECLINE_KEY,
                 snooze_key=SNOOZE_KEY,
+                agent=agent,
             )
         keys = frozenset({"2", repeat_key} if repeat_key else {"2"})
         if not options.get("confirm"):
-            return CallScript(prompt=None, repeat_keys=keys, window_s=self._window_s)
+            return CallScript(prompt=None, repeat_keys=keys, window_s=self._window_s, agent=agent)
         try:
             prompt = self.prompt(repeat_key)
         except RenderError as err:
             log.error("confirmation prompt: %s; using the built-in one", err)
             prompt = FALLBACK_PROMPT
-        return CallScript(prompt=prompt, repeat_keys=keys, window_s=self._window_s)
+        return CallScript(prompt=prompt, repeat_keys=keys, window_s=self._window_s, agent=agent)

@@ -884,6 +884,33 @@ class DeliveryStore:
                 )
             ).scalar_one_or_none()
 
+    async def call_context(self, call_id: int) -> dict[str, Any]:
+        """What an agent is told about the person on call `call_id`: the variables their message was
+        rendered with (the alert's shared ones, then the recipient's own, as in `plan_deliveries`)."""
+        async with self.sessions() as s:
+            row = (
+                await s.execute(
+                    select(Delivery.name, Delivery.variables, Alert.variables)
+                    .join(Alert, Alert.id == Delivery.alert_id)
+                    .join(Call, Call.delivery_id == Delivery.id)
+                    .where(Call.id == call_id)
+                )
+            ).first()
+        if row is None:
+            return {}
+        context: dict[str, Any] = {"name": row[0]} if row[0] else {}
+        context.update(row[2] or {})
+        context.update(row[1] or {})
+        return context
+
+    async def delivery_call(self, delivery_id: int) -> tuple[int | None, str | None] | None:
+        """(call row id, call SID) of a delivery's latest attempt; None when there is no such delivery."""
+        async with self.sessions() as s:
+            row = (
+                await s.execute(select(Delivery.call_id, Delivery.call_sid).where(Delivery.id == delivery_id))
+            ).first()
+        return None if row is None else (row[0], row[1])
+
     # --- opt-outs --------------------------------------------------------------------------------
 
     async def remove_opt_out(self, phone: str) -> bool:

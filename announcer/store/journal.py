@@ -45,8 +45,11 @@ class Batch:
     async def write_rows(self) -> None:
         # One multi-row INSERT per table, each table's rows in the order queued. The rows only point at
         # rows that exist before the batch (calls, deliveries), so the order across tables is free.
+        # Emptied first: an operation may write the rows queued so far (to update one of them) before
+        # the batch ends, and they must not be written twice.
+        queued, self._rows = self._rows, []
         by_table: dict[Table, list[dict[str, Any]]] = {}
-        for table, row in self._rows:
+        for table, row in queued:
             by_table.setdefault(table, []).append(row)
         for table, rows in by_table.items():
             await self.session.execute(_insert_of(table), rows)

@@ -10,7 +10,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -88,6 +98,7 @@ class CallOutcome(StrEnum):
     SNOOZED = "snoozed"  # a reminder: pressed 3 to be called again later
     HUNG_UP_EARLY = "hung_up_early"
     SAID_BY_TWILIO = "said_by_twilio"
+    AGENT = "agent"  # handed over to the conversational agent, which took the call
     FAILED = "failed"
 
 
@@ -139,6 +150,25 @@ class CallEvent(Base):
     call: Mapped[Call] = relationship(back_populates="events")
 
 
+class TranscriptTurn(Base):
+    """One turn of an agent conversation: who spoke, what, when; an agent turn cut by the caller keeps
+    how much of it was played before the cut (the marks Twilio echoed)."""
+
+    __tablename__ = "transcript_turns"
+    __table_args__ = (UniqueConstraint("call_id", "seq", name="uq_transcript_turns_call_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)  # the turn's place in the conversation, from 0
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    role: Mapped[str] = mapped_column(String(8))  # "agent" | "user"
+    text: Mapped[str] = mapped_column(Text)
+    original_text: Mapped[str | None] = mapped_column(Text)  # before an agent_response_correction
+    interrupted: Mapped[bool] = mapped_column(default=False)
+    played_ms: Mapped[int | None]  # an interrupted agent turn: audio played before the cut
+    sent_ms: Mapped[int | None]  # ... and audio sent to Twilio by then
+
+
 class StreamToken(Base):
     """A single-use token our TwiML hands to one media stream; only its hash is stored."""
 
@@ -175,6 +205,7 @@ class DeliveryState(StrEnum):
     OPTED_OUT = "opted_out"
     DECLINED = "declined"  # a reminder the recipient canceled (key 2)
     SNOOZED = "snoozed"  # a reminder to be repeated later (key 3): a new delivery follows after snooze_s
+    AGENT = "agent"  # the call was handed to the conversational agent (after the message, if any)
 
 
 FINAL_DELIVERY_STATES = frozenset(
@@ -189,6 +220,7 @@ FINAL_DELIVERY_STATES = frozenset(
         DeliveryState.OPTED_OUT,
         DeliveryState.DECLINED,
         DeliveryState.SNOOZED,
+        DeliveryState.AGENT,
     }
 )
 

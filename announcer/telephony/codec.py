@@ -84,6 +84,26 @@ def is_media(raw: str) -> bool:
     return m is not None and m.group(1) == "media"
 
 
+_PAYLOAD_KEY = '"payload":'
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def media_payload(raw: str) -> str | None:
+    """The base64 payload of an inbound `media` message, found without parsing the JSON (agent mode
+    relays it as is, 50 times a second per call); None when it is not plainly there and valid base64."""
+    at = raw.find(_PAYLOAD_KEY)
+    if at < 0:
+        return None
+    start = raw.find('"', at + len(_PAYLOAD_KEY))
+    end = raw.find('"', start + 1)
+    if start < 0 or end < 0 or raw[at + len(_PAYLOAD_KEY) : start].strip():
+        return None
+    payload = raw[start + 1 : end]
+    if len(payload) % 4 or not _BASE64.fullmatch(payload):
+        return None
+    return payload
+
+
 def _obj(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError(f"{where}: expected an object")

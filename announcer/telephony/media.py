@@ -27,6 +27,18 @@ from announcer.store.calls import CallStore, StreamGrant
 from announcer.store.models import CallKind, CallOutcome
 from announcer.telephony import codec, twiml
 from announcer.telephony.calls import TwilioCalls, TwilioError
+from announcer.telephony.handoff import (
+    MARK_PREFIX as AGENT_MARK_PREFIX,
+)
+from announcer.telephony.handoff import (
+    After,
+    AgentEnd,
+    AgentOffer,
+    Conversation,
+    EndKind,
+    Handoff,
+    StartAgent,
+)
 from announcer.telephony.playout import PlayoutClock
 from announcer.telephony.signature import HEADER as SIGNATURE_HEADER
 from announcer.telephony.signature import SignatureChecker
@@ -54,6 +66,11 @@ class MediaDeps:
     on_outcome: Callable[[int, CallOutcome, str], Awaitable[None]] | None = None
     # What an announcement does after its message (confirm prompt, keys); fetched while the message plays.
     script: Callable[[StreamGrant], Coroutine[Any, Any, CallScript | None]] | None = None
+    # Agent mode (None: no agent configured). The greeting line's offer is GREETING_AGENT's.
+    start_agent: StartAgent | None = None
+    greeting_agent: AgentOffer | None = None
+    agent_apology: str = "We are sorry, our assistant is not available right now. Goodbye."
+    agent_time_limit: str = "We have reached the time limit for this call. Thank you, goodbye."
 
 
 @dataclass(frozen=True)
@@ -65,11 +82,13 @@ class CallScript:
     window_s: float = 8.0
     decline_key: str | None = None  # a reminder's "cancel" (2)
     snooze_key: str | None = None  # a reminder's "call me again later" (3)
+    agent: AgentOffer | None = None  # hand the call to the agent after the message, or on a key
 
 
 CONFIRM_KEY = "1"
 OPT_OUT_KEY = "9"
 PROMPT_MARK_PREFIX = "prompt:"
+BYE_MARK_PREFIX = "bye:"  # the last words after an agent conversation (or instead of one)
 
 
 def mask(number: str | None) -> str:
@@ -99,6 +118,10 @@ class MediaSession:
         # once (protocols.md), and those echoes must not count as "played".
         self._round = 0
         self._finish_lock = asyncio.Lock()
+        self._agent: Conversation | None = None
+        self._agent_over = False  # the conversation ended; the call is ending
+        self._offer: AgentOffer | None = None  # the greeting line's (an announcement's is in its script)
+        self._bye: tuple[CallOutcome | None, str] = (None, "")
 
     # --- reader ---------------------------------------------------------------------------------
 
@@ -109,11 +132,14 @@ class MediaSession:
                     if msg.type == WSMsgType.TEXT:
                         raw: str = msg.data
                         if codec.is_media(raw):
-                            # Hot path: an announcement does not listen to the caller's audio.
+                            # Hot path: an announcement does not listen to the caller's audio; an agent
+                            # gets it passed on untouched.
                             if self.start is None:
                                 self._protocol_problem("media before start")
                             else:
                                 self.media_in += 1
+                                if self._agent is not None:
+                                    await self._agent.user_audio(raw)
                             continue
                         try:
                             event = codec.parse(raw)
@@ -168,7 +194,9 @@ class MediaSession:
             self._record("dtmf", digit=event.digit)
             await self._on_key(event.digit)
         elif isinstance(event, codec.Stop):
-            # Answer Twilio's close at once, while its side is still open; the REST hang-up comes after.
+            # The caller hung up: the agent's socket first (no orphaned agent sessions), then answer
+            # Twilio's close while its side is still open; the REST hang-up comes after.
+            await self._close_agent("the caller hung up")
             await self._close(WSCloseCode.OK, "stream stopped")
             if not self.heard:
                 await self._end_call(CallOutcome.HUNG_UP_EARLY, "stream stopped before the message ended")
@@ -200,9 +228,15 @@ class MediaSession:
             return
         self.start, self.grant = start, grant
         self.started_at = time.monotonic()
-        # Speaking is scheduled before the database writes, so its first step (a cache hit's first frames,
-        # or the TTS request) runs ahead of theirs.
-        self._say(grant.text, END_MARK_PREFIX)
+        offer = AgentOffer.from_options(grant.options) if grant.kind == CallKind.ANNOUNCEMENT else None
+        if grant.kind == CallKind.GREETING:
+            self._offer = self.deps.greeting_agent
+        if offer is not None and offer.after == After.START:
+            self._hand_over(offer, heard="")  # POST /outbound-call: the agent speaks first
+        else:
+            # Speaking is scheduled before the database writes, so its first step (a cache hit's first
+            # frames, or the TTS request) runs ahead of theirs.
+            self._say(grant.text, END_MARK_PREFIX)
         if grant.kind == CallKind.ANNOUNCEMENT and self.deps.script is not None:
             self._script = asyncio.create_task(self.deps.script(grant))
         if confirm:
@@ -263,21 +297,38 @@ class MediaSession:
     async def _on_mark(self, name: str) -> None:
         if self.ended:
             return
+        if name.startswith(AGENT_MARK_PREFIX):
+            if self._agent is not None:
+                self._agent.mark_played(name)
+            return
         if not name.endswith(f".{self._round}"):
             self._record("mark_cleared", mark=name[:64])  # flushed by our `clear`, not played
+            return
+        if name.startswith(BYE_MARK_PREFIX):
+            await self._end_call(*self._bye)
             return
         if name.startswith(END_MARK_PREFIX) and not self.heard:
             self.heard = True
             script = await self._get_script()
+            offer = self._agent_offer(script)
+            if offer is not None and offer.after == After.ANNOUNCEMENT:
+                self._hand_over(offer, heard=self.grant.text if self.grant else "")
+                return
+            if offer is not None and offer.after == After.KEY and (script is None or script.prompt is None):
+                # No prompt: the offer is in the message itself; wait for its key as for a prompt's.
+                self._start_key_window(script.window_s if script is not None else 8.0)
+                return
             if script is None or script.prompt is None:
                 await self._end_call(CallOutcome.HEARD, "end mark echoed: the message played to the end")
                 return
             self._say(script.prompt, PROMPT_MARK_PREFIX)
         elif name.startswith(PROMPT_MARK_PREFIX):
             script = await self._get_script()
-            window = script.window_s if script is not None else 0.0
-            self._cancel_key_window()
-            self._key_window = asyncio.create_task(self._wait_for_key(window / self.deps.clock.speed))
+            self._start_key_window(script.window_s if script is not None else 0.0)
+
+    def _start_key_window(self, window_s: float) -> None:
+        self._cancel_key_window()
+        self._key_window = asyncio.create_task(self._wait_for_key(window_s / self.deps.clock.speed))
 
     async def _wait_for_key(self, seconds: float) -> None:
         await asyncio.sleep(seconds)  # the key window is a span of time by definition
@@ -298,9 +349,17 @@ class MediaSession:
             return None
 
     async def _on_key(self, digit: str) -> None:
-        if self.ended or self.grant is None or self.grant.kind != CallKind.ANNOUNCEMENT:
+        if self.ended or self.grant is None or self._agent is not None:
+            return  # in a conversation keys are the agent's business (they are on the call's trail)
+        script = await self._get_script() if self.grant.kind == CallKind.ANNOUNCEMENT else None
+        offer = self._agent_offer(script)
+        if offer is not None and offer.after == After.KEY and digit == offer.key:
+            self._cancel_key_window()
+            await self._stop_speaking()
+            self._hand_over(offer, heard=self.grant.text)
             return
-        script = await self._get_script()
+        if self.grant.kind != CallKind.ANNOUNCEMENT:
+            return
         if digit == CONFIRM_KEY and script is not None and script.prompt is not None:
             self._cancel_key_window()
             self.heard = True
@@ -320,17 +379,94 @@ class MediaSession:
         elif digit in (script.repeat_keys if script is not None else frozenset({"2"})):
             # Stop what is playing (Twilio drops its buffer on `clear`) and start the message over.
             self._cancel_key_window()
-            if self._speaking is not None and not self._speaking.done():
-                self._speaking.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._speaking
-            assert self.start is not None
-            await self.ws.send_str(codec.clear_message(self.start.stream_sid))
-            self._playout.cleared()
-            self._round += 1
+            await self._stop_speaking()
             self.heard = False
             self._record("repeat", digit=digit)
             self._say(self.grant.text, END_MARK_PREFIX)
+
+    async def _stop_speaking(self) -> None:
+        """Stop what is playing: the task that sends it, and what Twilio has buffered (`clear`)."""
+        if self._speaking is not None and not self._speaking.done():
+            self._speaking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._speaking
+        assert self.start is not None
+        await self.ws.send_str(codec.clear_message(self.start.stream_sid))
+        self._playout.cleared()
+        self._round += 1
+
+    # --- agent mode -----------------------------------------------------------------------------
+
+    def _agent_offer(self, script: CallScript | None) -> AgentOffer | None:
+        if self.deps.start_agent is None or self._agent is not None or self._agent_over:
+            return None
+        return script.agent if script is not None and script.agent is not None else self._offer
+
+    def _hand_over(self, offer: AgentOffer, heard: str) -> None:
+        assert self.start is not None and self.grant is not None
+        self.heard = True  # from here a broken stream no longer means the message went unheard
+        if self.deps.start_agent is None:
+            self._agent_over = True
+            self._bye = (CallOutcome.HEARD if heard else CallOutcome.FAILED, "agent mode is not configured")
+            self._say(self.deps.agent_apology, BYE_MARK_PREFIX)
+            return
+        self._record("agent_handoff", after=offer.after.value)
+        # Said if the agent cannot be reached: made now, while the agent is being reached, so it comes
+        # at once when needed (a no-op once it is in the cache).
+        self.deps.speaker.prefetch(self.deps.agent_apology)
+        self._agent = self.deps.start_agent(
+            Handoff(
+                call_id=self.grant.call_id,
+                call_kind=self.grant.kind,
+                heard_text=heard,
+                offer=offer,
+                stream_sid=self.start.stream_sid,
+                send=self.ws.send_str,
+                record=self._record,
+                on_connected=self._agent_connected,
+                on_end=self._agent_ended,
+            )
+        )
+        self._agent.start()
+
+    async def _agent_connected(self, conversation_id: str) -> None:
+        assert self.grant is not None
+        why = f"handed to the agent (conversation {conversation_id[:64]})"
+        self.deps.store.record_outcome(self.grant.call_id, CallOutcome.AGENT, reason=why)
+        await self._report(CallOutcome.AGENT, why)
+
+    async def _agent_ended(self, end: AgentEnd) -> None:
+        assert self.start is not None and self.grant is not None
+        self._agent_over = True
+        if self.ended or self.ws.closed:
+            return
+        if end.connected:
+            outcome = None  # recorded when the agent took the call
+        elif self.grant.text and not self._started_with_agent():
+            outcome = CallOutcome.HEARD  # the message was heard; only the conversation failed
+        else:
+            outcome = CallOutcome.FAILED
+        self._bye = (outcome, end.reason)
+        if end.kind == EndKind.AGENT_ENDED:
+            # The agent said goodbye: hang up once its last words have played (the mark's echo).
+            mark = f"{BYE_MARK_PREFIX}{self.grant.call_id}.{self._round}"
+            await self.ws.send_str(codec.mark_message(self.start.stream_sid, mark))
+            return
+        log.warning("agent conversation on %s ended: %s", self._sid_for_log(), end.reason)
+        if end.connected:
+            await self._stop_speaking()  # whatever the agent left in Twilio's buffer
+        text = self.deps.agent_time_limit if end.kind == EndKind.TIME_LIMIT else self.deps.agent_apology
+        self._say(text, BYE_MARK_PREFIX)
+
+    def _started_with_agent(self) -> bool:
+        offer = AgentOffer.from_options(self.grant.options if self.grant else None)
+        return offer is not None and offer.after == After.START
+
+    async def _close_agent(self, reason: str) -> None:
+        if self._agent is not None:
+            agent, self._agent = self._agent, None
+            self._agent_over = True
+            await agent.close(reason)
 
     def _speaking_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -360,17 +496,22 @@ class MediaSession:
 
     # --- ending ---------------------------------------------------------------------------------
 
-    async def _end_call(self, outcome: CallOutcome, why: str) -> None:
+    async def _end_call(self, outcome: CallOutcome | None, why: str) -> None:
+        """Record `outcome` (None: already recorded), then hang up."""
         assert self.start is not None and self.grant is not None
         if self.ended:
             return
         self.ended = True
+        await self._close_agent("the call is ending")
         if self._speaking is not None and not self._speaking.done():
             self._speaking.cancel()
         if self._key_window is not None and self._key_window is not asyncio.current_task():
             self._cancel_key_window()
-        self.deps.store.record_outcome(self.grant.call_id, outcome, reason=why)
-        await self._report(outcome, why)
+        if outcome is not None:
+            self.deps.store.record_outcome(self.grant.call_id, outcome, reason=why)
+            await self._report(outcome, why)
+        else:
+            self._record("call_ending", reason=why[:200])
         try:
             hung_up = await self.deps.twilio.hang_up(self.start.call_sid)
         except TwilioError as err:
@@ -382,6 +523,7 @@ class MediaSession:
 
     async def _finish(self, *, reason: str) -> None:
         async with self._finish_lock:
+            await self._close_agent(reason)
             if self._speaking is not None and not self._speaking.done():
                 self._speaking.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

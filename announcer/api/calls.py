@@ -1,0 +1,156 @@
+"""`GET /v1/calls/{call_sid}` (a call's events and its agent transcript), `GET /v1/deliveries/{id}/call`,
+and `POST /outbound-call`: the reference example's agent call (ElevenLabs' Twilio outbound guide), with
+the auth, validation and escaping it lacks.
+
+The reference put the prompt and first message into the TwiML URL's query and the TwiML itself. Here
+they never leave the database: the call is an alert of one delivery whose options hold them, placed by
+the dispatcher like any other (rate limit, exactly once, status callbacks), and the media session reads
+them with the single-use stream token's grant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from announcer.api.http import error, idempotency_conflict, idempotency_key, read_model
+from announcer.api.schemas import AlertOptions, OutboundCallBody
+from announcer.deliveries.dispatcher import Dispatcher
+from announcer.deliveries.plan import Limits
+from announcer.messages.phones import BadNumber, to_e164
+from announcer.store import transcripts
+from announcer.store.calls import CallStore
+from announcer.store.deliveries import DeliveryStore, IdempotencyConflict, NewDelivery
+
+SID_WAIT_S = 10.0  # how long /outbound-call waits for Twilio's Call SID before answering without it
+
+
+@dataclass
+class CallsDeps:
+    store: CallStore
+    deliveries: DeliveryStore
+    dispatcher: Dispatcher
+    limits: Limits
+    agent_ready: bool
+
+
+async def get_call(request: web.Request, deps: CallsDeps) -> web.Response:
+    call_sid = request.match_info["call_sid"]
+    call_id = await deps.store.find_by_sid(call_sid)
+    if call_id is None:
+        raise error(404, "not_found", "no such call", field="call_sid")
+    return web.json_response(await _call_view(deps, call_id))
+
+
+async def get_delivery_call(request: web.Request, deps: CallsDeps) -> web.Response:
+    try:
+        delivery_id = int(request.match_info["delivery_id"])
+    except ValueError:
+        raise error(400, "invalid_path", "delivery_id must be an integer", field="delivery_id") from None
+    found = await deps.deliveries.delivery_call(delivery_id)
+    if found is None:
+        raise error(404, "not_found", "no such delivery", field="delivery_id")
+    if found[0] is None:
+        raise error(404, "not_found", "this delivery has not been called yet", field="delivery_id")
+    return web.json_response(await _call_view(deps, found[0]))
+
+
+async def _call_view(deps: CallsDeps, call_id: int) -> dict[str, Any]:
+    call = await deps.store.get(call_id)
+    assert call is not None
+    events = await deps.store.events(call_id)
+    turns = await transcripts.turns(deps.store.sessions, call_id)
+    return {
+        "call_sid": call.call_sid,
+        "direction": call.direction,
+        "kind": call.kind,
+        "to": call.to_number,
+        "from": call.from_number,
+        "status": call.status,
+        "outcome": call.outcome,
+        "delivery_id": call.delivery_id,
+        "created_at": call.created_at.isoformat(),
+        "answered_at": call.answered_at.isoformat() if call.answered_at else None,
+        "ended_at": call.ended_at.isoformat() if call.ended_at else None,
+        "events": [{"at": e.at.isoformat(), "kind": e.kind, **e.detail} for e in events],
+        "transcript": [
+            {
+                "seq": t.seq,
+                "at": t.at.isoformat(),
+                "role": t.role,
+                "text": t.text,
+                "interrupted": t.interrupted,
+                **({"original_text": t.original_text} if t.original_text is not None else {}),
+                **({"played_ms": t.played_ms, "sent_ms": t.sent_ms} if t.interrupted else {}),
+            }
+            for t in turns
+        ],
+    }
+
+
+async def outbound_call(request: web.Request, deps: CallsDeps) -> web.Response:
+    body = await read_model(request, OutboundCallBody)
+    if not deps.agent_ready:
+        raise error(
+            503, "agent_unavailable", "agent mode needs ELEVENLABS_AGENT_ID (an ElevenLabs agent to talk to)"
+        )
+    try:
+        number = to_e164(body.number, deps.limits.region, strict=deps.limits.strict_numbers)
+    except BadNumber as err:
+        raise error(422, "validation_failed", str(err), field="number") from None
+    key = idempotency_key(request)
+    agent = {"after": "start", "prompt": body.prompt, "first_message": body.first_message}
+    options = {**AlertOptions().model_dump(mode="json"), "agent": agent}
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    try:
+        alert_id, created = await deps.deliveries.create_alert(
+            idempotency_key=key,
+            request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+            source="outbound-call",
+            template=None,
+            template_text=None,
+            variables={},
+            options=options,
+            callback_url=None,
+            deliveries=[
+                NewDelivery(position=0, phone=number, name=None, timezone=None, variables={}, text="")
+            ],
+            max_attempts=1,
+        )
+    except IdempotencyConflict:
+        raise idempotency_conflict() from None
+    if created:
+        deps.dispatcher.wake()
+    (delivery,) = await deps.deliveries.deliveries(alert_id, after=-1, limit=1)
+    call_sid = delivery.call_sid or await _wait_for_sid(deps, delivery.id)
+    # The reference answered {success, message, callSid}; the rest says where to follow the call.
+    return web.json_response(
+        {
+            "success": True,
+            "message": "Call initiated" if call_sid else "Call queued",
+            "callSid": call_sid,
+            "alert_id": alert_id,
+            "delivery_id": delivery.id,
+        }
+    )
+
+
+async def _wait_for_sid(deps: CallsDeps, delivery_id: int) -> str | None:
+    """The Call SID once Twilio has answered the create request (the dispatcher places the call within
+    its rate limit); None if that takes longer than SID_WAIT_S (the call still goes out)."""
+    delay = 0.02
+    try:
+        async with asyncio.timeout(SID_WAIT_S):
+            while True:
+                found = await deps.deliveries.delivery_call(delivery_id)
+                if found is not None and found[1]:
+                    return found[1]
+                await asyncio.sleep(delay)  # the dispatcher has no per-delivery signal; back off gently
+                delay = min(delay * 2, 0.25)
+    except TimeoutError:
+        return None
