@@ -15,6 +15,7 @@ import pytest
 from elevenlabs.client import AsyncElevenLabs
 from elevenlabs.core.api_error import ApiError
 
+from announcer.app import SANDBOX_AGENT_ID
 from announcer.audio import FRAME_BYTES, SILENCE_FRAME
 from announcer.sandbox.convai import DEFAULT_AGENT_ID, SandboxConvAI
 from announcer.sandbox.convai_agent import NOT_UNDERSTOOD, AgentBehavior
@@ -23,6 +24,7 @@ from announcer.sandbox.elevenlabs import SandboxElevenLabs
 from announcer.sandbox.speech_book import SpeechBook, recognise
 from announcer.sandbox.voice_activity import SpeechStarted, TurnDetector, TurnEnded
 from announcer.speech.local import LocalSynthesizer
+from tests.conftest import Service
 
 API_KEY = "sandbox-el-key"
 PUBLIC_AGENT = "public-agent"
@@ -294,8 +296,8 @@ async def test_initiation_is_recorded_and_the_first_message_arrives_in_odd_chunk
     assert bridge.audio_of(turn.event_id) == conversation.agent_audio  # exactly the synthesized audio
     assert turn.text == said and turn.sent == turn.total and not turn.interrupted
     sizes = [len(base64.b64decode(m["audio_event"]["audio_base_64"])) for m in bridge.of("audio")]
-    assert len(sizes) > 1 and all(size % 2 == 1 and size % FRAME_BYTES for size in sizes)
-    assert all(1000 <= size <= 4000 for size in sizes[:-1])
+    assert len(sizes) > 1 and all(size % FRAME_BYTES for size in sizes)  # never whole frames
+    assert all(size % 2 == 1 and 1000 <= size <= 4000 for size in sizes[:-1])  # the last is the rest
     assert conversation.config_override == override
     assert conversation.dynamic_variables == {"name": "Ada"}
     assert conversation.first_message == said and conversation.agent_responses == [said]
@@ -504,3 +506,13 @@ async def test_closing_the_sandbox_ends_open_conversations(
     assert await conversation.wait_closed(T) is CloseReason.SHUTDOWN
     await bridge.wait_for(bridge.closed.is_set)
     assert bridge.ws.close_code == 1001
+
+
+async def test_the_service_runs_the_sandbox_agent_beside_the_tts_sandbox(service: Service) -> None:
+    """Sandbox mode: the agent answers on ELEVENLABS_BASE_URL, and shares its SpeechBook with the phone."""
+    p = service.providers
+    client = AsyncElevenLabs(api_key=p.elevenlabs_api_key, base_url=p.elevenlabs_base_url)
+    signed = await client.conversational_ai.conversations.get_signed_url(agent_id=SANDBOX_AGENT_ID)
+    assert signed.signed_url.startswith(p.elevenlabs_base_url.replace("http", "ws", 1))
+    assert service.agent.speech_book is service.sandbox.speech_book
+    assert service.agent.speed == service.settings.announcer_sandbox_speed

@@ -320,7 +320,7 @@ class _Link:
         self.mic: list[tuple[int, int]] = []
         self.marks: list[str] = []
 
-    def send_mic_frame(self, chunk: int, timestamp_ms: int) -> None:
+    def send_mic_frame(self, chunk: int, timestamp_ms: int, payload_b64: str | None) -> None:
         self.mic.append((chunk, timestamp_ms))
 
     def echo_mark(self, name: str) -> None:
@@ -583,6 +583,63 @@ async def test_press_sends_dtmf_and_hang_up_sends_stop(service: FakeService, san
     assert completed["SequenceNumber"] == "0"
     with pytest.raises(RuntimeError, match="no open media stream"):
         await call.press("1")
+
+
+def mic_audio(session: StreamSession) -> list[bytes]:
+    """The phone's microphone frames as the service received them, in order."""
+    return [base64.b64decode(m["media"]["payload"]) for m in session.events("media")]
+
+
+async def test_say_puts_the_line_on_the_microphone(service: FakeService, sandbox: SandboxTwilio) -> None:
+    call = await sandbox.call_in(CALLER)
+    session = await service.wait_session()
+    await session.wait_for(lambda m: m["event"] == "start")
+    await call.say("Yes, please.")
+    line = synth("Yes, please.")
+    assert sandbox.speech_book.snapshot() == [("Yes, please.", line)]  # registered before it was said
+    await session.wait_for(
+        lambda m: (
+            len(session.events("media")) > 0
+            and mic_audio(session)[-1] == SILENCE_FRAME
+            and line in b"".join(mic_audio(session))
+        )
+    )
+    frames = mic_audio(session)
+    spoken = [i for i, f in enumerate(frames) if f != SILENCE_FRAME]
+    assert b"".join(frames[i] for i in spoken) == line  # all of it, in order ...
+    assert spoken == list(range(spoken[0], spoken[0] + len(spoken)))  # ... in consecutive 20 ms slots
+    chunks = [int(m["media"]["chunk"]) for m in session.events("media")]
+    assert chunks == list(range(1, len(chunks) + 1))
+    assert [(s.text, s.finished_at is not None, s.cut) for s in call.spoke] == [("Yes, please.", True, False)]
+    await call.hang_up()
+    with pytest.raises(RuntimeError, match="no open media stream"):
+        await call.say("Too late.")
+
+
+async def test_scripted_lines_answer_each_turn_of_the_far_end(
+    service: FakeService, sandbox: SandboxTwilio
+) -> None:
+    async def talk(session: StreamSession) -> None:
+        """Two turns of the far end, each answered by the phone's next line after a quiet spell."""
+        await session.wait_for(lambda m: m["event"] == "start")
+        for turn in (1, 2):
+            for frame in tone(10):
+                await session.send_frame(frame)
+            said = 5 * turn  # frames of speech the phone has sent once it answered this turn
+            await session.wait_for(
+                lambda m, said=said: sum(f != SILENCE_FRAME for f in mic_audio(session)) >= said
+            )
+        await session.ws.close()
+
+    service.stream_handler = talk
+    call = await sandbox.call_in(CALLER, behavior=PhoneBehavior(lines=("First line.", "Second line.")))
+    await call.wait_ended(T)
+    assert [s.text for s in call.spoke] == ["First line.", "Second line."]
+    first, second = call.spoke
+    assert first.finished_at is not None and second.finished_at is not None
+    heard_first_turn_until = call.answered_at  # the lines came only after the far end talked
+    assert heard_first_turn_until is not None and first.queued_at > heard_first_turn_until
+    assert "First line." in sandbox.speech_book and "Second line." in sandbox.speech_book
 
 
 async def test_outbound_behaviours_and_status_callbacks(

@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from announcer.audio import SAMPLE_RATE
+from announcer.audio import FRAME_BYTES, SAMPLE_RATE
 from announcer.sandbox import convai_messages as cm
 from announcer.sandbox.convai_records import (
     AgentTurn,
@@ -290,9 +290,8 @@ class AgentSession:
         await self._send(cm.agent_response(text))
         record.transcript.append(TranscriptLine("agent", text, time.monotonic()))
         record.notify()
-        low, high = self._behavior.chunk_bytes
         while turn.sent < len(audio) and not self._gone:
-            size = self._rng.randrange(low | 1, high + 1, 2)  # odd: never a whole number of frames
+            size = self._next_chunk_size(len(audio) - turn.sent)
             chunk = audio[turn.sent : turn.sent + size]
             if pace and turn.started_at is not None:
                 due = turn.started_at + turn.sent / (SAMPLE_RATE * self._speed * pace)
@@ -311,6 +310,19 @@ class AgentSession:
         turn.done_sending = True
         record.notify()
         return turn
+
+    def _next_chunk_size(self, remaining: int) -> int:
+        """Odd sizes, and never leaves a remainder that is a whole number of 20 ms frames: a client
+        that forwards chunks as they come, without re-framing, is caught."""
+        low, high = self._behavior.chunk_bytes
+        size = self._rng.randrange(low | 1, high + 1, 2)
+        if size >= remaining:
+            if remaining % FRAME_BYTES:
+                return remaining
+            return remaining - 1  # all of it would be whole frames: leave a 1-byte last chunk
+        if (remaining - size) % FRAME_BYTES == 0:
+            size -= 2  # the rest would be whole frames
+        return size
 
     async def _close_after(self, turn: AgentTurn) -> None:
         """End the conversation once `turn` has played (as the real agent ends after its last line)."""
