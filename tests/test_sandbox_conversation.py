@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp import web
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from announcer.audio import Framer
+from announcer.audio import Framer, lin2ulaw
 from announcer.sandbox import (
     AgentBehavior,
     BargeIn,
@@ -39,6 +40,11 @@ SPEED = 10.0  # sandbox seconds per real second: the phone plays and the agent p
 API_KEY = "el-key"
 AGENT = "public-agent"
 VOICE = LocalSynthesizer()
+
+
+def ulaw_of(wav_frames: bytes) -> bytes:
+    """The WAV's samples back in mu-law, as the phone sent them (G.711 round-trips exactly)."""
+    return lin2ulaw(np.frombuffer(wav_frames, dtype="<i2"))
 
 
 class MiniBridge:
@@ -203,11 +209,19 @@ async def test_a_scripted_caller_talks_with_the_agent_until_goodbye(world: World
     )
     assert [s.text for s in call.spoke] == list(lines)
     assert call.status == "completed" and call.marks_echoed == ["agent-done"]
-    # the phone heard every word the agent said, and its recording holds them
-    assert call.heard.startswith(bytes(conversation.agent_audio[: len(conversation.agent_audio) // 2]))
+    # the phone heard every word the agent said ...
+    assert call.heard == bytes(conversation.agent_audio) + b"\xff" * (
+        len(call.heard) - len(conversation.agent_audio)
+    )
+    # ... and the call's WAV holds both sides on one timeline, the silences between turns included
     assert call.wav_path is not None
     with wave.open(str(call.wav_path)) as wav:
-        assert wav.getnframes() * 1 >= len(conversation.agent_audio) * 0.9
+        assert (wav.getnchannels(), wav.getframerate()) == (1, 8000)
+        recorded = ulaw_of(wav.readframes(wav.getnframes()))
+    said = sum(len(line.audio) for line in call.spoke)
+    assert len(recorded) > len(call.heard) + said  # gaps kept: nobody talked over anybody
+    middle = call.spoke[0].audio[1600:3200]
+    assert middle in recorded  # the caller's own words, where they were said
 
 
 async def test_a_caller_who_barges_in_interrupts_the_agent(world: World) -> None:

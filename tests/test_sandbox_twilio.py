@@ -23,6 +23,8 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from announcer.audio import FRAME_BYTES, SILENCE_FRAME
 from announcer.sandbox import media_messages as mm
 from announcer.sandbox.phone import Phone, PhoneClock
+from announcer.sandbox.phone_voice import PhoneVoice
+from announcer.sandbox.speech_book import SpeechBook
 from announcer.sandbox.twilio import PhoneBehavior, SandboxCall, SandboxTwilio
 from announcer.sandbox.twilio_call import CallStatus, Direction
 from announcer.sandbox.twilio_webhooks import WebhookClient
@@ -318,10 +320,12 @@ def test_phone_messages_are_twilio_json() -> None:
 class _Link:
     def __init__(self) -> None:
         self.mic: list[tuple[int, int]] = []
+        self.payloads: list[str | None] = []
         self.marks: list[str] = []
 
     def send_mic_frame(self, chunk: int, timestamp_ms: int, payload_b64: str | None) -> None:
         self.mic.append((chunk, timestamp_ms))
+        self.payloads.append(payload_b64)
 
     def echo_mark(self, name: str) -> None:
         self.marks.append(name)
@@ -365,6 +369,25 @@ async def test_phone_plays_on_its_clock_echoes_marks_and_counts_underruns() -> N
     assert link.marks == ["m1", "m2"]
     phone.tick(100.5)
     assert call.heard == a + b + c
+
+
+async def test_phone_says_a_line_one_frame_per_slot_and_a_detach_cuts_it() -> None:
+    call, link = _bare_call(), _Link()
+    book = SpeechBook()
+    voice = PhoneVoice(lambda text: bytes([0x2A]) * 400, book)  # 2.5 frames: the last is padded
+    phone = Phone(call, PhoneClock(speed=1.0), voice)
+    phone.attach(link, now=100.0)
+    line = await voice.prepare("Hi")
+    assert line.audio == bytes([0x2A]) * 400 + SILENCE_FRAME[:80] and book.snapshot() == [("Hi", line.audio)]
+    done = phone.speak(line)
+    phone.tick(100.02)
+    phone.tick(100.04)
+    assert [base64.b64decode(p) for p in link.payloads if p] == [line.audio[:160], line.audio[160:320]]
+    assert phone.speaking and call.spoke[0].started_at == pytest.approx(100.0)
+    phone.detach()  # the stream ended with a frame still to send
+    with pytest.raises(RuntimeError, match="stream ended before 'Hi' was said"):
+        await done
+    assert call.spoke[0].cut and call.spoke[0].frames_sent == 2 and call.spoke[0].finished_at is None
 
 
 # -- REST API through the real SDK ---------------------------------------------------------------

@@ -46,6 +46,13 @@ class StreamLink(Protocol):
 
 
 @dataclass(slots=True)
+class _LineStart:
+    """In the microphone queue before a line's first frame."""
+
+    line: SpokenLine
+
+
+@dataclass(slots=True)
 class _LineEnd:
     """In the microphone queue after a line's last frame: runs when that frame has been sent."""
 
@@ -123,7 +130,9 @@ class Phone:
         self.call = call
         self._clock = clock
         self._voice = voice
-        self._mic: deque[str | _LineEnd] = deque()  # frames (base64) of what the phone is saying
+        self._mic: deque[str | _LineStart | _LineEnd] = deque()  # frames (base64) of what it is saying
+        self._line: SpokenLine | None = None  # the line being sent
+        self._played_until: float | None = None  # end of the last frame played (monotonic)
         behavior = call.behavior
         self._script: PhoneScript | None = None
         if voice is not None and (behavior.lines or behavior.barge_in is not None):
@@ -176,8 +185,9 @@ class Phone:
         """Queue a line on the microphone (after anything being said); the future resolves once its
         last frame has been sent, and fails if the stream ends first."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        line = SpokenLine(utterance.text, queued_at=time.monotonic())
+        line = SpokenLine(utterance.text, queued_at=time.monotonic(), audio=utterance.audio)
         self.call.spoke.append(line)
+        self._mic.append(_LineStart(line))
         self._mic.extend(utterance.payloads)
         self._mic.append(_LineEnd(line, done))
         self.call.notify()
@@ -263,6 +273,7 @@ class Phone:
         if queue and next_at is not None:
             heard = self.call._heard
             script = self._script
+            played_from, played_len = next_at, len(heard)
             while queue and next_at <= now:
                 item = queue[0]
                 if isinstance(item, _Marker):
@@ -276,6 +287,10 @@ class Phone:
                     script.heard(item, next_at)
                 next_at += slot
             self._next_slot_at = next_at
+            if len(heard) > played_len:
+                if played_from != self._played_until:  # playback resumed after a gap
+                    self.call._heard_segments.append((played_from, played_len))
+                self._played_until = next_at
         stream = self._stream
         if stream is not None:
             script = self._script
@@ -288,7 +303,7 @@ class Phone:
                 # the frame sent at the end of slot n holds audio from n-1 to n: timestamp its start
                 elapsed_slots = round((self._mic_next_at - self._mic_started_at) / slot)
                 # Skipped slots (a stalled loop) delay a line, never cut it: frames leave in order.
-                payload = self._next_mic_payload(now) if mic else None
+                payload = self._next_mic_payload(self._mic_next_at - slot) if mic else None
                 stream.send_mic_frame(self._mic_chunk, (elapsed_slots - 1) * FRAME_MS, payload)
                 self._mic_next_at += slot
                 sent += 1
@@ -304,22 +319,30 @@ class Phone:
         self._frames_queued += 1
         self._clock.activate(self)
 
-    def _next_mic_payload(self, now: float) -> str | None:
+    def _next_mic_payload(self, slot_start: float) -> str | None:
+        """The next frame of what the phone is saying (None: silence), for the slot from `slot_start`."""
         mic = self._mic
         item = mic.popleft()
-        while isinstance(item, _LineEnd):  # an empty line: nothing to send for it
-            self._line_sent(item, now)
+        while not isinstance(item, str):
+            if isinstance(item, _LineStart):
+                item.line.started_at = slot_start
+                self._line = item.line
+            else:  # an empty line: nothing to send for it
+                self._line_sent(item)
             if not mic:
                 return None
             item = mic.popleft()
+        if self._line is not None:
+            self._line.frames_sent += 1
         if mic and isinstance(mic[0], _LineEnd):
             end = mic.popleft()
             assert isinstance(end, _LineEnd)
-            self._line_sent(end, now)
+            self._line_sent(end)
         return item
 
-    def _line_sent(self, end: _LineEnd, now: float) -> None:
-        end.line.finished_at = now
+    def _line_sent(self, end: _LineEnd) -> None:
+        end.line.finished_at = time.monotonic()
+        self._line = None
         if end.done is not None and not end.done.done():
             end.done.set_result(None)
         self.call.notify()
@@ -327,6 +350,7 @@ class Phone:
     def _drop_mic(self) -> None:
         ends = [item for item in self._mic if isinstance(item, _LineEnd)]
         self._mic.clear()
+        self._line = None
         for end in ends:
             end.line.cut = True
             if end.done is not None and not end.done.done():

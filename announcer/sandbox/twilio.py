@@ -27,6 +27,7 @@ from aiohttp import web
 from announcer.audio import write_wav
 from announcer.sandbox.phone import PhoneClock
 from announcer.sandbox.phone_voice import PhoneVoice
+from announcer.sandbox.recording import conversation_audio
 from announcer.sandbox.speech_book import SpeechBook
 from announcer.sandbox.twilio_call import (
     BargeIn,
@@ -327,7 +328,7 @@ class SandboxTwilio:
                 path = self.recordings_dir / f"{call.sid}.wav"
                 # synchronous on purpose: it must happen even when close() cancels this task, and a
                 # call's audio is at most a few hundred KB
-                write_wav(path, call.heard)
+                write_wav(path, conversation_audio(call, self.speed) if call.spoke else call.heard)
                 call.wav_path = path
             if sip_code is None:
                 sip_code = SIP_CODES.get(call.status)

@@ -105,6 +105,9 @@ class SpokenLine:
 
     text: str
     queued_at: float
+    audio: bytes = field(default=b"", repr=False)
+    started_at: float | None = None  # start of the 20 ms slot of its first frame
+    frames_sent: int = 0
     finished_at: float | None = None  # its last frame was sent
     cut: bool = False  # the stream ended before it was all sent
 
@@ -164,6 +167,9 @@ class SandboxCall:
     wav_path: pathlib.Path | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     _heard: bytearray = field(default_factory=bytearray, repr=False)
+    # (monotonic play time, offset in _heard) wherever playback resumed after a gap: with `spoke`,
+    # enough to lay both sides of a conversation on one timeline (`recording.conversation_audio`)
+    _heard_segments: list[tuple[float, int]] = field(default_factory=list, repr=False)
     # set whenever an observation changes, then replaced: waiters re-check their condition
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _callback_seq: int = 0
