@@ -228,9 +228,12 @@ async def test_a_caller_who_barges_in_interrupts_the_agent(world: World) -> None
     world.agent.behavior = AgentBehavior(
         ping_interval_s=None,
         send_pace=1.0,  # audio leaves as fast as it plays, so the barge-in cuts what is still unsent
-        first_message="Hello, this is a long message about your appointment next week at the clinic.",
+        first_message=(
+            "Hello, this is a long message about your appointment next week at the clinic, "
+            "with the address, the time, and what to bring along on the day."
+        ),
     )
-    behavior = PhoneBehavior(lines=("Goodbye.",), barge_in=BargeIn("Wait, stop.", turn=1, after_s=1.0))
+    behavior = PhoneBehavior(lines=("Goodbye.",), barge_in=BargeIn("Wait, stop.", turn=1, after_s=0.5))
     call = await world.twilio.call_in("+15550002000", behavior=behavior)
     conversation = await world.agent.wait_for_conversation(T)
     assert await conversation.wait_closed(T) is CloseReason.SERVER
