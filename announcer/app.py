@@ -77,6 +77,7 @@ STORE = web.AppKey("store", CallStore)
 PROVIDERS = web.AppKey("providers", Providers)
 SANDBOX = web.AppKey("sandbox", Any)  # the SandboxTwilio, only in sandbox mode
 SANDBOX_TTS = web.AppKey("sandbox_tts", Any)  # the SandboxElevenLabs, only in sandbox mode
+SANDBOX_AGENT = web.AppKey("sandbox_agent", Any)  # its SandboxConvAI (same port), only in sandbox mode
 TWILIO = web.AppKey("twilio", TwilioCalls)
 SPEAKER = web.AppKey("speaker", Speaker)
 LOCAL_VOICE = web.AppKey("local_voice", LocalSynthesizer)
@@ -209,13 +210,26 @@ async def _sandbox(app: web.Application) -> AsyncIterator[None]:
     phone_number = settings.twilio_phone_number or SANDBOX_NUMBER
     sandbox: Any = None
     sandbox_tts: Any = None
+    sandbox_agent: Any = None
     if settings.tts_sandbox or settings.twilio_sandbox:
         # The service imports the sandbox only here, and only without credentials (design.md).
+        from announcer.sandbox.convai import SandboxConvAI
         from announcer.sandbox.elevenlabs import SandboxElevenLabs
+        from announcer.sandbox.speech_book import SpeechBook
         from announcer.sandbox.twilio import SandboxTwilio
 
+        book = SpeechBook()  # what the sandbox phone says, so the sandbox agent can recognise it
         if settings.tts_sandbox:
-            sandbox_tts = SandboxElevenLabs(api_key=el_key, synthesize=local.synthesize)
+            sandbox_agent = SandboxConvAI(
+                api_key=el_key,
+                synthesize=local.synthesize,
+                speech_book=book,
+                agent_ids=(settings.elevenlabs_agent_id or SANDBOX_AGENT_ID,),
+                speed=settings.announcer_sandbox_speed if settings.twilio_sandbox else 1.0,
+            )
+            sandbox_tts = SandboxElevenLabs(
+                api_key=el_key, synthesize=local.synthesize, extensions=[sandbox_agent]
+            )
             el_base = await sandbox_tts.start()
             log.warning(
                 "sandbox mode: no ELEVENLABS_API_KEY; speech comes from the local voice via the "
@@ -233,6 +247,7 @@ async def _sandbox(app: web.Application) -> AsyncIterator[None]:
                 recordings_dir=recordings,
                 say_synthesize=local.synthesize,
                 speed=settings.announcer_sandbox_speed,
+                speech_book=book,
             )
             twilio_base = await sandbox.start()
             _write_sandbox_file(settings, twilio_base, account_sid, auth_token)
@@ -244,6 +259,7 @@ async def _sandbox(app: web.Application) -> AsyncIterator[None]:
             )
     app[SANDBOX] = sandbox
     app[SANDBOX_TTS] = sandbox_tts
+    app[SANDBOX_AGENT] = sandbox_agent
     app[PROVIDERS] = Providers(account_sid, auth_token, phone_number, twilio_base, el_key, el_base)
     yield
     if sandbox is not None:

@@ -89,6 +89,12 @@ class Service:
         return self.app[SANDBOX_TTS]
 
     @property
+    def agent(self) -> Any:
+        from announcer.app import SANDBOX_AGENT
+
+        return self.app[SANDBOX_AGENT]
+
+    @property
     def store(self) -> CallStore:
         from announcer.app import STORE
 

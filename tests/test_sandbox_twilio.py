@@ -23,6 +23,8 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from announcer.audio import FRAME_BYTES, SILENCE_FRAME
 from announcer.sandbox import media_messages as mm
 from announcer.sandbox.phone import Phone, PhoneClock
+from announcer.sandbox.phone_voice import PhoneVoice
+from announcer.sandbox.speech_book import SpeechBook
 from announcer.sandbox.twilio import PhoneBehavior, SandboxCall, SandboxTwilio
 from announcer.sandbox.twilio_call import CallStatus, Direction
 from announcer.sandbox.twilio_webhooks import WebhookClient
@@ -318,10 +320,12 @@ def test_phone_messages_are_twilio_json() -> None:
 class _Link:
     def __init__(self) -> None:
         self.mic: list[tuple[int, int]] = []
+        self.payloads: list[str | None] = []
         self.marks: list[str] = []
 
-    def send_mic_frame(self, chunk: int, timestamp_ms: int) -> None:
+    def send_mic_frame(self, chunk: int, timestamp_ms: int, payload_b64: str | None) -> None:
         self.mic.append((chunk, timestamp_ms))
+        self.payloads.append(payload_b64)
 
     def echo_mark(self, name: str) -> None:
         self.marks.append(name)
@@ -365,6 +369,25 @@ async def test_phone_plays_on_its_clock_echoes_marks_and_counts_underruns() -> N
     assert link.marks == ["m1", "m2"]
     phone.tick(100.5)
     assert call.heard == a + b + c
+
+
+async def test_phone_says_a_line_one_frame_per_slot_and_a_detach_cuts_it() -> None:
+    call, link = _bare_call(), _Link()
+    book = SpeechBook()
+    voice = PhoneVoice(lambda text: bytes([0x2A]) * 400, book)  # 2.5 frames: the last is padded
+    phone = Phone(call, PhoneClock(speed=1.0), voice)
+    phone.attach(link, now=100.0)
+    line = await voice.prepare("Hi")
+    assert line.audio == bytes([0x2A]) * 400 + SILENCE_FRAME[:80] and book.snapshot() == [("Hi", line.audio)]
+    done = phone.speak(line)
+    phone.tick(100.02)
+    phone.tick(100.04)
+    assert [base64.b64decode(p) for p in link.payloads if p] == [line.audio[:160], line.audio[160:320]]
+    assert phone.speaking and call.spoke[0].started_at == pytest.approx(100.0)
+    phone.detach()  # the stream ended with a frame still to send
+    with pytest.raises(RuntimeError, match="stream ended before 'Hi' was said"):
+        await done
+    assert call.spoke[0].cut and call.spoke[0].frames_sent == 2 and call.spoke[0].finished_at is None
 
 
 # -- REST API through the real SDK ---------------------------------------------------------------
@@ -583,6 +606,63 @@ async def test_press_sends_dtmf_and_hang_up_sends_stop(service: FakeService, san
     assert completed["SequenceNumber"] == "0"
     with pytest.raises(RuntimeError, match="no open media stream"):
         await call.press("1")
+
+
+def mic_audio(session: StreamSession) -> list[bytes]:
+    """The phone's microphone frames as the service received them, in order."""
+    return [base64.b64decode(m["media"]["payload"]) for m in session.events("media")]
+
+
+async def test_say_puts_the_line_on_the_microphone(service: FakeService, sandbox: SandboxTwilio) -> None:
+    call = await sandbox.call_in(CALLER)
+    session = await service.wait_session()
+    await session.wait_for(lambda m: m["event"] == "start")
+    await call.say("Yes, please.")
+    line = synth("Yes, please.")
+    assert sandbox.speech_book.snapshot() == [("Yes, please.", line)]  # registered before it was said
+    await session.wait_for(
+        lambda m: (
+            len(session.events("media")) > 0
+            and mic_audio(session)[-1] == SILENCE_FRAME
+            and line in b"".join(mic_audio(session))
+        )
+    )
+    frames = mic_audio(session)
+    spoken = [i for i, f in enumerate(frames) if f != SILENCE_FRAME]
+    assert b"".join(frames[i] for i in spoken) == line  # all of it, in order ...
+    assert spoken == list(range(spoken[0], spoken[0] + len(spoken)))  # ... in consecutive 20 ms slots
+    chunks = [int(m["media"]["chunk"]) for m in session.events("media")]
+    assert chunks == list(range(1, len(chunks) + 1))
+    assert [(s.text, s.finished_at is not None, s.cut) for s in call.spoke] == [("Yes, please.", True, False)]
+    await call.hang_up()
+    with pytest.raises(RuntimeError, match="no open media stream"):
+        await call.say("Too late.")
+
+
+async def test_scripted_lines_answer_each_turn_of_the_far_end(
+    service: FakeService, sandbox: SandboxTwilio
+) -> None:
+    async def talk(session: StreamSession) -> None:
+        """Two turns of the far end, each answered by the phone's next line after a quiet spell."""
+        await session.wait_for(lambda m: m["event"] == "start")
+        for turn in (1, 2):
+            for frame in tone(10):
+                await session.send_frame(frame)
+            said = 5 * turn  # frames of speech the phone has sent once it answered this turn
+            await session.wait_for(
+                lambda m, said=said: sum(f != SILENCE_FRAME for f in mic_audio(session)) >= said
+            )
+        await session.ws.close()
+
+    service.stream_handler = talk
+    call = await sandbox.call_in(CALLER, behavior=PhoneBehavior(lines=("First line.", "Second line.")))
+    await call.wait_ended(T)
+    assert [s.text for s in call.spoke] == ["First line.", "Second line."]
+    first, second = call.spoke
+    assert first.finished_at is not None and second.finished_at is not None
+    heard_first_turn_until = call.answered_at  # the lines came only after the far end talked
+    assert heard_first_turn_until is not None and first.queued_at > heard_first_turn_until
+    assert "First line." in sandbox.speech_book and "Second line." in sandbox.speech_book
 
 
 async def test_outbound_behaviours_and_status_callbacks(

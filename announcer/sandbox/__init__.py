@@ -4,14 +4,32 @@ Used by sandbox mode (no credentials) and by the tests. Imports nothing from the
 `announcer.audio`; the service imports it only from `app.py` when sandbox mode is on.
 """
 
+from announcer.sandbox.convai import DEFAULT_AGENT_ID, SandboxConvAI
+from announcer.sandbox.convai_agent import AgentBehavior
+from announcer.sandbox.convai_records import CloseReason, Conversation
 from announcer.sandbox.elevenlabs import SandboxElevenLabs
-from announcer.sandbox.twilio import PhoneBehavior, RestRequest, SandboxCall, SandboxTwilio, WebhookRequest
+from announcer.sandbox.speech_book import SpeechBook
+from announcer.sandbox.twilio import (
+    BargeIn,
+    PhoneBehavior,
+    RestRequest,
+    SandboxCall,
+    SandboxTwilio,
+    WebhookRequest,
+)
 
 __all__ = [
+    "DEFAULT_AGENT_ID",
+    "AgentBehavior",
+    "BargeIn",
+    "CloseReason",
+    "Conversation",
     "PhoneBehavior",
     "RestRequest",
     "SandboxCall",
+    "SandboxConvAI",
     "SandboxElevenLabs",
     "SandboxTwilio",
+    "SpeechBook",
     "WebhookRequest",
 ]

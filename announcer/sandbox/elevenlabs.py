@@ -17,10 +17,10 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -77,6 +77,16 @@ class TtsRequest:
     finished_at: float | None = None
 
 
+class Extension(Protocol):
+    """More of the ElevenLabs API on the same app and port (the agents endpoint, `convai.py`)."""
+
+    def install(self, app: web.Application) -> None:
+        """Add routes; called by `start()` before the app is frozen."""
+
+    async def close(self) -> None:
+        """Called by `close()` before the server stops, to end long-lived requests (websockets)."""
+
+
 @dataclass
 class _Failure:
     kind: FailureKind
@@ -87,9 +97,12 @@ class _Failure:
 class SandboxElevenLabs:
     """Started and closed by its owner; the knobs are plain attributes, read at each use."""
 
-    def __init__(self, api_key: str, synthesize: Callable[[str], bytes]) -> None:
+    def __init__(
+        self, api_key: str, synthesize: Callable[[str], bytes], extensions: Sequence[Extension] = ()
+    ) -> None:
         self._api_key = api_key
         self._synthesize = synthesize
+        self._extensions = tuple(extensions)
         self.first_byte_delay_s: float = 0.0
         self.chunk_bytes: int = 800
         self.bytes_per_second: float | None = None  # None: as fast as possible; 16000 = twice real time
@@ -107,6 +120,8 @@ class SandboxElevenLabs:
         app = web.Application()
         app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self._tts)
         app.router.add_post("/v1/text-to-speech/{voice_id}", self._tts)
+        for extension in self._extensions:
+            extension.install(app)
         # handler_cancellation: a client that hangs up cancels its handler at once, so a request's
         # outcome says "client_gone" even while the handler waits rather than writes.
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -120,6 +135,8 @@ class SandboxElevenLabs:
 
     async def close(self) -> None:
         self._closing.set()  # releases "timeout" handlers, so the shutdown does not wait for them
+        for extension in self._extensions:
+            await extension.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

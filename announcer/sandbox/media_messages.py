@@ -18,7 +18,7 @@ from typing import Any
 from announcer.audio import FRAME_BYTES, SAMPLE_RATE, SILENCE_FRAME
 
 PROTOCOL_ERROR_CODE = 31951
-# The phone's microphone is silent: every upstream media frame carries the same payload, encoded once.
+# The phone's microphone is mostly silent: silent frames all carry this payload, encoded once.
 SILENCE_PAYLOAD = base64.b64encode(SILENCE_FRAME).decode("ascii")
 
 

@@ -103,14 +103,14 @@ class MediaStream:
             await self._shutdown(ws, writer)
 
     # -- called by the phone (synchronously, from the clock tick) --------------------------------
-    def send_mic_frame(self, chunk: int, timestamp_ms: int) -> None:
+    def send_mic_frame(self, chunk: int, timestamp_ms: int, payload_b64: str | None) -> None:
         self._send(
             mm.media_message(
                 self._next_seq(),
                 stream_sid=self.stream_sid,
                 chunk=chunk,
                 timestamp_ms=timestamp_ms,
-                payload_b64=mm.SILENCE_PAYLOAD,
+                payload_b64=mm.SILENCE_PAYLOAD if payload_b64 is None else payload_b64,
             )
         )
 

@@ -1,4 +1,4 @@
-"""The caller's handset: a playback buffer and a silent microphone, driven by one shared clock.
+"""The caller's handset: a playback buffer and a microphone, driven by one shared clock.
 
 Benchmarks run 100-200 sandbox calls in one process, so no call owns a sleeping task: `PhoneClock`
 wakes every few milliseconds and lets each active `Phone` catch up on the 20 ms slots that are due
@@ -8,6 +8,9 @@ and lets `speed` (sandbox seconds per real second) go far above the tick rate.
 Playback follows Twilio's documented behaviour (protocols.md, "Media Streams websocket"): media is
 played in the order received and buffered when sent ahead; a `mark` is echoed once all audio sent
 before it has played; `clear` drops buffered audio and echoes every pending mark at once.
+
+The microphone sends silence, or the frames of a line the phone says (`say`, or the scripted
+conversation of `PhoneBehavior`, see `phone_script`): one frame per 20 ms slot either way.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from announcer.audio import FRAME_MS
-from announcer.sandbox.twilio_call import SandboxCall
+from announcer.sandbox.phone_script import PhoneScript
+from announcer.sandbox.phone_voice import PhoneVoice, Utterance
+from announcer.sandbox.twilio_call import SandboxCall, SpokenLine
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +39,25 @@ MAX_MIC_CATCH_UP = 25
 class StreamLink(Protocol):
     """The open media stream of a phone, as the clock sees it (implemented by MediaStream)."""
 
-    def send_mic_frame(self, chunk: int, timestamp_ms: int) -> None: ...
+    def send_mic_frame(self, chunk: int, timestamp_ms: int, payload_b64: str | None) -> None:
+        """One upstream media frame; `payload_b64` None means silence."""
 
     def echo_mark(self, name: str) -> None: ...
+
+
+@dataclass(slots=True)
+class _LineStart:
+    """In the microphone queue before a line's first frame."""
+
+    line: SpokenLine
+
+
+@dataclass(slots=True)
+class _LineEnd:
+    """In the microphone queue after a line's last frame: runs when that frame has been sent."""
+
+    line: SpokenLine
+    done: asyncio.Future[None] | None
 
 
 @dataclass(slots=True)
@@ -105,9 +126,19 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 class Phone:
     """Playback buffer and microphone of one call; every method is synchronous and cheap."""
 
-    def __init__(self, call: SandboxCall, clock: PhoneClock) -> None:
+    def __init__(self, call: SandboxCall, clock: PhoneClock, voice: PhoneVoice | None = None) -> None:
         self.call = call
         self._clock = clock
+        self._voice = voice
+        self._mic: deque[str | _LineStart | _LineEnd] = deque()  # frames (base64) of what it is saying
+        self._line: SpokenLine | None = None  # the line being sent
+        self._played_until: float | None = None  # end of the last frame played (monotonic)
+        behavior = call.behavior
+        self._script: PhoneScript | None = None
+        if voice is not None and (behavior.lines or behavior.barge_in is not None):
+            self._script = PhoneScript(
+                behavior.lines, behavior.barge_in, behavior.reply_after_quiet_s, clock.speed
+            )
         self._queue: deque[bytes | _Marker] = deque()
         self._frames_queued = 0
         # Real (monotonic) time at which the next frame may start playing.  While the buffer is dry it
@@ -128,6 +159,8 @@ class Phone:
         self._mic_started_at = now
         self._mic_next_at = now + self._clock.slot_s
         self._mic_chunk = 0
+        if self._script is not None and self._voice is not None:
+            self._script.prepare(self._voice)
         self._clock.activate(self)
 
     def detach(self) -> None:
@@ -136,6 +169,39 @@ class Phone:
         self._stream = None
         self._in_segment = False
         self._drop_all()
+        self._drop_mic()
+
+    def close(self) -> None:
+        """The call is over: stop preparing scripted lines."""
+        if self._script is not None:
+            self._script.cancel()
+
+    # -- the microphone ------------------------------------------------------------------------
+    @property
+    def speaking(self) -> bool:
+        return bool(self._mic)
+
+    def speak(self, utterance: Utterance) -> asyncio.Future[None]:
+        """Queue a line on the microphone (after anything being said); the future resolves once its
+        last frame has been sent, and fails if the stream ends first."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        line = SpokenLine(utterance.text, queued_at=time.monotonic(), audio=utterance.audio)
+        self.call.spoke.append(line)
+        self._mic.append(_LineStart(line))
+        self._mic.extend(utterance.payloads)
+        self._mic.append(_LineEnd(line, done))
+        self.call.notify()
+        self._clock.activate(self)
+        return done
+
+    async def say(self, text: str) -> None:
+        """Say `text` over the open media stream; returns when it has all been sent."""
+        if self._voice is None:
+            raise RuntimeError(f"call {self.call.sid}: this phone has no voice")
+        utterance = await self._voice.prepare(text)
+        if self._stream is None:
+            raise RuntimeError(f"call {self.call.sid} has no open media stream to speak on")
+        await self.speak(utterance)
 
     def receive_frame(self, frame: bytes, now: float) -> None:
         """A valid 160-byte media frame from the service."""
@@ -206,6 +272,8 @@ class Phone:
         next_at = self._next_slot_at
         if queue and next_at is not None:
             heard = self.call._heard
+            script = self._script
+            played_from, played_len = next_at, len(heard)
             while queue and next_at <= now:
                 item = queue[0]
                 if isinstance(item, _Marker):
@@ -215,16 +283,28 @@ class Phone:
                 queue.popleft()
                 self._frames_queued -= 1
                 heard += item
+                if script is not None:
+                    script.heard(item, next_at)
                 next_at += slot
             self._next_slot_at = next_at
+            if len(heard) > played_len:
+                if played_from != self._played_until:  # playback resumed after a gap
+                    self.call._heard_segments.append((played_from, played_len))
+                self._played_until = next_at
         stream = self._stream
         if stream is not None:
+            script = self._script
+            if script is not None:
+                script.tick(now, self)
+            mic = self._mic
             sent = 0
             while self._mic_next_at <= now and sent < MAX_MIC_CATCH_UP:
                 self._mic_chunk += 1
                 # the frame sent at the end of slot n holds audio from n-1 to n: timestamp its start
                 elapsed_slots = round((self._mic_next_at - self._mic_started_at) / slot)
-                stream.send_mic_frame(self._mic_chunk, (elapsed_slots - 1) * FRAME_MS)
+                # Skipped slots (a stalled loop) delay a line, never cut it: frames leave in order.
+                payload = self._next_mic_payload(self._mic_next_at - slot) if mic else None
+                stream.send_mic_frame(self._mic_chunk, (elapsed_slots - 1) * FRAME_MS, payload)
                 self._mic_next_at += slot
                 sent += 1
             if self._mic_next_at <= now:
@@ -238,6 +318,46 @@ class Phone:
         self._queue.append(frame)
         self._frames_queued += 1
         self._clock.activate(self)
+
+    def _next_mic_payload(self, slot_start: float) -> str | None:
+        """The next frame of what the phone is saying (None: silence), for the slot from `slot_start`."""
+        mic = self._mic
+        item = mic.popleft()
+        while not isinstance(item, str):
+            if isinstance(item, _LineStart):
+                item.line.started_at = slot_start
+                self._line = item.line
+            else:  # an empty line: nothing to send for it
+                self._line_sent(item)
+            if not mic:
+                return None
+            item = mic.popleft()
+        if self._line is not None:
+            self._line.frames_sent += 1
+        if mic and isinstance(mic[0], _LineEnd):
+            end = mic.popleft()
+            assert isinstance(end, _LineEnd)
+            self._line_sent(end)
+        return item
+
+    def _line_sent(self, end: _LineEnd) -> None:
+        end.line.finished_at = time.monotonic()
+        self._line = None
+        if end.done is not None and not end.done.done():
+            end.done.set_result(None)
+        self.call.notify()
+
+    def _drop_mic(self) -> None:
+        ends = [item for item in self._mic if isinstance(item, _LineEnd)]
+        self._mic.clear()
+        self._line = None
+        for end in ends:
+            end.line.cut = True
+            if end.done is not None and not end.done.done():
+                end.done.set_exception(
+                    RuntimeError(f"call {self.call.sid}: the stream ended before {end.line.text!r} was said")
+                )
+                end.done.exception()  # retrieved here: a scripted line's future has no awaiter
 
     def _drop_all(self) -> None:
         markers = [item for item in self._queue if isinstance(item, _Marker)]

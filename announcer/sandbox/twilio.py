@@ -26,7 +26,11 @@ from aiohttp import web
 
 from announcer.audio import write_wav
 from announcer.sandbox.phone import PhoneClock
+from announcer.sandbox.phone_voice import PhoneVoice
+from announcer.sandbox.recording import conversation_audio
+from announcer.sandbox.speech_book import SpeechBook
 from announcer.sandbox.twilio_call import (
+    BargeIn,
     CallbackEvent,
     CallStatus,
     Direction,
@@ -44,7 +48,7 @@ from announcer.sandbox.twilio_webhooks import (
 )
 from announcer.sandbox.twiml_runner import FetchTwiml, TwimlRunner, TwimlSource
 
-__all__ = ["PhoneBehavior", "RestRequest", "SandboxCall", "SandboxTwilio", "WebhookRequest"]
+__all__ = ["BargeIn", "PhoneBehavior", "RestRequest", "SandboxCall", "SandboxTwilio", "WebhookRequest"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,7 @@ class SandboxTwilio:
         recordings_dir: pathlib.Path,
         say_synthesize: Callable[[str], bytes],
         speed: float = 1.0,
+        speech_book: SpeechBook | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -81,6 +86,10 @@ class SandboxTwilio:
         self.recordings_dir = recordings_dir
         self.speed = speed
         self._synthesize = say_synthesize
+        # The phone speaks with the same local voice; what it says is registered in `speech_book`,
+        # shared with the sandbox agent, which recognises the lines from their audio.
+        self.speech_book = speech_book if speech_book is not None else SpeechBook()
+        self.voice = PhoneVoice(say_synthesize, self.speech_book)
         self.base_url = ""
         self.calls: dict[str, SandboxCall] = {}
         self.rest_log: list[RestRequest] = []
@@ -108,6 +117,7 @@ class SandboxTwilio:
             clock=self._clock,
             synthesize=self._synthesize,
             on_answered=self._answer,
+            voice=self.voice,
         )
         self._runner = web.AppRunner(RestApi(self).app(), access_log=None)
         await self._runner.setup()
@@ -141,9 +151,15 @@ class SandboxTwilio:
         self._behaviors[number] = behavior
 
     async def call_in(
-        self, from_number: str, *, to: str | None = None, caller_name: str | None = None
+        self,
+        from_number: str,
+        *,
+        to: str | None = None,
+        caller_name: str | None = None,
+        behavior: PhoneBehavior | None = None,
     ) -> SandboxCall:
-        """Someone calls the sandbox number; the call proceeds in the background."""
+        """Someone calls the sandbox number; the call proceeds in the background.  `behavior` gives
+        the caller a script (`lines`, `barge_in`); its answering fields do not apply to an inbound call."""
         call = SandboxCall(
             sid=new_sid("CA"),
             account_sid=self.account_sid,
@@ -154,6 +170,7 @@ class SandboxTwilio:
             caller_name=caller_name,
             status=CallStatus.RINGING,
             start_time=dt.datetime.now(dt.UTC),
+            behavior=behavior or PhoneBehavior(),
         )
         if self.status_callback_url:
             call.status_callback = StatusCallbackConfig(self.status_callback_url)
@@ -311,7 +328,7 @@ class SandboxTwilio:
                 path = self.recordings_dir / f"{call.sid}.wav"
                 # synchronous on purpose: it must happen even when close() cancels this task, and a
                 # call's audio is at most a few hundred KB
-                write_wav(path, call.heard)
+                write_wav(path, conversation_audio(call, self.speed) if call.spoke else call.heard)
                 call.wav_path = path
             if sip_code is None:
                 sip_code = SIP_CODES.get(call.status)

@@ -21,6 +21,7 @@ from announcer.audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from announcer.sandbox.media_stream import MediaStream
+    from announcer.sandbox.phone import Phone
     from announcer.sandbox.twiml_runner import TwimlSource
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
@@ -68,6 +69,15 @@ def new_sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
 
+@dataclass(frozen=True)
+class BargeIn:
+    """A line the phone says while the far end is talking (to exercise interruption)."""
+
+    line: str
+    turn: int = 1  # during the far end's `turn`th turn (1: its first, e.g. an agent's first message)
+    after_s: float = 0.5  # sandbox seconds after that turn started playing
+
+
 @dataclass
 class PhoneBehavior:
     """How the simulated callee of an outbound call reacts (default: answers after a short ring)."""
@@ -81,6 +91,25 @@ class PhoneBehavior:
     refuse_code: int | None = None
     refuse_status: int = 400
     refuse_times: int | None = None
+    # A scripted conversation on the media stream: each line is said once the far end has been quiet
+    # for `reply_after_quiet_s` (sandbox seconds) after playing something (a reply to each of its
+    # turns); `barge_in` is said while it talks.  The lines are registered in the sandbox's SpeechBook.
+    lines: tuple[str, ...] = ()
+    reply_after_quiet_s: float = 0.6
+    barge_in: BargeIn | None = None
+
+
+@dataclass
+class SpokenLine:
+    """A line the phone said (or began to) on the media stream; times are monotonic."""
+
+    text: str
+    queued_at: float
+    audio: bytes = field(default=b"", repr=False)
+    started_at: float | None = None  # start of the 20 ms slot of its first frame
+    frames_sent: int = 0
+    finished_at: float | None = None  # its last frame was sent
+    cut: bool = False  # the stream ended before it was all sent
 
 
 @dataclass
@@ -130,18 +159,23 @@ class SandboxCall:
     frames_received: int = 0
     underrun_frames: int = 0
     marks_echoed: list[str] = field(default_factory=list)
-    said: list[str] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)  # <Say> texts the phone heard
+    spoke: list[SpokenLine] = field(default_factory=list)  # lines the phone said into its microphone
     protocol_errors: list[str] = field(default_factory=list)
     application_errors: list[str] = field(default_factory=list)
     custom_parameters: dict[str, str] = field(default_factory=dict)
     wav_path: pathlib.Path | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     _heard: bytearray = field(default_factory=bytearray, repr=False)
+    # (monotonic play time, offset in _heard) wherever playback resumed after a gap: with `spoke`,
+    # enough to lay both sides of a conversation on one timeline (`recording.conversation_audio`)
+    _heard_segments: list[tuple[float, int]] = field(default_factory=list, repr=False)
     # set whenever an observation changes, then replaced: waiters re-check their condition
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _callback_seq: int = 0
     _callback_task: asyncio.Task[None] | None = field(default=None, repr=False)  # last status callback
     _stream: MediaStream | None = field(default=None, repr=False)
+    _phone: Phone | None = field(default=None, repr=False)
     _script_task: asyncio.Task[object] | None = field(default=None, repr=False)
     _redirect_to: TwimlSource | None = field(default=None, repr=False)
     _ending: bool = False
@@ -186,6 +220,23 @@ class SandboxCall:
         if stream is None:
             raise RuntimeError(f"call {self.sid} has no open media stream to send digits on")
         await stream.send_dtmf(digits)
+
+    async def say(self, text: str) -> None:
+        """The caller says `text` into the open media stream (the sandbox voice, registered in the
+        SpeechBook first); returns once its last frame has been sent."""
+        phone = self._phone
+        if phone is None or self._stream is None:
+            raise RuntimeError(f"call {self.sid} has no open media stream to speak on")
+        await phone.say(text)
+
+    async def wait_for_spoken(self, n: int, timeout: float) -> SpokenLine:
+        """Wait until the phone has finished saying its `n`th line (1-based)."""
+        await self._wait_until(
+            lambda: len(self.spoke) >= n and self.spoke[n - 1].finished_at is not None,
+            timeout,
+            f"line {n} said",
+        )
+        return self.spoke[n - 1]
 
     async def hang_up(self) -> None:
         """The caller hangs up: `stop` on the stream, socket closed, call completed.

@@ -25,6 +25,7 @@ import aiohttp
 from announcer.audio import cut_frames
 from announcer.sandbox.media_stream import MediaStream
 from announcer.sandbox.phone import Phone, PhoneClock
+from announcer.sandbox.phone_voice import PhoneVoice
 from announcer.sandbox.twilio_call import CallStatus, SandboxCall
 from announcer.sandbox.twilio_webhooks import (
     HTTP_RETRIEVAL_FAILURE,
@@ -200,16 +201,19 @@ class TwimlRunner:
         clock: PhoneClock,
         synthesize: Callable[[str], bytes],
         on_answered: Callable[[SandboxCall], None],
+        voice: PhoneVoice | None = None,
     ) -> None:
         self._webhooks = webhooks
         self._session = session
         self._clock = clock
         self._synthesize = synthesize
+        self._voice = voice
         self._on_answered = on_answered
 
     async def converse(self, call: SandboxCall, source: TwimlSource) -> None:
         """Run TwiML on an answered (or, inbound, ringing) call until it hangs up or runs out of verbs."""
-        phone = Phone(call, self._clock)
+        phone = Phone(call, self._clock, self._voice)
+        call._phone = phone
         next_source: TwimlSource | None = source
         try:
             while next_source is not None and not call.is_ending():
@@ -231,7 +235,9 @@ class TwimlRunner:
                 else:
                     next_source = task.result()
         finally:
+            call._phone = None
             phone.stop_local()
+            phone.close()
             self._clock.deactivate(phone)
 
     async def _run_document(self, call: SandboxCall, phone: Phone, source: TwimlSource) -> TwimlSource | None:
