@@ -151,7 +151,7 @@ class AgentBridge:
                 await ws.close()
             self.closed.set()
         if end is not None and not self._closing:
-            self._record("agent_end", kind=end.kind.value, reason=end.reason)
+            self._record("agent_end", how=end.kind.value, reason=end.reason)
             await self._on_end(end)
 
     async def _converse(self) -> AgentEnd:

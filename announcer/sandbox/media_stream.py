@@ -201,6 +201,7 @@ class MediaStream:
             case mm.ServiceMark(name=name):
                 self._phone.receive_mark(name, now)
             case mm.ServiceClear():
+                self._call.clears += 1
                 self._phone.receive_clear(now)
 
     async def _shutdown(self, ws: aiohttp.ClientWebSocketResponse, writer: asyncio.Task[None]) -> None:

@@ -160,6 +160,8 @@ class SandboxCall:
     underrun_frames: int = 0
     marks_echoed: list[str] = field(default_factory=list)
     said: list[str] = field(default_factory=list)  # <Say> texts the phone heard
+    documents: list[str] = field(default_factory=list)  # every TwiML document the call ran, in order
+    clears: int = 0  # `clear` messages from the service
     spoke: list[SpokenLine] = field(default_factory=list)  # lines the phone said into its microphone
     protocol_errors: list[str] = field(default_factory=list)
     application_errors: list[str] = field(default_factory=list)

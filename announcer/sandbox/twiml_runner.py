@@ -249,6 +249,7 @@ class TwimlRunner:
                 text = await self._fetch(call, source)
             else:
                 text = source.text
+            call.documents.append(text)
             verbs = parse_twiml(text)
             if call.status is CallStatus.RINGING:
                 self._on_answered(call)  # an inbound call is answered when its TwiML arrives
