@@ -281,6 +281,7 @@ def _write_sandbox_file(settings: Settings, base_url: str, account_sid: str, aut
                 "account_sid": account_sid,
                 "auth_token": auth_token,
                 "phone_number": settings.twilio_phone_number or SANDBOX_NUMBER,
+                "greeting_agent": settings.greeting_agent,
             }
         )
     )

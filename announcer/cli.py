@@ -849,20 +849,56 @@ def cmd_sandbox_call_in(args: argparse.Namespace) -> int:
         )
         return 2
     info = json.loads(info_path.read_text())
-    return asyncio.run(_call_in(info, args.from_number, args.timeout))
+    lines: list[str] = []
+    if args.agent:
+        if not info.get("greeting_agent"):
+            print(
+                "error: the greeting line does not hand callers to the agent: restart the service with "
+                "GREETING_AGENT=1 (e.g. `GREETING_AGENT=1 make run`)",
+                file=sys.stderr,
+            )
+            return 2
+        lines = args.say or list(DEFAULT_CALLER_LINES)
+    code = asyncio.run(_call_in(info, args.from_number, args.timeout, lines))
+    if code != 0 or not args.agent:
+        return code
+    sid = info["last_sid"]
+    return _on_service(args, lambda api: _print_transcript(sid, api))
 
 
-async def _call_in(info: dict[str, str], from_number: str, timeout: float) -> int:
+# What the sandbox caller says to the agent, one line per reply, unless `--say` gives others.
+DEFAULT_CALLER_LINES = ("Hello, what are your opening hours?", "Thank you, goodbye.")
+
+
+async def _print_transcript(call_sid: str, api: Api) -> int:
+    status, view = await api.request("GET", f"/v1/calls/{call_sid}")
+    if status != 200:
+        raise CommandError(f"error: the service has no record of call {call_sid} ({status})")
+    print("transcript:")
+    for turn in view["transcript"]:
+        who = "agent " if turn["role"] == "agent" else "caller"
+        cut = ""
+        if turn["interrupted"]:
+            cut = f"  [cut by the caller after {turn['played_ms'] / 1000:.1f} s]"
+        print(f"  {who}: {turn['text']}{cut}")
+    if not view["transcript"]:
+        reasons = [e.get("reason") for e in view["events"] if e["kind"] == "agent_end"]
+        print(f"  (no conversation: {reasons[0] if reasons else 'the agent was not reached'})")
+    return 0
+
+
+async def _call_in(info: dict[str, Any], from_number: str, timeout: float, lines: list[str]) -> int:
     auth = aiohttp.BasicAuth(info["account_sid"], info["auth_token"])
     base = info["base_url"]
     async with aiohttp.ClientSession(auth=auth) as http:
-        async with http.post(f"{base}/_sandbox/calls", json={"from": from_number}) as resp:
+        body = {"from": from_number, "lines": lines}
+        async with http.post(f"{base}/_sandbox/calls", json=body) as resp:
             if resp.status != 201:
                 print(
                     f"error: the sandbox refused the call: {resp.status} {await resp.text()}", file=sys.stderr
                 )
                 return 1
-            sid = (await resp.json())["sid"]
+            sid = info["last_sid"] = (await resp.json())["sid"]
         print(f"calling {info['phone_number']} from {from_number}: call {sid}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -1014,6 +1050,13 @@ def main(argv: list[str] | None = None) -> int:
     call_in = sandbox.add_parser("call-in", help="call the running sandbox greeting line")
     call_in.add_argument("--from", dest="from_number", default="+15550123456")
     call_in.add_argument("--timeout", type=float, default=120.0)
+    call_in.add_argument(
+        "--agent", action="store_true", help="talk with the agent (the service runs with GREETING_AGENT=1)"
+    )
+    call_in.add_argument(
+        "--say", action="append", metavar="LINE", help="with --agent: a line the caller says (repeatable)"
+    )
+    _add_service_arguments(call_in)  # --agent reads the transcript from the service
     call_in.set_defaults(func=cmd_sandbox_call_in)
     args = parser.parse_args(argv)
     return int(args.func(args))

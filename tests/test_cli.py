@@ -88,3 +88,43 @@ async def test_serve_and_sandbox_call_in(tmp_path: Path) -> None:
     finally:
         server.terminate()
         await server.wait()
+
+
+@pytest.mark.timeout(180)
+async def test_sandbox_call_in_talks_with_the_agent_and_prints_the_transcript(tmp_path: Path) -> None:
+    port = free_port()
+    env = env_for(tmp_path, PORT=str(port), ANNOUNCER_SANDBOX_SPEED="20", GREETING_AGENT="1")
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "announcer.cli", "serve", env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert server.stderr is not None
+        async with asyncio.timeout(60):
+            seen = ""
+            while "loopback Twilio" not in seen:
+                line = await server.stderr.readline()
+                assert line, f"service exited early: {seen}"
+                seen += line.decode()
+        code, out, err = await run_cli(
+            env,
+            "sandbox",
+            "call-in",
+            "--agent",
+            "--say",
+            "Is the clinic open?",
+            "--say",
+            "Goodbye.",
+            timeout=120,
+        )
+        assert code == 0, err
+        transcript = out.split("transcript:\n", 1)[1].splitlines()
+        assert transcript[0].startswith("  agent : Hello")
+        assert "  caller: Is the clinic open?" in transcript
+        assert "  caller: Goodbye." in transcript
+        assert transcript[-1].startswith("  agent : ")  # the agent's goodbye ends it
+        wav_path = Path(next(x for x in out.splitlines() if x.startswith("recording: ")).split(": ", 1)[1])
+        with wave.open(str(wav_path)) as wav:
+            assert wav.getnframes() > 8000 * 3  # greeting, both sides of the conversation
+    finally:
+        server.terminate()
+        await server.wait()

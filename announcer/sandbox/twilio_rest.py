@@ -25,6 +25,7 @@ from announcer.sandbox.twilio_call import (
     DTMF_DIGITS,
     CallbackEvent,
     CallStatus,
+    PhoneBehavior,
     SandboxCall,
     StatusCallbackConfig,
 )
@@ -440,7 +441,11 @@ class RestApi:
             raise RestError(400, 21211, "'to' must be a string")
         if name is not None and not isinstance(name, str):
             raise RestError(400, 20001, "'caller_name' must be a string")
-        call = await self._sandbox.call_in(from_, to=to, caller_name=name)
+        lines = body.get("lines", [])
+        if not isinstance(lines, list) or not all(isinstance(x, str) and 0 < len(x) <= 500 for x in lines):
+            raise RestError(400, 20001, "'lines' must be a list of strings (1 to 500 characters)")
+        behavior = PhoneBehavior(lines=tuple(lines))  # what the caller says, one line per reply
+        call = await self._sandbox.call_in(from_, to=to, caller_name=name, behavior=behavior)
         return web.json_response({"sid": call.sid}, status=201)
 
     async def control_get(self, request: web.Request) -> web.Response:
