@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -120,7 +121,10 @@ class AgentBridge:
         if payload is None:
             self.bad += 1
             return
-        await ws.send_str(protocol.user_audio_message(payload))
+        try:
+            await ws.send_str(protocol.user_audio_message(payload))
+        except ConnectionResetError:
+            return  # the agent's socket is closing: its reader reports how the conversation ended
         self.audio_in += 1
 
     def mark_played(self, name: str) -> None:
@@ -142,6 +146,9 @@ class AgentBridge:
         except asyncio.CancelledError:
             if not self._closing:
                 raise
+        except ConnectionResetError:
+            # Twilio's socket went away under a send: the session's finish closes the call and us.
+            end = None
         except Exception as err:  # a bug must not leave the caller in silence
             log.exception("agent bridge of %s failed", self._sid)
             end = AgentEnd(EndKind.FAILED, f"bridge error: {type(err).__name__}", self._ready)
@@ -217,7 +224,9 @@ class AgentBridge:
                 await self._play(event.audio_b64)
         elif isinstance(event, protocol.Ping):
             if self._ws is not None:
-                await self._ws.send_str(protocol.pong_message(event.event_id))
+                # A reset here means the agent's socket is closing: the next receive says how.
+                with contextlib.suppress(ConnectionResetError):
+                    await self._ws.send_str(protocol.pong_message(event.event_id))
         elif isinstance(event, protocol.Interruption):
             await self._interrupted(event.event_id)
         elif isinstance(event, protocol.AgentResponse):
