@@ -116,12 +116,11 @@ async def test_pings_are_answered_with_their_own_ids(service: Service) -> None:
 
 async def test_barge_in_clears_twilio_and_the_transcript_marks_the_cut_turn(service: Service) -> None:
     long_first = "Hello. " + "Let me tell you about all of our opening hours in great detail. " * 4
-    agent_of(service).behavior = AgentBehavior(first_message=long_first)
     service.sandbox.set_behavior(
         CALLEE,
         PhoneBehavior(barge_in=BargeIn("Stop, please.", after_s=1.0), lines=("Goodbye.",)),
     )
-    answer = await outbound(service)
+    answer = await outbound(service, first_message=long_first)
     conversation = await opened(service)
     await conversation.wait_until(lambda: bool(conversation.interruptions), T, "an interruption")
     call = service.sandbox.calls[answer["callSid"]]
@@ -132,6 +131,9 @@ async def test_barge_in_clears_twilio_and_the_transcript_marks_the_cut_turn(serv
     cut = [t for t in view["transcript"] if t["interrupted"]]
     assert len(cut) == 1 and cut[0]["role"] == "agent"
     assert 0 < cut[0]["played_ms"] < cut[0]["sent_ms"]  # heard in part, as the echoed marks tell
+    # the agent's correction replaced the text with what it had said, keeping the original
+    [(original, corrected)] = conversation.corrections
+    assert cut[0]["original_text"] == original == long_first and cut[0]["text"] == corrected
     assert "agent_interruption" in kinds(view)
 
 
