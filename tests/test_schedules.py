@@ -19,7 +19,7 @@ import pytest
 from announcer.app import SCHEDULES
 from announcer.deliveries.plan import PlanError
 from announcer.sandbox.twilio_call import SandboxCall
-from announcer.scheduling.when import parse_quiet_hours
+from announcer.scheduling.when import parse_quiet_hours, parse_when
 from tests.clock import Clock
 from tests.conftest import AUTH, Service, eventually, make_settings, start_service
 from tests.test_alerts import HEARER, finished, get, placed_call, post
@@ -280,6 +280,30 @@ async def test_a_daily_cron_fires_once_on_each_day_across_a_dst_change(
     assert view["status"] == "active" and datetime.fromisoformat(view["next_run_at"]) > clock.now()
 
 
+@pytest.mark.parametrize("back_at", ["2027-10-31T02:45+02:00", "2027-10-31T02:45+01:00"])
+async def test_a_restart_on_the_night_clocks_fall_back_does_not_ring_the_repeated_time_again(
+    clock: Clock, back_at: str
+) -> None:
+    """Down after the first 02:30 (Berlin, 31 October) and back in the repeated hour, before or after the
+    second 02:30: the scheduler arms, or catches up, from the last fire, with no previous fire time in
+    hand; the second pass is still not a fire of its own."""
+    service = await clock.start(datetime(2027, 10, 30, 12, tzinfo=UTC))
+    body = schedule_body({"cron": "30 2 * * *", "timezone": "Europe/Berlin"})
+    status, created = await post(service, "/v1/schedules", body)
+    assert status == 201, created
+    await clock.advance_to(at("2027-10-31T02:30+02:00")[0])
+    await clock.stop(service)
+    await clock.advance_to(datetime.fromisoformat(back_at))
+    service = await clock.start()
+    _, view = await get(service, f"/v1/schedules/{created['id']}")
+    assert datetime.fromisoformat(view["next_run_at"]) == at("2027-11-01T02:30+01:00")[0]
+    assert [datetime.fromisoformat(t) for t in view["next_run_times"][:1]] == at("2027-11-01T02:30+01:00")
+    await clock.advance_to(datetime(2027, 11, 1, 12, tzinfo=UTC))
+    expected = at("2027-10-31T02:30+02:00", "2027-11-01T02:30+01:00")
+    assert await heard_fires(service, created["id"]) == expected  # nothing missed, nothing twice
+    assert [c.date_created for c in calls_to(service, HEARER)] == expected[1:]  # this process's calls
+
+
 async def test_a_weekday_cron_rings_at_eight_local_in_two_zones_across_a_dst_change(clock: Clock) -> None:
     """Friday to Tuesday over Berlin's spring forward (Sunday 28 March 2027), New York already on summer
     time: 08:00 on each weekday in each zone, nothing on the weekend."""
@@ -299,6 +323,22 @@ async def test_a_weekday_cron_rings_at_eight_local_in_two_zones_across_a_dst_cha
     for phone, times in expected.items():
         assert await heard_fires(service, ids[phone]) == times
         assert [c.date_created for c in calls_to(service, phone)] == times
+
+
+def test_a_cron_within_the_hour_rings_each_wall_clock_time_of_the_repeated_hour_once() -> None:
+    every_20 = parse_when(
+        {"cron": "*/20 * * * *", "timezone": "Europe/Berlin"}, datetime(2027, 10, 1, tzinfo=UTC)
+    )
+    times = every_20.next_times(datetime(2027, 10, 30, 23, 50, tzinfo=UTC), 6)
+    # In UTC: a time in a fold never equals one of another zone (PEP 495)
+    assert [t.astimezone(UTC) for t in times] == at(
+        "2027-10-31T02:00+02:00",
+        "2027-10-31T02:20+02:00",
+        "2027-10-31T02:40+02:00",
+        "2027-10-31T03:00+01:00",  # 02:00, 02:20 and 02:40 again (+01:00) are the same wall-clock times
+        "2027-10-31T03:20+01:00",
+        "2027-10-31T03:40+01:00",
+    )
 
 
 def test_quiet_hours_wrap_midnight_and_refuse_the_whole_day() -> None:
