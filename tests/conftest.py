@@ -10,6 +10,7 @@ import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from aiohttp import web
 
 from announcer.config import Settings
 from announcer.store.calls import CallStore
+
+# The controllable wall clock of the scheduling tests, and its fixture.
+pytest_plugins = ("tests.clock",)
 
 PG_ADMIN = os.environ.get("ANNOUNCER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 USE_PG = os.environ.get("ANNOUNCER_TEST_DATABASE") == "postgresql"
@@ -36,30 +40,51 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TWILIO_EDGE", raising=False)
 
 
+async def _pg_admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def _fresh_pg_database() -> Iterator[str]:
+    """A new PostgreSQL database (its SQLAlchemy URL), dropped on the way out."""
+    name = f"announcer_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str | None]:
     """One fresh PostgreSQL database for the whole run, dropped at the end."""
     if not USE_PG:
         yield None
         return
-    name = f"announcer_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with _fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture
 def database_url(tmp_path: Path, pg_database: str | None) -> str:
     return pg_database or f"sqlite+aiosqlite:///{tmp_path / 'announcer.db'}"
+
+
+@pytest.fixture
+def own_database_url(tmp_path: Path) -> Iterator[str]:
+    """A database for this test alone, on PostgreSQL too (where the run shares one): a service that
+    starts arms every active schedule it finds, and one whose wall clock is moved to another year would
+    owe other tests' leftover schedules months of fires."""
+    if not USE_PG:
+        yield f"sqlite+aiosqlite:///{tmp_path / 'announcer.db'}"
+        return
+    with _fresh_pg_database() as url:
+        yield url
 
 
 def free_port() -> int:

@@ -1,9 +1,16 @@
-"""Scheduled reminders: validation, one-shot fires, pause/resume/delete, a restart's misfire policy, and
-the DST rules of repeating schedules. Fires are a second or two ahead of real time and waited for as
-events (a placed call, a recorded occurrence); the DST rules are checked on the triggers themselves."""
+"""Scheduled reminders: validation, fires through the whole service (scheduler -> occurrence -> alert ->
+dispatcher -> sandbox call) on a wall clock the test moves (tests/clock.py): one-shots, cron schedules
+on each matching time of simulated days across DST changes, pause/resume/delete, quiet hours, speech
+made ahead, keys pressed during a reminder (a snoozed one rings again), and a restart's misfire policy and
+DST night. Two processes sharing PostgreSQL keep the real clock (a fire a few seconds ahead): the test
+clock moves one process's time.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,8 +19,11 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
+from announcer.app import SCHEDULES
 from announcer.deliveries.plan import PlanError
+from announcer.sandbox.twilio_call import SandboxCall
 from announcer.scheduling.when import parse_quiet_hours, parse_when
+from tests.clock import Clock
 from tests.conftest import AUTH, Service, eventually, make_settings, start_service
 from tests.test_alerts import HEARER, finished, get, placed_call, post
 
@@ -60,23 +70,44 @@ async def occurrences(service: Service, schedule_id: str, n: int = 1) -> list[di
     return await happened()
 
 
-async def test_a_one_shot_fires_once_at_its_time(service: Service) -> None:
-    at = soon(1.5)
-    status, created = await post(service, "/v1/schedules", schedule_body({"at": at}))
+def calls_to(service: Service, phone: str) -> list[SandboxCall]:
+    return sorted((c for c in service.sandbox.calls.values() if c.to == phone), key=lambda c: c.date_created)
+
+
+async def heard_fires(service: Service, schedule_id: str) -> list[datetime]:
+    """The planned times of a schedule's occurrences, oldest first, once each one's alert is over; each
+    must have fired and been heard."""
+    _, view = await get(service, f"/v1/schedules/{schedule_id}")
+    done = [o for o in view["occurrences"] if o["status"] != "upcoming"]
+    for o in done:
+        assert o["status"] == "fired", o
+        assert (await finished(service, o["alert_id"]))["counts"] == {"heard": 1}
+    return sorted(datetime.fromisoformat(o["planned_at"]) for o in done)
+
+
+def at(*times: str) -> list[datetime]:
+    """Wall-clock times with their UTC offsets ("2027-03-28T03:30+02:00"): what a fire must be planned at."""
+    return [datetime.fromisoformat(t) for t in times]
+
+
+async def test_a_one_shot_far_ahead_fires_once_at_its_time_and_not_before(clock: Clock) -> None:
+    service = await clock.start(datetime(2027, 6, 10, 10, tzinfo=UTC))  # noon in Berlin
+    when = {"at": "2027-06-11T09:00", "timezone": "Europe/Berlin"}
+    status, created = await post(service, "/v1/schedules", schedule_body(when))
     assert status == 201, created
-    assert created["next_run_at"] == datetime.fromisoformat(at).isoformat()
-    call = await placed_call(service, HEARER)
-    lateness = call.placed_at  # monotonic: compared below through the occurrence's wall-clock time
-    [occurrence] = await occurrences(service, created["id"])
-    assert (
-        occurrence["status"] == "fired" and occurrence["planned_at"] == datetime.fromisoformat(at).isoformat()
-    )
-    alert = await finished(service, occurrence["alert_id"])
-    assert alert["counts"] == {"heard": 1}
+    [planned] = at("2027-06-11T09:00+02:00")
+    assert datetime.fromisoformat(created["next_run_at"]) == planned
+    await clock.advance_to(planned - timedelta(seconds=1))
     _, view = await get(service, f"/v1/schedules/{created['id']}")
-    assert view["status"] == "ended" and view["next_run_at"] is None
-    assert [c.to for c in service.sandbox.calls.values()].count(HEARER) == 1
-    assert lateness > 0
+    assert [o["status"] for o in view["occurrences"]] == ["upcoming"]  # its speech is made; no fire yet
+    assert calls_to(service, HEARER) == []
+    await clock.advance_to(planned)
+    assert await heard_fires(service, created["id"]) == [planned]
+    assert [c.date_created for c in calls_to(service, HEARER)] == [planned]  # dialed at its time
+    await clock.advance(timedelta(days=2))
+    assert len(calls_to(service, HEARER)) == 1
+    _, view = await get(service, f"/v1/schedules/{created['id']}")
+    assert view["status"] == "ended" and view["next_run_at"] is None and len(view["occurrences"]) == 1
 
 
 @pytest.mark.parametrize(
@@ -118,7 +149,10 @@ async def test_a_missing_variable_is_refused_before_anything_is_stored(service: 
     assert after == before
 
 
-async def test_pause_resume_and_delete(service: Service) -> None:
+async def test_pause_resume_move_and_delete_change_the_next_run(service: Service) -> None:
+    # The times below are the armed ones: wait for the scheduler to run (it starts once the server
+    # accepts connections, a moment after the fixture returns).
+    await asyncio.wait_for(service.app[SCHEDULES].scheduler.started.wait(), 30)
     status, created = await post(
         service, "/v1/schedules", schedule_body({"cron": "0 8 * * mon-fri", "timezone": "Europe/Berlin"})
     )
@@ -141,76 +175,173 @@ async def test_pause_resume_and_delete(service: Service) -> None:
         service, f"/v1/schedules/{sid}", {"when": {"cron": "0 25 * * *", "timezone": "UTC"}}
     )
     assert status == 422 and refused["problems"][0]["field"] == "when.cron"
-    # A one-shot deleted before its time never calls; a later one proves the clock went past it.
-    status, doomed = await post(service, "/v1/schedules", schedule_body({"at": soon(1.0)}, "+15550130001"))
-    assert status == 201
-    assert await delete(service, f"/v1/schedules/{doomed['id']}") == 204
-    assert (await get(service, f"/v1/schedules/{doomed['id']}"))[0] == 404
-    status, later = await post(service, "/v1/schedules", schedule_body({"at": soon(1.5)}, "+15550130002"))
-    assert status == 201
-    await placed_call(service, "+15550130002")
-    assert "+15550130001" not in [c.to for c in service.sandbox.calls.values()]
-    [occurrence] = await occurrences(service, later["id"])
-    await finished(service, occurrence["alert_id"])
     assert await delete(service, f"/v1/schedules/{sid}") == 204
     _, listing = await get(service, "/v1/schedules")
     assert sid not in [s["id"] for s in listing["schedules"]]
 
 
+async def test_pause_resume_and_delete_take_effect_between_fires(clock: Clock) -> None:
+    service = await clock.start(datetime(2027, 6, 9, 22, tzinfo=UTC))  # midnight in Berlin
+    when = {"cron": "0 8 * * *", "timezone": "Europe/Berlin"}
+    status, daily = await post(service, "/v1/schedules", schedule_body(when))
+    assert status == 201, daily
+    sid = daily["id"]
+    one_shot = {"at": "2027-06-13T09:00", "timezone": "Europe/Berlin"}
+    status, doomed = await post(service, "/v1/schedules", schedule_body(one_shot, "+15550130001"))
+    assert status == 201, doomed
+    await clock.advance_to(datetime(2027, 6, 10, 12, tzinfo=UTC))
+    assert await heard_fires(service, sid) == at("2027-06-10T08:00+02:00")
+    status, paused = await patch(service, f"/v1/schedules/{sid}", {"status": "paused"})
+    assert status == 200 and paused["next_run_at"] is None
+    await clock.advance_to(datetime(2027, 6, 11, 12, tzinfo=UTC))  # past the 11th's 08:00
+    assert await heard_fires(service, sid) == at("2027-06-10T08:00+02:00")
+    status, resumed = await patch(service, f"/v1/schedules/{sid}", {"status": "active"})
+    # The next time from now on: the fire missed while paused is not owed.
+    assert status == 200 and datetime.fromisoformat(resumed["next_run_at"]) == at("2027-06-12T08:00+02:00")[0]
+    await clock.advance_to(datetime(2027, 6, 12, 12, tzinfo=UTC))
+    assert await heard_fires(service, sid) == at("2027-06-10T08:00+02:00", "2027-06-12T08:00+02:00")
+    assert await delete(service, f"/v1/schedules/{sid}") == 204
+    assert await delete(service, f"/v1/schedules/{doomed['id']}") == 204  # before its time
+    await clock.advance_to(datetime(2027, 6, 15, 12, tzinfo=UTC))
+    assert [c.date_created for c in calls_to(service, HEARER)] == at(
+        "2027-06-10T08:00+02:00", "2027-06-12T08:00+02:00"
+    )
+    assert calls_to(service, "+15550130001") == []
+
+
 @pytest.mark.parametrize(
     ("policy", "grace_s", "expected"),
-    [("run", 300, "fired"), ("skip", 300, "missed"), ("run", 1, "missed")],  # the last: later than its grace
+    [("run", 300, "fired"), ("skip", 300, "missed"), ("run", 60, "missed")],  # the last: later than its grace
 )
 async def test_a_fire_missed_while_down_follows_the_misfire_policy_once(
-    tmp_path: Path, database_url: str, policy: str, grace_s: int, expected: str
+    clock: Clock, policy: str, grace_s: int, expected: str
 ) -> None:
-    settings = make_settings(tmp_path, database_url)
-    runner, svc = await start_service(settings)
-    try:
-        at = soon(1.0)
-        body = schedule_body({"at": at}, misfire=policy, misfire_grace_s=grace_s)
-        status, created = await post(svc, "/v1/schedules", body)
-        assert status == 201
-    finally:
-        await runner.cleanup()  # down across the fire time
-    planned = datetime.fromisoformat(at)
-
-    async def past() -> bool:
-        return datetime.now(UTC) > planned + timedelta(seconds=0.2 if grace_s > 1 else 1.5)
-
-    await eventually(past)
+    service = await clock.start(datetime(2027, 6, 10, 6, tzinfo=UTC))
+    when = {"at": "2027-06-10T09:00", "timezone": "Europe/Berlin"}
+    status, created = await post(
+        service, "/v1/schedules", schedule_body(when, misfire=policy, misfire_grace_s=grace_s)
+    )
+    assert status == 201
+    await clock.stop(service)
+    await clock.advance_to(datetime(2027, 6, 10, 7, 2, tzinfo=UTC))  # down across the fire: back 2 min late
     for restart in range(2):  # the second start must not run it again
-        runner, svc = await start_service(make_settings(tmp_path, database_url))
-        try:
-            [occurrence] = await occurrences(svc, created["id"])
-            assert occurrence["status"] == expected, occurrence
-            if expected == "fired":
-                await finished(svc, occurrence["alert_id"])
-                placed = [c.to for c in svc.sandbox.calls.values()]
-                assert placed.count(HEARER) == (1 if restart == 0 else 0)
-            else:
-                assert svc.sandbox.calls == {} or HEARER not in [c.to for c in svc.sandbox.calls.values()]
-        finally:
-            await runner.cleanup()
+        service = await clock.start()
+        [occurrence] = await occurrences(service, created["id"])
+        assert occurrence["status"] == expected, occurrence
+        assert datetime.fromisoformat(occurrence["planned_at"]) == at("2027-06-10T09:00+02:00")[0]
+        if expected == "fired":
+            await finished(service, occurrence["alert_id"])
+            assert len(calls_to(service, HEARER)) == (1 if restart == 0 else 0)
+        else:
+            assert calls_to(service, HEARER) == []
+        await clock.stop(service)
 
 
-def test_cron_follows_the_zone_across_dst() -> None:
-    now = datetime(2027, 3, 1, tzinfo=UTC)
-    daily = parse_when({"cron": "30 2 * * *", "timezone": "Europe/Berlin"}, now)
-    spring = daily.next_times(datetime(2027, 3, 26, 12, tzinfo=UTC), 4)
-    # 02:30 does not exist on 28 March: it rings when the clock has jumped past it, at 03:30 CEST.
-    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in spring] == [
-        "27 01:30",
-        "28 01:30",
-        "29 00:30",
-        "30 00:30",
-    ]
-    autumn = daily.next_times(datetime(2027, 10, 29, 12, tzinfo=UTC), 3)
-    # 02:30 happens twice on 31 October: once only, at the first.
-    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in autumn] == ["30 00:30", "31 00:30", "01 01:30"]
-    weekdays = parse_when({"cron": "0 8 * * mon-fri", "timezone": "America/New_York"}, now)
-    local = [t.astimezone(ZoneInfo("America/New_York")) for t in weekdays.next_times(now, 10)]
-    assert all(t.hour == 8 and t.weekday() < 5 for t in local)
+@pytest.mark.parametrize(
+    ("cron", "zone", "start", "expected"),
+    [
+        # Spring forward: 02:30 does not exist on 28 March (Berlin) or 14 March (New York); it rings when
+        # the clock has jumped past it, one gap later, at 03:30 summer time.
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2027-03-26T12:00Z",
+            ["2027-03-27T02:30+01:00", "2027-03-28T03:30+02:00", "2027-03-29T02:30+02:00"],
+        ),
+        (
+            "30 2 * * *",
+            "America/New_York",
+            "2027-03-12T12:00Z",
+            ["2027-03-13T02:30-05:00", "2027-03-14T03:30-04:00", "2027-03-15T02:30-04:00"],
+        ),
+        # Fall back: 02:30 (Berlin, 31 October) and 01:30 (New York, 7 November) happen twice: one call,
+        # at the first.
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2027-10-29T12:00Z",
+            ["2027-10-30T02:30+02:00", "2027-10-31T02:30+02:00", "2027-11-01T02:30+01:00"],
+        ),
+        (
+            "30 1 * * *",
+            "America/New_York",
+            "2027-11-05T12:00Z",
+            ["2027-11-06T01:30-04:00", "2027-11-07T01:30-04:00", "2027-11-08T01:30-05:00"],
+        ),
+    ],
+)
+async def test_a_daily_cron_fires_once_on_each_day_across_a_dst_change(
+    clock: Clock, cron: str, zone: str, start: str, expected: list[str]
+) -> None:
+    service = await clock.start(datetime.fromisoformat(start))
+    status, created = await post(service, "/v1/schedules", schedule_body({"cron": cron, "timezone": zone}))
+    assert status == 201, created
+    await clock.advance(timedelta(days=3))
+    assert await heard_fires(service, created["id"]) == at(*expected)
+    assert [c.date_created for c in calls_to(service, HEARER)] == at(*expected)  # each dialed at its time
+    _, view = await get(service, f"/v1/schedules/{created['id']}")
+    assert view["status"] == "active" and datetime.fromisoformat(view["next_run_at"]) > clock.now()
+
+
+@pytest.mark.parametrize("back_at", ["2027-10-31T02:45+02:00", "2027-10-31T02:45+01:00"])
+async def test_a_restart_on_the_night_clocks_fall_back_does_not_ring_the_repeated_time_again(
+    clock: Clock, back_at: str
+) -> None:
+    """Down after the first 02:30 (Berlin, 31 October) and back in the repeated hour, before or after the
+    second 02:30: the scheduler arms, or catches up, from the last fire, with no previous fire time in
+    hand; the second pass is still not a fire of its own."""
+    service = await clock.start(datetime(2027, 10, 30, 12, tzinfo=UTC))
+    body = schedule_body({"cron": "30 2 * * *", "timezone": "Europe/Berlin"})
+    status, created = await post(service, "/v1/schedules", body)
+    assert status == 201, created
+    await clock.advance_to(at("2027-10-31T02:30+02:00")[0])
+    await clock.stop(service)
+    await clock.advance_to(datetime.fromisoformat(back_at))
+    service = await clock.start()
+    _, view = await get(service, f"/v1/schedules/{created['id']}")
+    assert datetime.fromisoformat(view["next_run_at"]) == at("2027-11-01T02:30+01:00")[0]
+    assert [datetime.fromisoformat(t) for t in view["next_run_times"][:1]] == at("2027-11-01T02:30+01:00")
+    await clock.advance_to(datetime(2027, 11, 1, 12, tzinfo=UTC))
+    expected = at("2027-10-31T02:30+02:00", "2027-11-01T02:30+01:00")
+    assert await heard_fires(service, created["id"]) == expected  # nothing missed, nothing twice
+    assert [c.date_created for c in calls_to(service, HEARER)] == expected[1:]  # this process's calls
+
+
+async def test_a_weekday_cron_rings_at_eight_local_in_two_zones_across_a_dst_change(clock: Clock) -> None:
+    """Friday to Tuesday over Berlin's spring forward (Sunday 28 March 2027), New York already on summer
+    time: 08:00 on each weekday in each zone, nothing on the weekend."""
+    service = await clock.start(datetime(2027, 3, 26, 0, tzinfo=UTC))
+    berlin, new_york = "+15550180001", "+15550180002"
+    ids = {}
+    for phone, zone in ((berlin, "Europe/Berlin"), (new_york, "America/New_York")):
+        body = schedule_body({"cron": "0 8 * * mon-fri", "timezone": zone}, phone)
+        status, created = await post(service, "/v1/schedules", body)
+        assert status == 201, created
+        ids[phone] = created["id"]
+    await clock.advance_to(datetime(2027, 3, 30, 23, tzinfo=UTC))
+    expected = {
+        berlin: at("2027-03-26T08:00+01:00", "2027-03-29T08:00+02:00", "2027-03-30T08:00+02:00"),
+        new_york: at("2027-03-26T08:00-04:00", "2027-03-29T08:00-04:00", "2027-03-30T08:00-04:00"),
+    }
+    for phone, times in expected.items():
+        assert await heard_fires(service, ids[phone]) == times
+        assert [c.date_created for c in calls_to(service, phone)] == times
+
+
+def test_a_cron_within_the_hour_rings_each_wall_clock_time_of_the_repeated_hour_once() -> None:
+    every_20 = parse_when(
+        {"cron": "*/20 * * * *", "timezone": "Europe/Berlin"}, datetime(2027, 10, 1, tzinfo=UTC)
+    )
+    times = every_20.next_times(datetime(2027, 10, 30, 23, 50, tzinfo=UTC), 6)
+    # In UTC: a time in a fold never equals one of another zone (PEP 495)
+    assert [t.astimezone(UTC) for t in times] == at(
+        "2027-10-31T02:00+02:00",
+        "2027-10-31T02:20+02:00",
+        "2027-10-31T02:40+02:00",
+        "2027-10-31T03:00+01:00",  # 02:00, 02:20 and 02:40 again (+01:00) are the same wall-clock times
+        "2027-10-31T03:20+01:00",
+        "2027-10-31T03:40+01:00",
+    )
 
 
 def test_quiet_hours_wrap_midnight_and_refuse_the_whole_day() -> None:
@@ -224,113 +355,116 @@ def test_quiet_hours_wrap_midnight_and_refuse_the_whole_day() -> None:
         parse_quiet_hours({"start": "09:00", "end": "09:00"})
 
 
-async def test_quiet_hours_defer_to_the_window_end_in_each_recipients_zone(service: Service) -> None:
-    now = datetime.now(UTC)
-    quiet = {
-        "start": (now - timedelta(hours=1)).strftime("%H:%M"),
-        "end": (now + timedelta(hours=1)).strftime("%H:%M"),
-    }
+async def test_quiet_hours_defer_a_fire_to_their_end_in_each_recipients_zone(clock: Clock) -> None:
+    service = await clock.start(datetime(2027, 6, 10, 12, tzinfo=UTC))
     sleeper, awake = "+15550140001", "+15550140002"
-    body = schedule_body({"at": soon(1.0)}, sleeper, awake, quiet_hours=quiet)
-    body["recipients"][0]["timezone"] = "UTC"  # inside the window
-    body["recipients"][1]["timezone"] = "Etc/GMT-12"  # twelve hours ahead: outside it
+    when = {"at": "2027-06-11T07:00", "timezone": "Europe/Berlin"}
+    body = schedule_body(when, sleeper, awake, quiet_hours={"start": "21:00", "end": "08:00"})
+    body["recipients"][0]["timezone"] = "Europe/Berlin"  # 07:00 there: inside 21:00-08:00
+    body["recipients"][1]["timezone"] = "Asia/Tokyo"  # 14:00 there: called at once
     status, created = await post(service, "/v1/schedules", body)
     assert status == 201, created
+    [fire, window_end] = at("2027-06-11T07:00+02:00", "2027-06-11T08:00+02:00")
+    await clock.advance_to(fire)
     [occurrence] = await occurrences(service, created["id"])
-    await placed_call(service, awake)
-
-    async def deferred() -> dict[str, Any] | None:
-        _, page = await get(service, f"/v1/alerts/{occurrence['alert_id']}/deliveries")
-        first = page["deliveries"][0]
-        kinds = [h["kind"] for h in first["history"]]
-        return first if "deferred" in kinds else None
-
-    await eventually(lambda: _truthy(deferred()))
-    first = await deferred()
-    assert first is not None and first["state"] == "pending" and first["call_sid"] is None
+    assert [c.date_created for c in calls_to(service, awake)] == [fire]
+    _, page = await get(service, f"/v1/alerts/{occurrence['alert_id']}/deliveries")
+    first = page["deliveries"][0]
+    assert first["state"] == "pending" and first["call_sid"] is None
     [event] = [h for h in first["history"] if h["kind"] == "deferred"]
-    until = datetime.fromisoformat(event["until"])
-    assert until.strftime("%H:%M") == quiet["end"] and until > now  # the window's end, not dropped
-    assert sleeper not in [c.to for c in service.sandbox.calls.values()]
-
-    async def awake_heard() -> bool:
-        _, page = await get(service, f"/v1/alerts/{occurrence['alert_id']}/deliveries")
-        return bool(page["deliveries"][1]["state"] == "heard")
-
-    await eventually(awake_heard, timeout=20)
+    assert datetime.fromisoformat(event["until"]) == window_end  # 08:00 in the recipient's zone
+    await clock.advance_to(window_end - timedelta(seconds=1))
+    assert calls_to(service, sleeper) == []
+    await clock.advance_to(window_end + timedelta(hours=1))
+    assert [c.date_created for c in calls_to(service, sleeper)] == [window_end]  # dialed when it ends
+    alert = await finished(service, occurrence["alert_id"])
+    assert alert["counts"] == {"heard": 2}
 
 
-async def _truthy(value: Any) -> bool:
-    return bool(await value)
+async def answering(moving: Awaitable[None], service: Service, keys: dict[str, tuple[int, str]]) -> None:
+    """Await a move of the clock while the people it calls press keys ({phone: (n-th call, key)}): the
+    move's stop lasts until their calls end, and each call waits for its key."""
+    move = asyncio.ensure_future(moving)
+    try:
+        for phone, (n, key) in keys.items():
+            call = await placed_call(service, phone, n)
+            await call.wait_for_mark("prompt:", 20)
+            await call.press(key)
+        await move
+    finally:
+        if not move.done():  # a call that never came: stop the move before the service goes
+            move.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await move
 
 
-async def test_reminder_keys_confirm_decline_and_snooze(service: Service) -> None:
+async def test_reminder_keys_confirm_decline_and_snooze_and_the_snoozed_one_rings_again(clock: Clock) -> None:
+    service = await clock.start(datetime(2027, 6, 10, 12, tzinfo=UTC))
     yes, no, later = "+15550150001", "+15550150002", "+15550150003"
-    body = schedule_body({"at": soon(1.0)}, yes, no, later, confirm=True, snooze_s=120)
-    status, created = await post(service, "/v1/schedules", body)
+    when = {"at": "2027-06-10T15:00", "timezone": "Europe/Berlin"}
+    status, created = await post(
+        service, "/v1/schedules", schedule_body(when, yes, no, later, confirm=True, snooze_s=120)
+    )
     assert status == 201, created
-    for phone, key in ((yes, "1"), (no, "2"), (later, "3")):
-        call = await placed_call(service, phone)
-        await call.wait_for_mark("prompt:", 20)
-        await call.press(key)
+    [fire] = at("2027-06-10T15:00+02:00")
+    await answering(clock.advance_to(fire), service, {yes: (1, "1"), no: (1, "2"), later: (1, "3")})
     [occurrence] = await occurrences(service, created["id"])
-
-    async def settled() -> bool:
-        _, alert = await get(service, f"/v1/alerts/{occurrence['alert_id']}")
-        return bool(alert["counts"] == {"confirmed": 1, "declined": 1, "snoozed": 1, "pending": 1})
-
-    await eventually(settled, timeout=20)
+    _, alert = await get(service, f"/v1/alerts/{occurrence['alert_id']}")
+    assert alert["counts"] == {"confirmed": 1, "declined": 1, "snoozed": 1, "pending": 1}
+    assert alert["status"] == "active"  # the snoozed reminder is still owed
     _, page = await get(service, f"/v1/alerts/{occurrence['alert_id']}/deliveries")
     [again] = [d for d in page["deliveries"] if d["state"] == "pending"]
     assert again["phone"] == later and again["call_sid"] is None
-    [snoozed] = [d for d in page["deliveries"] if d["state"] == "snoozed"]
-    due = datetime.fromisoformat(again["history"][-1]["due"])
-    assert (
-        timedelta(seconds=110) < due - datetime.fromisoformat(snoozed["updated_at"]) <= timedelta(seconds=121)
-    )
-    _, alert = await get(service, f"/v1/alerts/{occurrence['alert_id']}")
-    assert alert["status"] == "active"  # the snoozed reminder is still owed
+    assert datetime.fromisoformat(again["history"][-1]["due"]) == fire + timedelta(seconds=120)
+    await answering(clock.advance_to(fire + timedelta(minutes=5)), service, {later: (2, "1")})
+    assert [c.date_created for c in calls_to(service, later)] == [fire, fire + timedelta(seconds=120)]
+    alert = await finished(service, occurrence["alert_id"])
+    assert alert["counts"] == {"confirmed": 2, "declined": 1, "snoozed": 1}
 
 
-async def test_speech_is_made_before_the_fire_and_a_tts_failure_shows_first(service: Service) -> None:
-    # Made ahead: the TTS request for the reminder ends before its call is placed.
-    body = schedule_body({"at": soon(2.0)}, "+15550160001")
+def tts_requests(service: Service, text: str) -> list[Any]:
+    return [r for r in service.tts.requests if text in r.text]
+
+
+async def test_speech_is_made_presynthesize_s_before_the_fire_and_a_tts_failure_shows_first(
+    clock: Clock,
+) -> None:
+    service = await clock.start(datetime(2027, 6, 10, 12, tzinfo=UTC))
+    body = schedule_body({"at": "2027-06-11T09:00", "timezone": "Europe/Berlin"}, presynthesize_s=300)
     body["template_text"] = "Presynthesis check for {{ name }}, appointment at {{ at | spoken_time }}."
     status, created = await post(service, "/v1/schedules", body)
-    assert status == 201
-
-    async def ready() -> bool:
-        _, view = await get(service, f"/v1/schedules/{created['id']}")
-        return any(o["detail"].get("presynthesis") == "ready" for o in view["occurrences"])
-
-    await eventually(ready, timeout=10)
-    call = await placed_call(service, "+15550160001")
-    [request] = [r for r in service.tts.requests if "Presynthesis check" in r.text]
-    assert request.finished_at is not None and request.finished_at < call.placed_at
+    assert status == 201, created
+    [fire] = at("2027-06-11T09:00+02:00")
+    await clock.advance_to(fire - timedelta(seconds=301))
+    assert tts_requests(service, "Presynthesis check") == []
+    await clock.advance_to(fire - timedelta(seconds=300))
+    [request] = tts_requests(service, "Presynthesis check")
+    assert request.outcome == "completed"
+    [upcoming] = (await get(service, f"/v1/schedules/{created['id']}"))[1]["occurrences"]
+    assert upcoming["status"] == "upcoming" and upcoming["detail"]["presynthesis"] == "ready"
+    assert calls_to(service, HEARER) == []
+    await clock.advance_to(fire)
+    assert [c.date_created for c in calls_to(service, HEARER)] == [fire]
+    assert len(tts_requests(service, "Presynthesis check")) == 1  # the call spoke what was made ahead
     [occurrence] = await occurrences(service, created["id"])
     assert occurrence["status"] == "fired" and occurrence["detail"]["presynthesis"] == "ready"
 
-    # A failing TTS is retried, and shows on the occurrence before the call time.
+    # A failing TTS shows on the occurrence before anyone is dialed; at the time, the call still goes out,
+    # spoken by the fallback voice.
     service.tts.fail_next("server_error", times=100)
-    body = schedule_body({"at": soon(3.0)}, "+15550160002")
+    body = schedule_body({"at": "2027-06-11T10:00", "timezone": "Europe/Berlin"}, "+15550160002")
     body["template_text"] = "Failing synthesis for {{ name }} at {{ at | spoken_time }}."
     status, failing = await post(service, "/v1/schedules", body)
     assert status == 201
-
-    async def failed_ahead() -> bool:
-        _, view = await get(service, f"/v1/schedules/{failing['id']}")
-        return any(
-            o["status"] == "upcoming" and o["detail"].get("presynthesis") == "failed"
-            for o in view["occurrences"]
-        )
-
-    await eventually(failed_ahead, timeout=10)
-    assert "+15550160002" not in [c.to for c in service.sandbox.calls.values()]  # before anyone is dialed
-    # At the time, the call still goes out, spoken by the fallback voice.
+    [later] = at("2027-06-11T10:00+02:00")
+    await clock.advance_to(later - timedelta(seconds=1))
+    [upcoming] = (await get(service, f"/v1/schedules/{failing['id']}"))[1]["occurrences"]
+    assert upcoming["status"] == "upcoming" and upcoming["detail"]["presynthesis"] == "failed"
+    assert calls_to(service, "+15550160002") == []
+    await clock.advance_to(later)
     [occurrence] = await occurrences(service, failing["id"])
     assert occurrence["status"] == "fired" and occurrence["detail"]["attempts"] >= 1
-    alert = await finished(service, occurrence["alert_id"])
-    assert alert["counts"] == {"heard": 1}
+    assert (await finished(service, occurrence["alert_id"]))["counts"] == {"heard": 1}
 
 
 async def test_two_processes_on_one_postgresql_fire_each_occurrence_once(
@@ -338,8 +472,6 @@ async def test_two_processes_on_one_postgresql_fire_each_occurrence_once(
 ) -> None:
     if not database_url.startswith("postgresql"):
         pytest.skip("several processes share a database on PostgreSQL; SQLite is one process's file")
-    from announcer.app import SCHEDULES
-
     services = [await start_service(make_settings(tmp_path / name, database_url)) for name in ("a", "b")]
     runners = [r for r, _ in services]
     try:

@@ -190,6 +190,15 @@ class Scheduler:
             except Exception:
                 log.exception("syncing schedules failed; trying again")
 
+    def wake(self) -> None:
+        """Look at the wall clock now, not at the next timer. Every timer here waits monotonic seconds,
+        computed from the wall-clock time when it was set: when the wall clock jumps (a test's clock
+        moves it to a fire time instead of waiting for it), this does at once what they would have done
+        once that time came: submit the fires due and look at the pre-synthesis windows."""
+        if self._aps.running:
+            self._aps.wakeup()  # runs APScheduler's `_process_jobs` on the loop's next turn
+        self._presynth_wake.set()
+
     # --- jobs ------------------------------------------------------------------------------------------
 
     def add(

@@ -5,7 +5,7 @@ Daylight-saving time follows the zone's rules, and APScheduler's cron arithmetic
 - spring forward: a time that does not exist that day (02:30 in Europe/Berlin on the last Sunday of
   March) fires when the clock has jumped past it, one gap later (03:30 local);
 - fall back: a time that happens twice that day fires once, at the first of the two (APScheduler
-  alone fires both; `WallClockCron` drops the repeat).
+  alone fires both; `WallClockCron` drops the repeat, also for a schedule armed inside the repeated hour).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import functools
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,18 +29,26 @@ from announcer.store.quiet_hours import QuietHours
 
 class WallClockCron(CronTrigger):  # type: ignore[misc]
     """A cron trigger that fires once per wall-clock time: on the night the clocks fall back, the
-    repeated hour's second pass is skipped (a daily 02:30 reminder rings once, not twice)."""
+    repeated hour's second pass is skipped (a daily 02:30 reminder rings once, not twice).
+
+    Told by the time itself (PEP 495's `fold`), not by comparing with the previous fire: arming at a
+    start, a catch-up and an edit ask with no previous fire in hand, and a start inside the repeated
+    hour was otherwise armed for its second pass and rang again."""
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         fire: datetime | None = super().get_next_fire_time(previous_fire_time, now)
-        if (
-            fire is not None
-            and previous_fire_time is not None
-            and fire.replace(tzinfo=None) == previous_fire_time.astimezone(fire.tzinfo).replace(tzinfo=None)
-        ):
-            # Ask again from past the repeated hour (no zone repeats more than an hour).
-            fire = super().get_next_fire_time(fire, fire + timedelta(hours=1, seconds=1))
+        while fire is not None and _second_pass(fire):
+            # Asked again from just after it, in UTC: wall-clock arithmetic on a second-pass time drops its
+            # fold and lands back in the first pass.
+            fire = super().get_next_fire_time(None, fire.astimezone(UTC) + timedelta(microseconds=1))
         return fire
+
+
+def _second_pass(moment: datetime) -> bool:
+    """Whether `moment` is the later of two instants sharing its wall-clock time (clocks fell back). In
+    a gap (spring forward) fold=1 is the earlier instant instead, and not a second pass."""
+    first = moment.replace(fold=0)
+    return first.utcoffset() != moment.utcoffset() and first.astimezone(UTC) < moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
