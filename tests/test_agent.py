@@ -3,6 +3,7 @@ sandbox ElevenLabs agent (signed URL + ConvAI websocket), both speaking the real
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -65,6 +66,10 @@ async def say_goodbye(call: Any, conversation: Any) -> None:
     await call.say("Goodbye.")
 
 
+def first_event(view: dict[str, Any], kind: str) -> dict[str, Any]:
+    return dict(next(e for e in view["events"] if e["kind"] == kind))
+
+
 def kinds(view: dict[str, Any]) -> list[str]:
     return [e["kind"] for e in view["events"]]
 
@@ -109,6 +114,21 @@ async def test_outbound_call_holds_a_whole_conversation_and_keeps_its_transcript
     assert page["deliveries"][0]["state"] == "agent"
     status, same = await get(service, f"/v1/deliveries/{answer['delivery_id']}/call")
     assert status == 200 and same["call_sid"] == answer["callSid"]
+
+
+async def test_what_the_caller_says_while_the_agent_is_reached_is_kept_for_it(service: Service) -> None:
+    hold = asyncio.Event()
+    agent_of(service).behavior = AgentBehavior(hold_metadata=hold)
+    service.sandbox.set_behavior(CALLEE, PhoneBehavior())
+    answer = await outbound(service)
+    conversation = await opened(service)  # the socket is open; the agent has not started yet
+    call = service.sandbox.calls[answer["callSid"]]
+    await call.say("Hello, is anybody there?")  # into the handoff's gap
+    assert conversation.user_audio_chunks == 0
+    hold.set()
+    assert await conversation.wait_for_user_transcript(1, T) == "Hello, is anybody there?"
+    await call.say("Goodbye.")
+    await conversation.wait_closed(T)
 
 
 async def test_pings_are_answered_with_their_own_ids(service: Service) -> None:
@@ -170,9 +190,9 @@ async def test_agent_ending_the_conversation_hangs_up_through_rest(service: Serv
     call = service.sandbox.calls[answer["callSid"]]
     await call.wait_ended(T)
     view = await ended_view(service, answer["callSid"])
-    end = next(e for e in view["events"] if e["kind"] == "agent_end")
-    assert end["kind"] == "agent_end" and end.get("reason")
-    hangup = next(e for e in view["events"] if e["kind"] == "hangup")
+    end = first_event(view, "agent_end")
+    assert end["how"] == "agent_ended" and end["reason"] == "the agent ended the conversation"
+    hangup = first_event(view, "hangup")
     assert hangup["already_ended"] is False  # our REST request ended it, not the phone
     assert view["outcome"] == "agent"
 
@@ -193,8 +213,8 @@ async def test_agent_failures_end_with_a_spoken_apology(service: Service, failur
     call = service.sandbox.calls[answer["callSid"]]
     await call.wait_ended(T)
     view = await ended_view(service, answer["callSid"])
-    end = next(e for e in view["events"] if e["kind"] == "agent_end")
-    assert end["kind"] == "agent_end"
+    end = first_event(view, "agent_end")
+    assert end["how"] == "failed"
     reason = end["reason"]
     expected = {
         "wrong_format": "pcm_16000",
@@ -272,7 +292,7 @@ async def test_pressing_the_key_during_the_message_hands_the_call_over(service: 
     assert (await finished(service, accepted["id"]))["counts"] == {"agent": 1}
     assert call.clears >= 1  # what was left of the message was dropped from Twilio's buffer
     view = await ended_view(service, call.sid)
-    assert next(e for e in view["events"] if e["kind"] == "agent_handoff")["after"] == "key"
+    assert first_event(view, "agent_handoff")["after"] == "key"
 
 
 async def test_greeting_line_hands_callers_to_the_agent(greeting_service: Service) -> None:
@@ -298,8 +318,8 @@ async def test_a_conversation_is_cut_at_the_maximum_length(tmp_path: Path, datab
         call = service.sandbox.calls[answer["callSid"]]
         await call.wait_ended(T)
         view = await ended_view(service, answer["callSid"])
-        end = next(e for e in view["events"] if e["kind"] == "agent_end")
-        assert end["kind"] == "agent_end" and "0.5 s" in end["reason"]
+        end = first_event(view, "agent_end")
+        assert end["how"] == "time_limit" and "0.5 s" in end["reason"]
         assert any(m.startswith("bye:") for m in call.marks_echoed)  # the goodbye was heard
     finally:
         await runner.cleanup()

@@ -4,9 +4,11 @@ line, and `sandbox call-in` places a call to a running service and prints the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,26 @@ async def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> tuple
     return proc.returncode, out.decode(), err.decode()
 
 
+@contextlib.asynccontextmanager
+async def sandbox_service(env: dict[str, str], cwd: Path) -> AsyncIterator[str]:
+    """`announcer serve` in sandbox mode, once its start-up log says where calls go (that log is yielded)."""
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "announcer.cli", "serve", env=env, cwd=cwd, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert server.stderr is not None
+        async with asyncio.timeout(60):
+            seen = ""
+            while "loopback Twilio" not in seen:
+                line = await server.stderr.readline()
+                assert line, f"service exited early: {seen}"
+                seen += line.decode()
+        yield seen
+    finally:
+        server.terminate()
+        await server.wait()
+
+
 async def test_bad_settings_stop_start_up_with_one_line(tmp_path: Path) -> None:
     code, _, err = await run_cli(env_for(tmp_path, PORT="eighty", TWILIO_CPS="0"), "serve")
     assert code == 2
@@ -59,24 +81,7 @@ async def test_broken_greeting_template_stops_start_up_naming_it(tmp_path: Path)
 async def test_serve_and_sandbox_call_in(tmp_path: Path) -> None:
     port = free_port()
     env = env_for(tmp_path, PORT=str(port), ANNOUNCER_SANDBOX_SPEED="20")
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "announcer.cli",
-        "serve",
-        env=env,
-        cwd=tmp_path,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert server.stderr is not None
-        # the start-up log says sandbox mode; wait for the line that says where calls go
-        async with asyncio.timeout(60):
-            seen = ""
-            while "loopback Twilio" not in seen:
-                line = await server.stderr.readline()
-                assert line, f"service exited early: {seen}"
-                seen += line.decode()
+    async with sandbox_service(env, tmp_path) as seen:
         assert "sandbox mode" in seen
         code, out, err = await run_cli(env, "sandbox", "call-in", "--from", "+15551234567", timeout=120)
         assert code == 0, err
@@ -85,26 +90,13 @@ async def test_serve_and_sandbox_call_in(tmp_path: Path) -> None:
             assert wav.getnframes() > 8000  # more than a second of greeting
             pcm = np.frombuffer(wav.readframes(wav.getnframes()), "<i2")
         assert rms(lin2ulaw(pcm)) > 500  # speech, not silence
-    finally:
-        server.terminate()
-        await server.wait()
 
 
 @pytest.mark.timeout(180)
 async def test_sandbox_call_in_talks_with_the_agent_and_prints_the_transcript(tmp_path: Path) -> None:
     port = free_port()
     env = env_for(tmp_path, PORT=str(port), ANNOUNCER_SANDBOX_SPEED="20", GREETING_AGENT="1")
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "announcer.cli", "serve", env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        assert server.stderr is not None
-        async with asyncio.timeout(60):
-            seen = ""
-            while "loopback Twilio" not in seen:
-                line = await server.stderr.readline()
-                assert line, f"service exited early: {seen}"
-                seen += line.decode()
+    async with sandbox_service(env, tmp_path):
         code, out, err = await run_cli(
             env,
             "sandbox",
@@ -125,6 +117,3 @@ async def test_sandbox_call_in_talks_with_the_agent_and_prints_the_transcript(tm
         wav_path = Path(next(x for x in out.splitlines() if x.startswith("recording: ")).split(": ", 1)[1])
         with wave.open(str(wav_path)) as wav:
             assert wav.getnframes() > 8000 * 3  # greeting, both sides of the conversation
-    finally:
-        server.terminate()
-        await server.wait()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 METADATA_TIMEOUT_S = 5.0
 PAD_AFTER_S = 0.08  # a chunk's tail shorter than a frame waits this long for more audio, then is padded
-MAX_BAD_MESSAGES = 50
+EARLY_AUDIO_FRAMES = 250  # 5 s of the caller's audio kept while the agent is reached
 SILENCE = b"\xff"  # mu-law silence pads a turn's last frame
 
 
@@ -86,6 +87,7 @@ class AgentBridge:
         self._round = 0  # bumped by every `clear`: echoes of marks sent before it were not played
         self._turn: _Turn | None = None
         self._last_interrupt = -1  # audio events up to this id belong to an interrupted response
+        self._early: collections.deque[str] = collections.deque(maxlen=EARLY_AUDIO_FRAMES)
         self.bad = 0
         self.audio_in = 0  # user_audio_chunk messages sent to the agent
         self.frames_out = 0  # 160-byte frames sent to Twilio
@@ -114,12 +116,18 @@ class AgentBridge:
 
     async def user_audio(self, raw: str) -> None:
         """A Twilio `media` message: its base64 payload goes to the agent untouched."""
-        ws = self._ws
-        if ws is None or not self._ready or ws.closed:
-            return  # before the agent listens (or after): the caller's audio has nowhere to go
         payload = codec.media_payload(raw)
         if payload is None:
             self.bad += 1
+            return
+        ws = self._ws
+        if ws is None or not self._ready:
+            # The agent is being reached: what the caller says meanwhile is kept for it (the last
+            # EARLY_AUDIO_FRAMES), not lost in the handoff.
+            if not self._closing:
+                self._early.append(payload)
+            return
+        if ws.closed:
             return
         try:
             await ws.send_str(protocol.user_audio_message(payload))
@@ -256,6 +264,11 @@ class AgentBridge:
             return f"agent audio format is output={formats[0]} input={formats[1]}, not ulaw_8000"
         self._ready = True
         self._record("agent_connected", conversation_id=meta.conversation_id[:100])
+        early, self._early = self._early, collections.deque()
+        if self._ws is not None:
+            for payload in early:
+                await self._ws.send_str(protocol.user_audio_message(payload))
+            self.audio_in += len(early)
         await self._on_connected(meta.conversation_id)
         return None
 

@@ -75,6 +75,8 @@ class AgentBehavior:
     drop_after_s: float | None = None  # abort the connection (no close frame) after these real seconds
     drop_after_first_message: bool = False  # abort once the first message's audio is sent
     end_after_first_message: bool = False  # close normally once the first message has played
+    # the metadata (which starts the conversation) waits for this event: a slow agent, held by a test
+    hold_metadata: asyncio.Event | None = None
 
 
 class _EndRequest:
@@ -219,6 +221,9 @@ class AgentSession:
             record.initiation = initiation.raw
             record.config_override = initiation.config_override
             record.dynamic_variables = dict(initiation.dynamic_variables)
+        record.notify()
+        if behavior.hold_metadata is not None:
+            await behavior.hold_metadata.wait()
         await self._send(
             cm.initiation_metadata(record.conversation_id, behavior.output_format, behavior.input_format)
         )
