@@ -344,7 +344,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     async def presynthesize(schedule: ScheduleRow) -> int:
         return await schedules.presynthesize(holder[0], schedule)
 
-    scheduler = Scheduler(store, make, presynthesize)
+    scheduler = Scheduler(store, make, presynthesize, horizon_s=app[SETTINGS].announcer_schedule_horizon_s)
     deps = SchedulesDeps(
         store=store,
         deliveries=app[DELIVERIES],

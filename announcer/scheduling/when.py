@@ -71,6 +71,15 @@ class When:
         """The next `count` fire times after `after` (fewer when the schedule ends)."""
         return list(itertools.islice(self.fires(after), count))
 
+    def local(self, moment: datetime) -> datetime:
+        """`moment` as the schedule reads it: with the offset its `at` was given with, else in its zone
+        (what its trigger gives; the database gives UTC)."""
+        return moment.astimezone(self.at.tzinfo if self.at is not None else ZoneInfo(self.timezone))
+
+    def first_after(self, after: datetime) -> datetime | None:
+        """The first fire time after `after` (None: the schedule will not fire again)."""
+        return next(self.fires(after), None)
+
     def times_between(self, after: datetime, until: datetime, limit: int = 1000) -> list[datetime]:
         """Fire times in (after, until]: the fires missed while the service was down. Stops at the first
         one past `until` (most schedules at a start have missed nothing: one trigger step each)."""
