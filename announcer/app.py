@@ -1,13 +1,14 @@
 """The aiohttp application: every client and engine is opened and closed here, in `cleanup_ctx`.
 
 Order of the lifecycle (reverse on the way down): database -> sandbox (only without credentials) ->
-Twilio REST client -> speech engines -> playout clock -> open media sockets. Routes are registered here
-and nowhere else.
+Twilio REST client -> speech engines -> playout clock -> dispatcher -> scheduler -> handlers -> warm-up
+(the SDKs, loaded once the server listens). Routes are registered here and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -75,6 +76,7 @@ SANDBOX = web.AppKey("sandbox", Any)  # the SandboxTwilio, only in sandbox mode
 SANDBOX_TTS = web.AppKey("sandbox_tts", Any)  # the SandboxElevenLabs, only in sandbox mode
 TWILIO = web.AppKey("twilio", TwilioCalls)
 SPEAKER = web.AppKey("speaker", Speaker)
+ELEVENLABS = web.AppKey("elevenlabs", ElevenLabsSynthesizer)
 LOCAL_VOICE = web.AppKey("local_voice", LocalSynthesizer)
 CLOCK = web.AppKey("clock", PlayoutClock)
 SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
@@ -119,7 +121,9 @@ def create_app(settings: Settings) -> web.Application:
     app[GREETING] = greeting
     app[SOCKETS] = set()
     app[RENDERER] = renderer
-    app.cleanup_ctx.extend([_database, _sandbox, _twilio, _speech, _clock, _dispatcher, _scheduler, _wiring])
+    app.cleanup_ctx.extend(
+        [_database, _sandbox, _twilio, _speech, _clock, _dispatcher, _scheduler, _wiring, _warm_up]
+    )
     app.on_shutdown.append(_close_sockets)
     app.router.add_post("/twilio/voice", _voice)
     app.router.add_post("/twilio/status", _status)
@@ -272,6 +276,7 @@ async def _speech(app: web.Application) -> AsyncIterator[None]:
     cache = AudioCache(settings.announcer_data_dir / "audio-cache")
     speaker = Speaker(primary, app[LOCAL_VOICE], cache)
     app[SPEAKER] = speaker
+    app[ELEVENLABS] = primary
     yield
     await speaker.aclose()
     await primary.aclose()
@@ -356,26 +361,48 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     )
     holder.append(deps)
     app[SCHEDULES] = deps
-    settings = app[SETTINGS]
-
-    async def listening() -> None:
-        # Our own socket, not PUBLIC_URL (a proxy may sit there): accepted means webhooks get through.
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    _, writer = await asyncio.open_connection(settings.host, settings.port)
-                except OSError:
-                    await asyncio.sleep(0.02)
-                    continue
-                writer.close()
-                return
-
     database = app[DATABASE]
     leadership = Leadership(database.engine, postgres=not database.is_sqlite)
-    scheduler.start(listening, leadership)
+    scheduler.start(functools.partial(_listening, app[SETTINGS]), leadership)
     yield
     await scheduler.close()
     await leadership.release()
+
+
+async def _warm_up(app: web.Application) -> AsyncIterator[None]:
+    """The Twilio and ElevenLabs SDKs, kept off the way to listening (a third of a second of imports),
+    loaded in the background once the server accepts connections: the first call placed and the first
+    speech made find them ready (each loads its SDK itself if it comes first)."""
+
+    async def warm() -> None:
+        await _listening(app[SETTINGS])
+        await app[TWILIO].warm()
+        await app[ELEVENLABS].warm()
+
+    task = asyncio.create_task(warm(), name="warm-up")
+    task.add_done_callback(_log_crash)
+    yield
+    task.cancel()
+    await asyncio.wait([task])
+
+
+async def _listening(settings: Settings) -> None:
+    """Return once the server accepts connections on our own socket (not PUBLIC_URL: a proxy may sit
+    there): accepted means webhooks get through."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(settings.host, settings.port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            return
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed", task.get_name(), exc_info=task.exception())
 
 
 async def _close_sockets(app: web.Application) -> None:
