@@ -8,6 +8,7 @@ Twilio REST client -> speech engines -> playout clock -> dispatcher -> scheduler
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -54,6 +55,7 @@ from announcer.telephony.voice import VoiceDeps, voice_webhook
 log = logging.getLogger(__name__)
 
 SANDBOX_NUMBER = "+15550100000"
+WARM_UP_WAIT_S = 2.0  # the longest the SDKs' loading waits for the scheduler to have started
 
 
 @dataclass(frozen=True)
@@ -376,6 +378,11 @@ async def _warm_up(app: web.Application) -> AsyncIterator[None]:
 
     async def warm() -> None:
         await _listening(app[SETTINGS])
+        # After the scheduler's start (arming thousands shares the interpreter with the imports), or a
+        # while after listening in a process that does not lead. A call placed before loads the SDK.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WARM_UP_WAIT_S):
+                await app[SCHEDULES].scheduler.started.wait()
         await app[TWILIO].warm()
         await app[ELEVENLABS].warm()
 

@@ -126,8 +126,13 @@ async def test_pause_resume_and_delete(service: Service) -> None:
     sid = created["id"]
     status, paused = await patch(service, f"/v1/schedules/{sid}", {"status": "paused"})
     assert status == 200 and paused["status"] == "paused" and paused["next_run_at"] is None
+    resumed_at = datetime.now(UTC)
     status, resumed = await patch(service, f"/v1/schedules/{sid}", {"status": "active"})
     assert status == 200 and resumed["next_run_at"] == created["next_run_at"]
+    # Nothing of the pause is owed: a restart's catch-up starts at the resume, as for a new schedule.
+    row = await schedules_of(service).store.get(sid)
+    assert row.last_planned_at >= resumed_at
+    assert row.next_run_at == datetime.fromisoformat(resumed["next_run_at"])  # the same instant, in UTC
     assert datetime.fromisoformat(resumed["next_run_at"]).astimezone(ZoneInfo("Europe/Berlin")).hour == 8
     _, view = await get(service, f"/v1/schedules/{sid}")
     assert len(view["next_run_times"]) == 5
@@ -208,6 +213,11 @@ def test_cron_follows_the_zone_across_dst() -> None:
     autumn = daily.next_times(datetime(2027, 10, 29, 12, tzinfo=UTC), 3)
     # 02:30 happens twice on 31 October: once only, at the first.
     assert [t.astimezone(UTC).strftime("%d %H:%M") for t in autumn] == ["30 00:30", "31 00:30", "01 01:30"]
+    # Armed with its next run given, a job's trigger is made when APScheduler first asks it, after that
+    # fire: the same rule (the repeat skipped).
+    fired = autumn[1]
+    asked = daily.deferred_trigger().get_next_fire_time(fired, fired + timedelta(microseconds=1))
+    assert asked == autumn[2]
     weekdays = parse_when({"cron": "0 8 * * mon-fri", "timezone": "America/New_York"}, now)
     local = [t.astimezone(ZoneInfo("America/New_York")) for t in weekdays.next_times(now, 10)]
     assert all(t.hour == 8 and t.weekday() < 5 for t in local)

@@ -181,8 +181,11 @@ async def patch_schedule(request: web.Request, deps: SchedulesDeps) -> web.Respo
         changes["status"] = ScheduleStatus.ACTIVE  # a new time for a one-shot that already rang
     retimed = "when" in changes or "status" in changes
     if retimed and changes.get("status", row.status) == ScheduleStatus.ACTIVE:
-        # A new time, or resumed: the next run from now (fires while paused are not owed).
-        changes["next_run_at"] = when_from_json(changes.get("when", row.when)).first_after(utcnow())
+        # A new time, or resumed: the next run from now. What fell before (while paused, or by the old
+        # time) is not owed: a restart's catch-up starts here, as for a new schedule.
+        now = utcnow()
+        changes["next_run_at"] = when_from_json(changes.get("when", row.when)).first_after(now)
+        changes["last_planned_at"] = now
     updated = await deps.store.change(row.id, **changes)
     if updated is None:
         raise error(404, "not_found", "no such schedule")

@@ -138,9 +138,12 @@ class Scheduler:
         firsts: dict[BaseTrigger, tuple[datetime, datetime | None]] = {}  # by identity: shared triggers
         for n, arm in enumerate(await self._store.due_by(self._armed_until)):
             when = when_from_json(arm.when)
-            trigger = when.trigger()
             first = arm.next_run_at
-            if first is None:  # not computed yet (a row from before migration 0006): once, here
+            trigger: BaseTrigger
+            if first is not None:
+                trigger = when.deferred_trigger()  # its next time is known: compiled when that comes
+            else:  # not computed yet (a row from before migration 0006): once, here
+                trigger = when.trigger()
                 # The first time after the last one handled: past it, nothing was missed (the common
                 # case) and it is the next run; else the misfire policy handles what was missed first.
                 since = (arm.last_planned_at or arm.created_at) + timedelta(microseconds=1)
@@ -265,7 +268,7 @@ class Scheduler:
         self._ahead[schedule.id] = float(schedule.options.get("presynthesize_s", DEFAULT_PRESYNTHESIZE_S))
         self._aps.add_job(
             self._job,
-            trigger or when.trigger(),
+            trigger or when.deferred_trigger(),  # asked nothing before `next_run`
             args=[schedule.id],
             id=schedule.id,
             misfire_grace_time=max(1, int(grace)),
