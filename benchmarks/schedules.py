@@ -360,6 +360,7 @@ class Startup:
     cpu_s: float  # the service's CPU time at armed
     rss_kib: int
     hwm_kib: int
+    running_rss_kib: int  # at running, before the listing (which loads every schedule into this process)
     log_started: float | None  # s after spawn: "announcer starting" (imports done)
     log_scheduler: float | None  # s after spawn: APScheduler "Scheduler started"
     log_last_added: float | None  # s after spawn: the last "Added job" of the start-up
@@ -504,6 +505,7 @@ async def startup(svc: Service, expected: int, timeout: float, profile: Path | N
         if spy is not None:
             await stop_profile(spy)
     cpu = cpu_s(svc.proc.pid)
+    running_rss = proc_status(svc.proc.pid).get("VmRSS", 0)
     t0 = time.monotonic()
     status, body = await svc.api("GET", "/v1/schedules")
     listing_s = time.monotonic() - t0
@@ -533,6 +535,7 @@ async def startup(svc: Service, expected: int, timeout: float, profile: Path | N
         cpu_s=cpu,
         rss_kib=mem.get("VmRSS", 0),
         hwm_kib=mem.get("VmHWM", 0),
+        running_rss_kib=running_rss,
         log_started=started,
         log_scheduler=scheduler,
         log_last_added=last_added,
@@ -563,7 +566,9 @@ def startup_lines(label: str, n: int, brief: str, seeded_s: float, run: Startup,
         f"   VmRSS {SETTLE_S:.0f} s after armed: {run.rss_kib / 1024:.1f} MiB vs {empty.rss_kib / 1024:.1f} "
         f"MiB with 0 schedules (+{(run.rss_kib - empty.rss_kib) / 1024:.1f} MiB, "
         f"{(run.rss_kib - empty.rss_kib) * 1024 / max(n, 1) / 1000:.1f} kB per schedule); peak VmHWM "
-        f"{run.hwm_kib / 1024:.1f} MiB vs {empty.hwm_kib / 1024:.1f} MiB",
+        f"{run.hwm_kib / 1024:.1f} MiB vs {empty.hwm_kib / 1024:.1f} MiB; at running, before the listing: "
+        f"{run.running_rss_kib / 1024:.1f} MiB vs {empty.running_rss_kib / 1024:.1f} MiB "
+        f"({(run.running_rss_kib - empty.running_rss_kib) * 1024 / max(n, 1) / 1000:.1f} kB per schedule)",
         f"   service during start-up: {run.errors}",
         f"   schedules: {brief}; stored in {seeded_s:.1f} s ({n / seeded_s:.0f}/s) with ScheduleStore.create",
     ]

@@ -336,6 +336,8 @@ class Scheduler:
         job = self._aps.get_job(schedule.id)
         following: datetime | None = None if job is None else job.next_run_time
         await self._store.advance(schedule.id, planned, following, schedule.options)
+        if following is None:
+            self._ahead.pop(schedule.id, None)
         # Written first, then compared with the horizon as it is now: a sync moving it from here on
         # finds the new time in the table (see _sync).
         job = self._aps.get_job(schedule.id)
