@@ -1,13 +1,15 @@
 """The aiohttp application: every client and engine is opened and closed here, in `cleanup_ctx`.
 
 Order of the lifecycle (reverse on the way down): database -> sandbox (only without credentials) ->
-Twilio REST client -> speech engines -> playout clock -> open media sockets. Routes are registered here
-and nowhere else.
+Twilio REST client -> speech engines -> playout clock -> dispatcher -> scheduler -> handlers -> warm-up
+(the SDKs, loaded once the server listens). Routes are registered here and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 
 SANDBOX_NUMBER = "+15550100000"
 SANDBOX_AGENT_ID = "sandbox-agent"  # the loopback agent's id when ELEVENLABS_AGENT_ID is not set
+WARM_UP_WAIT_S = 2.0  # the longest the SDKs' loading waits for the scheduler to have started
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ SANDBOX_TTS = web.AppKey("sandbox_tts", Any)  # the SandboxElevenLabs, only in s
 SANDBOX_AGENT = web.AppKey("sandbox_agent", Any)  # its SandboxConvAI (same port), only in sandbox mode
 TWILIO = web.AppKey("twilio", TwilioCalls)
 SPEAKER = web.AppKey("speaker", Speaker)
+ELEVENLABS = web.AppKey("elevenlabs", ElevenLabsSynthesizer)
 LOCAL_VOICE = web.AppKey("local_voice", LocalSynthesizer)
 CLOCK = web.AppKey("clock", PlayoutClock)
 SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
@@ -136,7 +140,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SOCKETS] = set()
     app[RENDERER] = renderer
     app.cleanup_ctx.extend(
-        [_database, _sandbox, _twilio, _speech, _agent, _clock, _dispatcher, _scheduler, _wiring]
+        [_database, _sandbox, _twilio, _speech, _agent, _clock, _dispatcher, _scheduler, _wiring, _warm_up]
     )
     app.on_shutdown.append(_close_sockets)
     app.router.add_post("/twilio/voice", _voice)
@@ -309,6 +313,7 @@ async def _speech(app: web.Application) -> AsyncIterator[None]:
     cache = AudioCache(settings.announcer_data_dir / "audio-cache")
     speaker = Speaker(primary, app[LOCAL_VOICE], cache)
     app[SPEAKER] = speaker
+    app[ELEVENLABS] = primary
     yield
     await speaker.aclose()
     await primary.aclose()
@@ -397,7 +402,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     async def presynthesize(schedule: ScheduleRow) -> int:
         return await schedules.presynthesize(holder[0], schedule)
 
-    scheduler = Scheduler(store, make, presynthesize)
+    scheduler = Scheduler(store, make, presynthesize, horizon_s=app[SETTINGS].announcer_schedule_horizon_s)
     deps = SchedulesDeps(
         store=store,
         deliveries=app[DELIVERIES],
@@ -409,26 +414,53 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     )
     holder.append(deps)
     app[SCHEDULES] = deps
-    settings = app[SETTINGS]
-
-    async def listening() -> None:
-        # Our own socket, not PUBLIC_URL (a proxy may sit there): accepted means webhooks get through.
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    _, writer = await asyncio.open_connection(settings.host, settings.port)
-                except OSError:
-                    await asyncio.sleep(0.02)
-                    continue
-                writer.close()
-                return
-
     database = app[DATABASE]
     leadership = Leadership(database.engine, postgres=not database.is_sqlite)
-    scheduler.start(listening, leadership)
+    scheduler.start(functools.partial(_listening, app[SETTINGS]), leadership)
     yield
     await scheduler.close()
     await leadership.release()
+
+
+async def _warm_up(app: web.Application) -> AsyncIterator[None]:
+    """The Twilio and ElevenLabs SDKs, kept off the way to listening (a third of a second of imports),
+    loaded in the background once the server accepts connections: the first call placed and the first
+    speech made find them ready (each loads its SDK itself if it comes first)."""
+
+    async def warm() -> None:
+        await _listening(app[SETTINGS])
+        # After the scheduler's start (arming thousands shares the interpreter with the imports), or a
+        # while after listening in a process that does not lead. A call placed before loads the SDK.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WARM_UP_WAIT_S):
+                await app[SCHEDULES].scheduler.started.wait()
+        await app[TWILIO].warm()
+        await app[ELEVENLABS].warm()
+
+    task = asyncio.create_task(warm(), name="warm-up")
+    task.add_done_callback(_log_crash)
+    yield
+    task.cancel()
+    await asyncio.wait([task])
+
+
+async def _listening(settings: Settings) -> None:
+    """Return once the server accepts connections on our own socket (not PUBLIC_URL: a proxy may sit
+    there): accepted means webhooks get through."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(settings.host, settings.port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            return
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed", task.get_name(), exc_info=task.exception())
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     announcer_default_region: str | None = None
     # A claimed delivery must have its Call SID within this time, else it is reconciled with Twilio.
     announcer_claim_lease_s: PositiveFloat = 60.0  # e.g. US: numbers without +country are read as that
+    # Schedules due within this many seconds (plus their pre-synthesis lead) are armed in memory; the
+    # rest wait in the table until they come near. At least two syncs (4 s) long.
+    announcer_schedule_horizon_s: Annotated[float, Field(ge=4)] = 3600.0
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
 

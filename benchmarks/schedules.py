@@ -5,12 +5,14 @@ INFO log level) whose Twilio and ElevenLabs are the loopback sandbox hosted by t
 alerts.py. SQLite; with --pg PostgreSQL too (a fresh database each time, dropped afterwards).
 
   1. start-up: --schedules active schedules (mostly cron lines such as "0 8 * * mon-fri" in IANA zones
-     picked at random, some with start/end, some one-shots days ahead; none due within the run) are
-     stored up front with ScheduleStore.create after the migrations, then the service is started and
-     timed from its process start to the scheduler having armed all of them: /healthz polled (20 ms
-     apart) until it says "scheduler": "running" (set once every active schedule is caught up and
-     armed), then one GET /v1/schedules must list every schedule with a next_run_at. Printed: that
-     time (an upper bound: the answer that first said running), the send time of the last poll that
+     picked at random, some with start/end, some one-shots days ahead; none due within 15 minutes; with
+     --near a share of daily crons due within the hour after that) are stored up front with
+     ScheduleStore.create after the migrations, then the service is started and timed from its process
+     start to its scheduler running: /healthz polled (20 ms apart) until it says "scheduler": "running"
+     (set once every active schedule is caught up and those due within the horizon, an hour plus their
+     pre-synthesis lead, are armed; the rest wait in the table until they come near), then one
+     GET /v1/schedules must list every schedule with a next_run_at. Printed: that time (an upper bound:
+     the answer that first said running), the send time of the last poll that
      did not (a lower bound), what one listing costs once armed, the timestamp of the last APScheduler
      "Added job" line in the service's log (none: APScheduler logs at WARNING), the longest /healthz
      answer from the process start to armed (polled every 100 ms, refused connections not counted: a stalled
@@ -28,7 +30,8 @@ alerts.py. SQLite; with --pg PostgreSQL too (a fresh database each time, dropped
 --profile also records the service with py-spy while it arms (slower; the start-up it prints then
 includes the sampling) and prints where the samples were.
 
-Usage: .venv/bin/python benchmarks/schedules.py [--schedules 10000] [--oneshots 200] [--pg] [--profile]
+Usage: .venv/bin/python benchmarks/schedules.py [--schedules 10000] [--oneshots 200] [--near 0.0] [--pg]
+       [--profile]
 """
 
 from __future__ import annotations
@@ -60,10 +63,11 @@ from harness import cpu_s, free_port, pct, pg_database, phones, verdict
 
 from announcer.api.schemas import ScheduleOptions
 from announcer.sandbox import SandboxElevenLabs, SandboxTwilio
+from announcer.scheduling.scheduler import HORIZON_S
 from announcer.scheduling.when import parse_when
 from announcer.speech.local import LocalSynthesizer
 from announcer.store.db import Database
-from announcer.store.schedules import ScheduleStore
+from announcer.store.schedules import ScheduleStore, arm_time
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_SID = "AC" + secrets.token_hex(16)
@@ -84,6 +88,9 @@ LEAD_S = 5.0  # the first instant is this far ahead, plus the expected time to c
 POLL_GAP_S = 0.05
 HEALTH_GAP_S = 0.1
 SETTLE_S = 1.0
+# No stored schedule is due this soon: the run (a minute or two) places no call of theirs, nor makes their
+# speech ahead (600 s before).
+QUIET = timedelta(minutes=15)
 CRONS = (
     "0 8 * * mon-fri",
     "30 7 * * mon-fri",
@@ -146,11 +153,19 @@ def zones() -> list[str]:
     return sorted(z for z in available_timezones() if "/" in z and not z.startswith(skip))
 
 
+def within_horizon(rows: list[dict[str, Any]], now: datetime) -> int:
+    """How many of `rows` a start at `now` arms (their arm_at within the default horizon)."""
+    until = now + timedelta(seconds=HORIZON_S)
+    return sum(1 for r in rows if (arm_time(r["next_run_at"], r["options"]) or until) < until)
+
+
 def seed_rows(
-    n: int, now: datetime, horizon: timedelta, rng: random.Random
+    n: int, now: datetime, quiet: timedelta, near: float, rng: random.Random
 ) -> tuple[list[dict[str, Any]], str]:
-    """`n` schedules as ScheduleStore.create arguments, none due before now + horizon (a fire during the
-    run would place calls); and what they are, in brief."""
+    """`n` schedules as ScheduleStore.create arguments, none due before now + quiet (a fire during the
+    run would place calls), a share `near` of them daily crons due within the hour after that (all at
+    08:00 somewhere, and the service started at 07:15: the most a start arms); and what they are, in
+    brief."""
     names = zones()
     pool = phones(1000)
     options = ScheduleOptions().model_dump(mode="json")
@@ -161,7 +176,10 @@ def seed_rows(
         zone = rng.choice(names)
         pick = rng.random()
         raw: dict[str, Any]
-        if pick < 0.10:
+        if len(rows) < near * n:
+            local = (now + quiet + timedelta(minutes=rng.uniform(1, 55))).astimezone(ZoneInfo(zone))
+            raw, kind = {"cron": f"{local.minute} {local.hour} * * *", "timezone": zone}, "near"
+        elif pick < 0.10:
             at = (now + timedelta(days=rng.uniform(1, 60))).astimezone(ZoneInfo(zone))
             raw, kind = (
                 {"at": at.replace(tzinfo=None, second=0, microsecond=0).isoformat(), "timezone": zone},
@@ -179,7 +197,7 @@ def seed_rows(
             raw, kind = {"cron": rng.choice(CRONS), "timezone": zone}, "cron"
         when = parse_when(raw, now)
         upcoming = when.next_times(now, 1)
-        if not upcoming or upcoming[0] < now + horizon:
+        if not upcoming or upcoming[0] < now + quiet:
             rejected += 1
             continue
         kinds[kind] += 1
@@ -196,12 +214,15 @@ def seed_rows(
                 "recipients": recipients,
                 "when": when.as_json(),
                 "options": options,
+                "next_run_at": upcoming[0],
             }
         )
     brief = (
         f"{kinds['cron']} cron, {kinds['cron+end']} cron with start/end, {kinds['at']} one-shots 1-60 days "
-        f"ahead; {len({r['when']['timezone'] for r in rows})} zones; {rejected} drawn and dropped as due "
-        f"within {horizon.total_seconds() / 3600:.1f} h"
+        f"ahead, {kinds['near']} daily crons due {quiet.total_seconds() / 60:.0f}-"
+        f"{quiet.total_seconds() / 60 + 56:.0f} min ahead; {len({r['when']['timezone'] for r in rows})} "
+        f"zones; {rejected} drawn and dropped as due within {quiet.total_seconds() / 60:.0f} min; "
+        f"{within_horizon(rows, now)} due within the scheduler's horizon (armed at start)"
     )
     return rows, brief
 
@@ -339,6 +360,7 @@ class Startup:
     cpu_s: float  # the service's CPU time at armed
     rss_kib: int
     hwm_kib: int
+    running_rss_kib: int  # at running, before the listing (which loads every schedule into this process)
     log_started: float | None  # s after spawn: "announcer starting" (imports done)
     log_scheduler: float | None  # s after spawn: APScheduler "Scheduler started"
     log_last_added: float | None  # s after spawn: the last "Added job" of the start-up
@@ -483,6 +505,7 @@ async def startup(svc: Service, expected: int, timeout: float, profile: Path | N
         if spy is not None:
             await stop_profile(spy)
     cpu = cpu_s(svc.proc.pid)
+    running_rss = proc_status(svc.proc.pid).get("VmRSS", 0)
     t0 = time.monotonic()
     status, body = await svc.api("GET", "/v1/schedules")
     listing_s = time.monotonic() - t0
@@ -512,6 +535,7 @@ async def startup(svc: Service, expected: int, timeout: float, profile: Path | N
         cpu_s=cpu,
         rss_kib=mem.get("VmRSS", 0),
         hwm_kib=mem.get("VmHWM", 0),
+        running_rss_kib=running_rss,
         log_started=started,
         log_scheduler=scheduler,
         log_last_added=last_added,
@@ -542,7 +566,9 @@ def startup_lines(label: str, n: int, brief: str, seeded_s: float, run: Startup,
         f"   VmRSS {SETTLE_S:.0f} s after armed: {run.rss_kib / 1024:.1f} MiB vs {empty.rss_kib / 1024:.1f} "
         f"MiB with 0 schedules (+{(run.rss_kib - empty.rss_kib) / 1024:.1f} MiB, "
         f"{(run.rss_kib - empty.rss_kib) * 1024 / max(n, 1) / 1000:.1f} kB per schedule); peak VmHWM "
-        f"{run.hwm_kib / 1024:.1f} MiB vs {empty.hwm_kib / 1024:.1f} MiB",
+        f"{run.hwm_kib / 1024:.1f} MiB vs {empty.hwm_kib / 1024:.1f} MiB; at running, before the listing: "
+        f"{run.running_rss_kib / 1024:.1f} MiB vs {empty.running_rss_kib / 1024:.1f} MiB "
+        f"({(run.running_rss_kib - empty.running_rss_kib) * 1024 / max(n, 1) / 1000:.1f} kB per schedule)",
         f"   service during start-up: {run.errors}",
         f"   schedules: {brief}; stored in {seeded_s:.1f} s ({n / seeded_s:.0f}/s) with ScheduleStore.create",
     ]
@@ -672,8 +698,7 @@ async def measure(
     args: argparse.Namespace,
     profile: bool,
 ) -> list[str]:
-    horizon = timedelta(seconds=args.startup_timeout + 3600)
-    rows, brief = seed_rows(args.schedules, datetime.now(UTC), horizon, random.Random(1))
+    rows, brief = seed_rows(args.schedules, datetime.now(UTC), QUIET, args.near, random.Random(1))
     await seed(empty_url, [])
     async with serve(work, f"{label}-empty", empty_url, tts, args.startup_timeout) as svc:
         empty = await startup(svc, 0, args.startup_timeout, None)
@@ -742,6 +767,12 @@ if __name__ == "__main__":
     parser.add_argument("--schedules", type=int, default=10_000, help="active schedules stored up front")
     parser.add_argument("--oneshots", type=int, default=200, help="one-shot schedules timed as they fire")
     parser.add_argument("--pg", action="store_true", help="also on PostgreSQL")
+    parser.add_argument(
+        "--near",
+        type=float,
+        default=0.0,
+        help="share of the schedules due within the hour (all armed at start; 1.0: the worst case)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the service while it arms (SQLite)")
     parser.add_argument(
         "--startup-timeout", type=float, default=1800.0, help="give up when not armed after this (s)"

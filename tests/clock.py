@@ -36,9 +36,9 @@ import time_machine
 from aiohttp import web
 
 from announcer.app import DELIVERIES, DISPATCHER, SCHEDULES
-from announcer.scheduling.scheduler import DEFAULT_PRESYNTHESIZE_S
 from announcer.scheduling.when import when_from_json
 from announcer.store.models import ScheduleStatus
+from announcer.store.schedules import DEFAULT_PRESYNTHESIZE_S
 from tests.conftest import Service, eventually, make_settings, start_service
 
 # How long one stop may take to work off: a few calls through the sandbox take well under a second; the
@@ -140,7 +140,7 @@ class Clock:
             for row in await deps.store.listing():
                 if row.status != ScheduleStatus.ACTIVE:
                     continue
-                next_run = deps.scheduler.next_run_at(row.id)
+                next_run = row.next_run_at
                 if next_run is None or next_run <= now:
                     upcoming = when_from_json(row.when).next_times(now, 1)
                     next_run = upcoming[0] if upcoming else None
@@ -197,7 +197,7 @@ class Clock:
                 continue  # deleted or paused: owes nothing
             if not await deps.store.occurrence_done(a.schedule_id, a.planned):
                 waiting.append(f"the fire of {a.schedule_id} at {a.planned.isoformat()}")
-            elif row.status == ScheduleStatus.ACTIVE and deps.scheduler.next_run_at(a.schedule_id) is None:
+            elif row.status == ScheduleStatus.ACTIVE and row.next_run_at is None:
                 waiting.append(f"{a.schedule_id} ending after its last fire")
         for a in presyntheses:
             deps = a.service.app[SCHEDULES]

@@ -81,8 +81,28 @@ def pg_database() -> Iterator[str | None]:
 
 
 @pytest.fixture
-def database_url(tmp_path: Path, pg_database: str | None) -> str:
-    return pg_database or f"sqlite+aiosqlite:///{tmp_path / 'announcer.db'}"
+def database_url(tmp_path: Path, pg_database: str | None) -> Iterator[str]:
+    """SQLite: a file of the test's own. PostgreSQL: the run's database, emptied after the test (after
+    the services using it have stopped): what one test left unfinished (a call still ringing, a retry
+    due) must not be dialed by the next test's dispatcher."""
+    if pg_database is None:
+        yield f"sqlite+aiosqlite:///{tmp_path / 'announcer.db'}"
+        return
+    yield pg_database
+    asyncio.run(_empty(pg_database))
+
+
+async def _empty(url: str) -> None:
+    from announcer.store.models import Base
+
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('public.calls') IS NOT NULL")
+        if exists:  # a test may have stopped before any service made the tables
+            await conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

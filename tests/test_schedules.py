@@ -160,8 +160,13 @@ async def test_pause_resume_move_and_delete_change_the_next_run(service: Service
     sid = created["id"]
     status, paused = await patch(service, f"/v1/schedules/{sid}", {"status": "paused"})
     assert status == 200 and paused["status"] == "paused" and paused["next_run_at"] is None
+    resumed_at = datetime.now(UTC)
     status, resumed = await patch(service, f"/v1/schedules/{sid}", {"status": "active"})
     assert status == 200 and resumed["next_run_at"] == created["next_run_at"]
+    # Nothing of the pause is owed: a restart's catch-up starts at the resume, as for a new schedule.
+    row = await schedules_of(service).store.get(sid)
+    assert row.last_planned_at >= resumed_at
+    assert row.next_run_at == datetime.fromisoformat(resumed["next_run_at"])  # the same instant, in UTC
     assert datetime.fromisoformat(resumed["next_run_at"]).astimezone(ZoneInfo("Europe/Berlin")).hour == 8
     _, view = await get(service, f"/v1/schedules/{sid}")
     assert len(view["next_run_times"]) == 5
@@ -235,6 +240,30 @@ async def test_a_fire_missed_while_down_follows_the_misfire_policy_once(
         else:
             assert calls_to(service, HEARER) == []
         await clock.stop(service)
+
+
+def test_cron_follows_the_zone_across_dst() -> None:
+    now = datetime(2027, 3, 1, tzinfo=UTC)
+    daily = parse_when({"cron": "30 2 * * *", "timezone": "Europe/Berlin"}, now)
+    spring = daily.next_times(datetime(2027, 3, 26, 12, tzinfo=UTC), 4)
+    # 02:30 does not exist on 28 March: it rings when the clock has jumped past it, at 03:30 CEST.
+    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in spring] == [
+        "27 01:30",
+        "28 01:30",
+        "29 00:30",
+        "30 00:30",
+    ]
+    autumn = daily.next_times(datetime(2027, 10, 29, 12, tzinfo=UTC), 3)
+    # 02:30 happens twice on 31 October: once only, at the first.
+    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in autumn] == ["30 00:30", "31 00:30", "01 01:30"]
+    # Armed with its next run given, a job's trigger is made when APScheduler first asks it, after that
+    # fire: the same rule (the repeat skipped).
+    fired = autumn[1]
+    asked = daily.deferred_trigger().get_next_fire_time(fired, fired + timedelta(microseconds=1))
+    assert asked == autumn[2]
+    weekdays = parse_when({"cron": "0 8 * * mon-fri", "timezone": "America/New_York"}, now)
+    local = [t.astimezone(ZoneInfo("America/New_York")) for t in weekdays.next_times(now, 10)]
+    assert all(t.hour == 8 and t.weekday() < 5 for t in local)
 
 
 @pytest.mark.parametrize(
@@ -509,3 +538,136 @@ async def test_two_processes_on_one_postgresql_fire_each_occurrence_once(
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+# --- the horizon: only what is near is armed ------------------------------------------------------------
+
+HORIZON_S = 4.0  # the least allowed (two syncs): a schedule a few seconds ahead starts beyond it
+
+
+def schedules_of(service: Service) -> Any:
+    """The service's schedules dependencies (its scheduler, its store)."""
+    from announcer.app import SCHEDULES
+
+    return service.app[SCHEDULES]
+
+
+async def test_a_schedule_beyond_the_horizon_is_armed_when_it_comes_near_and_fires_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    runner, svc = await start_service(
+        make_settings(tmp_path, database_url, announcer_schedule_horizon_s=HORIZON_S)
+    )
+    try:
+        scheduler = schedules_of(svc).scheduler
+        await eventually(_started(scheduler))
+        at = soon(9.0)
+        phone = "+15550180001"
+        status, created = await post(
+            svc, "/v1/schedules", schedule_body({"at": at}, phone, presynthesize_s=0)
+        )
+        assert status == 201 and created["next_run_at"] == datetime.fromisoformat(at).isoformat()
+        assert scheduler.armed_for(created["id"]) is None  # beyond the horizon: held by the table only
+        _, view = await get(svc, f"/v1/schedules/{created['id']}")
+        assert view["next_run_at"] == created["next_run_at"]
+
+        async def armed() -> bool:
+            return scheduler.armed_for(created["id"]) is not None
+
+        await eventually(armed, timeout=10)
+        assert datetime.now(UTC) < datetime.fromisoformat(at)  # armed before its time, by a sync
+        await placed_call(svc, phone)
+        [occurrence] = await occurrences(svc, created["id"])
+        assert occurrence["status"] == "fired"
+        assert occurrence["planned_at"] == datetime.fromisoformat(at).isoformat()
+        await finished(svc, occurrence["alert_id"])
+        _, view = await get(svc, f"/v1/schedules/{created['id']}")
+        assert view["status"] == "ended" and view["next_run_at"] is None
+        assert [c.to for c in svc.sandbox.calls.values()].count(phone) == 1
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_fire_stores_the_next_run_and_hands_a_far_one_back_to_the_table(
+    tmp_path: Path, database_url: str
+) -> None:
+    runner, svc = await start_service(
+        make_settings(tmp_path, database_url, announcer_schedule_horizon_s=HORIZON_S)
+    )
+    try:
+        scheduler = schedules_of(svc).scheduler
+        await eventually(_started(scheduler))
+        phone = "+15550180002"
+        body = schedule_body({"cron": "0 8 * * *", "timezone": "Europe/Berlin"}, phone, presynthesize_s=0)
+        status, created = await post(svc, "/v1/schedules", body)
+        assert status == 201
+        sid, tomorrow = created["id"], created["next_run_at"]
+        assert scheduler.armed_for(sid) is None
+        # A cron's next time is up to a day away: its stored next run is moved 2 s ahead instead (as a
+        # change through another process would); the leader arms it at its next sync.
+        planned = datetime.now(UTC) + timedelta(seconds=2)
+        store = schedules_of(svc).store
+        await store.change(sid, next_run_at=planned)
+        [occurrence] = await occurrences(svc, sid)
+        assert occurrence["status"] == "fired" and occurrence["planned_at"] == planned.isoformat()
+        await placed_call(svc, phone)
+
+        async def advanced() -> bool:
+            _, view = await get(svc, f"/v1/schedules/{sid}")
+            return bool(view["next_run_at"] == tomorrow)
+
+        await eventually(advanced)  # the trigger's next time after the fire: 08:00 Berlin
+        _, view = await get(svc, f"/v1/schedules/{sid}")
+        assert view["status"] == "active"
+        assert scheduler.armed_for(sid) is None  # beyond the horizon again: off APScheduler
+        await finished(svc, occurrence["alert_id"])
+        assert [c.to for c in svc.sandbox.calls.values()].count(phone) == 1
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_start_arms_what_is_near_and_computes_unknown_next_runs(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = make_settings(tmp_path, database_url, announcer_schedule_horizon_s=HORIZON_S)
+    runner, svc = await start_service(settings)
+    try:
+        store = schedules_of(svc).store
+        far_cron = schedule_body({"cron": "0 8 * * *", "timezone": "Europe/Berlin"}, presynthesize_s=0)
+        _, far = await post(svc, "/v1/schedules", far_cron)
+        # Made ahead: held (and armed) from 600 s before its time, far beyond the horizon.
+        _, spoken = await post(svc, "/v1/schedules", schedule_body({"at": soon(120)}, "+15550180003"))
+        _, unknown = await post(svc, "/v1/schedules", far_cron)
+        # As a row from before migration 0006 stands: no next run stored.
+        await store.set_next_runs([(unknown["id"], None, {})])
+        _, view = await get(svc, f"/v1/schedules/{unknown['id']}")
+        assert view["status"] == "active" and view["next_run_at"] is None
+    finally:
+        await runner.cleanup()
+    runner, svc = await start_service(
+        make_settings(tmp_path, database_url, announcer_schedule_horizon_s=HORIZON_S)
+    )
+    try:
+        scheduler = schedules_of(svc).scheduler
+        await eventually(_started(scheduler))
+        assert scheduler.armed_for(far["id"]) is None
+        assert scheduler.armed_for(spoken["id"]) is not None
+        assert scheduler.armed_for(unknown["id"]) is None
+        for created in (far, spoken, unknown):
+            _, view = await get(svc, f"/v1/schedules/{created['id']}")
+            assert view["next_run_at"] == (far if created is unknown else created)["next_run_at"], view
+
+        async def made_ahead() -> bool:
+            _, view = await get(svc, f"/v1/schedules/{spoken['id']}")
+            return any(o["detail"].get("presynthesis") == "ready" for o in view["occurrences"])
+
+        await eventually(made_ahead, timeout=20)
+    finally:
+        await runner.cleanup()
+
+
+def _started(scheduler: Any) -> Any:
+    async def started() -> bool:
+        return bool(scheduler.started.is_set())
+
+    return started

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from announcer.store.calls import CallStore
@@ -111,3 +113,35 @@ async def test_a_failing_write_costs_only_itself(store: CallStore) -> None:
     kinds = [e.kind for e in await store.events(call_id)]
     assert kinds[-2:] == ["before", "after"]  # ...and the batch's other writes are retried alone
     assert await store.apply_status(call_id, CallStatus.IN_PROGRESS, sequence=None, source="stream")
+
+
+async def test_a_database_at_head_is_told_without_alembic_and_one_behind_is_not(
+    database_url: str, tmp_path: Path
+) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from announcer.store.db import MIGRATIONS_DIR, head_revision
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert head_revision() == ScriptDirectory.from_config(cfg).get_current_head()
+    new = Database(f"sqlite+aiosqlite:///{tmp_path / 'new.db'}")
+    try:
+        assert not await new.at_head()  # no alembic_version table yet
+    finally:
+        await new.dispose()
+    db = Database(database_url)  # on PostgreSQL the run's database, shared: put back as found
+    try:
+        await db.upgrade()
+        assert await db.at_head()
+        async with db.engine.begin() as conn:  # as a database from before the newest migration stands
+            await conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+        try:
+            assert not await db.at_head()
+        finally:
+            async with db.engine.begin() as conn:
+                back = text("UPDATE alembic_version SET version_num = :v")
+                await conn.execute(back, {"v": head_revision()})
+    finally:
+        await db.dispose()

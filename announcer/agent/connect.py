@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 import httpx
-from elevenlabs.client import AsyncElevenLabs
-from elevenlabs.core.api_error import ApiError
+
+from announcer.preload import Preload
+
+if TYPE_CHECKING:  # the SDK loads after the server listens (preload.py), not on the way to it
+    from elevenlabs.client import AsyncElevenLabs
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +39,38 @@ class AgentConnector:
     def __init__(self, api_key: str, base_url: str, *, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         self._timeout_s = timeout_s
         self._http = httpx.AsyncClient(timeout=timeout_s)
-        self._client = AsyncElevenLabs(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, httpx_client=self._http
-        )
+
+        def connect() -> AsyncElevenLabs:  # the key lives in this closure until then: in no repr
+            from elevenlabs.client import AsyncElevenLabs
+
+            return AsyncElevenLabs(
+                api_key=api_key, base_url=base_url, timeout=timeout_s, httpx_client=self._http
+            )
+
+        self._connect: Callable[[], AsyncElevenLabs] | None = connect
+        self._client: AsyncElevenLabs | None = None
+        self._preload = Preload("elevenlabs.client")
         self._session = aiohttp.ClientSession()
 
     async def aclose(self) -> None:
         await self._session.close()
         await self._http.aclose()
 
+    async def _sdk(self) -> AsyncElevenLabs:
+        if self._client is None:
+            await self._preload()  # loaded by the app's warm-up by now, in the common case
+            if self._client is None:
+                assert self._connect is not None
+                self._client, self._connect = self._connect(), None
+        return self._client
+
     async def signed_url(self, agent_id: str) -> str:
+        from elevenlabs.core.api_error import ApiError  # loaded with the client
+
+        client = await self._sdk()
         try:
             async with asyncio.timeout(self._timeout_s):
-                answer = await self._client.conversational_ai.conversations.get_signed_url(
+                answer = await client.conversational_ai.conversations.get_signed_url(
                     agent_id=agent_id, request_options={"max_retries": 1}
                 )
         except ApiError as err:

@@ -65,8 +65,11 @@ async def _plan(deps: SchedulesDeps, schedule: ScheduleRow | ScheduleBody) -> li
     return plan_deliveries(prepared, schedule.variables, recipients, deps.limits)
 
 
-def _view(deps: SchedulesDeps, row: ScheduleRow) -> dict[str, Any]:
-    next_run = deps.scheduler.next_run_at(row.id)
+def _view(row: ScheduleRow) -> dict[str, Any]:
+    # The table's: in every process, armed or not (the leader arms only what is near).
+    next_run = None
+    if row.status == ScheduleStatus.ACTIVE and row.next_run_at is not None:
+        next_run = when_from_json(row.when).local(row.next_run_at)
     return {
         "id": row.id,
         "name": row.name,
@@ -106,6 +109,7 @@ async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Resp
         recipients=[r.model_dump() for r in body.recipients],
         when=when.as_json(),
         options=body.options.model_dump(mode="json"),
+        next_run_at=when.first_after(utcnow()),
     )
     next_run = deps.scheduler.add(row)
     log.info("schedule %s created: next run %s", row.id, next_run)
@@ -117,7 +121,7 @@ async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Resp
 
 async def list_schedules(request: web.Request, deps: SchedulesDeps) -> web.Response:
     rows = await deps.store.listing()
-    return web.json_response({"schedules": [_view(deps, r) for r in rows]})
+    return web.json_response({"schedules": [_view(r) for r in rows]})
 
 
 async def _existing(request: web.Request, deps: SchedulesDeps) -> ScheduleRow:
@@ -129,7 +133,7 @@ async def _existing(request: web.Request, deps: SchedulesDeps) -> ScheduleRow:
 
 async def get_schedule(request: web.Request, deps: SchedulesDeps) -> web.Response:
     row = await _existing(request, deps)
-    view = _view(deps, row)
+    view = _view(row)
     upcoming: list[datetime] = []
     if row.status == ScheduleStatus.ACTIVE:
         upcoming = when_from_json(row.when).next_times(utcnow(), 5)
@@ -176,11 +180,18 @@ async def patch_schedule(request: web.Request, deps: SchedulesDeps) -> web.Respo
         raise invalid(problems)
     if "when" in changes and "status" not in changes and row.status == ScheduleStatus.ENDED:
         changes["status"] = ScheduleStatus.ACTIVE  # a new time for a one-shot that already rang
+    retimed = "when" in changes or "status" in changes
+    if retimed and changes.get("status", row.status) == ScheduleStatus.ACTIVE:
+        # A new time, or resumed: the next run from now. What fell before (while paused, or by the old
+        # time) is not owed: a restart's catch-up starts here, as for a new schedule.
+        now = utcnow()
+        changes["next_run_at"] = when_from_json(changes.get("when", row.when)).first_after(now)
+        changes["last_planned_at"] = now
     updated = await deps.store.change(row.id, **changes)
     if updated is None:
         raise error(404, "not_found", "no such schedule")
     deps.scheduler.add(updated)  # re-armed with its new time, or removed when paused
-    return web.json_response(_view(deps, updated))
+    return web.json_response(_view(updated))
 
 
 def _ended() -> Problem:

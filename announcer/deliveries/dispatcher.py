@@ -224,6 +224,11 @@ class Dispatcher:
                 self.wake()
                 await self._ready_event.wait()
                 continue
+            if not self._twilio.loaded:
+                # The SDK loads in the background after start (app.py, _warm_up): paced from when it is
+                # there, or the first call would reach Twilio late and close behind the second.
+                await self._twilio.warm()
+                continue
             wait = max(self._bucket.wait_s(), self._window_wait_s())
             if wait > 0:
                 await asyncio.sleep(wait)  # the rate limit itself: nothing to wait on but time

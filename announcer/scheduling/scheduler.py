@@ -1,6 +1,12 @@
 """The clock of reminders: APScheduler 3.11 (`AsyncIOScheduler`, jobs in memory) keeps the times; the
 `schedules` table is the truth it is rebuilt from at every start (design.md, "Scheduling").
 
+Only what is near is armed: each schedule's next run is kept in the table (`next_run_at`, and `arm_at`,
+that less its pre-synthesis lead), and APScheduler holds the schedules whose arm_at falls within the
+horizon (an hour by default). The leader extends the horizon at every sync, arming what came near; a
+fire whose next run is beyond it hands the schedule back to the table. A start with 10,000 schedules
+so arms the few due within the hour, not all of them (and keeps a few hundred jobs in memory, not 10,000).
+
 A fire becomes an occurrence keyed (schedule id, planned time) and an alert whose Idempotency-Key is
 made of the same two: a double fire, or a catch-up racing a fire, creates one of each, never two.
 Fires missed while the service was down are caught up at start by each schedule's misfire policy:
@@ -29,7 +35,7 @@ from announcer.scheduling.leader import Leadership
 from announcer.scheduling.when import When, when_from_json
 from announcer.speech.engine import SpeechError
 from announcer.store.models import OccurrenceStatus, ScheduleStatus, utcnow
-from announcer.store.schedules import ArmInfo, ScheduleRow, ScheduleStore
+from announcer.store.schedules import DEFAULT_PRESYNTHESIZE_S, ArmInfo, ScheduleRow, ScheduleStore, arm_time
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ Presynthesize = Callable[[ScheduleRow], Awaitable[int]]
 
 SYNC_S = 2.0  # how soon the leader arms a schedule created or changed through another process
 PRESYNTH_TICK_S = 5.0  # how often the coming fires are looked at (and failed syntheses retried)
-DEFAULT_PRESYNTHESIZE_S = 600.0
+HORIZON_S = 3600.0  # schedules held within this much of now are armed; the rest wait in the table
 
 
 def occurrence_key(schedule_id: str, planned_at: datetime) -> str:
@@ -61,7 +67,11 @@ class Scheduler:
         *,
         presynth_tick_s: float = PRESYNTH_TICK_S,
         sync_s: float = SYNC_S,
+        horizon_s: float = HORIZON_S,
     ) -> None:
+        if horizon_s < 2 * sync_s:
+            # A schedule coming near is armed at the first sync that reaches it: up to a sync late.
+            raise ValueError(f"the horizon ({horizon_s} s) must span two syncs ({sync_s} s each)")
         self._store = store
         self._make_alert = make_alert
         self._presynthesize = presynthesize
@@ -70,6 +80,7 @@ class Scheduler:
         self._ahead: dict[str, float] = {}  # each armed schedule's presynthesize_s
         self._presynth_failures: dict[tuple[str, datetime], int] = {}
         self._presynth_wake = asyncio.Event()
+        self._sync_wake = asyncio.Event()
         self._presynth_task: asyncio.Task[None] | None = None
         # APScheduler 3 does not hand a job its planned time; its submission event does, just before
         # the job's coroutine starts on the loop.
@@ -86,6 +97,9 @@ class Scheduler:
         self._sync_s = sync_s
         self._sync_task: asyncio.Task[None] | None = None
         self._synced_at = utcnow()
+        self._horizon = timedelta(seconds=horizon_s)
+        # Every active schedule with an arm_at up to this is armed (while leading); later ones are not.
+        self._armed_until = utcnow()
         self.fired = 0  # occurrences made into alerts (a gauge)
         self.started = asyncio.Event()
         self._starting: asyncio.Task[None] | None = None
@@ -116,25 +130,33 @@ class Scheduler:
             self._stand_down()
 
     async def _lead(self) -> None:
-        # Paused while arming: every job added to a running APScheduler wakes it (10,000 wake-ups at a
-        # start); resumed once, when all are in. Fires missed meanwhile are caught up below, not by it.
+        # Paused while arming: every job added to a running APScheduler wakes it (thousands of wake-ups at
+        # a start); resumed once, when all are in. Fires missed meanwhile are caught up below, not by it.
         self._aps.start(paused=True)
-        self._synced_at = utcnow()
-        now = utcnow()
+        self._synced_at = now = utcnow()
+        self._armed_until = now + self._horizon  # before the query: see _sync
+        computed: list[tuple[str, datetime | None, dict[str, Any]]] = []  # next runs to write back
         firsts: dict[BaseTrigger, tuple[datetime, datetime | None]] = {}  # by identity: shared triggers
-        for n, arm in enumerate(await self._store.active_times()):
-            # The first time after the last one handled: past it, nothing was missed (the common case)
-            # and it is the next run; else the misfire policy handles what was missed first.
+        for n, arm in enumerate(await self._store.due_by(self._armed_until)):
             when = when_from_json(arm.when)
-            trigger = when.trigger()
-            since = (arm.last_planned_at or arm.created_at) + timedelta(microseconds=1)
-            # Schedules sharing a trigger share its next time for every `since` before it.
-            known = firsts.get(trigger)
-            if known is not None and known[0] <= since and (known[1] is None or since < known[1]):
-                first = known[1]
-            else:
-                first = trigger.get_next_fire_time(None, since)
-                firsts[trigger] = (since, first)
+            first = arm.next_run_at
+            trigger: BaseTrigger
+            if first is not None:
+                trigger = when.deferred_trigger()  # its next time is known: compiled when that comes
+            else:  # not computed yet (a row from before migration 0006): once, here
+                trigger = when.trigger()
+                # The first time after the last one handled: past it, nothing was missed (the common
+                # case) and it is the next run; else the misfire policy handles what was missed first.
+                since = (arm.last_planned_at or arm.created_at) + timedelta(microseconds=1)
+                # Schedules sharing a trigger share its next time for every `since` before it.
+                known = firsts.get(trigger)
+                if known is not None and known[0] <= since and (known[1] is None or since < known[1]):
+                    first = known[1]
+                else:
+                    first = trigger.get_next_fire_time(None, since)
+                    firsts[trigger] = (since, first)
+                if first is not None and first > now:
+                    computed.append((arm.id, first, arm.options))
             if first is not None and first > now:
                 self.add(arm, trigger, first, when)
             elif first is not None:
@@ -144,11 +166,14 @@ class Scheduler:
                         await self._catch_up(schedule)
                     except Exception:
                         log.exception("catching up schedule %s failed; armed for its next time", arm.id)
-                    self.add(schedule, trigger)
+                    following = when.first_after(now)
+                    computed.append((arm.id, following, arm.options))
+                    self.add(schedule, trigger, following, when)
             else:
                 await self._store.change(arm.id, status=ScheduleStatus.ENDED)
             if n % 100 == 99:
                 await asyncio.sleep(0)  # thousands of schedules: let webhooks and live calls through
+        await self._store.set_next_runs(computed)
         self._aps.resume()
         self.started.set()
         if self._presynthesize is not None:
@@ -178,13 +203,13 @@ class Scheduler:
             self._aps.shutdown(wait=False)
 
     async def _sync_forever(self) -> None:
-        """Schedules changed through another process (any process serves the API): re-armed here."""
         while True:
-            await asyncio.sleep(self._sync_s)
+            with contextlib.suppress(TimeoutError):  # every sync_s, or at once when woken
+                async with asyncio.timeout(self._sync_s):
+                    await self._sync_wake.wait()
+            self._sync_wake.clear()
             try:
-                since, self._synced_at = self._synced_at, utcnow()
-                for schedule in await self._store.changed_since(since - timedelta(seconds=1)):
-                    self.add(schedule)
+                await self._sync()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -194,10 +219,32 @@ class Scheduler:
         """Look at the wall clock now, not at the next timer. Every timer here waits monotonic seconds,
         computed from the wall-clock time when it was set: when the wall clock jumps (a test's clock
         moves it to a fire time instead of waiting for it), this does at once what they would have done
-        once that time came: submit the fires due and look at the pre-synthesis windows."""
+        once that time came: arm what came within the horizon, submit the fires due and look at the
+        pre-synthesis windows."""
         if self._aps.running:
             self._aps.wakeup()  # runs APScheduler's `_process_jobs` on the loop's next turn
         self._presynth_wake.set()
+        self._sync_wake.set()  # arm what the new time brought within the horizon
+
+    async def _sync(self) -> None:
+        """Arm what came within the horizon since the last sync, and re-arm what was created or changed
+        through another process (any process serves the API)."""
+        now = utcnow()
+        # Moved before the query, not after: a fire that from now on finds its next run beyond the
+        # horizon has written it first (see _advance), so this query or a later one finds it.
+        previous, self._armed_until = self._armed_until, now + self._horizon
+        try:
+            near = await self._store.coming_near(previous, self._armed_until)
+            changed = await self._store.changed_since(self._synced_at - timedelta(seconds=1))
+        except Exception:
+            self._armed_until = previous  # looked up again at the next sync
+            raise
+        self._synced_at = now
+        for arm in near:
+            if self._aps.get_job(arm.id) is None:
+                self.add(arm, next_run=arm.next_run_at)
+        for schedule in changed:
+            self.add(schedule)
 
     # --- jobs ------------------------------------------------------------------------------------------
 
@@ -208,44 +255,56 @@ class Scheduler:
         next_run: datetime | None = None,
         when: When | None = None,
     ) -> datetime | None:
-        """(Re)arm a schedule; its next fire time (None: it will not fire again). In a process that
-        does not lead, only the time: the leader arms it when it syncs. `trigger`, `next_run` and
-        `when`, when the caller has them already, spare computing them again (a start arms thousands)."""
+        """(Re)arm a schedule whose next run is within the horizon (the rest are armed by a later sync,
+        when they come near); its next fire time either way (None: it will not fire again). In a
+        process that does not lead, only the time: the leader arms it when it syncs. `next_run` is the
+        time to arm for, as the table holds it (or will, once the caller has written it); by default
+        the stored one, or the first from now when that has passed. `trigger` and `when`, when the
+        caller has them already, spare making them again (a start arms thousands)."""
         if trigger is None:  # else a start arming it: not armed yet (add_job replaces one if it is)
             self.remove(schedule.id)
         if schedule.status != ScheduleStatus.ACTIVE:
             return None
         when = when or when_from_json(schedule.when)
-        if when.at is not None and when.at <= utcnow():
+        now = utcnow()
+        if when.at is not None and when.at <= now:
             return None  # a one-shot whose time has passed: caught up (or ended) already
-        if not self._aps.running:
-            upcoming = when.next_times(utcnow(), 1)
-            return upcoming[0] if upcoming else None
+        # The table holds the time armed for (given, or stored and still ahead): one far away is left
+        # to it. Else (a stored time that has passed: a fire under way) the first from now, armed.
+        held = next_run is not None or (schedule.next_run_at is not None and schedule.next_run_at > now)
+        if next_run is None:
+            next_run = schedule.next_run_at if held else when.first_after(now)
+        if next_run is None or not self._aps.running:
+            return next_run
+        armed_at = arm_time(next_run, schedule.options)
+        if held and armed_at is not None and armed_at > self._armed_until:
+            return next_run  # a sync arms it when it comes within the horizon
         grace = float(schedule.options.get("misfire_grace_s", DEFAULT_MISFIRE_GRACE_S))
         self._ahead[schedule.id] = float(schedule.options.get("presynthesize_s", DEFAULT_PRESYNTHESIZE_S))
-        extra: dict[str, Any] = {} if next_run is None else {"next_run_time": next_run}
-        job = self._aps.add_job(
+        self._aps.add_job(
             self._job,
-            trigger or when.trigger(),
+            trigger or when.deferred_trigger(),  # asked nothing before `next_run`
             args=[schedule.id],
             id=schedule.id,
             misfire_grace_time=max(1, int(grace)),
             coalesce=False,
             max_instances=100,
             replace_existing=True,
-            **extra,
+            next_run_time=next_run,
         )
         self._presynth_wake.set()  # a new time may fall inside its pre-synthesis window already
-        armed: datetime | None = getattr(job, "next_run_time", None)
-        return armed
+        return next_run
 
     def remove(self, schedule_id: str) -> None:
         if self._aps.running:
             with contextlib.suppress(JobLookupError):
                 self._aps.remove_job(schedule_id)
+        self._ahead.pop(schedule_id, None)
         # `_planned` is left alone: a fire submitted a moment ago still runs (then finds it inactive).
 
-    def next_run_at(self, schedule_id: str) -> datetime | None:
+    def armed_for(self, schedule_id: str) -> datetime | None:
+        """The time APScheduler holds `schedule_id` for; None when it is not armed (not near, or this
+        process does not lead). What the schedule's next run is, the table says."""
         if not self._aps.running:
             return None
         job = self._aps.get_job(schedule_id)
@@ -270,17 +329,41 @@ class Scheduler:
         await self._store.record_occurrence(
             schedule_id, planned, OccurrenceStatus.MISSED, reason="fired too late"
         )
+        schedule = await self._store.get(schedule_id)
+        if schedule is not None and schedule.status == ScheduleStatus.ACTIVE:
+            await self._advance(schedule, planned)
 
     async def _fire_job(self, schedule_id: str) -> None:
         planned_times = self._planned.pop(schedule_id, deque())
+        schedule: ScheduleRow | None = None
         for planned in planned_times:
             schedule = await self._store.get(schedule_id)
             if schedule is None or schedule.status != ScheduleStatus.ACTIVE:
                 return  # deleted or paused between the fire and now
             await self.fire(schedule, planned)
-        if schedule_id not in {job.id for job in self._aps.get_jobs()}:
-            # A one-shot's job is gone once it fired: the schedule has ended.
-            await self._store.change(schedule_id, status=ScheduleStatus.ENDED)
+        if schedule is not None:
+            await self._advance(schedule, planned_times[-1])
+
+    async def _advance(self, schedule: ScheduleRow, planned: datetime) -> None:
+        """After a fire (or a miss) at `planned`: store the next run APScheduler has moved the job to
+        (none: a one-shot, or a cron past its end, has ended), and hand the schedule back to the table
+        when that is beyond the horizon."""
+        job = self._aps.get_job(schedule.id)
+        following: datetime | None = None if job is None else job.next_run_time
+        await self._store.advance(schedule.id, planned, following, schedule.options)
+        if following is None:
+            self._ahead.pop(schedule.id, None)
+        # Written first, then compared with the horizon as it is now: a sync moving it from here on
+        # finds the new time in the table (see _sync).
+        job = self._aps.get_job(schedule.id)
+        armed_at = arm_time(following, schedule.options)
+        if (
+            job is not None
+            and job.next_run_time == following  # not re-armed with another time meanwhile (a PATCH)
+            and armed_at is not None
+            and armed_at > self._armed_until
+        ):
+            self.remove(schedule.id)
 
     # --- speech made ahead ------------------------------------------------------------------------------
 

@@ -6,20 +6,26 @@ Facts relied on (sdk-notes.md section 1): the SDK's `stream()` is an async gener
 `ApiError` from its first `__anext__`; streaming is never retried by the SDK; the timeout is httpx's
 per-operation timeout (the longest silence between reads, not a deadline for the clip); a stream left
 unclosed keeps downloading, so it is always consumed under `contextlib.aclosing`.
+
+The SDK is a fifth of a second of imports (its pydantic models): loaded by `warm()`, which the app runs
+in the background once the service listens, not on the way to listening; else by the first synthesis.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from elevenlabs.client import AsyncElevenLabs
-from elevenlabs.core.api_error import ApiError
-from elevenlabs.types.voice_settings import VoiceSettings
 
+from announcer.preload import Preload
 from announcer.speech.engine import SpeechError
+
+if TYPE_CHECKING:
+    from elevenlabs.client import AsyncElevenLabs
+    from elevenlabs.core.api_error import ApiError
+    from elevenlabs.types.voice_settings import VoiceSettings
 
 OUTPUT_FORMAT = "ulaw_8000"
 
@@ -49,9 +55,34 @@ class ElevenLabsSynthesizer:
         # `AsyncElevenLabs` defaults it to 240 s and sends that with every request, overriding the
         # httpx client's own timeout (elevenlabs 2.78, client.py).
         self._http = httpx.AsyncClient(timeout=timeout_s)
-        self._client = AsyncElevenLabs(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, httpx_client=self._http
-        )
+
+        def connect() -> AsyncElevenLabs:  # the key lives in this closure until then: in no repr
+            from elevenlabs.client import AsyncElevenLabs
+
+            return AsyncElevenLabs(
+                api_key=api_key, base_url=base_url, timeout=timeout_s, httpx_client=self._http
+            )
+
+        self._connect: Callable[[], AsyncElevenLabs] | None = connect
+        self._client: AsyncElevenLabs | None = None
+        self._preload = Preload("elevenlabs.client")
+
+    async def warm(self) -> None:
+        """Load the SDK in a worker thread (the event loop keeps serving meanwhile), then make the client.
+        Every synthesis waits for this first."""
+        await self._preload()
+        self._sdk()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the SDK client is made (by `warm()`, or by a first use)."""
+        return self._client is not None
+
+    def _sdk(self) -> AsyncElevenLabs:
+        if self._client is None:
+            assert self._connect is not None
+            self._client, self._connect = self._connect(), None
+        return self._client
 
     def identity(self) -> dict[str, object]:
         settings = self._voice_settings.model_dump(exclude_none=True) if self._voice_settings else {}
@@ -74,9 +105,14 @@ class ElevenLabsSynthesizer:
             extra["next_text"] = next_text
         if self._voice_settings is not None:
             extra["voice_settings"] = self._voice_settings
+        if self._client is None:
+            await self.warm()
+        client = self._sdk()
+        from elevenlabs.core.api_error import ApiError  # loaded with the client: a lookup
+
         try:
             async with contextlib.aclosing(
-                self._client.text_to_speech.stream(
+                client.text_to_speech.stream(
                     self._voice_id,
                     text=text,
                     model_id=self._model_id,
@@ -108,6 +144,8 @@ class ElevenLabsSynthesizer:
 def _voice_settings(values: dict[str, Any]) -> VoiceSettings:
     """Checked at start, so a bad setting fails there and not on the first call. The SDK's model types
     the values but accepts any key, so unknown keys (a typo) are refused here."""
+    from elevenlabs.types.voice_settings import VoiceSettings
+
     unknown = sorted(set(values) - set(VoiceSettings.model_fields))
     if unknown:
         raise ValueError(f"unknown ElevenLabs voice settings: {', '.join(unknown)}")

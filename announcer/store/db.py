@@ -14,16 +14,21 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # An arbitrary constant: every process of one deployment takes the same lock to migrate one at a time.
 _MIGRATION_LOCK_ID = 0x616E6E6F
+
+
+def head_revision() -> str:
+    """The newest migration's revision id, read from the file names (each `versions/NNNN_name.py` is
+    revision "NNNN"; a test holds them to what Alembic reads) rather than by loading Alembic."""
+    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*_*.py"))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -61,7 +66,14 @@ class Database:
         return self.is_sqlite and self.url.database not in (None, "", ":memory:")
 
     async def upgrade(self) -> None:
-        """Apply the Alembic migrations up to head (serialised across processes on PostgreSQL)."""
+        """Apply the Alembic migrations up to head (serialised across processes on PostgreSQL). A database
+        at head already (every start but the first after an upgrade) is told by one query, without
+        loading Alembic: its imports cost a tenth of a second of every start."""
+        if await self.at_head():
+            return
+        from alembic import command
+        from alembic.config import Config
+
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
 
@@ -73,6 +85,15 @@ class Database:
             if not self.is_sqlite:
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
             await conn.run_sync(run)
+
+    async def at_head(self) -> bool:
+        """Whether the database's Alembic revision is the newest migration's."""
+        try:
+            async with self.engine.connect() as conn:
+                found = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
+        except DBAPIError:  # no such table: a new database
+            return False
+        return found == [head_revision()]
 
     async def ping(self, timeout: float = 2.0) -> bool:
         try:

@@ -323,6 +323,8 @@ class Schedule(Base):
     APScheduler only keeps the time (see scheduling/)."""
 
     __tablename__ = "schedules"
+    # A start, and the leader every few seconds, look up the active schedules whose arm_at is near.
+    __table_args__ = (Index("ix_schedules_arm", "status", "arm_at"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))
@@ -335,6 +337,11 @@ class Schedule(Base):
     status: Mapped[str] = mapped_column(String(16), default=ScheduleStatus.ACTIVE)
     # The last planned fire time handled (fired, missed or failed): where a restart's catch-up starts.
     last_planned_at: Mapped[datetime | None]
+    # An active schedule's next planned fire, and when the scheduler must hold it (that, less the
+    # pre-synthesis lead): only what is near is armed in APScheduler. NULL when not active, or not
+    # computed yet (rows from before migration 0006: the next start computes them).
+    next_run_at: Mapped[datetime | None]
+    arm_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

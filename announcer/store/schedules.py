@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -27,6 +28,7 @@ class ScheduleRow:
     status: str
     last_planned_at: datetime | None
     created_at: datetime
+    next_run_at: datetime | None  # None: not active, or not computed yet (a row from before 0006)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,18 @@ class ArmInfo:
     status: str
     last_planned_at: datetime | None
     created_at: datetime
+    next_run_at: datetime | None
+
+
+DEFAULT_PRESYNTHESIZE_S = 600.0
+
+
+def arm_time(next_run_at: datetime | None, options: dict[str, Any]) -> datetime | None:
+    """When the scheduler must hold a schedule: its next run less the time its speech is made ahead."""
+    if next_run_at is None:
+        return None
+    ahead = max(0.0, float(options.get("presynthesize_s", DEFAULT_PRESYNTHESIZE_S)))
+    return next_run_at - timedelta(seconds=ahead)
 
 
 def _row(s: Schedule) -> ScheduleRow:
@@ -54,7 +68,18 @@ def _row(s: Schedule) -> ScheduleRow:
         s.status,
         s.last_planned_at,
         s.created_at,
+        s.next_run_at,
     )
+
+
+def _table() -> Table:
+    return cast(Table, Schedule.__table__)
+
+
+def _arm_query(t: Table) -> Any:
+    return select(
+        t.c.id, t.c.when, t.c.options, t.c.status, t.c.last_planned_at, t.c.created_at, t.c.next_run_at
+    ).where(t.c.status == ScheduleStatus.ACTIVE)
 
 
 class ScheduleStore:
@@ -71,6 +96,7 @@ class ScheduleStore:
         recipients: list[dict[str, Any]],
         when: dict[str, Any],
         options: dict[str, Any],
+        next_run_at: datetime | None,
     ) -> ScheduleRow:
         now = utcnow()
         schedule = Schedule(
@@ -85,6 +111,8 @@ class ScheduleStore:
             status=ScheduleStatus.ACTIVE,
             # Nothing before its creation is owed: a restart's catch-up starts here.
             last_planned_at=now,
+            next_run_at=next_run_at,
+            arm_at=arm_time(next_run_at, options),
             created_at=now,
             updated_at=now,
         )
@@ -105,14 +133,55 @@ class ScheduleStore:
                 query = query.where(Schedule.status != ScheduleStatus.DELETED)
             return [_row(x) for x in (await s.execute(query)).scalars()]
 
-    async def active_times(self) -> list[ArmInfo]:
-        """Every active schedule's time and options: a start arms thousands, and needs no recipients."""
-        t = cast(Table, Schedule.__table__)
-        query = select(t.c.id, t.c.when, t.c.options, t.c.status, t.c.last_planned_at, t.c.created_at).where(
-            t.c.status == ScheduleStatus.ACTIVE
-        )
+    async def due_by(self, until: datetime) -> list[ArmInfo]:
+        """The active schedules to hold from now to `until` (arm_at up to it, or unknown): a start arms
+        these, not the thousands further away, and needs no recipients."""
+        t = _table()
+        query = _arm_query(t).where(t.c.arm_at.is_(None) | (t.c.arm_at <= until))
         async with self.sessions() as s:
             return [ArmInfo(*row) for row in await s.execute(query)]
+
+    async def coming_near(self, after: datetime, until: datetime) -> list[ArmInfo]:
+        """The active schedules whose arm_at is in (after, until]: the next slice of the horizon."""
+        t = _table()
+        query = _arm_query(t).where(t.c.arm_at > after, t.c.arm_at <= until)
+        async with self.sessions() as s:
+            return [ArmInfo(*row) for row in await s.execute(query)]
+
+    async def set_next_runs(self, runs: Iterable[tuple[str, datetime | None, dict[str, Any]]]) -> None:
+        """Write (schedule id, next run, options) computed at a start, in one statement."""
+        t = _table()
+        params = [{"b_id": sid, "b_next": at, "b_arm": arm_time(at, options)} for sid, at, options in runs]
+        if not params:
+            return
+        query = (
+            update(t)
+            .where(t.c.id == bindparam("b_id"), t.c.status == ScheduleStatus.ACTIVE)
+            .values(next_run_at=bindparam("b_next"), arm_at=bindparam("b_arm"))
+        )
+        async with self.sessions() as s:
+            await s.execute(query, params)
+            await s.commit()
+
+    async def advance(
+        self, schedule_id: str, planned_at: datetime, following: datetime | None, options: dict[str, Any]
+    ) -> None:
+        """After the fire planned at `planned_at`: the next run is `following` (None: the schedule has
+        ended). Only over that fire: a change (PATCH) that set another time since is kept."""
+        values: dict[str, Any] = {"next_run_at": following, "arm_at": arm_time(following, options)}
+        if following is None:
+            values["status"] = ScheduleStatus.ENDED
+        async with self.sessions() as s:
+            await s.execute(
+                update(Schedule)
+                .where(
+                    Schedule.id == schedule_id,
+                    Schedule.status == ScheduleStatus.ACTIVE,
+                    Schedule.next_run_at.is_(None) | (Schedule.next_run_at <= planned_at),
+                )
+                .values(**values)
+            )
+            await s.commit()
 
     async def changed_since(self, since: datetime) -> list[ScheduleRow]:
         """Schedules created or changed after `since` (deleted and paused ones included)."""
@@ -121,10 +190,18 @@ class ScheduleStore:
             return [_row(x) for x in rows.scalars()]
 
     async def change(self, schedule_id: str, **values: Any) -> ScheduleRow | None:
-        """Update the given fields of a schedule that is not deleted; None when there is none."""
+        """Update the given fields of a schedule that is not deleted; None when there is none. Only an
+        active schedule has a next run: any other status clears it."""
         if "recipients" in values:
             values["recipients"] = {"items": values["recipients"]}
+        if values.get("status", ScheduleStatus.ACTIVE) != ScheduleStatus.ACTIVE:
+            values["next_run_at"] = None
         async with self.sessions() as s:
+            if "next_run_at" in values:
+                options = (
+                    await s.execute(select(Schedule.options).where(Schedule.id == schedule_id))
+                ).scalar_one_or_none()
+                values["arm_at"] = arm_time(values["next_run_at"], options or {})
             result = await s.execute(
                 update(Schedule)
                 .where(Schedule.id == schedule_id, Schedule.status != ScheduleStatus.DELETED)

@@ -2,6 +2,10 @@
 
 The SDK's async client has no working timeout (sdk-notes.md, twilio probe 2), so every call is wrapped
 in `asyncio.timeout`. Errors become one `TwilioError(status, code, message)`.
+
+The SDK's REST client (with `requests` under it, and its call resources) is a tenth of a second of
+imports: loaded by `warm()`, which the app runs in the background once the service listens, not on the
+way to listening; else by the first request.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from twilio.base.exceptions import TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.rest import Client
+from announcer.preload import Preload
+
+if TYPE_CHECKING:
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.rest import Client
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,20 +45,23 @@ class TwilioError(Exception):
         return self.status == 0 or self.status == 429 or self.code == TOO_MANY_REQUESTS or self.status >= 500
 
 
-class _BaseUrlHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
-    """Sends every request to `base_url` (scheme and host), whatever Twilio domain the SDK picked.
+def _http_client(base_url: str) -> AsyncTwilioHttpClient:
+    """The SDK's async HTTP client; for a base URL other than Twilio's (the sandbox and tests:
+    TWILIO_API_BASE_URL) one that sends every request there, whatever Twilio domain the SDK picked (every
+    domain, not only `api`)."""
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
 
-    Used for the sandbox and tests (TWILIO_API_BASE_URL); covers every Twilio domain, not only `api`.
-    """
+    if base_url.rstrip("/") == "https://api.twilio.com":
+        return AsyncTwilioHttpClient()
+    base = urlsplit(base_url)
 
-    def __init__(self, base_url: str) -> None:
-        super().__init__()
-        self._base = urlsplit(base_url)
+    class BaseUrlHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+        async def request(self, method: str, url: str, **kwargs: Any) -> Any:
+            parts = urlsplit(url)
+            url = urlunsplit((base.scheme, base.netloc, parts.path, parts.query, parts.fragment))
+            return await super().request(method, url, **kwargs)
 
-    async def request(self, method: str, url: str, **kwargs: Any) -> Any:
-        parts = urlsplit(url)
-        url = urlunsplit((self._base.scheme, self._base.netloc, parts.path, parts.query, parts.fragment))
-        return await super().request(method, url, **kwargs)
+    return BaseUrlHttpClient()
 
 
 @dataclass(frozen=True)
@@ -68,19 +77,52 @@ class TwilioCalls:
     """Owns one SDK client; opened and closed by the app's lifecycle (it needs a running loop)."""
 
     def __init__(self, account_sid: str, auth_token: str, base_url: str, *, timeout_s: float) -> None:
-        default = base_url.rstrip("/") == "https://api.twilio.com"
-        self._http = AsyncTwilioHttpClient() if default else _BaseUrlHttpClient(base_url)
-        # environment={}: TWILIO_REGION / TWILIO_EDGE in the environment would rewrite the host.
-        self._client = Client(account_sid, auth_token, http_client=self._http, environment={})
-        # The SDK imports its call resources on first use (about 40 ms): paid here at start, not by the
-        # first call placed (which then reached Twilio late, and close behind the second).
-        _ = self._client.calls
         self._timeout_s = timeout_s
+        self._http: AsyncTwilioHttpClient | None = None
+        self._client: Client | None = None
+
+        def connect() -> Client:  # the credentials live in this closure until then: in no repr
+            from twilio.rest import Client
+
+            self._http = _http_client(base_url)
+            # environment={}: TWILIO_REGION / TWILIO_EDGE in the environment would rewrite the host.
+            client = Client(account_sid, auth_token, http_client=self._http, environment={})
+            # The SDK imports its call resources on first use (about 40 ms): paid here, not by the first
+            # call placed (which then reached Twilio late, and close behind the second).
+            _ = client.calls
+            return client
+
+        self._connect: Callable[[], Client] | None = connect
+        self._preload = Preload(
+            "twilio.rest", "twilio.http.async_http_client", "twilio.rest.api.v2010.account.call"
+        )
+
+    async def warm(self) -> None:
+        """Load the SDK in a worker thread (the event loop keeps serving meanwhile), then make the client:
+        the first call placed finds it ready. Every request waits for this first."""
+        await self._preload()
+        self._sdk()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the SDK client is made (by `warm()`, or by a first use)."""
+        return self._client is not None
+
+    def _sdk(self) -> Client:
+        if self._client is None:
+            assert self._connect is not None
+            self._client, self._connect = self._connect(), None
+        return self._client
 
     async def aclose(self) -> None:
-        await self._http.close()
+        if self._http is not None:
+            await self._http.close()
 
     async def _call(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
+        if self._client is None:
+            await self.warm()  # not inside the timeout: Twilio has not been asked anything yet
+        from twilio.base.exceptions import TwilioRestException  # loaded with the client: a lookup
+
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await make()
@@ -92,23 +134,23 @@ class TwilioCalls:
             raise TwilioError(0, 0, f"{what}: {type(err).__name__}: {err}") from err
 
     async def create(self, **params: Any) -> CallInfo:
-        call = await self._call("create call", lambda: self._client.calls.create_async(**params))
+        call = await self._call("create call", lambda: self._sdk().calls.create_async(**params))
         return _info(call)
 
     async def fetch(self, call_sid: str) -> CallInfo:
-        call = await self._call("fetch call", lambda: self._client.calls(call_sid).fetch_async())
+        call = await self._call("fetch call", lambda: self._sdk().calls(call_sid).fetch_async())
         return _info(call)
 
     async def list_to(self, to: str, started_after: datetime) -> list[CallInfo]:
         calls = await self._call(
-            "list calls", lambda: self._client.calls.list_async(to=to, start_time_after=started_after)
+            "list calls", lambda: self._sdk().calls.list_async(to=to, start_time_after=started_after)
         )
         return [_info(c) for c in calls]
 
     async def redirect(self, call_sid: str, twiml: str) -> bool:
         """Replace what a live call is doing; False when the call had already ended."""
         try:
-            await self._call("redirect call", lambda: self._client.calls(call_sid).update_async(twiml=twiml))
+            await self._call("redirect call", lambda: self._sdk().calls(call_sid).update_async(twiml=twiml))
         except TwilioError as err:
             if err.code in (NOT_FOUND, 21220):  # gone, or no longer in progress
                 return False
@@ -119,7 +161,7 @@ class TwilioCalls:
         """Stop a call that is queued or ringing (Status=canceled); False when it was no longer ringing."""
         try:
             call = await self._call(
-                "cancel call", lambda: self._client.calls(call_sid).update_async(status="canceled")
+                "cancel call", lambda: self._sdk().calls(call_sid).update_async(status="canceled")
             )
         except TwilioError as err:
             if err.code == NOT_FOUND:
@@ -131,7 +173,7 @@ class TwilioCalls:
         """End an answered call (Status=completed); False when it had already ended (20404 is fine)."""
         try:
             await self._call(
-                "hang up call", lambda: self._client.calls(call_sid).update_async(status="completed")
+                "hang up call", lambda: self._sdk().calls(call_sid).update_async(status="completed")
             )
         except TwilioError as err:
             if err.code == NOT_FOUND:
