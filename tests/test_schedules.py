@@ -23,6 +23,8 @@ from announcer.app import SCHEDULES
 from announcer.deliveries.plan import PlanError
 from announcer.sandbox.twilio_call import SandboxCall
 from announcer.scheduling.when import parse_quiet_hours, parse_when
+from announcer.store.db import Database
+from announcer.store.schedules import ScheduleStore
 from tests.clock import Clock
 from tests.conftest import AUTH, Service, eventually, make_settings, start_service
 from tests.test_alerts import HEARER, finished, get, placed_call, post
@@ -632,18 +634,23 @@ async def test_a_start_arms_what_is_near_and_computes_unknown_next_runs(
     settings = make_settings(tmp_path, database_url, announcer_schedule_horizon_s=HORIZON_S)
     runner, svc = await start_service(settings)
     try:
-        store = schedules_of(svc).store
         far_cron = schedule_body({"cron": "0 8 * * *", "timezone": "Europe/Berlin"}, presynthesize_s=0)
         _, far = await post(svc, "/v1/schedules", far_cron)
         # Made ahead: held (and armed) from 600 s before its time, far beyond the horizon.
         _, spoken = await post(svc, "/v1/schedules", schedule_body({"at": soon(120)}, "+15550180003"))
         _, unknown = await post(svc, "/v1/schedules", far_cron)
-        # As a row from before migration 0006 stands: no next run stored.
-        await store.set_next_runs([(unknown["id"], None, {})])
-        _, view = await get(svc, f"/v1/schedules/{unknown['id']}")
-        assert view["status"] == "active" and view["next_run_at"] is None
     finally:
         await runner.cleanup()
+    # As a row from before migration 0006 stands: no next run stored. Written with the service stopped
+    # (its scheduler's sync would store the next run of a schedule changed a moment ago again).
+    database = Database(database_url)
+    try:
+        store = ScheduleStore(database.sessions)
+        await store.set_next_runs([(unknown["id"], None, {})])
+        [row] = [r for r in await store.listing() if r.id == unknown["id"]]
+        assert row.status == "active" and row.next_run_at is None
+    finally:
+        await database.dispose()
     runner, svc = await start_service(
         make_settings(tmp_path, database_url, announcer_schedule_horizon_s=HORIZON_S)
     )
