@@ -351,6 +351,82 @@ async def agent_peer(api_key: str, agent_id: str) -> None:
         await tts.close()
 
 
+# ===== --baseline: the least a relay can do, in place of the service =====================================
+
+
+async def relay_peer(port: int, el_base: str, api_key: str, agent_id: str) -> None:
+    """Twilio media <-> agent with nothing else: no database, no token, no marks, no padding, no
+    transcript. The same peers measure it, so its numbers are the floor of this apparatus on this machine
+    at this load: what the bridge adds is the difference."""
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    key = '"payload":"'
+
+    async def media(request: web.Request) -> web.WebSocketResponse:
+        tw = web.WebSocketResponse(compress=False)
+        await tw.prepare(request)
+        sid = ""
+        async for msg in tw:
+            event = json.loads(msg.data)
+            if event["event"] == "start":
+                sid = event["start"]["streamSid"]
+                break
+        query = {"agent_id": agent_id}
+        url = el_base + "/v1/convai/conversation/get-signed-url"
+        async with http.get(url, params=query, headers={"xi-api-key": api_key}) as resp:
+            signed = (await resp.json())["signed_url"]
+        agent = await http.ws_connect(signed, compress=0)
+        await agent.send_str('{"type":"conversation_initiation_client_data"}')
+
+        async def to_twilio() -> None:
+            rest = b""
+            async for m in agent:
+                event = json.loads(m.data)
+                if event["type"] == "audio":
+                    data = rest + base64.b64decode(event["audio_event"]["audio_base_64"])
+                    whole = len(data) - len(data) % FRAME
+                    for i in range(0, whole, FRAME):
+                        payload = base64.b64encode(data[i : i + FRAME]).decode()
+                        await tw.send_str(
+                            '{"event":"media","streamSid":"'
+                            + sid
+                            + '","media":{"payload":"'
+                            + payload
+                            + '"}}'
+                        )
+                    rest = data[whole:]
+                elif event["type"] == "ping":
+                    await agent.send_str(f'{{"type":"pong","event_id":{event["ping_event"]["event_id"]}}}')
+
+        relaying = asyncio.create_task(to_twilio())
+        async for msg in tw:
+            raw: str = msg.data
+            if raw.startswith('{"event":"media"'):
+                at = raw.index(key) + len(key)
+                await agent.send_str('{"user_audio_chunk":"' + raw[at : raw.index('"', at)] + '"}')
+            elif raw.startswith('{"event":"stop"'):
+                break
+        relaying.cancel()
+        await agent.close()
+        return tw
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/twilio/media", media)
+    app.router.add_get("/healthz", healthz)
+    gc.collect()
+    gc.freeze()
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await asyncio.Event().wait()  # until the benchmark terminates this process
+    finally:
+        await http.close()
+        await runner.cleanup()
+
+
 # ===== Twilio (this process) ==============================================================================
 
 
@@ -393,6 +469,7 @@ class LeanTwilio:
         self.media_sent = 0
         self.marks_echoed = 0
         self.hangups = 0
+        self.window_counts = (0, 0)  # media sent, marks echoed in the steady window
         self.send_late: list[tuple[float, float]] = []  # (monotonic, ms) the clock's slot ran late
         self.lag = LagMeter()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -454,6 +531,12 @@ class LeanTwilio:
         self.calls[call.sid] = call
         self._spawn(self._answer(call))
         return web.json_response(self._resource(call), status=201)
+
+    def place_direct(self, stream_url: str) -> None:
+        """--baseline: a call to the relay, with no REST request and no callbacks."""
+        call = TwilioCall(len(self.calls), "CA" + secrets.token_hex(16), "", stream_url, "", None)
+        self.calls[call.sid] = call
+        self._spawn(self._answer(call))
 
     async def _list(self, request: web.Request) -> web.Response:
         return web.json_response({"calls": [], "end": 0, "page": 0, "page_size": 50, "start": 0})
@@ -651,6 +734,24 @@ def _rest_error(status: int, code: int, message: str) -> web.Response:
 # ===== orchestration ======================================================================================
 
 
+def run_queue_wait_s(pid: int) -> float:
+    """How long `pid` has been runnable but waiting for a CPU (/proc/PID/schedstat, field 2)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
+def cpu_pressure_s() -> float:
+    """The time some runnable task waited for a CPU, machine-wide (/proc/pressure/cpu, `some total`)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some"):
+                return int(line.rsplit("total=", 1)[1]) / 1e6
+    return float("nan")
+
+
+def contention(pids: dict[str, int]) -> dict[str, float]:
+    return {"pressure": cpu_pressure_s(), **{name: run_queue_wait_s(pid) for name, pid in pids.items()}}
+
+
 def proc_status(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -688,6 +789,24 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    runs = [await measure(args, baseline=args.baseline)]
+    if args.with_baseline and not args.baseline:
+        runs.append(await measure(args, baseline=True))
+        bridge, floor = runs
+        lines = ["", "== the bridge over the minimal relay, same peers, back to back =="]
+        for k, name in (("up", "agent -> Twilio"), ("down", "Twilio -> agent")):
+            (b50, b99), (f50, f99) = bridge[k], floor[k]
+            lines.append(
+                f"{name}: p50 {b50:.3f} vs {f50:.3f} ms ({b50 - f50:+.3f}), p99 {b99:.3f} vs {f99:.3f} ms "
+                f"({b99 - f99:+.3f})"
+            )
+        lines.append(
+            f"CPU per call-second: {bridge['cpu'][0]:.2f} ms vs the relay's {floor['cpu'][0]:.2f} ms"
+        )
+        print("\n".join(lines), flush=True)
+
+
+async def measure(args: argparse.Namespace, *, baseline: bool) -> dict[str, tuple[float, float]]:
     work = Path(tempfile.mkdtemp(prefix="announcer-bench-agent-"))
     el_key = secrets.token_hex(16)
     load_before = os.getloadavg()
@@ -726,9 +845,13 @@ async def main(args: argparse.Namespace) -> None:
         "ANNOUNCER_LOG_LEVEL": "WARNING",
     }
     log = work / "service.log"
+    command = ["-m", "announcer.cli", "serve"]
+    if baseline:
+        command = [str(SCRIPT), "--relay-peer", "--port", str(port), "--el-base", el_base]
+        command += ["--agent-key", el_key, "--agent-id", AGENT_ID]
     with log.open("wb") as sink:
         service = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "announcer.cli", "serve", env=env, cwd=ROOT, stdout=sink, stderr=sink
+            sys.executable, *command, env=env, cwd=ROOT, stdout=sink, stderr=sink
         )
     clock: asyncio.Task[None] | None = None
     try:
@@ -746,15 +869,23 @@ async def main(args: argparse.Namespace) -> None:
         gc.freeze()
         twilio.lag.start()
         clock = asyncio.create_task(twilio.clock())
-        await place_calls(http, public, args.calls)
+        if baseline:
+            for _ in range(args.calls):
+                twilio.place_direct(public.replace("http", "ws", 1) + "/twilio/media")
+                await asyncio.sleep(1 / CPS)
+        else:
+            await place_calls(http, public, args.calls)
         await wait_bridged(http, el_base, twilio, args.calls, agent_proc)
         await asyncio.sleep(args.settle)
         # --- the steady window ---
         bridged_before = sum(1 for c in twilio.calls.values() if c.bridged_at is not None and not c.stopped)
         t0_ns = time.monotonic_ns()
         cpu0, own0, agent_cpu0 = cpu_s(service.pid), time.process_time(), cpu_s(agent_proc.pid)
+        pids = {"service": service.pid, "Twilio peer": os.getpid(), "agent peer": agent_proc.pid}
+        waits0 = contention(pids)
         load0 = os.getloadavg()[0]
         frames0 = {c.sid: c.frames_in for c in twilio.calls.values()}
+        media0, marks0 = twilio.media_sent, twilio.marks_echoed
         profiler = None
         if args.profile:
             spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
@@ -766,6 +897,8 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.sleep(args.seconds)
         t1_ns = time.monotonic_ns()
         cpu1, own1, agent_cpu1 = cpu_s(service.pid), time.process_time(), cpu_s(agent_proc.pid)
+        waits = {k: v - waits0[k] for k, v in contention(pids).items()}
+        twilio.window_counts = (twilio.media_sent - media0, twilio.marks_echoed - marks0)
         load1 = os.getloadavg()[0]
         rss, hwm = proc_status(service.pid, "VmRSS"), proc_status(service.pid, "VmHWM")
         window = (t1_ns - t0_ns) / 1e9
@@ -776,8 +909,9 @@ async def main(args: argparse.Namespace) -> None:
             await profiler.wait()
         async with http.get(el_base + f"/bench/results?t0={t0_ns}&t1={t1_ns}") as resp:
             agent = await resp.json()
-        report(args, twilio, agent, t0_ns, t1_ns, cpu1 - cpu0, own1 - own0, agent_cpu1 - agent_cpu0,
-               (load0, load1), rss, hwm, bridged_before, len(through), log)  # fmt: skip
+        cpus = (cpu1 - cpu0, own1 - own0, agent_cpu1 - agent_cpu0)
+        return report(args, baseline, twilio, agent, t0_ns, t1_ns, *cpus,
+                      (load0, load1), rss, hwm, bridged_before, len(through), log, waits)  # fmt: skip
     finally:
         for call in list(twilio.calls.values()):
             twilio._spawn(twilio.hang_up(call))
@@ -841,6 +975,7 @@ async def wait_bridged(
 
 def report(
     args: argparse.Namespace,
+    baseline: bool,
     twilio: LeanTwilio,
     agent: dict[str, Any],
     t0_ns: int,
@@ -854,7 +989,8 @@ def report(
     bridged: int,
     through: int,
     log: Path,
-) -> None:
+    waits: dict[str, float],
+) -> dict[str, tuple[float, float]]:
     window = (t1_ns - t0_ns) / 1e9
     first = [(r - s) / 1e6 for k, s, r in twilio.agent_audio if k == KIND_FIRST and t0_ns <= s <= t1_ns]
     last = [(r - s) / 1e6 for k, s, r in twilio.agent_audio if k == KIND_LAST and t0_ns <= s <= t1_ns]
@@ -869,7 +1005,10 @@ def report(
     down = user and pct(user, 99) <= TARGET_MS
     lines = [
         "",
-        f"== agent bridge: {args.calls} calls via POST /outbound-call, steady window {window:.1f} s ==",
+        f"== agent bridge: {args.calls} calls via POST /outbound-call, steady window {window:.1f} s =="
+        if not baseline
+        else f"== BASELINE: {args.calls} calls through a minimal relay in place of the service (its CPU "
+        f"and RSS below are the relay's), steady window {window:.1f} s ==",
         f"bridged calls: {bridged} at the window's start, {through} bridged through it -> "
         f"{call_s:,.0f} bridged call-seconds",
         summary("agent audio in -> Twilio media out (chunk -> its first frame)", first, TARGET_MS),
@@ -882,16 +1021,20 @@ def report(
         f"(-> one core holds ~{call_s / service_cpu:.0f} bridged calls)",
         f"service RSS at the window's end {rss_kib / 1024:.0f} MiB (VmHWM {hwm_kib / 1024:.0f} MiB), "
         f"{rss_kib / 1024 / max(1, through):.2f} MiB per call incl. the base",
-        f"messages in the window: {twilio.media_sent:,} media sent in all by Twilio; agent chunks sent "
-        f"{agent['chunks_sent']:,}, first-frame tags back {len(first):,}; unreadable user audio "
-        f"{agent['unreadable']}; marks echoed {twilio.marks_echoed:,}; REST hang-ups {twilio.hangups}",
+        f"messages in the window: Twilio media sent {twilio.window_counts[0]:,}, their tags back "
+        f"{len(user):,}; agent chunks sent {agent['chunks_sent']:,}, first-frame tags back {len(first):,}; "
+        f"unreadable user audio {agent['unreadable']}; marks echoed {twilio.window_counts[1]:,}; REST "
+        f"hang-ups {twilio.hangups}",
         f"peers (their delays count in the latencies): Twilio clock slot late p50 {pct(late, 50):.2f} / "
         f"p99 {pct(late, 99):.2f} ms; Twilio loop lag p99 {pct(own_lag, 99):.2f} ms max "
         f"{max(own_lag, default=0):.2f}; agent loop lag p99 {pct(agent['lag_ms'], 99):.2f} ms max "
         f"{max(agent['lag_ms'], default=0):.2f}; CPU Twilio peer {own_cpu / window * 100:.0f}%, agent peer "
         f"{agent_cpu / window * 100:.0f}% of one core",
         f"load average {load[0]:.2f} at the window's start, {load[1]:.2f} at its end ({os.cpu_count()} "
-        f"CPUs); "
+        f"CPUs); CPU pressure (some task waiting for a CPU) {waits['pressure'] / window * 100:.0f}% of the "
+        f"window; runnable but waiting for a CPU: "
+        + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in waits.items() if k != "pressure")
+        + "; "
         f"service log: {len(errors)} ERROR, {len(warnings)} WARNING lines ({log})",
         f"verdict: Twilio->agent p99 {'PASS' if down else 'MISS'}, "
         f"agent->Twilio p99 {'PASS' if up else 'MISS'}",
@@ -899,6 +1042,11 @@ def report(
     if errors:
         lines.append("   first error: " + errors[0][:300])
     print("\n".join(lines), flush=True)
+    return {
+        "up": (pct(first, 50), pct(first, 99)),
+        "down": (pct(user, 50), pct(user, 99)),
+        "cpu": (service_cpu / call_s * 1000, 0.0),
+    }
 
 
 if __name__ == "__main__":
@@ -909,11 +1057,24 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=25.0, help="the steady window")
     parser.add_argument("--settle", type=float, default=3.0, help="wait after all calls are bridged")
     parser.add_argument("--profile", help="py-spy raw profile of the service over the window, to this file")
+    parser.add_argument(
+        "--with-baseline", action="store_true", help="then --baseline, and the difference (twice as long)"
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="the same peers through a minimal relay instead of the service",
+    )
     parser.add_argument("--agent-peer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--relay-peer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--el-base", help=argparse.SUPPRESS)
     parser.add_argument("--agent-key", help=argparse.SUPPRESS)
     parser.add_argument("--agent-id", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.agent_peer:
         asyncio.run(agent_peer(args.agent_key, args.agent_id))
+    elif args.relay_peer:
+        asyncio.run(relay_peer(args.port, args.el_base, args.agent_key, args.agent_id))
     else:
         asyncio.run(main(args))
