@@ -891,8 +891,8 @@ async def measure(args: argparse.Namespace, *, baseline: bool) -> dict[str, tupl
             spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
             profiler = await asyncio.create_subprocess_exec(
                 spy, "record", "--nonblocking", "-p", str(service.pid), "-d", str(int(args.seconds)),
-                "-f", "raw", "-o", args.profile, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
+                "-f", "raw", "-o", args.profile + (".baseline" if baseline else ""),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         await asyncio.sleep(args.seconds)
         t1_ns = time.monotonic_ns()
