@@ -47,9 +47,17 @@ Only pieces sent inside the steady window count. Each peer also reports its own 
 latencies together with those. The service's CPU = user+sys of its pid over the window / (bridged calls x
 window seconds); RSS = VmRSS at the end of the window (VmHWM beside it).
 
-Usage: .venv/bin/python benchmarks/agent_bridge.py [--calls 200] [--seconds 25] [--profile prof.txt]
+`--baseline` runs the same peers through a minimal relay in place of the service (no database, token,
+marks, padding, heartbeats or transcript): the floor of this apparatus on this machine at this load;
+`--with-baseline` runs both back to back and prints the difference. They run one after the other, so compare
+them only when their CPU pressure lines are alike.
+
+Usage: .venv/bin/python benchmarks/agent_bridge.py [--calls 200] [--seconds 25] [--with-baseline]
+       [--profile prof.txt] [--gc-log] [--dump samples.json]
 (--profile attaches `py-spy record --nonblocking -f raw` to the service over the window; its sampling then
-costs the machine CPU too, so take the CPU numbers from a run without it.)
+costs the machine CPU too, so take the CPU numbers from a run without it. --gc-log starts the service with a
+collector callback that logs each collection over 2 ms with its CLOCK_MONOTONIC time, to set beside the
+window's start printed by the run. --dump writes the agent -> Twilio samples for a look at their time series.)
 """
 
 from __future__ import annotations
@@ -734,6 +742,25 @@ def _rest_error(status: int, code: int, message: str) -> web.Response:
 # ===== orchestration ======================================================================================
 
 
+# --gc-log: the service, started with a collector callback that logs every collection over 2 ms.
+GC_LOGGER = """
+import gc, runpy, sys, time
+began = {}
+def watch(phase, info):
+    if phase == "start":
+        began[0] = time.perf_counter()
+    elif (took := time.perf_counter() - began.get(0, time.perf_counter())) > 0.002:
+        print(f"GC gen{info['generation']} {took * 1000:.1f} ms at {time.monotonic():.3f}", file=sys.stderr)
+gc.callbacks.append(watch)
+sys.argv = ["announcer.cli", "serve"]
+runpy.run_module("announcer.cli", run_name="__main__")
+"""
+
+
+def dump(path: str, samples: list[tuple[int, int, int]]) -> None:
+    Path(path).write_text(json.dumps(samples))
+
+
 def run_queue_wait_s(pid: int) -> float:
     """How long `pid` has been runnable but waiting for a CPU (/proc/PID/schedstat, field 2)."""
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
@@ -846,6 +873,8 @@ async def measure(args: argparse.Namespace, *, baseline: bool) -> dict[str, tupl
     }
     log = work / "service.log"
     command = ["-m", "announcer.cli", "serve"]
+    if args.gc_log:
+        command = ["-c", GC_LOGGER]
     if baseline:
         command = [str(SCRIPT), "--relay-peer", "--port", str(port), "--el-base", el_base]
         command += ["--agent-key", el_key, "--agent-id", AGENT_ID]
@@ -880,6 +909,7 @@ async def measure(args: argparse.Namespace, *, baseline: bool) -> dict[str, tupl
         # --- the steady window ---
         bridged_before = sum(1 for c in twilio.calls.values() if c.bridged_at is not None and not c.stopped)
         t0_ns = time.monotonic_ns()
+        print(f"steady window from monotonic {t0_ns / 1e9:.3f} for {args.seconds:g} s", flush=True)
         cpu0, own0, agent_cpu0 = cpu_s(service.pid), time.process_time(), cpu_s(agent_proc.pid)
         pids = {"service": service.pid, "Twilio peer": os.getpid(), "agent peer": agent_proc.pid}
         waits0 = contention(pids)
@@ -910,6 +940,8 @@ async def measure(args: argparse.Namespace, *, baseline: bool) -> dict[str, tupl
         async with http.get(el_base + f"/bench/results?t0={t0_ns}&t1={t1_ns}") as resp:
             agent = await resp.json()
         cpus = (cpu1 - cpu0, own1 - own0, agent_cpu1 - agent_cpu0)
+        if args.dump:  # (kind, sent ns, received ns) of every agent-audio tag, for a look at the time series
+            dump(args.dump + (".baseline" if baseline else ""), twilio.agent_audio)
         return report(args, baseline, twilio, agent, t0_ns, t1_ns, *cpus,
                       (load0, load1), rss, hwm, bridged_before, len(through), log, waits)  # fmt: skip
     finally:
@@ -1065,6 +1097,8 @@ if __name__ == "__main__":
         action="store_true",
         help="the same peers through a minimal relay instead of the service",
     )
+    parser.add_argument("--gc-log", action="store_true", help="log the service's collections over 2 ms")
+    parser.add_argument("--dump", help="the agent -> Twilio samples (kind, sent ns, received ns), as JSON")
     parser.add_argument("--agent-peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--relay-peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
