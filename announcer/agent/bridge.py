@@ -86,6 +86,7 @@ class AgentBridge:
         self._rest = b""  # an audio chunk's tail shorter than a frame, waiting for the next chunk
         self._round = 0  # bumped by every `clear`: echoes of marks sent before it were not played
         self._turn: _Turn | None = None
+        self._deadline: asyncio.Timeout | None = None  # the metadata's, then the conversation's
         self._last_interrupt = -1  # audio events up to this id belong to an interrupted response
         self._early: collections.deque[str] = collections.deque(maxlen=EARLY_AUDIO_FRAMES)
         self.bad = 0
@@ -183,9 +184,8 @@ class AgentBridge:
                 prompt=p.prompt, first_message=p.first_message, dynamic_variables=p.dynamic_variables
             )
         )
-        limited = False
         try:
-            async with asyncio.timeout(METADATA_TIMEOUT_S) as deadline:
+            async with asyncio.timeout(METADATA_TIMEOUT_S) as self._deadline:
                 while True:
                     try:
                         msg = await ws.receive(timeout=PAD_AFTER_S if self._rest else None)
@@ -196,10 +196,6 @@ class AgentBridge:
                         problem = await self._handle(msg.data)
                         if problem is not None:
                             return AgentEnd(EndKind.FAILED, problem, self._ready)
-                        if self._ready and not limited:
-                            # From here on only the conversation's length is limited.
-                            deadline.reschedule(asyncio.get_running_loop().time() + self._max_s)
-                            limited = True
                     elif msg.type == WSMsgType.BINARY:
                         self._protocol_problem("binary frame (the agent sends JSON text)")
                     elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
@@ -263,6 +259,11 @@ class AgentBridge:
             )
             return f"agent audio format is output={formats[0]} input={formats[1]}, not ulaw_8000"
         self._ready = True
+        # From here on only the conversation's length is limited; set before `on_connected` awaits the
+        # database: with 200 calls starting, that outlasted the metadata deadline, which then cut the
+        # call as if it had reached the time limit (benchmarks/agent_bridge.py).
+        if self._deadline is not None:
+            self._deadline.reschedule(asyncio.get_running_loop().time() + self._max_s)
         self._record("agent_connected", conversation_id=meta.conversation_id[:100])
         early, self._early = self._early, collections.deque()
         if self._ws is not None:

@@ -50,7 +50,10 @@ class AgentConnector:
         self._connect: Callable[[], AsyncElevenLabs] | None = connect
         self._client: AsyncElevenLabs | None = None
         self._preload = Preload("elevenlabs.client")
-        self._session = aiohttp.ClientSession()
+        # One socket per live conversation, all from this session: aiohttp's default pool of 100
+        # connections held the 101st agent at its handshake (the caller in silence) until another
+        # conversation ended (benchmarks/agent_bridge.py). MAX_CONCURRENT_CALLS bounds them instead.
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -75,10 +78,10 @@ class AgentConnector:
                 )
         except ApiError as err:
             raise AgentUnavailable(f"signed URL refused: HTTP {err.status_code}") from None
+        except TimeoutError:  # before OSError: TimeoutError is one
+            raise AgentUnavailable(f"signed URL request took over {self._timeout_s:g} s") from None
         except (httpx.HTTPError, OSError) as err:
             raise AgentUnavailable(f"signed URL request failed: {type(err).__name__}") from None
-        except TimeoutError:
-            raise AgentUnavailable(f"signed URL request took over {self._timeout_s:g} s") from None
         url = getattr(answer, "signed_url", None)
         if not isinstance(url, str) or not url.startswith(("wss://", "ws://")):
             raise AgentUnavailable("signed URL answer holds no websocket URL")
@@ -88,16 +91,18 @@ class AgentConnector:
         url = await self.signed_url(agent_id)
         try:
             # No permessage-deflate: audio in base64 barely compresses, and it costs CPU both ways.
-            return await self._session.ws_connect(
-                url,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
-                autoping=True,
-                max_msg_size=4 * 2**20,
-                compress=0,
-            )
+            # The handshake has the signed URL's deadline too (the session's own default is 5 minutes).
+            async with asyncio.timeout(self._timeout_s):
+                return await self._session.ws_connect(
+                    url,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+                    autoping=True,
+                    max_msg_size=4 * 2**20,
+                    compress=0,
+                )
         except aiohttp.WSServerHandshakeError as err:
             raise AgentUnavailable(f"agent websocket refused: HTTP {err.status}") from None
+        except TimeoutError:  # before OSError: TimeoutError is one
+            raise AgentUnavailable("agent websocket did not open in time") from None
         except (aiohttp.ClientError, OSError) as err:
             raise AgentUnavailable(f"agent websocket unreachable: {type(err).__name__}") from None
-        except TimeoutError:
-            raise AgentUnavailable("agent websocket did not open in time") from None

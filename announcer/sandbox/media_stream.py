@@ -220,6 +220,8 @@ class MediaStream:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
                         await self._flush()
+                        call.stop_sent_at = time.monotonic()  # written to the socket
+                        call.notify()
                         await ws.close()
         finally:
             writer.cancel()

@@ -153,6 +153,7 @@ class SandboxCall:
     # what the phone observed
     stream_sid: str | None = None
     start_sent_at: float | None = None
+    stop_sent_at: float | None = None  # the caller's `stop` written to the media socket
     first_media_at: float | None = None
     # any message from the service, valid or not (the benchmark times a one-giant-message sender by it)
     first_message_at: float | None = None
