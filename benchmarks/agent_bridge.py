@@ -842,6 +842,11 @@ async def measure(args: argparse.Namespace, *, baseline: bool) -> dict[str, tupl
         flush=True,
     )
     agent_proc, el_base = await start_agent_peer(el_key)
+    if args.pin:
+        # The peers share CPU 0, the service (below) has CPU 1: as a deployment gives the service its
+        # own core, the latencies then count what the bridge does, not its wait behind the peers.
+        os.sched_setaffinity(0, {0})
+        os.sched_setaffinity(agent_proc.pid, {0})
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     http = aiohttp.ClientSession(
@@ -882,6 +887,9 @@ async def measure(args: argparse.Namespace, *, baseline: bool) -> dict[str, tupl
         service = await asyncio.create_subprocess_exec(
             sys.executable, *command, env=env, cwd=ROOT, stdout=sink, stderr=sink
         )
+    if args.pin:
+        os.sched_setaffinity(service.pid, {1})
+        print("pinned: the service on CPU 1, both peers on CPU 0", flush=True)
     clock: asyncio.Task[None] | None = None
     try:
         for _ in range(1200):
@@ -1096,6 +1104,9 @@ if __name__ == "__main__":
         "--baseline",
         action="store_true",
         help="the same peers through a minimal relay instead of the service",
+    )
+    parser.add_argument(
+        "--pin", action="store_true", help="the service on CPU 1, the peers on CPU 0 (needs 2 CPUs)"
     )
     parser.add_argument("--gc-log", action="store_true", help="log the service's collections over 2 ms")
     parser.add_argument("--dump", help="the agent -> Twilio samples (kind, sent ns, received ns), as JSON")
