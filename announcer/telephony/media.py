@@ -89,6 +89,7 @@ CONFIRM_KEY = "1"
 OPT_OUT_KEY = "9"
 PROMPT_MARK_PREFIX = "prompt:"
 BYE_MARK_PREFIX = "bye:"  # the last words after an agent conversation (or instead of one)
+BYE_GRACE_S = 60.0  # the longest the agent's last words may take to play before the call is hung up
 
 
 def mask(number: str | None) -> str:
@@ -334,6 +335,10 @@ class MediaSession:
         await asyncio.sleep(seconds)  # the key window is a span of time by definition
         await self._end_call(CallOutcome.HEARD, "the message and the prompt played; no key pressed")
 
+    async def _end_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)  # a deadline: the mark's echo, awaited elsewhere, usually ends it first
+        await self._end_call(*self._bye)
+
     def _cancel_key_window(self) -> None:
         if self._key_window is not None and not self._key_window.done():
             self._key_window.cancel()
@@ -451,6 +456,9 @@ class MediaSession:
             # The agent said goodbye: hang up once its last words have played (the mark's echo).
             mark = f"{BYE_MARK_PREFIX}{self.grant.call_id}.{self._round}"
             await self.ws.send_str(codec.mark_message(self.start.stream_sid, mark))
+            # Should the echo never come, the call still ends (a call is never left open).
+            self._cancel_key_window()
+            self._key_window = asyncio.create_task(self._end_after(BYE_GRACE_S / self.deps.clock.speed))
             return
         log.warning("agent conversation on %s ended: %s", self._sid_for_log(), end.reason)
         if end.connected:
