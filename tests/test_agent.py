@@ -368,3 +368,43 @@ async def test_injection_in_prompt_and_first_message_is_inert(service: Service) 
     assert call.said == []  # no <Say> ran: "pwned" was never spoken by Twilio
     for document in call.documents:
         assert "pwned" not in document and "evil" not in document and "Ignore" not in document
+
+
+async def test_a_scheduled_reminder_hands_over_to_the_agent(service: Service) -> None:
+    from tests.test_schedules import schedule_body, soon
+
+    service.sandbox.set_behavior(CALLEE, PhoneBehavior())
+    body = schedule_body({"at": soon(1.0)}, CALLEE, agent={"after": "announcement"})
+    status, created = await post(service, "/v1/schedules", body)
+    assert status == 201, created
+    conversation = await opened(service)
+    assert conversation.dynamic_variables["announcement"].startswith("Hello Person 0, your appointment")
+    [call] = service.sandbox.calls.values()
+    await say_goodbye(call, conversation)
+    assert await conversation.wait_closed(T) is CloseReason.SERVER
+    view = await ended_view(service, call.sid)
+    assert view["outcome"] == "agent"
+
+
+async def test_the_agent_option_is_refused_where_no_agent_is_configured(
+    tmp_path: Path, database_url: str
+) -> None:
+    # An ElevenLabs key without ELEVENLABS_AGENT_ID: agent mode is off (nothing to talk to).
+    runner, service = await start_service(
+        make_settings(
+            tmp_path, database_url, elevenlabs_api_key="xi-key", elevenlabs_base_url="http://127.0.0.1:9"
+        )
+    )
+    try:
+        status, answer = await post(
+            service,
+            "/v1/alerts",
+            {"template_text": "Hi.", "recipients": [{"phone": CALLEE}], "options": {"agent": {}}},
+        )
+        assert status == 422 and answer["problems"][0]["field"] == "options.agent", answer
+        status, answer = await post(
+            service, "/outbound-call", {"number": CALLEE, "prompt": PROMPT, "first_message": FIRST}
+        )
+        assert status == 503 and answer["error"] == "agent_unavailable", answer
+    finally:
+        await runner.cleanup()

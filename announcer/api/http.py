@@ -31,6 +31,7 @@ _ERRORS: dict[int, type[web.HTTPException]] = {
     415: web.HTTPUnsupportedMediaType,
     422: web.HTTPUnprocessableEntity,
     502: web.HTTPBadGateway,
+    503: web.HTTPServiceUnavailable,
 }
 
 
