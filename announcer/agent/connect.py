@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import aiohttp
 import httpx
 
-from announcer.preload import Preload
-
-if TYPE_CHECKING:  # the SDK loads after the server listens (preload.py), not on the way to it
-    from elevenlabs.client import AsyncElevenLabs
+from announcer.speech.elevenlabs import LazyElevenLabs  # the SDK loads after the server listens
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +33,7 @@ class AgentConnector:
 
     def __init__(self, api_key: str, base_url: str, *, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         self._timeout_s = timeout_s
-        self._http = httpx.AsyncClient(timeout=timeout_s)
-
-        def connect() -> AsyncElevenLabs:  # the key lives in this closure until then: in no repr
-            from elevenlabs.client import AsyncElevenLabs
-
-            return AsyncElevenLabs(
-                api_key=api_key, base_url=base_url, timeout=timeout_s, httpx_client=self._http
-            )
-
-        self._connect: Callable[[], AsyncElevenLabs] | None = connect
-        self._client: AsyncElevenLabs | None = None
-        self._preload = Preload("elevenlabs.client")
+        self._sdk = LazyElevenLabs(api_key, base_url, timeout_s)
         # One socket per live conversation, all from this session: aiohttp's default pool of 100
         # connections held the 101st agent at its handshake (the caller in silence) until another
         # conversation ended (benchmarks/agent_bridge.py). MAX_CONCURRENT_CALLS bounds them instead.
@@ -57,20 +41,12 @@ class AgentConnector:
 
     async def aclose(self) -> None:
         await self._session.close()
-        await self._http.aclose()
-
-    async def _sdk(self) -> AsyncElevenLabs:
-        if self._client is None:
-            await self._preload()  # loaded by the app's warm-up by now, in the common case
-            if self._client is None:
-                assert self._connect is not None
-                self._client, self._connect = self._connect(), None
-        return self._client
+        await self._sdk.aclose()
 
     async def signed_url(self, agent_id: str) -> str:
         from elevenlabs.core.api_error import ApiError  # loaded with the client
 
-        client = await self._sdk()
+        client = await self._sdk.get()
         try:
             async with asyncio.timeout(self._timeout_s):
                 answer = await client.conversational_ai.conversations.get_signed_url(

@@ -51,38 +51,17 @@ class ElevenLabsSynthesizer:
         self._voice_id = voice_id
         self._model_id = model_id
         self._voice_settings = _voice_settings(voice_settings) if voice_settings else None
-        # Our own httpx client, because the SDK has no close(). `timeout=` is passed to the SDK as well:
-        # `AsyncElevenLabs` defaults it to 240 s and sends that with every request, overriding the
-        # httpx client's own timeout (elevenlabs 2.78, client.py).
-        self._http = httpx.AsyncClient(timeout=timeout_s)
-
-        def connect() -> AsyncElevenLabs:  # the key lives in this closure until then: in no repr
-            from elevenlabs.client import AsyncElevenLabs
-
-            return AsyncElevenLabs(
-                api_key=api_key, base_url=base_url, timeout=timeout_s, httpx_client=self._http
-            )
-
-        self._connect: Callable[[], AsyncElevenLabs] | None = connect
-        self._client: AsyncElevenLabs | None = None
-        self._preload = Preload("elevenlabs.client")
+        self._sdk = LazyElevenLabs(api_key, base_url, timeout_s)
 
     async def warm(self) -> None:
         """Load the SDK in a worker thread (the event loop keeps serving meanwhile), then make the client.
         Every synthesis waits for this first."""
-        await self._preload()
-        self._sdk()
+        await self._sdk.get()
 
     @property
     def loaded(self) -> bool:
         """Whether the SDK client is made (by `warm()`, or by a first use)."""
-        return self._client is not None
-
-    def _sdk(self) -> AsyncElevenLabs:
-        if self._client is None:
-            assert self._connect is not None
-            self._client, self._connect = self._connect(), None
-        return self._client
+        return self._sdk.loaded
 
     def identity(self) -> dict[str, object]:
         settings = self._voice_settings.model_dump(exclude_none=True) if self._voice_settings else {}
@@ -105,9 +84,7 @@ class ElevenLabsSynthesizer:
             extra["next_text"] = next_text
         if self._voice_settings is not None:
             extra["voice_settings"] = self._voice_settings
-        if self._client is None:
-            await self.warm()
-        client = self._sdk()
+        client = await self._sdk.get()
         from elevenlabs.core.api_error import ApiError  # loaded with the client: a lookup
 
         try:
@@ -136,6 +113,44 @@ class ElevenLabsSynthesizer:
             raise SpeechError("stream cut") from err
         except httpx.HTTPError as err:
             raise SpeechError(f"http error {type(err).__name__}") from err
+
+    async def aclose(self) -> None:
+        await self._sdk.aclose()
+
+
+class LazyElevenLabs:
+    """The SDK's client, made on first use after the SDK has loaded in a worker thread (preload.py), over
+    an httpx client of our own (the SDK has no close()). Shared by speech and the agent connector.
+
+    `timeout=` is passed to the SDK as well: `AsyncElevenLabs` defaults it to 240 s and sends that with
+    every request, overriding the httpx client's own timeout (elevenlabs 2.78, client.py). The API key
+    lives in a closure until the client is made: in no repr or log."""
+
+    def __init__(self, api_key: str, base_url: str, timeout_s: float) -> None:
+        self._http = httpx.AsyncClient(timeout=timeout_s)
+
+        def make() -> AsyncElevenLabs:
+            from elevenlabs.client import AsyncElevenLabs
+
+            return AsyncElevenLabs(
+                api_key=api_key, base_url=base_url, timeout=timeout_s, httpx_client=self._http
+            )
+
+        self._make: Callable[[], AsyncElevenLabs] | None = make
+        self._client: AsyncElevenLabs | None = None
+        self._preload = Preload("elevenlabs.client")
+
+    @property
+    def loaded(self) -> bool:
+        return self._client is not None
+
+    async def get(self) -> AsyncElevenLabs:
+        if self._client is None:
+            await self._preload()  # the app's warm-up has loaded it by now, in the common case
+            if self._client is None:
+                assert self._make is not None
+                self._client, self._make = self._make(), None
+        return self._client
 
     async def aclose(self) -> None:
         await self._http.aclose()
