@@ -88,7 +88,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from harness import cpu_s, free_port, pct, phones
+from harness import cpu_s, deployment_env, free_port, pct, phones, stop, wait_serving
 from twilio.request_validator import RequestValidator
 
 from announcer.sandbox import SandboxElevenLabs
@@ -805,16 +805,6 @@ async def start_agent_peer(api_key: str) -> tuple[asyncio.subprocess.Process, st
     return proc, line.split(" ", 1)[1]
 
 
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
 async def main(args: argparse.Namespace) -> None:
     runs = [await measure(args, baseline=args.baseline)]
     if args.with_baseline and not args.baseline:
@@ -857,25 +847,18 @@ async def measure(args: argparse.Namespace, *, baseline: bool) -> dict[str, tupl
     await runner.setup()
     rest_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", rest_port).start()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))},
-        "PUBLIC_URL": public,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "TWILIO_PHONE_NUMBER": NUMBER,
-        "TWILIO_API_BASE_URL": f"http://127.0.0.1:{rest_port}",
-        "TWILIO_CPS": str(CPS),
-        "MAX_CONCURRENT_CALLS": str(args.calls + 20),
-        "ELEVENLABS_API_KEY": el_key,
-        "ELEVENLABS_BASE_URL": el_base,
-        "ELEVENLABS_AGENT_ID": AGENT_ID,
-        "DATABASE_URL": f"sqlite+aiosqlite:///{work / 'announcer.db'}",
-        "ANNOUNCER_DATA_DIR": str(work / "data"),
-        "ANNOUNCER_API_TOKEN": API_TOKEN,
-        "ANNOUNCER_LOG_LEVEL": "WARNING",
-    }
+    env = deployment_env(
+        port=port,
+        twilio=(ACCOUNT_SID, AUTH_TOKEN, NUMBER, f"http://127.0.0.1:{rest_port}"),
+        elevenlabs=(el_key, el_base),
+        database_url=f"sqlite+aiosqlite:///{work / 'announcer.db'}",
+        data_dir=work / "data",
+        api_token=API_TOKEN,
+        cps=CPS,
+        max_calls=args.calls + 20,
+        log_level="WARNING",
+        ELEVENLABS_AGENT_ID=AGENT_ID,
+    )
     log = work / "service.log"
     command = ["-m", "announcer.cli", "serve"]
     if args.gc_log:
@@ -892,16 +875,7 @@ async def measure(args: argparse.Namespace, *, baseline: bool) -> dict[str, tupl
         print("pinned: the service on CPU 1, both peers on CPU 0", flush=True)
     clock: asyncio.Task[None] | None = None
     try:
-        for _ in range(1200):
-            if service.returncode is not None:
-                raise SystemExit(f"service exited with {service.returncode}; see {log}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(public + "/healthz") as resp:
-                    if resp.status == 200:
-                        break
-            await asyncio.sleep(0.05)
-        else:
-            raise SystemExit(f"{public} did not come up; see {log}")
+        await wait_serving(http, public, service, log)
         gc.collect()
         gc.freeze()
         twilio.lag.start()

@@ -42,7 +42,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import cpu_s, free_port, pct, pg_database, phones, verdict
+from harness import (
+    cpu_s,
+    deployment_env,
+    free_port,
+    pct,
+    pg_database,
+    phones,
+    premade_voice,
+    stop,
+    verdict,
+    wait_serving,
+)
 
 from announcer.api.schemas import AlertBody
 from announcer.config import DEFAULT_TEMPLATES_DIR
@@ -145,24 +156,17 @@ async def deploy(
     )
     tw_base = await twilio.start()
     assert tts.base_url is not None
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))},
-        "PUBLIC_URL": public,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "TWILIO_PHONE_NUMBER": NUMBER,
-        "TWILIO_API_BASE_URL": tw_base,
-        "TWILIO_CPS": str(cps),
-        "MAX_CONCURRENT_CALLS": str(concurrency),
-        "ELEVENLABS_API_KEY": EL_KEY,
-        "ELEVENLABS_BASE_URL": tts.base_url,
-        "DATABASE_URL": database_url,
-        "ANNOUNCER_DATA_DIR": str(work / label / "data"),
-        "ANNOUNCER_API_TOKEN": API_TOKEN,
-        "ANNOUNCER_LOG_LEVEL": "ERROR",
-    }
+    env = deployment_env(
+        port=port,
+        twilio=(ACCOUNT_SID, AUTH_TOKEN, NUMBER, tw_base),
+        elevenlabs=(EL_KEY, tts.base_url),
+        database_url=database_url,
+        data_dir=work / label / "data",
+        api_token=API_TOKEN,
+        cps=cps,
+        max_calls=concurrency,
+        log_level="ERROR",
+    )
     log = work / label / "service.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as sink:
@@ -171,25 +175,10 @@ async def deploy(
         )
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
-            for _ in range(1200):
-                if proc.returncode is not None:
-                    raise SystemExit(f"service exited with {proc.returncode}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(public + "/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-            else:
-                raise SystemExit(f"{public} did not come up")
+            await wait_serving(http, public, proc)
             yield Deployment(public, twilio, proc, http, log)
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop(proc)
         await twilio.close()
 
 
@@ -381,18 +370,7 @@ async def tts_requests(dep: Deployment, tts: SandboxElevenLabs) -> list[str]:
 
 async def main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="announcer-bench-alerts-"))
-    local = LocalSynthesizer()
-    # Real synthesis runs on ElevenLabs' machines, not on the cores this benchmark shares with the service:
-    # the sandbox TTS answers with speech made up front, cut to the length the text would take to say.
-    sentence = "Good afternoon, and thank you for calling our office."
-    clip = local.synthesize(sentence)
-    per_char = len(clip) / len(sentence)
-
-    def premade(text: str) -> bytes:
-        size = max(160, int(len(text) * per_char))
-        return (clip * (size // len(clip) + 1))[:size]
-
-    tts = SandboxElevenLabs(api_key=EL_KEY, synthesize=premade)
+    tts = SandboxElevenLabs(api_key=EL_KEY, synthesize=premade_voice(LocalSynthesizer()))
     await tts.start()
     body = accept_body(phones(args.recipients))
     cost = accept_cost(body)

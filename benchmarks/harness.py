@@ -1,17 +1,22 @@
 """What the benchmarks share: free ports, valid phone numbers, a process's CPU time, verdicts,
-percentiles, and a fresh PostgreSQL database per run (created and dropped as tests/conftest.py does)."""
+percentiles, a fresh PostgreSQL database per run (created and dropped as tests/conftest.py does), the
+service's environment as a live deployment's, waiting for it to serve and stopping it, and premade speech."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import phonenumbers
+
+from announcer.speech.local import LocalSynthesizer
 
 PG_ADMIN = os.environ.get("ANNOUNCER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -66,3 +71,84 @@ async def pg_database() -> AsyncIterator[str]:
         yield f"{base}/{name}"
     finally:
         await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def deployment_env(
+    *,
+    port: int,
+    twilio: tuple[str, str, str, str],
+    elevenlabs: tuple[str, str],
+    database_url: str,
+    data_dir: Path,
+    api_token: str,
+    cps: float,
+    max_calls: int,
+    log_level: str,
+    **extra: str,
+) -> dict[str, str]:
+    """`announcer serve`'s environment as a live deployment's (credentials set, so no in-process sandbox)
+    whose Twilio and ElevenLabs are the benchmark's peers: twilio = (account SID, auth token, number, base
+    URL), elevenlabs = (API key, base URL). This machine's own TWILIO_/ELEVENLABS_/ANNOUNCER_ settings are
+    left out."""
+    account_sid, auth_token, number, twilio_base = twilio
+    el_key, el_base = elevenlabs
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))},
+        "PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "TWILIO_ACCOUNT_SID": account_sid,
+        "TWILIO_AUTH_TOKEN": auth_token,
+        "TWILIO_PHONE_NUMBER": number,
+        "TWILIO_API_BASE_URL": twilio_base,
+        "TWILIO_CPS": str(cps),
+        "MAX_CONCURRENT_CALLS": str(max_calls),
+        "ELEVENLABS_API_KEY": el_key,
+        "ELEVENLABS_BASE_URL": el_base,
+        "DATABASE_URL": database_url,
+        "ANNOUNCER_DATA_DIR": str(data_dir),
+        "ANNOUNCER_API_TOKEN": api_token,
+        "ANNOUNCER_LOG_LEVEL": log_level,
+        **extra,
+    }
+
+
+async def wait_serving(
+    http: aiohttp.ClientSession, public: str, proc: asyncio.subprocess.Process, log: Path | None = None
+) -> None:
+    """Until `GET /healthz` answers 200 (at most a minute); exits the benchmark if the service died."""
+    see = f"; see {log}" if log is not None else ""
+    for _ in range(1200):
+        if proc.returncode is not None:
+            raise SystemExit(f"service exited with {proc.returncode}{see}")
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(public + "/healthz") as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"{public} did not come up{see}")
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    """Terminate, and kill what is still there 15 s later."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def premade_voice(local: LocalSynthesizer, min_bytes: int = 160) -> Callable[[str], bytes]:
+    """Speech made up front, cut to the length a text would take to say: real synthesis runs on
+    ElevenLabs' machines, not on the cores the benchmark shares with the service."""
+    sentence = "Good afternoon, and thank you for calling our office."
+    clip = local.synthesize(sentence)
+    per_char = len(clip) / len(sentence)
+
+    def premade(text: str) -> bytes:
+        size = max(min_bytes, int(len(text) * per_char))
+        return (clip * (size // len(clip) + 1))[:size]
+
+    return premade

@@ -59,7 +59,17 @@ from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
 import aiohttp
-from harness import cpu_s, free_port, pct, pg_database, phones, verdict
+from harness import (
+    cpu_s,
+    deployment_env,
+    free_port,
+    pct,
+    pg_database,
+    phones,
+    premade_voice,
+    stop,
+    verdict,
+)
 
 from announcer.api.schemas import ScheduleOptions
 from announcer.sandbox import SandboxElevenLabs, SandboxTwilio
@@ -299,24 +309,17 @@ async def serve(
     )
     tw_base = await twilio.start()
     assert tts.base_url is not None
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))},
-        "PUBLIC_URL": public,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "TWILIO_PHONE_NUMBER": NUMBER,
-        "TWILIO_API_BASE_URL": tw_base,
-        "TWILIO_CPS": str(CPS),
-        "MAX_CONCURRENT_CALLS": str(CONCURRENCY),
-        "ELEVENLABS_API_KEY": EL_KEY,
-        "ELEVENLABS_BASE_URL": tts.base_url,
-        "DATABASE_URL": database_url,
-        "ANNOUNCER_DATA_DIR": str(work / label / "data"),
-        "ANNOUNCER_API_TOKEN": API_TOKEN,
-        "ANNOUNCER_LOG_LEVEL": "INFO",
-    }
+    env = deployment_env(
+        port=port,
+        twilio=(ACCOUNT_SID, AUTH_TOKEN, NUMBER, tw_base),
+        elevenlabs=(EL_KEY, tts.base_url),
+        database_url=database_url,
+        data_dir=work / label / "data",
+        api_token=API_TOKEN,
+        cps=CPS,
+        max_calls=CONCURRENCY,
+        log_level="INFO",
+    )
     log = work / label / "service.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = None
@@ -336,13 +339,8 @@ async def serve(
                 )
             yield Service(label, public, proc, spawned, log, http, twilio)
     finally:
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        if proc is not None:
+            await stop(proc)
         await twilio.close()
 
 
@@ -722,17 +720,7 @@ async def measure(
 
 async def main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="announcer-bench-schedules-"))
-    local = LocalSynthesizer()
-    # As in alerts.py: the sandbox TTS answers with speech made up front, cut to the text's length.
-    sentence = "Good afternoon, and thank you for calling our office."
-    clip = local.synthesize(sentence)
-    per_char = len(clip) / len(sentence)
-
-    def premade(text: str) -> bytes:
-        size = max(160, int(len(text) * per_char))
-        return (clip * (size // len(clip) + 1))[:size]
-
-    tts = SandboxElevenLabs(api_key=EL_KEY, synthesize=premade)
+    tts = SandboxElevenLabs(api_key=EL_KEY, synthesize=premade_voice(LocalSynthesizer()))
     await tts.start()
     print(
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; files in {work}", flush=True

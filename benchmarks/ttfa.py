@@ -30,7 +30,6 @@ import gc
 import json
 import os
 import secrets
-import socket
 import sqlite3
 import statistics
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import aiohttp
+from harness import free_port, premade_voice
 
 from announcer.config import DEFAULT_TEMPLATES_DIR
 from announcer.messages.greeting import Greeting
@@ -56,12 +56,6 @@ EL_KEY = secrets.token_hex(16)
 NUMBER = "+15550100000"
 FIRST_BYTE_S = 0.150
 TTS_BYTES_PER_S = 40_000  # 5x real time for 8 kHz mu-law
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(values: list[float], p: float) -> float:
@@ -196,17 +190,7 @@ def callers(n: int, offset: int) -> list[str]:
 async def main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="announcer-bench-"))
     local = LocalSynthesizer()
-    # Real synthesis runs on ElevenLabs' machines, not on the cores this benchmark shares with the service:
-    # the sandbox TTS answers with speech made up front, cut to the length the text would take to say.
-    sentence = "Good afternoon, and thank you for calling our office."
-    clip = local.synthesize(sentence)
-    per_char = len(clip) / len(sentence)
-
-    def premade(text: str) -> bytes:
-        size = int(len(text) * per_char)
-        return (clip * (size // len(clip) + 1))[:size]
-
-    tts = SandboxElevenLabs(api_key=EL_KEY, synthesize=premade)
+    tts = SandboxElevenLabs(api_key=EL_KEY, synthesize=premade_voice(local, min_bytes=0))
     el_base = await tts.start()
     port = free_port()
     public = f"http://127.0.0.1:{port}"
