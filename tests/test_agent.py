@@ -47,7 +47,9 @@ async def call_view(service: Service, sid: str) -> dict[str, Any]:
 
 
 async def ended_view(service: Service, sid: str) -> dict[str, Any]:
-    """The call's record once the service has written its ending (the trail is group-committed)."""
+    """The call's record once the phone has hung up and the service has written the call's ending (the
+    trail is group-committed)."""
+    await service.sandbox.calls[sid].wait_ended(T)
 
     async def done() -> bool:
         view = await call_view(service, sid)
@@ -186,8 +188,6 @@ async def test_agent_ending_the_conversation_hangs_up_through_rest(service: Serv
     answer = await outbound(service)
     conversation = await opened(service)
     assert await conversation.wait_closed(T) is CloseReason.SERVER
-    call = service.sandbox.calls[answer["callSid"]]
-    await call.wait_ended(T)
     view = await ended_view(service, answer["callSid"])
     end = first_event(view, "agent_end")
     assert end["how"] == "agent_ended" and end["reason"] == "the agent ended the conversation"
@@ -210,7 +210,6 @@ async def test_agent_failures_end_with_a_spoken_apology(service: Service, failur
     service.sandbox.set_behavior(CALLEE, PhoneBehavior())
     answer = await outbound(service)
     call = service.sandbox.calls[answer["callSid"]]
-    await call.wait_ended(T)
     view = await ended_view(service, answer["callSid"])
     end = first_event(view, "agent_end")
     assert end["how"] == "failed"
@@ -302,7 +301,6 @@ async def test_greeting_line_hands_callers_to_the_agent(greeting_service: Servic
     assert conversation.config_override is None  # the agent's own prompt and first message
     await say_goodbye(call, conversation)
     assert await conversation.wait_closed(T) is CloseReason.SERVER
-    await call.wait_ended(T)
     view = await ended_view(service, call.sid)
     assert view["kind"] == "greeting" and view["outcome"] == "agent"
 
@@ -315,7 +313,6 @@ async def test_a_conversation_is_cut_at_the_maximum_length(tmp_path: Path, datab
         conversation = await opened(service)
         assert await conversation.wait_closed(T) is CloseReason.CLIENT
         call = service.sandbox.calls[answer["callSid"]]
-        await call.wait_ended(T)
         view = await ended_view(service, answer["callSid"])
         end = first_event(view, "agent_end")
         assert end["how"] == "time_limit" and "0.5 s" in end["reason"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -557,12 +557,7 @@ def schedules_of(service: Service) -> Any:
 async def test_a_schedule_beyond_the_horizon_is_armed_when_it_comes_near_and_fires_once(
     tmp_path: Path, database_url: str
 ) -> None:
-    runner, svc = await start_service(
-        make_settings(tmp_path, database_url, announcer_schedule_horizon_s=HORIZON_S)
-    )
-    try:
-        scheduler = schedules_of(svc).scheduler
-        await eventually(_started(scheduler))
+    async with horizon_service(tmp_path, database_url) as (svc, scheduler):
         at = soon(9.0)
         phone = "+15550180001"
         status, created = await post(
@@ -586,19 +581,12 @@ async def test_a_schedule_beyond_the_horizon_is_armed_when_it_comes_near_and_fir
         _, view = await get(svc, f"/v1/schedules/{created['id']}")
         assert view["status"] == "ended" and view["next_run_at"] is None
         assert [c.to for c in svc.sandbox.calls.values()].count(phone) == 1
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_fire_stores_the_next_run_and_hands_a_far_one_back_to_the_table(
     tmp_path: Path, database_url: str
 ) -> None:
-    runner, svc = await start_service(
-        make_settings(tmp_path, database_url, announcer_schedule_horizon_s=HORIZON_S)
-    )
-    try:
-        scheduler = schedules_of(svc).scheduler
-        await eventually(_started(scheduler))
+    async with horizon_service(tmp_path, database_url) as (svc, scheduler):
         phone = "+15550180002"
         body = schedule_body({"cron": "0 8 * * *", "timezone": "Europe/Berlin"}, phone, presynthesize_s=0)
         status, created = await post(svc, "/v1/schedules", body)
@@ -624,8 +612,6 @@ async def test_a_fire_stores_the_next_run_and_hands_a_far_one_back_to_the_table(
         assert scheduler.armed_for(sid) is None  # beyond the horizon again: off APScheduler
         await finished(svc, occurrence["alert_id"])
         assert [c.to for c in svc.sandbox.calls.values()].count(phone) == 1
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_start_arms_what_is_near_and_computes_unknown_next_runs(
@@ -651,12 +637,7 @@ async def test_a_start_arms_what_is_near_and_computes_unknown_next_runs(
         assert row.status == "active" and row.next_run_at is None
     finally:
         await database.dispose()
-    runner, svc = await start_service(
-        make_settings(tmp_path, database_url, announcer_schedule_horizon_s=HORIZON_S)
-    )
-    try:
-        scheduler = schedules_of(svc).scheduler
-        await eventually(_started(scheduler))
+    async with horizon_service(tmp_path, database_url) as (svc, scheduler):
         assert scheduler.armed_for(far["id"]) is None
         assert scheduler.armed_for(spoken["id"]) is not None
         assert scheduler.armed_for(unknown["id"]) is None
@@ -669,6 +650,18 @@ async def test_a_start_arms_what_is_near_and_computes_unknown_next_runs(
             return any(o["detail"].get("presynthesis") == "ready" for o in view["occurrences"])
 
         await eventually(made_ahead, timeout=20)
+
+
+@contextlib.asynccontextmanager
+async def horizon_service(tmp_path: Path, database_url: str) -> AsyncIterator[tuple[Service, Any]]:
+    """A service whose scheduler arms only the next HORIZON_S seconds, once that scheduler runs."""
+    runner, svc = await start_service(
+        make_settings(tmp_path, database_url, announcer_schedule_horizon_s=HORIZON_S)
+    )
+    try:
+        scheduler = schedules_of(svc).scheduler
+        await eventually(_started(scheduler))
+        yield svc, scheduler
     finally:
         await runner.cleanup()
 
