@@ -122,7 +122,8 @@ class MediaSession:
         self._agent: Conversation | None = None
         self._agent_over = False  # the conversation ended; the call is ending
         self._offer: AgentOffer | None = None  # the greeting line's (an announcement's is in its script)
-        self._bye: tuple[CallOutcome | None, str] = (None, "")
+        self._bye: tuple[CallOutcome | None, str] = (None, "")  # how the call ends once its last words play
+        self._heard_before_agent = ""  # the message the caller heard before the agent ("" for none)
 
     # --- reader ---------------------------------------------------------------------------------
 
@@ -328,16 +329,17 @@ class MediaSession:
             self._start_key_window(script.window_s if script is not None else 0.0)
 
     def _start_key_window(self, window_s: float) -> None:
+        why = "the message and the prompt played; no key pressed"
+        self._end_after(window_s, CallOutcome.HEARD, why)  # the key window is a span of time by definition
+
+    def _end_after(self, seconds: float, outcome: CallOutcome | None, why: str) -> None:
+        """End the call `seconds` (sandbox seconds) from now, unless a key or a mark's echo does first."""
         self._cancel_key_window()
-        self._key_window = asyncio.create_task(self._wait_for_key(window_s / self.deps.clock.speed))
+        self._key_window = asyncio.create_task(self._end_later(seconds / self.deps.clock.speed, outcome, why))
 
-    async def _wait_for_key(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)  # the key window is a span of time by definition
-        await self._end_call(CallOutcome.HEARD, "the message and the prompt played; no key pressed")
-
-    async def _end_after(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)  # a deadline: the mark's echo, awaited elsewhere, usually ends it first
-        await self._end_call(*self._bye)
+    async def _end_later(self, seconds: float, outcome: CallOutcome | None, why: str) -> None:
+        await asyncio.sleep(seconds)
+        await self._end_call(outcome, why)
 
     def _cancel_key_window(self) -> None:
         if self._key_window is not None and not self._key_window.done():
@@ -410,9 +412,10 @@ class MediaSession:
     def _hand_over(self, offer: AgentOffer, heard: str) -> None:
         assert self.start is not None and self.grant is not None
         self.heard = True  # from here a broken stream no longer means the message went unheard
+        self._heard_before_agent = heard
         if self.deps.start_agent is None:
             self._agent_over = True
-            self._bye = (CallOutcome.HEARD if heard else CallOutcome.FAILED, "agent mode is not configured")
+            self._bye = (self._outcome_without_agent(), "agent mode is not configured")
             self._say(self.deps.agent_apology, BYE_MARK_PREFIX)
             return
         self._record("agent_handoff", after=offer.after.value)
@@ -445,20 +448,15 @@ class MediaSession:
         self._agent_over = True
         if self.ended or self.ws.closed:
             return
-        if end.connected:
-            outcome = None  # recorded when the agent took the call
-        elif self.grant.text and not self._started_with_agent():
-            outcome = CallOutcome.HEARD  # the message was heard; only the conversation failed
-        else:
-            outcome = CallOutcome.FAILED
+        # None: recorded when the agent took the call. Else the message before it (if any) was heard, and
+        # only the conversation failed.
+        outcome = None if end.connected else self._outcome_without_agent()
         self._bye = (outcome, end.reason)
         if end.kind == EndKind.AGENT_ENDED:
             # The agent said goodbye: hang up once its last words have played (the mark's echo).
             mark = f"{BYE_MARK_PREFIX}{self.grant.call_id}.{self._round}"
             await self.ws.send_str(codec.mark_message(self.start.stream_sid, mark))
-            # Should the echo never come, the call still ends (a call is never left open).
-            self._cancel_key_window()
-            self._key_window = asyncio.create_task(self._end_after(BYE_GRACE_S / self.deps.clock.speed))
+            self._end_after(BYE_GRACE_S, *self._bye)  # should the echo never come: never left open
             return
         log.warning("agent conversation on %s ended: %s", self._sid_for_log(), end.reason)
         if end.connected:
@@ -466,9 +464,8 @@ class MediaSession:
         text = self.deps.agent_time_limit if end.kind == EndKind.TIME_LIMIT else self.deps.agent_apology
         self._say(text, BYE_MARK_PREFIX)
 
-    def _started_with_agent(self) -> bool:
-        offer = AgentOffer.from_options(self.grant.options if self.grant else None)
-        return offer is not None and offer.after == After.START
+    def _outcome_without_agent(self) -> CallOutcome:
+        return CallOutcome.HEARD if self._heard_before_agent else CallOutcome.FAILED
 
     async def _close_agent(self, reason: str) -> None:
         if self._agent is not None:
