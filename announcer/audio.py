@@ -64,6 +64,11 @@ class Framer:
     def __init__(self) -> None:
         self._pending = b""
 
+    @property
+    def pending(self) -> bool:
+        """Whether part of a frame waits for more audio (or for `flush`)."""
+        return bool(self._pending)
+
     def feed(self, chunk: bytes) -> list[bytes]:
         data = self._pending + chunk if self._pending else chunk
         whole = len(data) - len(data) % FRAME_BYTES

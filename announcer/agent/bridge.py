@@ -30,7 +30,7 @@ from aiohttp import WSMsgType
 from announcer.agent import protocol
 from announcer.agent.connect import AgentConnector, AgentUnavailable
 from announcer.agent.transcript import Transcript
-from announcer.audio import FRAME_BYTES, FRAME_MS
+from announcer.audio import FRAME_MS, Framer
 from announcer.telephony import codec
 from announcer.telephony.handoff import MARK_PREFIX, AgentEnd, EndKind, Handoff
 
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 METADATA_TIMEOUT_S = 5.0
 PAD_AFTER_S = 0.08  # a chunk's tail shorter than a frame waits this long for more audio, then is padded
 EARLY_AUDIO_FRAMES = 250  # 5 s of the caller's audio kept while the agent is reached
-SILENCE = b"\xff"  # mu-law silence pads a turn's last frame
 
 
 @dataclass(frozen=True)
@@ -83,15 +82,13 @@ class AgentBridge:
         self._task: asyncio.Task[None] | None = None
         self._ready = False  # the agent's metadata arrived and its formats are ours
         self._closing = False  # we are closing the socket (the caller hung up): no ending to report
-        self._rest = b""  # an audio chunk's tail shorter than a frame, waiting for the next chunk
+        self._framer = Framer()  # a chunk's tail shorter than a frame waits here for the next chunk
         self._round = 0  # bumped by every `clear`: echoes of marks sent before it were not played
         self._turn: _Turn | None = None
         self._deadline: asyncio.Timeout | None = None  # the metadata's, then the conversation's
         self._last_interrupt = -1  # audio events up to this id belong to an interrupted response
         self._early: collections.deque[str] = collections.deque(maxlen=EARLY_AUDIO_FRAMES)
         self.bad = 0
-        self.audio_in = 0  # user_audio_chunk messages sent to the agent
-        self.frames_out = 0  # 160-byte frames sent to Twilio
         self.closed = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -134,7 +131,6 @@ class AgentBridge:
             await ws.send_str(protocol.user_audio_message(payload))
         except ConnectionResetError:
             return  # the agent's socket is closing: its reader reports how the conversation ended
-        self.audio_in += 1
 
     def mark_played(self, name: str) -> None:
         """An echoed `agent:` mark: that much of its turn has played."""
@@ -188,7 +184,7 @@ class AgentBridge:
             async with asyncio.timeout(METADATA_TIMEOUT_S) as self._deadline:
                 while True:
                     try:
-                        msg = await ws.receive(timeout=PAD_AFTER_S if self._rest else None)
+                        msg = await ws.receive(timeout=PAD_AFTER_S if self._framer.pending else None)
                     except TimeoutError:  # receive's own short wait (the deadline cancels instead)
                         await self.pad_tail()
                         continue
@@ -269,7 +265,6 @@ class AgentBridge:
         if self._ws is not None:
             for payload in early:
                 await self._ws.send_str(protocol.user_audio_message(payload))
-            self.audio_in += len(early)
         await self._on_connected(meta.conversation_id)
         return None
 
@@ -279,17 +274,14 @@ class AgentBridge:
         except binascii.Error:
             self._protocol_problem("audio: audio_base_64 is not base64")
             return
-        data = self._rest + audio if self._rest else audio
-        whole = len(data) - len(data) % FRAME_BYTES
-        self._rest = data[whole:]
-        if not whole:
+        frames = self._framer.feed(audio)
+        if not frames:
             return
         send, sid, media = self._send, self._sid, codec.media_message
         b64 = base64.b64encode
-        for i in range(0, whole, FRAME_BYTES):
-            await send(media(sid, b64(data[i : i + FRAME_BYTES]).decode("ascii")))
-        n = whole // FRAME_BYTES
-        self.frames_out += n
+        for frame in frames:
+            await send(media(sid, b64(frame).decode("ascii")))
+        n = len(frames)
         turn = self._turn
         if turn is None:  # audio ahead of its agent_response: count it on a turn of its own
             turn = self._turn = _Turn(-1)
@@ -298,11 +290,10 @@ class AgentBridge:
 
     async def pad_tail(self) -> None:
         """No more audio came for the tail of the last chunk: send it, padded to a frame with silence."""
-        if not self._rest:
+        frames = self._framer.flush()
+        if not frames:
             return
-        frame, self._rest = self._rest.ljust(FRAME_BYTES, SILENCE), b""
-        await self._send(codec.media_message(self._sid, codec.encode_frame(frame)))
-        self.frames_out += 1
+        await self._send(codec.media_message(self._sid, codec.encode_frame(frames[0])))
         if self._turn is not None:
             self._turn.frames_sent += 1
 
@@ -310,7 +301,7 @@ class AgentBridge:
         # Twilio drops what it buffered; the marks it then echoes belong to the old round.
         await self._send(codec.clear_message(self._sid))
         self._round += 1
-        self._rest = b""
+        self._framer = Framer()  # the cut turn's tail is dropped with the rest of it
         if event_id is not None:
             self._last_interrupt = max(self._last_interrupt, event_id)
         turn, self._turn = self._turn, None

@@ -17,7 +17,6 @@ class Transcript:
         self._call_id = call_id
         self._seq = 0
         self._agent_turns: list[tuple[int, str]] = []  # (seq, text) of the agent's turns, newest last
-        self.turns = 0
 
     def agent_said(self, text: str) -> int:
         seq = self._add("agent", text)
@@ -47,6 +46,5 @@ class Transcript:
     def _add(self, role: str, text: str) -> int:
         seq = self._seq
         self._seq += 1
-        self.turns += 1
         transcripts.add_turn(self._journal, self._call_id, seq, role, text[:MAX_TURN_CHARS], utcnow())
         return seq
