@@ -25,7 +25,7 @@ from announcer.agent.connect import AgentConnector
 from announcer.agent.line import AgentLine
 from announcer.api import alerts, calls, schedules
 from announcer.api.alerts import AlertsDeps
-from announcer.api.http import make_middleware
+from announcer.api.http import json_errors, make_middleware
 from announcer.api.openapi import document as openapi_document
 from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
@@ -34,6 +34,7 @@ from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.notify import OutcomeNotifier
 from announcer.deliveries.plan import Limits
 from announcer.deliveries.script import PROMPT_TEMPLATE, CallScripts
+from announcer.files import private_dir, tighten_tree, write_private
 from announcer.messages.greeting import Greeting
 from announcer.messages.render import MessageRenderer
 from announcer.scheduling.leader import Leadership
@@ -124,9 +125,10 @@ def media_url(settings: Settings) -> str:
 
 def create_app(settings: Settings) -> web.Application:
     """Build the application. Raises `RenderError` when the greeting template cannot be rendered."""
+    private_dir(settings.announcer_data_dir)  # before anything is written into it
     token = _api_token(settings)
     app = web.Application(
-        client_max_size=settings.announcer_max_body_bytes, middlewares=[make_middleware(token)]
+        client_max_size=settings.announcer_max_body_bytes, middlewares=[json_errors, make_middleware(token)]
     )
     app[API_TOKEN] = token
     app[SETTINGS] = settings
@@ -176,9 +178,7 @@ def _api_token(settings: Settings) -> str:
         return settings.announcer_api_token.get_secret_value()
     token = secrets.token_urlsafe(24)
     path = settings.announcer_data_dir / "api-token"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600, exist_ok=True)
-    path.write_text(token + "\n")
+    write_private(path, (token + "\n").encode())
     log.warning("ANNOUNCER_API_TOKEN is not set: this run's API token is in %s", path)
     return token
 
@@ -275,10 +275,8 @@ async def _sandbox(app: web.Application) -> AsyncIterator[None]:
 
 def _write_sandbox_file(settings: Settings, base_url: str, account_sid: str, auth_token: str) -> None:
     """Where `announcer sandbox call-in` finds the running sandbox (its credentials are throwaway)."""
-    path = settings.announcer_data_dir / "sandbox.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600, exist_ok=True)
-    path.write_text(
+    write_private(
+        settings.announcer_data_dir / "sandbox.json",
         json.dumps(
             {
                 "base_url": base_url,
@@ -287,7 +285,7 @@ def _write_sandbox_file(settings: Settings, base_url: str, account_sid: str, aut
                 "phone_number": settings.twilio_phone_number or SANDBOX_NUMBER,
                 "greeting_agent": settings.greeting_agent,
             }
-        )
+        ).encode(),
     )
 
 
@@ -436,6 +434,10 @@ async def _warm_up(app: web.Application) -> AsyncIterator[None]:
                 await app[SCHEDULES].scheduler.started.wait()
         await app[TWILIO].warm()
         await app[ELEVENLABS].warm()
+        # What an older version or another umask left readable by others (the cache may hold many files).
+        tightened = await asyncio.to_thread(tighten_tree, app[SETTINGS].announcer_data_dir)
+        if tightened:
+            log.info("made %d files and folders in the data directory private (0600 / 0700)", tightened)
 
     task = asyncio.create_task(warm(), name="warm-up")
     task.add_done_callback(_log_crash)
@@ -527,7 +529,9 @@ async def _voice(request: web.Request) -> web.Response:
 
 async def _status(request: web.Request) -> web.Response:
     app = request.app
-    return await status_webhook(request, app[SIGNATURE], app[STORE], app[DISPATCHER].on_status)
+    return await status_webhook(
+        request, app[SIGNATURE], app[STORE], app[DISPATCHER].on_status, app[VOICE].tokens
+    )
 
 
 def _with_schedules(

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from announcer.files import write_private
+
 SAMPLE_RATE = 8000
 FRAME_MS = 20
 FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000  # 160 bytes of mu-law = 20 ms
@@ -102,10 +104,7 @@ def wav_bytes(ulaw: bytes) -> bytes:
 
 
 def write_wav(path: Path, ulaw: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(wav_bytes(ulaw))
-    tmp.replace(path)
+    write_private(path, wav_bytes(ulaw))  # a recording is what a person heard: its owner's only
 
 
 def rms(ulaw: bytes) -> float:

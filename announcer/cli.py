@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from announcer.config import ConfigError, Settings, load_settings
+from announcer.instance import InstanceError, claim
 from announcer.messages.render import MessageRenderer, RenderError
 
 
@@ -78,6 +79,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "port": settings.port if args.port is None else args.port,
             }
         )
+    # Whatever the shell's umask: what the service writes (database, cache, recordings, token) is the
+    # owner's only. The writers set 0600 themselves too; this covers what a library creates.
+    os.umask(0o077)
+    try:
+        held = claim(settings.host, settings.port, settings.announcer_data_dir)
+    except InstanceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     _setup_logging(settings.announcer_log_level)
     # Off while the service imports and opens everything: its heap grows by a million objects, and each
     # full collection on the way scans all of them again (0.15 s of a start). What is made at start
@@ -88,6 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings)
     except RenderError as err:
+        held.release()
         print(f"error: template {err}", file=sys.stderr)
         return 2
     log = logging.getLogger("announcer")
@@ -100,7 +110,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         public_url(settings),
     )
     app.on_startup.append(_freeze_startup_heap)  # after the lifecycle contexts have opened everything
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None, loop=_new_loop())
+    try:
+        # The socket bound by `claim`: the port was ours before anything was opened or written.
+        web.run_app(app, sock=held.sock, print=None, access_log=None, loop=_new_loop())
+    finally:
+        held.release()
     return 0
 
 

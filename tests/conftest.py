@@ -5,6 +5,7 @@ SDKs talk to are the only stand-ins for the outside world."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 import socket
@@ -190,12 +191,22 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
 async def start_service(settings: Settings) -> tuple[web.AppRunner, Service]:
     from announcer.app import create_app
 
-    app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    return runner, Service(app=app, base_url=f"http://{settings.host}:{settings.port}", settings=settings)
+    for _ in range(5):
+        app = create_app(settings)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as err:
+            # free_port's port was taken by another process before we bound it: another port
+            await runner.cleanup()
+            if err.errno != errno.EADDRINUSE:
+                raise
+            settings = settings.model_copy(update={"port": free_port()})
+            continue
+        return runner, Service(app=app, base_url=f"http://{settings.host}:{settings.port}", settings=settings)
+    raise AssertionError("no free port after 5 tries")
 
 
 @pytest.fixture

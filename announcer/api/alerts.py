@@ -12,7 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from announcer.api.http import error, idempotency_conflict, idempotency_key, invalid, read_model
+from announcer.api.http import (
+    error,
+    idempotency_conflict,
+    idempotency_key,
+    int_query,
+    invalid,
+    path_key,
+    read_model,
+)
 from announcer.api.schemas import AlertBody, PreviewBody
 from announcer.audio import wav_bytes
 from announcer.deliveries.dispatcher import Dispatcher
@@ -22,6 +30,7 @@ from announcer.deliveries.plan import (
     Problem,
     RecipientIn,
     agent_problems,
+    option_key_problems,
     plan_deliveries,
     prepare_template,
 )
@@ -30,10 +39,12 @@ from announcer.messages.render import MessageRenderer
 from announcer.speech.engine import SpeechError
 from announcer.speech.speaker import Speaker
 from announcer.store.deliveries import AlertFinished, DeliveryStore, IdempotencyConflict
+from announcer.store.models import MAX_INT
 from announcer.telephony.calls import TwilioCalls, TwilioError
 
 log = logging.getLogger(__name__)
 PAGE = 100
+MAX_PAGE = 1000
 _INLINE_PLAN = 200  # recipients planned on the event loop; more go to a worker thread
 
 
@@ -54,7 +65,9 @@ def _recipients(body: AlertBody) -> list[RecipientIn]:
 async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
     body = await read_model(request, AlertBody)
     key = idempotency_key(request)
-    if problems := agent_problems(body.options.agent is not None, deps.limits):
+    problems = agent_problems(body.options.agent is not None, deps.limits)
+    problems += option_key_problems(body.options, reminder=False)
+    if problems:
         raise invalid(problems)
     try:
         prepared = prepare_template(deps.renderer, body.template, body.template_text)
@@ -97,7 +110,7 @@ async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
 
 
 async def get_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
-    view = await deps.store.alert(request.match_info["alert_id"])
+    view = await deps.store.alert(path_key(request, "alert_id"))
     if view is None:
         raise error(404, "not_found", "no such alert")
     return web.json_response(
@@ -114,11 +127,9 @@ async def get_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
 
 
 async def list_deliveries(request: web.Request, deps: AlertsDeps) -> web.Response:
-    alert_id = request.match_info["alert_id"]
-    after = _int_query(request, "after", -1)
-    limit = _int_query(request, "limit", PAGE)
-    if not 1 <= limit <= 1000:
-        raise error(400, "invalid_query", "limit must be 1 to 1000", field="limit")
+    alert_id = path_key(request, "alert_id")
+    after = int_query(request, "after", -1, -1, MAX_INT)
+    limit = int_query(request, "limit", PAGE, 1, MAX_PAGE)
     if await deps.store.alert(alert_id) is None:
         raise error(404, "not_found", "no such alert")
     rows = await deps.store.deliveries(alert_id, after=after, limit=limit)
@@ -145,7 +156,7 @@ async def list_deliveries(request: web.Request, deps: AlertsDeps) -> web.Respons
 
 
 async def cancel_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
-    alert_id = request.match_info["alert_id"]
+    alert_id = path_key(request, "alert_id")
     unplaced = deps.dispatcher.withdraw(alert_id)  # claimed here, not dialed yet: never dialed now
     try:
         canceled, live = await deps.store.cancel_alert(alert_id, unplaced)
@@ -205,13 +216,3 @@ async def delete_opt_out(request: web.Request, deps: AlertsDeps) -> web.Response
     if not await deps.store.remove_opt_out(phone):
         raise error(404, "not_found", f"{phone} has not opted out")
     return web.json_response({"phone": phone, "opted_out": False})
-
-
-def _int_query(request: web.Request, name: str, default: int) -> int:
-    value = request.query.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise error(400, "invalid_query", f"{name} must be an integer", field=name) from None

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from announcer.api.http import error, idempotency_conflict, idempotency_key, read_model
+from announcer.api.http import error, idempotency_conflict, idempotency_key, path_id, read_model
 from announcer.api.schemas import AlertOptions, OutboundCallBody
 from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.plan import Limits
@@ -26,6 +26,7 @@ from announcer.messages.phones import BadNumber, to_e164
 from announcer.store import transcripts
 from announcer.store.calls import CallStore
 from announcer.store.deliveries import DeliveryStore, IdempotencyConflict, NewDelivery
+from announcer.telephony.voice import CALL_SID
 
 SID_WAIT_S = 10.0  # how long /outbound-call waits for Twilio's Call SID before answering without it
 
@@ -41,6 +42,8 @@ class CallsDeps:
 
 async def get_call(request: web.Request, deps: CallsDeps) -> web.Response:
     call_sid = request.match_info["call_sid"]
+    if not CALL_SID.match(call_sid):
+        raise error(404, "not_found", "no such call (a Call SID is CA and 32 hex digits)", field="call_sid")
     call_id = await deps.store.find_by_sid(call_sid)
     if call_id is None:
         raise error(404, "not_found", "no such call", field="call_sid")
@@ -48,10 +51,7 @@ async def get_call(request: web.Request, deps: CallsDeps) -> web.Response:
 
 
 async def get_delivery_call(request: web.Request, deps: CallsDeps) -> web.Response:
-    try:
-        delivery_id = int(request.match_info["delivery_id"])
-    except ValueError:
-        raise error(400, "invalid_path", "delivery_id must be an integer", field="delivery_id") from None
+    delivery_id = path_id(request, "delivery_id")
     found = await deps.deliveries.delivery_call(delivery_id)
     if found is None:
         raise error(404, "not_found", "no such delivery", field="delivery_id")

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from announcer.api.http import error, invalid, read_model
+from announcer.api.http import error, invalid, path_key, read_model
 from announcer.api.schemas import RecipientBody, ScheduleBody, SchedulePatch
 from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.plan import (
@@ -20,6 +20,7 @@ from announcer.deliveries.plan import (
     Problem,
     RecipientIn,
     agent_problems,
+    option_key_problems,
     plan_deliveries,
     prepare_template,
 )
@@ -84,6 +85,7 @@ def _view(row: ScheduleRow) -> dict[str, Any]:
 async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Response:
     body = await read_model(request, ScheduleBody)
     problems = agent_problems(body.options.agent is not None, deps.limits)
+    problems += option_key_problems(body.options, reminder=True)
     when = None
     try:
         when = parse_when(body.when.model_dump(exclude_none=True), utcnow())
@@ -125,7 +127,7 @@ async def list_schedules(request: web.Request, deps: SchedulesDeps) -> web.Respo
 
 
 async def _existing(request: web.Request, deps: SchedulesDeps) -> ScheduleRow:
-    row = await deps.store.get(request.match_info["schedule_id"])
+    row = await deps.store.get(path_key(request, "schedule_id"))
     if row is None:
         raise error(404, "not_found", "no such schedule")
     return row

@@ -56,7 +56,12 @@ class AgentOption(Strict):
 
 class AlertOptions(Strict):
     max_attempts: int = Field(default=1, ge=1, le=10, description="calls per recipient at most")
-    retry_on: list[RetryOn] = Field(default_factory=_default_retry_on)
+    retry_on: list[RetryOn] = Field(
+        default_factory=_default_retry_on,
+        max_length=3,
+        json_schema_extra={"uniqueItems": True},
+        description="the outcomes that are called again (a set: each at most once)",
+    )
     retry_backoff_s: float = Field(default=60.0, ge=0, le=86_400, description="doubles with each attempt")
     confirm: bool = Field(default=False, description='ask "press 1 to confirm, 2 to hear it again"')
     repeat_key: Digit | None = Field(default=None, description="another key that repeats the message")
@@ -72,6 +77,13 @@ class AlertOptions(Strict):
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("retry_on")
+    @classmethod
+    def _a_set(cls, value: list[RetryOn]) -> list[RetryOn]:
+        if len(set(value)) != len(value):
+            raise ValueError("each outcome at most once (a set)")
         return value
 
     @field_validator("repeat_key")

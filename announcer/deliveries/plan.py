@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from announcer.messages.phones import BadNumber, to_e164
 from announcer.messages.render import MessageRenderer, PreparedTemplate, RenderError
 from announcer.store.deliveries import NewDelivery  # what the store takes: planned, then stored as is
+from announcer.telephony.media import CONFIRM_KEY, OPT_OUT_KEY
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,49 @@ def agent_problems(wants_agent: bool, limits: Limits) -> list[Problem]:
     if wants_agent and not limits.agent:
         return [Problem("options.agent", "agent mode needs ELEVENLABS_AGENT_ID (an ElevenLabs agent)")]
     return []
+
+
+# The keys a call listens for, and what each does (telephony/media.py, deliveries/script.py). Each key an
+# alert or a schedule uses must do one thing: a key that both repeats and hands over did only one of them.
+REPEAT_KEY = "2"
+DECLINE_KEY, SNOOZE_KEY = "2", "3"  # a reminder's (a schedule with `confirm`): 2 cancels, 3 calls later
+
+
+def key_problems(
+    *, confirm: bool, reminder: bool, repeat_key: str | None, agent_key: str | None
+) -> list[Problem]:
+    """Every clash between the keys of one alert's or schedule's options, naming both fields."""
+    reminder_keys = reminder and confirm
+    taken: dict[str, str] = {OPT_OUT_KEY: f"{OPT_OUT_KEY} (opt out, always)"}
+    if confirm:
+        taken[CONFIRM_KEY] = f"{CONFIRM_KEY} (confirm, with options.confirm)"
+    if reminder_keys:
+        taken[DECLINE_KEY] = f"{DECLINE_KEY} (cancel, a reminder's with options.confirm)"
+        taken[SNOOZE_KEY] = f"{SNOOZE_KEY} (call again later, a reminder's with options.confirm)"
+    else:
+        taken[REPEAT_KEY] = f"{REPEAT_KEY} (repeat the message, always)"
+    problems: list[Problem] = []
+    for where, key in (("options.repeat_key", repeat_key), ("options.agent.key", agent_key)):
+        if key is None:
+            continue
+        if key in taken:
+            # repeat_key "2" on an alert only names the key that repeats anyway
+            if not (where == "options.repeat_key" and key == REPEAT_KEY and not reminder_keys):
+                problems.append(Problem(where, f'"{key}" is already key {taken[key]}'))
+        else:
+            taken[key] = f"{key} ({where})"
+    return problems
+
+
+def option_key_problems(options: Any, *, reminder: bool) -> list[Problem]:
+    """`key_problems` of an alert's or a schedule's validated options (api/schemas.py)."""
+    agent = options.agent
+    return key_problems(
+        confirm=options.confirm,
+        reminder=reminder,
+        repeat_key=options.repeat_key,
+        agent_key=agent.key if agent is not None and agent.after == "key" else None,
+    )
 
 
 def prepare_template(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from announcer.deliveries.plan import DECLINE_KEY, SNOOZE_KEY
 from announcer.messages.render import MessageRenderer, RenderError
 from announcer.store.calls import StreamGrant
 from announcer.store.deliveries import DeliveryStore
@@ -19,7 +20,6 @@ KEY_WINDOW_S = 8.0  # after the prompt has played: long enough to find the key, 
 # Said when the template cannot be rendered: the caller still gets a working prompt.
 FALLBACK_PROMPT = "Press 1 to confirm. Press 2 to hear this message again."
 FALLBACK_REMINDER_PROMPT = "Press 1 to confirm. Press 2 to cancel. Press 3 to be called again later."
-DECLINE_KEY, SNOOZE_KEY = "2", "3"
 
 
 class CallScripts:

@@ -24,12 +24,12 @@ import os
 import re
 import sys
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from announcer.audio import FRAME_BYTES
+from announcer.files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +123,9 @@ class AudioCache:
         return encode_frames([data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)])
 
     def _write(self, key: str, frames: Sequence[bytes]) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A name of our own per writer: two processes storing the same key never share a temp file.
-        tmp = path.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
-        try:
-            with tmp.open("wb") as f:
-                f.write(b"".join(frames))
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        # A temporary name of its own per writer (two processes storing the same key never share one),
+        # then a rename; mode 0600: what was said is the data directory owner's only.
+        write_private(self.path(key), b"".join(frames))
 
     # --- the API ----------------------------------------------------------------------------------
 

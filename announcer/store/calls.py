@@ -72,13 +72,16 @@ class CallStore:
 
     async def open_inbound(
         self, *, call_sid: str, from_number: str, to_number: str, kind: str, text: str, status: str
-    ) -> tuple[StreamGrant, str]:
-        """Record an inbound call (or find it again when Twilio retries the webhook) and issue a token."""
+    ) -> tuple[StreamGrant, str] | None:
+        """Record an inbound call (or find it again when Twilio retries the webhook) and issue a token.
+        None for a call that has already ended: a replayed webhook gives a finished call no second life."""
         now = utcnow()
         token = secrets.token_urlsafe(24)
-        find = select(Call.id, Call.text, Call.kind).where(Call.call_sid == call_sid)
+        find = select(Call.id, Call.text, Call.kind, Call.status).where(Call.call_sid == call_sid)
         async with self.sessions() as s:
             row = (await s.execute(find)).first()
+            if row is not None and CallStatus(row[3]) in TERMINAL_STATUSES:
+                return None
             found = (row[0], row[1], row[2]) if row is not None else None
             events: list[dict[str, Any]] = []
             if found is None:
@@ -104,7 +107,7 @@ class CallStore:
                 except IntegrityError:
                     # The same webhook raced us in another process: use its row.
                     await s.rollback()
-                    call_id, call_text, call_kind = (await s.execute(find)).one()
+                    call_id, call_text, call_kind, _ = (await s.execute(find)).one()
                     found = (call_id, call_text, call_kind)
                 else:
                     found = (new_id, text, kind)
@@ -260,6 +263,8 @@ async def _consume_token(token_hash: str, call_sid: str, now: datetime, b: Batch
     if call is None or (call.call_sid is not None and call.call_sid != call_sid):
         # Presented for another call: the token has leaked. It stays burnt rather than usable.
         return None
+    if CallStatus(call.status) in TERMINAL_STATUSES:
+        return None  # the call has ended: a stream on it would speak to nobody and write into its record
     return StreamGrant(
         call_id=row[0], call_sid=call.call_sid, text=call.text, kind=call.kind, options=call.options
     )
@@ -347,7 +352,7 @@ _USE_TOKEN = (
 )
 # An announcement's alert options come with the call (what happens after the message): one query.
 _CALL_FOR_GRANT = (
-    select(_CALLS.c.call_sid, _CALLS.c.text, _CALLS.c.kind, _ALERTS.c.options)
+    select(_CALLS.c.call_sid, _CALLS.c.text, _CALLS.c.kind, _CALLS.c.status, _ALERTS.c.options)
     .select_from(
         _CALLS.outerjoin(_DELIVERIES, _DELIVERIES.c.id == _CALLS.c.delivery_id).outerjoin(
             _ALERTS, _ALERTS.c.id == _DELIVERIES.c.alert_id

@@ -20,6 +20,8 @@ from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from announcer.files import create_private, make_private, private_dir
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # An arbitrary constant: every process of one deployment takes the same lock to migrate one at a time.
 _MIGRATION_LOCK_ID = 0x616E6E6F
@@ -46,7 +48,13 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = make_url(url)
         if self._sqlite_file and self.url.database:
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(self.url.database)
+            private_dir(path.parent)
+            # Made 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database file's
+            # mode, so the three stay private whatever the umask. Older ones are tightened.
+            create_private(path)
+            for companion in ("-wal", "-shm", "-journal"):
+                make_private(path.with_name(path.name + companion))
         options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0} if self._sqlite_file else {}
         self.engine: AsyncEngine = create_async_engine(
             self.url, echo=echo, pool_pre_ping=not self.is_sqlite, **options

@@ -24,6 +24,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+# The largest value of an INTEGER column on every database we run on (32-bit on PostgreSQL): ids and
+# counters from outside are checked against it before they reach a query.
+MAX_INT = 2**31 - 1
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

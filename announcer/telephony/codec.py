@@ -124,11 +124,15 @@ def _sid(obj: dict[str, Any], key: str, where: str, prefix: str) -> str:
     return value
 
 
+_MAX_NUMBER = 2**53  # what a JSON peer can count to exactly; Twilio's counters stay far below
+
+
 def _int_str(obj: dict[str, Any], key: str, where: str) -> int:
+    """A counter Twilio sends as a string of ASCII digits ("²" is a digit to str.isdigit)."""
     value = obj.get(key)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_NUMBER:
         return value
     raise ProtocolError(f"{where}.{key}: expected a number as a string")
 
@@ -139,6 +143,8 @@ def parse(raw: str | bytes) -> Inbound:
         msg = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise ProtocolError(f"not JSON: {err}") from None
+    except RecursionError:
+        raise ProtocolError("not JSON: nested too deeply") from None
     msg = _obj(msg, "message")
     event = msg.get("event")
     if event == "connected":
@@ -162,8 +168,8 @@ def parse(raw: str | bytes) -> Inbound:
             tracks=tuple(tracks),
             custom_parameters=dict(params),
             encoding=str(fmt.get("encoding", "audio/x-mulaw")),
-            sample_rate=int(fmt.get("sampleRate", 8000)),
-            channels=int(fmt.get("channels", 1)),
+            sample_rate=_int_str(fmt, "sampleRate", "start.mediaFormat") if "sampleRate" in fmt else 8000,
+            channels=_int_str(fmt, "channels", "start.mediaFormat") if "channels" in fmt else 1,
         )
     stream_sid = _sid(msg, "streamSid", event if isinstance(event, str) else "message", "MZ")
     if event == "media":
@@ -185,7 +191,10 @@ def parse(raw: str | bytes) -> Inbound:
             raise ProtocolError(f"dtmf.digit: {digit[:8]!r} is not a key")
         return Dtmf(stream_sid=stream_sid, digit=digit)
     if event == "mark":
-        return Mark(stream_sid=stream_sid, name=_str(_obj(msg.get("mark"), "mark"), "name", "mark"))
+        name = _str(_obj(msg.get("mark"), "mark"), "name", "mark")
+        if not _MARK_NAME.match(name):  # Twilio echoes only the marks we sent, and we send only these
+            raise ProtocolError(f"mark.name: {name[:40]!r} is not a mark this service sends")
+        return Mark(stream_sid=stream_sid, name=name)
     if event == "stop":
         stop = msg.get("stop")
         call_sid = _obj(stop, "stop").get("callSid", "") if stop is not None else ""

@@ -106,6 +106,7 @@ class MediaSession:
         self.media_in = 0
         self.bad = 0
         self.recorded_problems = 0
+        self._connected = False  # Twilio's first message; one is expected before `start`
         self.heard = False
         self.ended = False
         self.first_frame_at: float | None = None
@@ -136,21 +137,22 @@ class MediaSession:
                         if codec.is_media(raw):
                             # Hot path: an announcement does not listen to the caller's audio; an agent
                             # gets it passed on untouched.
-                            if self.start is None:
-                                self._protocol_problem("media before start")
-                            else:
+                            if self.start is not None:
                                 self.media_in += 1
                                 if self._agent is not None:
                                     await self._agent.user_audio(raw)
-                            continue
-                        try:
-                            event = codec.parse(raw)
-                        except codec.ProtocolError as err:
-                            self._protocol_problem(str(err))
+                                continue
+                            # Before `start` nothing is admitted: it counts against the limit below.
+                            self._protocol_problem("media before start")
                         else:
-                            await self._handle(event)
-                            if self.start is not None:
-                                deadline.reschedule(None)
+                            try:
+                                event = codec.parse(raw)
+                            except codec.ProtocolError as err:
+                                self._protocol_problem(str(err))
+                            else:
+                                await self._handle(event)
+                                if self.start is not None:
+                                    deadline.reschedule(None)
                     elif msg.type == WSMsgType.BINARY:
                         self._protocol_problem("binary frame (Twilio sends JSON text frames)")
                     elif msg.type == WSMsgType.ERROR:
@@ -180,6 +182,9 @@ class MediaSession:
 
     async def _handle(self, event: codec.Inbound) -> None:
         if isinstance(event, codec.Connected):
+            if self._connected or self.start is not None:
+                self._protocol_problem("a second connected message")
+            self._connected = True
             return
         if isinstance(event, codec.Start):
             await self._on_start(event)
@@ -254,7 +259,7 @@ class MediaSession:
             log.error("could not confirm the stream token of %s: %r", call_sid, err)
             return
         if grant is None:
-            log.warning("stream token for %s was already used elsewhere; cutting the stream", call_sid)
+            log.warning("stream token for %s refused (used elsewhere, or the call ended); cutting", call_sid)
             self._record("stream_token_reused")
             self.ended = True  # not our call to end: the stream that used the token first owns it
             await self._close(WSCloseCode.POLICY_VIOLATION, "stream token already used")

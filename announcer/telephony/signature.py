@@ -6,6 +6,7 @@ local socket's URL, so it is rebuilt from PUBLIC_URL plus the request's path and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -31,13 +32,23 @@ class SignatureChecker:
 
     async def verified_form(self, request: web.Request) -> MultiDictProxy[str]:
         """The POST form of a signed webhook; raises 403 when the signature is missing or wrong."""
-        form = await request.post()
+        try:
+            form = await request.post()
+        except ValueError:  # UnicodeDecodeError among them: a body that is not UTF-8 form data
+            # Nothing can be verified over fields that cannot be read; Twilio sends UTF-8.
+            raise _refused(400, "malformed_body", "body", "not UTF-8 form data") from None
         # Twilio posts plain form fields; an uploaded file has no place in a webhook.
         fields = MultiDictProxy(MultiDict((k, v) for k, v in form.items() if isinstance(v, str)))
         if not self.valid(self.url_for(request), fields, request.headers.get(HEADER)):
-            raise web.HTTPForbidden(
-                text='{"error": "invalid_signature", "field": "X-Twilio-Signature", '
-                '"reason": "missing or does not match the request"}',
-                content_type="application/json",
-            )
+            raise _refused(403, "invalid_signature", HEADER, "missing or does not match the request")
+        for key, value in fields.items():
+            if "\x00" in key or "\x00" in value:  # no text we store may hold one (PostgreSQL refuses it)
+                raise _refused(400, "invalid_field", key.replace("\x00", "")[:64], "contains a NUL character")
         return fields
+
+
+def _refused(status: int, code: str, field: str, reason: str) -> web.HTTPException:
+    body = json.dumps({"error": code, "field": field, "reason": reason})
+    if status == 403:
+        return web.HTTPForbidden(text=body, content_type="application/json")
+    return web.HTTPBadRequest(text=body, content_type="application/json")

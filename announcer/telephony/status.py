@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from announcer.store.calls import CallStore
-from announcer.store.models import CallStatus
+from announcer.store.models import MAX_INT, TERMINAL_STATUSES, CallStatus
 from announcer.telephony.signature import SignatureChecker
+from announcer.telephony.tokens import TokenBook
 from announcer.telephony.voice import CALL_SID, bad_request, require
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,9 @@ def _int_field(form: dict[str, str], field: str) -> int | None:
     value = form.get(field)
     if value is None or value == "":
         return None
-    if not value.isdigit():
-        raise bad_request(field, "must be a non-negative integer")
+    # ASCII digits only ("²" is a digit to str.isdigit), and within the database's INTEGER columns.
+    if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) > MAX_INT:
+        raise bad_request(field, f"must be an integer from 0 to {MAX_INT}")
     return int(value)
 
 
@@ -48,6 +50,7 @@ async def status_webhook(
     signature: SignatureChecker,
     store: CallStore,
     observer: StatusObserver | None = None,
+    tokens: TokenBook | None = None,
 ) -> web.Response:
     fields = await signature.verified_form(request)
     form = {k: fields[k] for k in fields}
@@ -64,7 +67,9 @@ async def status_webhook(
     error_code = _int_field(form, "ErrorCode")
     attempt = request.query.get("call", "")
     named_sid: str | None = None
-    if attempt.isdigit():
+    if attempt:
+        if not (attempt.isascii() and attempt.isdigit()) or len(attempt) > 10 or int(attempt) > MAX_INT:
+            raise bad_request("call", "the status URL's call id is not one of ours")
         # Our status URL names the attempt's call row (the URL is signed, so the id is ours): no lookup
         # by SID, whose row may not have it yet (the create request's answer may still be on its way).
         call_id: int | None = int(attempt)
@@ -87,6 +92,8 @@ async def status_webhook(
         extra=extra,
         call_sid=named_sid,
     )
+    if applied.moved and status in TERMINAL_STATUSES and tokens is not None:
+        tokens.call_ended(call_sid)  # a stream that comes after the end admits nothing
     if applied.moved and observer is not None and carries_delivery:  # the greeting line: no one to tell
         await observer(StatusReport(call_id, status, applied.answered, sip, error_code))
     return web.Response(status=204)

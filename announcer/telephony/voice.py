@@ -86,7 +86,7 @@ async def voice_webhook(request: web.Request, deps: VoiceDeps) -> web.Response:
             # Synthesis starts now, beside the database write, not when the stream's `start` arrives
             # (Twilio connects the stream only after it has this answer).
             deps.speaker.prefetch(text)
-            grant, token = await deps.store.open_inbound(
+            opened = await deps.store.open_inbound(
                 call_sid=call_sid,
                 from_number=from_number,
                 to_number=to_number,
@@ -100,6 +100,10 @@ async def voice_webhook(request: web.Request, deps: VoiceDeps) -> web.Response:
     except (TimeoutError, OSError) as err:
         log.error("voice webhook for %s failed: %r", call_sid, err)
         return xml(twiml.say_then_hangup(twiml.SORRY))
+    if opened is None:
+        log.warning("voice webhook for %s, which has already ended: hanging up", call_sid)
+        return xml(twiml.hangup())
+    grant, token = opened
     deps.tokens.issued(token, grant)
     log.info("inbound call %s from %s: streaming the greeting", call_sid, mask(from_number))
     return xml(twiml.connect_stream(deps.media_url, {"token": token}))
