@@ -22,6 +22,7 @@ from announcer.deliveries.plan import (
     Problem,
     RecipientIn,
     agent_problems,
+    callback_problems,
     plan_deliveries,
     prepare_template,
 )
@@ -54,7 +55,9 @@ def _recipients(body: AlertBody) -> list[RecipientIn]:
 async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
     body = await read_model(request, AlertBody)
     key = idempotency_key(request)
-    if problems := agent_problems(body.options.agent is not None, deps.limits):
+    problems = agent_problems(body.options.agent is not None, deps.limits)
+    problems += callback_problems(body.options.callback_url, deps.limits)
+    if problems:
         raise invalid(problems)
     try:
         prepared = prepare_template(deps.renderer, body.template, body.template_text)

@@ -20,6 +20,7 @@ from announcer.deliveries.plan import (
     Problem,
     RecipientIn,
     agent_problems,
+    callback_problems,
     plan_deliveries,
     prepare_template,
 )
@@ -84,6 +85,7 @@ def _view(row: ScheduleRow) -> dict[str, Any]:
 async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Response:
     body = await read_model(request, ScheduleBody)
     problems = agent_problems(body.options.agent is not None, deps.limits)
+    problems += callback_problems(body.options.callback_url, deps.limits)
     when = None
     try:
         when = parse_when(body.when.model_dump(exclude_none=True), utcnow())
