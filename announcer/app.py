@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import aiohttp
 from aiohttp import WSCloseCode, web
 
 from announcer.agent.connect import AgentConnector
@@ -31,6 +30,7 @@ from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
 from announcer.deliveries.callbacks import WebhookSender
 from announcer.deliveries.dispatcher import Dispatcher
+from announcer.deliveries.egress import EgressPolicy
 from announcer.deliveries.notify import OutcomeNotifier
 from announcer.deliveries.plan import Limits
 from announcer.deliveries.script import PROMPT_TEMPLATE, CallScripts
@@ -347,8 +347,8 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite, journal=app[STORE].journal
     )
     secret = settings.announcer_webhook_secret or settings.announcer_api_token
-    http = aiohttp.ClientSession()
-    sender = WebhookSender(http, secret.get_secret_value() if secret else app[API_TOKEN])
+    egress = EgressPolicy.from_settings(settings)
+    sender = WebhookSender(secret.get_secret_value() if secret else app[API_TOKEN], egress=egress)
     sender.start()
     notifier = OutcomeNotifier(sender, store)
     dispatcher = Dispatcher(
@@ -376,6 +376,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
             region=settings.announcer_default_region,
             strict_numbers=not settings.twilio_sandbox,
             agent=app[AGENT] is not None,
+            callbacks=egress,
         ),
         dispatcher=dispatcher,
         speaker=app[SPEAKER],
@@ -386,7 +387,6 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     await dispatcher.close()
     await notifier.close()
     await sender.close()
-    await http.close()
 
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:

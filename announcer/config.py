@@ -6,6 +6,7 @@ Values come from the environment or `.env`; secrets are `SecretStr` so they neve
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Self
@@ -19,6 +20,11 @@ DEFAULT_TEMPLATES_DIR = PROJECT_ROOT / "templates"
 
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+# A DNS host name, lower case without the trailing dot: letter-digit-hyphen labels (underscores too, which
+# DNS carries and some internal names use), 253 characters at most.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -35,6 +41,30 @@ def _http_url(value: str | None, *, name: str) -> str | None:
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValueError(f"{name} must be an http(s) URL, got {value!r}")
     return value
+
+
+def split_allow_hosts(
+    value: str,
+) -> tuple[frozenset[str], tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
+    """ANNOUNCER_CALLBACK_ALLOW_HOSTS ("hooks.internal, 10.0.0.0/8, ::1") as host names and networks; a
+    bare address is a one-address network. ValueError naming the first item that is neither."""
+    names: set[str] = set()
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for item in value.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        try:
+            # strict=False: 10.1.2.3/8 means 10.0.0.0/8, as routers read it.
+            networks.append(ipaddress.ip_network(item.strip("[]"), strict=False))
+            continue
+        except ValueError:
+            if "/" in item or not HOST_NAME.fullmatch(item.removesuffix(".")):
+                raise ValueError(
+                    f"{item!r} is neither a host name nor a CIDR (e.g. hooks.internal, 10.0.0.0/8)"
+                ) from None
+        names.add(item.removesuffix("."))
+    return frozenset(names), tuple(networks)
 
 
 class Settings(BaseSettings):
@@ -81,6 +111,10 @@ class Settings(BaseSettings):
     # Schedules due within this many seconds (plus their pre-synthesis lead) are armed in memory; the
     # rest wait in the table until they come near. At least two syncs (4 s) long.
     announcer_schedule_horizon_s: Annotated[float, Field(ge=4)] = 3600.0
+    # Outcome webhooks (callback_url): plain http:// is refused unless allowed; so is every internal address
+    # (loopback, private, link-local...) unless its host name or a CIDR holding it is listed here.
+    announcer_callback_allow_http: bool = False
+    announcer_callback_allow_hosts: str = ""
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
 
@@ -95,6 +129,12 @@ class Settings(BaseSettings):
         checked = _http_url(v, name="base URL")
         assert checked is not None
         return checked
+
+    @field_validator("announcer_callback_allow_hosts")
+    @classmethod
+    def _check_allow_hosts(cls, v: str) -> str:
+        split_allow_hosts(v)
+        return v
 
     @field_validator("twilio_account_sid")
     @classmethod

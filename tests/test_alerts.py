@@ -252,7 +252,27 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-async def test_outcomes_are_posted_signed_to_the_callback_url(service: Service, receiver: Receiver) -> None:
+# The receiver listens on 127.0.0.1 over http: the operator's allowances for both (deliveries/egress.py).
+RECEIVER_ALLOWED: dict[str, Any] = {
+    "announcer_callback_allow_http": True,
+    "announcer_callback_allow_hosts": "127.0.0.1",
+}
+
+
+@pytest.fixture
+async def hooked_service(tmp_path: Path, database_url: str) -> AsyncIterator[Service]:
+    """The service of the callback tests: it may post to the receiver."""
+    runner, svc = await start_service(make_settings(tmp_path, database_url, **RECEIVER_ALLOWED))
+    try:
+        yield svc
+    finally:
+        await runner.cleanup()
+
+
+async def test_outcomes_are_posted_signed_to_the_callback_url(
+    hooked_service: Service, receiver: Receiver
+) -> None:
+    service = hooked_service
     service.sandbox.set_behavior(BUSY, PhoneBehavior(answer="busy"))
     status, accepted = await post(service, "/v1/alerts", alert_body(HEARER, BUSY, callback_url=receiver.url))
     assert status == 202
@@ -466,9 +486,12 @@ async def test_oversized_body_is_413_json(service: Service) -> None:
     assert not service.sandbox.calls
 
 
-async def test_twenty_recipients_each_end_in_what_happened(service: Service, receiver: Receiver) -> None:
+async def test_twenty_recipients_each_end_in_what_happened(
+    hooked_service: Service, receiver: Receiver
+) -> None:
     """The issue's mixed list: answer, press 1, press 2 then hang up, no answer, busy, invalid number;
     retries as configured, and every outcome reported through the signed webhook."""
+    service = hooked_service
     groups: dict[str, list[str]] = {
         "heard": [f"+155501020{i:02d}" for i in range(4)],
         "confirmed": [f"+155501021{i:02d}" for i in range(4)],

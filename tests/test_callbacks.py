@@ -14,16 +14,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from ipaddress import IPv4Network
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from announcer.deliveries import callbacks
 from announcer.deliveries.callbacks import WebhookSender, backoff_delay, sign, verify
+from announcer.deliveries.egress import EgressPolicy
 
 SECRET = "whsec_test_0123456789"
+# The receiver is on 127.0.0.1 over http: both allowed explicitly, as an operator would (egress.py).
+LOCAL_RECEIVER = EgressPolicy(allow_http=True, allow_networks=(IPv4Network("127.0.0.1/32"),))
 PAYLOAD: dict[str, Any] = {"event": "delivery.completed", "alert_id": "al_1", "outcome": "answered", "n": 1}
 
 
@@ -102,23 +105,22 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 SenderFactory = Callable[..., WebhookSender]
 
 
 @pytest.fixture
-async def make_sender(session: aiohttp.ClientSession, receiver: Receiver) -> AsyncIterator[SenderFactory]:
+async def make_sender(receiver: Receiver) -> AsyncIterator[SenderFactory]:
     made: list[WebhookSender] = []
 
     def make(*, start: bool = True, **knobs: Any) -> WebhookSender:
-        options: dict[str, Any] = {"backoff_s": 0.01, "max_backoff_s": 0.05, "timeout_s": 5.0}
+        options: dict[str, Any] = {
+            "egress": LOCAL_RECEIVER,
+            "backoff_s": 0.01,
+            "max_backoff_s": 0.05,
+            "timeout_s": 5.0,
+        }
         options.update(knobs)
-        sender = WebhookSender(session, SECRET, **options)
+        sender = WebhookSender(SECRET, **options)
         if start:
             sender.start()
         made.append(sender)
@@ -419,6 +421,6 @@ async def test_wait_idle_times_out_while_busy(receiver: Receiver, make_sender: S
         await sender.wait_idle(0.05)
 
 
-async def test_constructor_rejects_empty_secret(session: aiohttp.ClientSession) -> None:
+def test_constructor_rejects_empty_secret() -> None:
     with pytest.raises(ValueError):
-        WebhookSender(session, "")
+        WebhookSender("", egress=LOCAL_RECEIVER)

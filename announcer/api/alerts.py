@@ -30,6 +30,7 @@ from announcer.deliveries.plan import (
     Problem,
     RecipientIn,
     agent_problems,
+    callback_problems,
     option_key_problems,
     plan_deliveries,
     prepare_template,
@@ -67,6 +68,7 @@ async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
     key = idempotency_key(request)
     problems = agent_problems(body.options.agent is not None, deps.limits)
     problems += option_key_problems(body.options, reminder=False)
+    problems += callback_problems(body.options.callback_url, deps.limits)
     if problems:
         raise invalid(problems)
     try:

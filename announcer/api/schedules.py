@@ -20,6 +20,7 @@ from announcer.deliveries.plan import (
     Problem,
     RecipientIn,
     agent_problems,
+    callback_problems,
     option_key_problems,
     plan_deliveries,
     prepare_template,
@@ -86,6 +87,7 @@ async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Resp
     body = await read_model(request, ScheduleBody)
     problems = agent_problems(body.options.agent is not None, deps.limits)
     problems += option_key_problems(body.options, reminder=True)
+    problems += callback_problems(body.options.callback_url, deps.limits)
     when = None
     try:
         when = parse_when(body.when.model_dump(exclude_none=True), utcnow())

@@ -65,19 +65,13 @@ class AlertOptions(Strict):
     retry_backoff_s: float = Field(default=60.0, ge=0, le=86_400, description="doubles with each attempt")
     confirm: bool = Field(default=False, description='ask "press 1 to confirm, 2 to hear it again"')
     repeat_key: Digit | None = Field(default=None, description="another key that repeats the message")
+    # Judged by the outbound policy (deliveries/egress.py) in the handler: what it allows is the settings'.
     callback_url: str | None = Field(
-        default=None, max_length=2048, description="signed outcome webhooks go here"
+        default=None, max_length=2048, description="signed outcome webhooks go here (https, a public host)"
     )
     agent: AgentOption | None = Field(
         default=None, description="hand the call to the conversational agent (agent mode)"
     )
-
-    @field_validator("callback_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
 
     @field_validator("retry_on")
     @classmethod

@@ -15,6 +15,13 @@ sort_keys=True)`) with these headers:
   away from their clock (`verify` does, 300 s by default) to stop replays. A header may carry several
   `v1=` entries; one matching is enough, which lets a secret be rotated without downtime.
 
+Outbound policy
+---------------
+Every URL is judged by the EgressPolicy (egress.py) before its first attempt, and every address its host
+resolves to when a connection is made (the sender's own connector resolves through `GuardedResolver`; no
+proxy from the environment). A refused one is a permanent failure, never retried: counted in `failed`,
+its attempt logged with the error `refused_by_policy`, one log line naming the host and the reason.
+
 Retry policy
 ------------
 * 2xx: delivered.
@@ -48,6 +55,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
+
+from announcer.deliveries.egress import EgressPolicy, EgressRefused, GuardedResolver
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,7 @@ SIGNATURE_HEADER = "X-Announcer-Signature"
 EVENT_ID_HEADER = "X-Announcer-Event-Id"
 USER_AGENT = "announcer-webhooks/1"
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+REFUSED_BY_POLICY = "refused_by_policy"  # an Attempt's error when the outbound policy refused the URL
 # Bounded so a long-running process keeps a window for metrics and debugging, not a leak.
 ATTEMPT_LOG_SIZE = 1000
 
@@ -142,8 +153,8 @@ def _host(url: str) -> str:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One HTTP attempt: `status` when the receiver answered, otherwise `error` ("timeout" or the
-    exception's class name). `at` is `time.monotonic()` when the attempt ended."""
+    """One HTTP attempt: `status` when the receiver answered, otherwise `error` ("timeout",
+    REFUSED_BY_POLICY, or the exception's class name). `at` is `time.monotonic()` when the attempt ended."""
 
     event_id: str
     url: str
@@ -169,15 +180,17 @@ class _Outcome:
 class WebhookSender:
     """Queues outcome webhooks and delivers them from a background worker (see the module docstring).
 
-    Not thread-safe: `send` is called from the event loop the worker runs on. The session belongs to
-    the caller, who closes it after `close()`.
+    Not thread-safe: `send` is called from the event loop the worker runs on. The sender owns its HTTP
+    session, made by `start` and closed by `close`: only its own connector resolves through the policy.
+    `resolver` is the name service under the policy (aiohttp's default when None).
     """
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
         secret: str,
         *,
+        egress: EgressPolicy,
+        resolver: AbstractResolver | None = None,
         timeout_s: float = 10,
         max_attempts: int = 8,
         backoff_s: float = 1.0,
@@ -192,7 +205,10 @@ class WebhookSender:
             raise ValueError("timeout_s must be > 0, max_attempts >= 1, backoff_s and max_backoff_s >= 0")
         if max_queue < 1 or concurrency < 1:
             raise ValueError("max_queue and concurrency must be >= 1")
-        self._session = session
+        self._egress = egress
+        self._resolver = resolver
+        self._session: aiohttp.ClientSession | None = None
+        self._guarded: GuardedResolver | None = None
         self._secret = secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_attempts = max_attempts
@@ -228,6 +244,13 @@ class WebhookSender:
         """Start the worker; call from inside the running event loop."""
         if self._closed:
             raise RuntimeError("WebhookSender is closed")
+        if self._session is None:
+            self._guarded = GuardedResolver(self._egress, self._resolver or aiohttp.DefaultResolver())
+            # trust_env=False: a proxy from the environment would make the connection, to addresses the
+            # resolver above never sees.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=self._guarded), trust_env=False
+            )
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name="webhook-sender")
 
@@ -289,6 +312,11 @@ class WebhookSender:
             log.error("webhook %s to %s dropped: the sender closed first", job.event_id, _host(job.url))
             self.dropped += 1
             self._finished()
+        if self._session is not None:
+            await self._session.close()
+        if self._guarded is not None:
+            # A connector leaves open a resolver it was given rather than made.
+            await self._guarded.close()
 
     async def _run(self) -> None:
         while True:
@@ -322,6 +350,12 @@ class WebhookSender:
 
     async def _deliver(self, job: _Job) -> None:
         host = _host(job.url)
+        # Judged again at send time: the URL was accepted under the settings of that moment (a schedule's,
+        # maybe months ago), and an IP literal never reaches the resolver that guards host names.
+        if (problem := self._egress.url_problem(job.url)) is not None:
+            self._refused(job, host, problem)
+            self.failed += 1
+            return
         for number in range(1, self._max_attempts + 1):
             async with self._slots:
                 outcome = await self._attempt(job, host)
@@ -350,8 +384,10 @@ class WebhookSender:
             # Signed per attempt: a retry hours later must still pass the receiver's timestamp check.
             SIGNATURE_HEADER: sign(self._secret, job.body, int(time.time())),
         }
+        assert self._session is not None, "attempts are made by the worker, which start() starts"
         try:
-            # allow_redirects=False: a redirected POST would turn into a GET and lose the body.
+            # allow_redirects=False: a redirected POST would turn into a GET and lose the body, and its
+            # Location would be a second URL for the policy to judge.
             async with self._session.post(
                 job.url, data=job.body, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as response:
@@ -367,6 +403,10 @@ class WebhookSender:
             log.warning("webhook %s to %s: timed out", job.event_id, host)
             return _Outcome(done=False, delivered=False)
         except aiohttp.ClientError as exc:
+            # The guarded resolver's refusal arrives as the connector's error (its os_error).
+            if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, EgressRefused):
+                self._refused(job, host, str(exc.os_error))
+                return _Outcome(done=True, delivered=False)
             self._record(job, None, type(exc).__name__)
             log.warning("webhook %s to %s: %s", job.event_id, host, type(exc).__name__)
             return _Outcome(done=False, delivered=False)
@@ -381,6 +421,10 @@ class WebhookSender:
             )
         log.error("webhook %s to %s failed: status %d, not retried", job.event_id, host, status)
         return _Outcome(done=True, delivered=False)
+
+    def _refused(self, job: _Job, host: str, reason: str) -> None:
+        self._record(job, None, REFUSED_BY_POLICY)
+        log.error("webhook %s to %s refused by the callback policy: %s", job.event_id, host, reason)
 
     def _record(self, job: _Job, status: int | None, error: str | None) -> None:
         self._attempts.append(

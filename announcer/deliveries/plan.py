@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from announcer.deliveries.egress import EgressPolicy
 from announcer.messages.phones import BadNumber, to_e164
 from announcer.messages.render import MessageRenderer, PreparedTemplate, RenderError
 from announcer.store.deliveries import NewDelivery  # what the store takes: planned, then stored as is
@@ -53,6 +54,8 @@ class Limits:
     region: str | None  # for numbers given without +country
     strict_numbers: bool  # False in sandbox mode: fictional 555 numbers are fine there
     agent: bool = False  # an agent is configured: calls may be handed to it (agent mode)
+    # What an options.callback_url may reach; the default refuses every internal host and plain http.
+    callbacks: EgressPolicy = field(default_factory=EgressPolicy)
 
 
 def agent_problems(wants_agent: bool, limits: Limits) -> list[Problem]:
@@ -103,6 +106,13 @@ def option_key_problems(options: Any, *, reminder: bool) -> list[Problem]:
         repeat_key=options.repeat_key,
         agent_key=agent.key if agent is not None and agent.after == "key" else None,
     )
+
+
+def callback_problems(url: str | None, limits: Limits) -> list[Problem]:
+    """A callback_url the outbound policy refuses by its look is refused at acceptance, not found at the
+    first outcome; where its host resolves is judged at each send."""
+    reason = limits.callbacks.url_problem(url) if url is not None else None
+    return [Problem("options.callback_url", reason)] if reason else []
 
 
 def prepare_template(
