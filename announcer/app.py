@@ -34,6 +34,7 @@ from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.notify import OutcomeNotifier
 from announcer.deliveries.plan import Limits
 from announcer.deliveries.script import PROMPT_TEMPLATE, CallScripts
+from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.greeting import Greeting
 from announcer.messages.render import MessageRenderer
 from announcer.scheduling.leader import Leadership
@@ -375,8 +376,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         limits=Limits(
             max_recipients=settings.announcer_max_recipients,
             max_text_chars=settings.announcer_max_text_chars,
-            region=settings.announcer_default_region,
-            strict_numbers=not settings.twilio_sandbox,
+            destinations=DestinationPolicy.from_settings(settings),
             agent=app[AGENT] is not None,
         ),
         dispatcher=dispatcher,

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import time_machine
@@ -70,9 +71,9 @@ class Clock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-    async def start(self, at: datetime | None = None) -> Service:
-        """Start the service (sandbox mode, this test's database) at `at`, or at the clock's time (a
-        restart); returns once its scheduler has armed what the database holds."""
+    async def start(self, at: datetime | None = None, **settings: Any) -> Service:
+        """Start the service (sandbox mode, this test's database, `settings` over the tests' own) at `at`,
+        or at the clock's time (a restart); returns once its scheduler has armed what the database holds."""
         if self._traveller is None:
             if at is None:
                 raise ValueError("the first start names the time the clock starts at")
@@ -80,7 +81,7 @@ class Clock:
             self._traveller = self._travel.start()
         elif at is not None:
             self._move(at)
-        runner, service = await start_service(make_settings(self._tmp_path, self._database_url))
+        runner, service = await start_service(make_settings(self._tmp_path, self._database_url, **settings))
         self._running.append((runner, service))
         await asyncio.wait_for(service.app[SCHEDULES].scheduler.started.wait(), START_TIMEOUT_S)
         return service
