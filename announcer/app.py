@@ -349,6 +349,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     store = DeliveryStore(
         app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite, journal=app[STORE].journal
     )
+    destinations = DestinationPolicy.from_settings(settings)  # planning and dialing check the same one
     secret = settings.announcer_webhook_secret or settings.announcer_api_token
     http = aiohttp.ClientSession()
     sender = WebhookSender(http, secret.get_secret_value() if secret else app[API_TOKEN])
@@ -366,6 +367,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         on_move=notifier.moved,
         # longer than a create request may take, or a slow answer would look like a lost one
         lease=timedelta(seconds=max(settings.announcer_claim_lease_s, 2 * settings.twilio_timeout_s)),
+        destinations=destinations,
     )
     app[DELIVERIES] = store
     app[WEBHOOKS] = sender
@@ -376,7 +378,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         limits=Limits(
             max_recipients=settings.announcer_max_recipients,
             max_text_chars=settings.announcer_max_text_chars,
-            destinations=DestinationPolicy.from_settings(settings),
+            destinations=destinations,
             agent=app[AGENT] is not None,
         ),
         dispatcher=dispatcher,

@@ -20,9 +20,10 @@ from phonenumbers import PhoneNumberType
 from announcer.config import ConfigError, load_settings
 from announcer.messages.destinations import REFUSED_BY_DEFAULT, DestinationPolicy
 from announcer.messages.phones import BadNumber
+from announcer.sandbox.twilio_call import PhoneBehavior
 from tests.clock import Clock
 from tests.conftest import AUTH, Service, eventually, make_settings, start_service
-from tests.test_alerts import HEARER, alert_body, get, post
+from tests.test_alerts import BUSY, HEARER, alert_body, finished, get, post
 from tests.test_schedules import calls_to, heard_fires, occurrences, schedule_body
 
 LIVE = DestinationPolicy(strict=True)  # what a deployment with Twilio credentials checks
@@ -278,3 +279,29 @@ async def test_a_schedule_whose_recipient_a_tightened_policy_refuses_fails_its_f
     assert status == 201, again
     await clock.advance(timedelta(hours=1))
     assert len(await heard_fires(service, again["id"])) == 1
+
+
+async def test_a_retry_accepted_before_the_policy_narrowed_is_not_dialed(clock: Clock) -> None:
+    service = await clock.start(datetime(2027, 6, 10, 6, tzinfo=UTC))
+    service.sandbox.set_behavior(BUSY, PhoneBehavior(answer="busy"))
+    body = alert_body(BUSY, max_attempts=2, retry_on=["busy"], retry_backoff_s=600)
+    status, accepted = await post(service, "/v1/alerts", body)
+    assert status == 202, accepted
+    await clock.advance(timedelta(seconds=1))  # the first attempt: busy, the second due in 10 minutes
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    [delivery] = page["deliveries"]
+    assert delivery["attempt"] == 1 and delivery["state"] not in ("failed", "busy"), delivery
+    assert len(calls_to(service, BUSY)) == 1
+    await clock.stop(service)
+    # the operator narrows the policy; the retry planned under the old one must not ring
+    service = await clock.start(announcer_allowed_countries="GB")
+    await clock.advance(timedelta(minutes=11))
+    alert = await finished(service, accepted["id"])
+    assert alert["counts"] == {"failed": 1}, alert
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    [delivery] = page["deliveries"]
+    assert delivery["outcome_reason"].startswith("refused by the destination policy: a number in US"), (
+        delivery
+    )
+    assert "ANNOUNCER_ALLOWED_COUNTRIES" in delivery["outcome_reason"]
+    assert calls_to(service, BUSY) == []  # the restarted service's phone network saw no call
