@@ -35,13 +35,12 @@ REFUSED_BY_DEFAULT: Mapping[int, str] = MappingProxyType(
         # Billed above a normal call with part of it paid to the owner (FR 081/082, DE 0180): revenue share.
         PhoneNumberType.SHARED_COST: "a shared-cost number (dearer than a call, part paid to its owner)",
         # A company's one number routed anywhere at rates set per range: UK 03 costs a landline call, but
-        # UK 055 ("corporate numbers") costs up to premium rates and is a known fraud range. People, whom
-        # announcements are for, do not have one.
+        # UK 055 ("corporate numbers") costs far more. People, whom announcements are for, do not have one.
         PhoneNumberType.UAN: "a universal access number (a company's number, charged at rates set per range)",
-        # Forwarded anywhere at rates its owner sets; UK 070 numbers look like mobiles and were abused so
-        # widely that Ofcom capped their price.
+        # Forwarded anywhere at rates its owner sets; UK 070 numbers look like mobiles, and their misuse
+        # made Ofcom cap their price.
         PhoneNumberType.PERSONAL_NUMBER: "a personal number (forwarded anywhere, at rates its owner sets)",
-        # Nobody can hear an announcement on a pager; UK 076 is another range fraud favours.
+        # Nobody can hear an announcement on a pager, and the call may still be charged.
         PhoneNumberType.PAGER: "a pager number (nobody can hear an announcement there)",
         # A mailbox system's access number, not a person: the message would never be heard as meant.
         PhoneNumberType.VOICEMAIL: "a voicemail access number (a mailbox system, not a person)",
