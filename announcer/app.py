@@ -35,6 +35,7 @@ from announcer.deliveries.notify import OutcomeNotifier
 from announcer.deliveries.plan import Limits
 from announcer.deliveries.script import PROMPT_TEMPLATE, CallScripts
 from announcer.files import private_dir, tighten_tree, write_private
+from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.greeting import Greeting
 from announcer.messages.render import MessageRenderer
 from announcer.scheduling.leader import Leadership
@@ -346,6 +347,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     store = DeliveryStore(
         app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite, journal=app[STORE].journal
     )
+    destinations = DestinationPolicy.from_settings(settings)  # planning and dialing check the same one
     secret = settings.announcer_webhook_secret or settings.announcer_api_token
     egress = EgressPolicy.from_settings(settings)
     sender = WebhookSender(secret.get_secret_value() if secret else app[API_TOKEN], egress=egress)
@@ -363,6 +365,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         on_move=notifier.moved,
         # longer than a create request may take, or a slow answer would look like a lost one
         lease=timedelta(seconds=max(settings.announcer_claim_lease_s, 2 * settings.twilio_timeout_s)),
+        destinations=destinations,
     )
     app[DELIVERIES] = store
     app[WEBHOOKS] = sender
@@ -373,8 +376,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         limits=Limits(
             max_recipients=settings.announcer_max_recipients,
             max_text_chars=settings.announcer_max_text_chars,
-            region=settings.announcer_default_region,
-            strict_numbers=not settings.twilio_sandbox,
+            destinations=destinations,
             agent=app[AGENT] is not None,
             callbacks=egress,
         ),

@@ -9,11 +9,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATES_DIR = PROJECT_ROOT / "templates"
@@ -28,6 +29,13 @@ HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
+# A comma list in the environment ("US, GB"), not JSON (NoDecode: pydantic-settings would parse it as JSON).
+CommaList = Annotated[frozenset[str], NoDecode]
+
+# The number types ANNOUNCER_ALLOWED_NUMBER_TYPES may name: phonenumbers' PhoneNumberType, lower case.
+NUMBER_TYPES = frozenset(
+    name.lower() for name in vars(phonenumbers.PhoneNumberType) if name.isupper() and name != "UNKNOWN"
+)
 
 
 class ConfigError(Exception):
@@ -106,6 +114,10 @@ class Settings(BaseSettings):
     announcer_max_text_chars: PositiveInt = 2_000
     announcer_max_body_bytes: PositiveInt = 8 * 2**20
     announcer_default_region: str | None = None
+    # Where calls may go (messages/destinations.py): ISO 3166 alpha-2 codes; empty = every country.
+    announcer_allowed_countries: CommaList = frozenset()
+    # Number types refused by default (premium rate, shared cost, ...) that this deployment calls anyway.
+    announcer_allowed_number_types: CommaList = frozenset()
     # A claimed delivery must have its Call SID within this time, else it is reconciled with Twilio.
     announcer_claim_lease_s: PositiveFloat = 60.0  # e.g. US: numbers without +country are read as that
     # Schedules due within this many seconds (plus their pre-synthesis lead) are armed in memory; the
@@ -158,6 +170,32 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as err:
             raise ValueError(f"unknown time zone {v!r}") from err
         return v
+
+    @field_validator("announcer_allowed_countries", "announcer_allowed_number_types", mode="before")
+    @classmethod
+    def _split_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return frozenset(part.strip() for part in v.split(",") if part.strip())
+        return v
+
+    @field_validator("announcer_allowed_countries")
+    @classmethod
+    def _check_countries(cls, v: frozenset[str]) -> frozenset[str]:
+        codes = frozenset(code.upper() for code in v)
+        if unknown := sorted(codes - phonenumbers.SUPPORTED_REGIONS):
+            hint = "; the United Kingdom is GB" if "UK" in unknown else ""
+            raise ValueError(f"not ISO 3166 alpha-2 codes: {', '.join(unknown)} (e.g. US, GB, DE{hint})")
+        return codes
+
+    @field_validator("announcer_allowed_number_types")
+    @classmethod
+    def _check_number_types(cls, v: frozenset[str]) -> frozenset[str]:
+        names = frozenset(name.lower() for name in v)
+        if unknown := sorted(names - NUMBER_TYPES):
+            raise ValueError(
+                f"unknown number types: {', '.join(unknown)} (known: {', '.join(sorted(NUMBER_TYPES))})"
+            )
+        return names
 
     @field_validator("announcer_log_level")
     @classmethod

@@ -58,6 +58,7 @@ from harness import (
 from announcer.api.schemas import AlertBody
 from announcer.config import DEFAULT_TEMPLATES_DIR
 from announcer.deliveries.plan import Limits, RecipientIn, plan_deliveries, prepare_template
+from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.render import MessageRenderer
 from announcer.sandbox import SandboxElevenLabs, SandboxTwilio
 from announcer.speech.local import LocalSynthesizer
@@ -186,7 +187,7 @@ def accept_cost(body: bytes) -> dict[str, float]:
     """The acceptance's CPU work outside the database, with the service's own code in this process (ms,
     the median of 3): parse, validate, render + check every number, the request hash."""
     renderer = MessageRenderer(DEFAULT_TEMPLATES_DIR)
-    limits = Limits(max_recipients=10_000, max_text_chars=2_000, region=None, strict_numbers=True)
+    limits = Limits(max_recipients=10_000, max_text_chars=2_000, destinations=DestinationPolicy())
     runs: dict[str, list[float]] = {"JSON": [], "pydantic": [], "render + numbers": [], "hash": []}
     for _ in range(3):
         t0 = time.perf_counter()

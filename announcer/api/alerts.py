@@ -212,7 +212,10 @@ async def preview(request: web.Request, deps: AlertsDeps) -> web.StreamResponse:
 
 async def delete_opt_out(request: web.Request, deps: AlertsDeps) -> web.Response:
     try:
-        phone = to_e164(request.match_info["phone"], deps.limits.region, strict=deps.limits.strict_numbers)
+        # Normalised only, not checked against the destination policy: a number stored under an older,
+        # wider policy (or an older libphonenumber's metadata) must stay removable, and removing a row
+        # calls nobody.
+        phone = to_e164(request.match_info["phone"], deps.limits.destinations.region)
     except BadNumber as err:
         raise error(422, "validation_failed", str(err), field="phone") from None
     if not await deps.store.remove_opt_out(phone):

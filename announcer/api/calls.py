@@ -22,7 +22,7 @@ from announcer.api.http import error, idempotency_conflict, idempotency_key, pat
 from announcer.api.schemas import AlertOptions, OutboundCallBody
 from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.plan import Limits
-from announcer.messages.phones import BadNumber, to_e164
+from announcer.messages.phones import BadNumber
 from announcer.store import transcripts
 from announcer.store.calls import CallStore
 from announcer.store.deliveries import DeliveryStore, IdempotencyConflict, NewDelivery
@@ -100,7 +100,7 @@ async def outbound_call(request: web.Request, deps: CallsDeps) -> web.Response:
             503, "agent_unavailable", "agent mode needs ELEVENLABS_AGENT_ID (an ElevenLabs agent to talk to)"
         )
     try:
-        number = to_e164(body.number, deps.limits.region, strict=deps.limits.strict_numbers)
+        number = deps.limits.destinations.check(body.number)
     except BadNumber as err:
         raise error(422, "validation_failed", str(err), field="number") from None
     key = idempotency_key(request)

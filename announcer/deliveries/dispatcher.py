@@ -8,6 +8,10 @@ one per token of the rate bucket -> speech starts synthesizing into the cache wh
 -> `calls.create` with inline TwiML `<Connect><Stream>` carrying the token -> record the SID. Twilio's
 429/20429, 5xx and network errors put the delivery back with a backoff without spending an attempt; any
 other refusal fails it with Twilio's code. A canceled alert's claims still queued are withdrawn.
+
+Each dial checks the number against the destination policy again, though it passed when planned: a
+policy narrowed since (a restart with narrower settings, say after abuse was found) holds for the
+retries and the queue of what was accepted before, not only for new alerts.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 
+from announcer.messages.destinations import DestinationPolicy
+from announcer.messages.phones import BadNumber
 from announcer.speech.speaker import Speaker
 from announcer.store.deliveries import Claim, DeliveryStore, ExpiredClaim, Move
 from announcer.store.delivery_states import state_for_call_status
@@ -95,7 +101,9 @@ class Dispatcher:
         status_url: str,
         on_move: Callable[[Move], None] | None = None,
         lease: timedelta = timedelta(seconds=60),
+        destinations: DestinationPolicy | None = None,
     ) -> None:
+        self._destinations = destinations
         self._lease = lease  # a claim must have its SID by then, or it is reconciled before any redial
         self._store = store
         self._twilio = twilio
@@ -243,6 +251,17 @@ class Dispatcher:
             task.add_done_callback(self._dials.discard)
 
     async def _dial(self, claim: Claim) -> None:
+        if self._destinations is not None:
+            try:
+                self._destinations.check(claim.phone)
+            except BadNumber as err:
+                log.warning(
+                    "delivery %s not dialed: the destination policy refuses it: %s", claim.delivery_id, err
+                )
+                reason = f"refused by the destination policy: {err}"
+                self._moved(await self._store.dial_refused(claim, code=None, reason=reason, retry_at=None))
+                self.wake()
+                return
         self._speaker.prefetch(claim.text)  # synthesized while the phone rings
         try:
             info = await self._twilio.create(

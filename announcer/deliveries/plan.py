@@ -12,7 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from announcer.deliveries.egress import EgressPolicy
-from announcer.messages.phones import BadNumber, to_e164
+from announcer.messages.destinations import DestinationPolicy
+from announcer.messages.phones import BadNumber
 from announcer.messages.render import MessageRenderer, PreparedTemplate, RenderError
 from announcer.store.deliveries import NewDelivery  # what the store takes: planned, then stored as is
 from announcer.telephony.media import CONFIRM_KEY, OPT_OUT_KEY
@@ -51,8 +52,7 @@ class RecipientIn:
 class Limits:
     max_recipients: int
     max_text_chars: int
-    region: str | None  # for numbers given without +country
-    strict_numbers: bool  # False in sandbox mode: fictional 555 numbers are fine there
+    destinations: DestinationPolicy  # which numbers may be called (and the region of ones without +)
     agent: bool = False  # an agent is configured: calls may be handed to it (agent mode)
     # What an options.callback_url may reach; the default refuses every internal host and plain http.
     callbacks: EgressPolicy = field(default_factory=EgressPolicy)
@@ -150,7 +150,7 @@ def plan_deliveries(
     for index, recipient in enumerate(recipients):
         where = f"recipients[{index}]"
         try:
-            phone = to_e164(recipient.phone, limits.region, strict=limits.strict_numbers)
+            phone = limits.destinations.check(recipient.phone)
         except BadNumber as err:
             problems.append(Problem(f"{where}.phone", str(err), index))
             phone = None

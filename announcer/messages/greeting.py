@@ -16,7 +16,7 @@ SAMPLE_CALLER = "+15550100123"
 def e164_or_empty(number: str) -> str:
     """The caller's number in E.164, or "" when withheld or not a phone number (e.g. "anonymous")."""
     try:
-        return to_e164(number, strict=False)
+        return to_e164(number)
     except BadNumber:
         return ""
 

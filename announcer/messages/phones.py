@@ -1,5 +1,8 @@
 """Phone numbers in, E.164 out (`phonenumbers`, Google's libphonenumber port): one form in the database,
-so "+1 (555) 010-0000" and "+15550100000" are the same recipient and the same opt-out."""
+so "+1 (555) 010-0000" and "+15550100000" are the same recipient and the same opt-out.
+
+Which numbers may be *called* is the destination policy's (messages/destinations.py); this module only
+reads and normalises, for numbers that are never dialed (a caller's, an opt-out being removed)."""
 
 from __future__ import annotations
 
@@ -10,21 +13,24 @@ class BadNumber(ValueError):
     """Why a number cannot be dialed, in words for an API error."""
 
 
-def to_e164(number: str, region: str | None = None, *, strict: bool = True) -> str:
-    """Normalise `number`; without a `region` it must be in international form (+...).
-
-    `strict=False` (sandbox mode) accepts any number of a possible length, so the fictional +1 555 01xx
-    numbers work there; a real deployment dials only numbers valid for their country."""
+def parse(number: str, region: str | None = None) -> phonenumbers.PhoneNumber:
+    """`number` read; without a `region` it must be in international form (+...)."""
     try:
-        parsed = phonenumbers.parse(number, region)
+        return phonenumbers.parse(number, region)
     except phonenumbers.NumberParseException as err:
         raise BadNumber(_PARSE_REASONS.get(err.error_type, "not a phone number")) from None
-    if strict:
-        if not phonenumbers.is_valid_number(parsed):  # implies a possible length: one check, not two
-            raise BadNumber("not a valid phone number for its country")
-    elif not phonenumbers.is_possible_number(parsed):
-        raise BadNumber("not a possible phone number (wrong length)")
+
+
+def e164(parsed: phonenumbers.PhoneNumber) -> str:
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def to_e164(number: str, region: str | None = None) -> str:
+    """Normalise any number of a possible length (the sandbox's fictional +1 555 01xx ones too)."""
+    parsed = parse(number, region)
+    if not phonenumbers.is_possible_number(parsed):
+        raise BadNumber("not a possible phone number (wrong length)")
+    return e164(parsed)
 
 
 _PARSE_REASONS = {

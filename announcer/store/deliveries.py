@@ -572,10 +572,11 @@ class DeliveryStore:
         return await self._journal.submit(partial(_dialed, claim, call_sid, utcnow()))
 
     async def dial_refused(
-        self, claim: Claim, *, code: int, reason: str, retry_at: datetime | None
+        self, claim: Claim, *, code: int | None, reason: str, retry_at: datetime | None
     ) -> Move | None:
-        """Twilio refused to place the call. With `retry_at` the attempt did not count (429, 5xx, network):
-        the delivery waits for that time; else it fails with Twilio's code."""
+        """Twilio refused to place the call (or the destination policy did: no code). With `retry_at` the
+        attempt did not count (429, 5xx, network): the delivery waits for that time; else it fails with
+        Twilio's code."""
         now = utcnow()
         async with self.sessions() as s:
             delivery = await s.get(Delivery, claim.delivery_id, with_for_update=True)
