@@ -22,6 +22,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
+from announcer import logs
 from announcer.config import ConfigError, Settings, load_settings
 from announcer.instance import InstanceError, claim
 from announcer.messages.render import MessageRenderer, RenderError
@@ -43,18 +44,6 @@ def _settings_or_exit() -> Settings:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # The twilio SDK logs every request and its headers at INFO: noise, and numbers in URLs.
-    logging.getLogger("twilio").setLevel(logging.WARNING)
-    # APScheduler logs every job added and every run at INFO: 10,000 lines at a start with 10,000
-    # schedules. Our own scheduler logs what matters (fires, misses) itself.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 async def _freeze_startup_heap(app: web.Application) -> None:
@@ -87,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except InstanceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    _setup_logging(settings.announcer_log_level)
+    logs.setup(settings.announcer_log_level, settings.announcer_log_format)
     # Off while the service imports and opens everything: its heap grows by a million objects, and each
     # full collection on the way scans all of them again (0.15 s of a start). What is made at start
     # lives as long as the process; the collector is back on before the server listens.

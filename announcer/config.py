@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     announcer_timezone: str = "UTC"
     announcer_sandbox_speed: PositiveFloat = 1.0
     announcer_log_level: str = "INFO"
+    # "json": one JSON object per line (for a log shipper); "text" for people
+    announcer_log_format: Literal["text", "json"] = "text"
     announcer_max_recipients: PositiveInt = 10_000
     announcer_max_text_chars: PositiveInt = 2_000
     announcer_max_body_bytes: PositiveInt = 8 * 2**20

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 
+from announcer import logs
 from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.phones import BadNumber
 from announcer.speech.speaker import Speaker
@@ -251,6 +252,7 @@ class Dispatcher:
             task.add_done_callback(self._dials.discard)
 
     async def _dial(self, claim: Claim) -> None:
+        logs.bind(delivery_id=claim.delivery_id, phone=claim.phone)  # this task's records name the call
         if self._destinations is not None:
             try:
                 self._destinations.check(claim.phone)
@@ -283,6 +285,7 @@ class Dispatcher:
             self.wake()
             return
         self.placed += 1
+        logs.bind(call_sid=info.sid)
         if not await self._store.dialed(claim, info.sid):
             # The alert was canceled while Twilio was placing this call: stop it ringing.
             try:

@@ -42,3 +42,8 @@ _PARSE_REASONS = {
     phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
     phonenumbers.NumberParseException.TOO_LONG: "too long",
 }
+
+
+def mask(number: str | None) -> str:
+    """A phone number as logs show it: only its last 3 digits."""
+    return "***" + number[-3:] if number and len(number) > 3 else "***"

@@ -57,7 +57,12 @@ class Database:
                 make_private(path.with_name(path.name + companion))
         options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0} if self._sqlite_file else {}
         self.engine: AsyncEngine = create_async_engine(
-            self.url, echo=echo, pool_pre_ping=not self.is_sqlite, **options
+            self.url,
+            echo=echo,
+            pool_pre_ping=not self.is_sqlite,
+            # Parameters are phone numbers and message texts: never in a log line or an error's text.
+            hide_parameters=True,
+            **options,
         )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

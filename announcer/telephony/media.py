@@ -92,11 +92,6 @@ BYE_MARK_PREFIX = "bye:"  # the last words after an agent conversation (or inste
 BYE_GRACE_S = 60.0  # the longest the agent's last words may take to play before the call is hung up
 
 
-def mask(number: str | None) -> str:
-    """Phone numbers in logs keep only their last 3 digits."""
-    return "***" + number[-3:] if number and len(number) > 3 else "***"
-
-
 class MediaSession:
     def __init__(self, ws: web.WebSocketResponse, deps: MediaDeps) -> None:
         self.ws = ws

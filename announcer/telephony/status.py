@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from announcer import logs
 from announcer.store.calls import CallStore
 from announcer.store.models import MAX_INT, TERMINAL_STATUSES, CallStatus
 from announcer.telephony.signature import SignatureChecker
@@ -55,6 +56,7 @@ async def status_webhook(
     fields = await signature.verified_form(request)
     form = {k: fields[k] for k in fields}
     call_sid = require(form, "CallSid", CALL_SID)
+    logs.bind(call_sid=call_sid)
     try:
         status = CallStatus(require(form, "CallStatus"))
     except ValueError:

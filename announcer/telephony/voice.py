@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from announcer import logs
 from announcer.messages.greeting import Greeting
+from announcer.messages.phones import mask
 from announcer.messages.render import RenderError
 from announcer.speech.speaker import Speaker
 from announcer.store.calls import CallStore
 from announcer.store.models import CallKind, CallStatus
 from announcer.telephony import twiml
-from announcer.telephony.media import mask
 from announcer.telephony.signature import SignatureChecker
 from announcer.telephony.tokens import TokenBook
 
@@ -66,6 +67,7 @@ async def voice_webhook(request: web.Request, deps: VoiceDeps) -> web.Response:
     fields = await deps.signature.verified_form(request)
     form = {k: fields[k] for k in fields}
     call_sid = require(form, "CallSid", CALL_SID)
+    logs.bind(call_sid=call_sid, phone=form.get("From"))
     if require(form, "AccountSid") != deps.account_sid:
         raise bad_request("AccountSid", "not this account")
     from_number = require(form, "From")
@@ -105,5 +107,5 @@ async def voice_webhook(request: web.Request, deps: VoiceDeps) -> web.Response:
         return xml(twiml.hangup())
     grant, token = opened
     deps.tokens.issued(token, grant)
-    log.info("inbound call %s from %s: streaming the greeting", call_sid, mask(from_number))
+    log.info("inbound call from %s: streaming the greeting", mask(from_number))
     return xml(twiml.connect_stream(deps.media_url, {"token": token}))
