@@ -115,13 +115,14 @@ class Settings(BaseSettings):
     announcer_max_recipients: PositiveInt = 10_000
     announcer_max_text_chars: PositiveInt = 2_000
     announcer_max_body_bytes: PositiveInt = 8 * 2**20
+    # Numbers given without +country are read as this region's (e.g. US)
     announcer_default_region: str | None = None
     # Where calls may go (messages/destinations.py): ISO 3166 alpha-2 codes; empty = every country.
     announcer_allowed_countries: CommaList = frozenset()
     # Number types refused by default (premium rate, shared cost, ...) that this deployment calls anyway.
     announcer_allowed_number_types: CommaList = frozenset()
     # A claimed delivery must have its Call SID within this time, else it is reconciled with Twilio.
-    announcer_claim_lease_s: PositiveFloat = 60.0  # e.g. US: numbers without +country are read as that
+    announcer_claim_lease_s: PositiveFloat = 60.0
     # Schedules due within this many seconds (plus their pre-synthesis lead) are armed in memory; the
     # rest wait in the table until they come near. At least two syncs (4 s) long.
     announcer_schedule_horizon_s: Annotated[float, Field(ge=4)] = 3600.0

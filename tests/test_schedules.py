@@ -583,35 +583,42 @@ async def test_a_schedule_beyond_the_horizon_is_armed_when_it_comes_near_and_fir
         assert [c.to for c in svc.sandbox.calls.values()].count(phone) == 1
 
 
-async def test_a_fire_stores_the_next_run_and_hands_a_far_one_back_to_the_table(
-    tmp_path: Path, database_url: str
-) -> None:
-    async with horizon_service(tmp_path, database_url) as (svc, scheduler):
-        phone = "+15550180002"
-        body = schedule_body({"cron": "0 8 * * *", "timezone": "Europe/Berlin"}, phone, presynthesize_s=0)
-        status, created = await post(svc, "/v1/schedules", body)
-        assert status == 201
-        sid, tomorrow = created["id"], created["next_run_at"]
-        assert scheduler.armed_for(sid) is None
-        # A cron's next time is up to a day away: its stored next run is moved 2 s ahead instead (as a
-        # change through another process would); the leader arms it at its next sync.
-        planned = datetime.now(UTC) + timedelta(seconds=2)
-        store = schedules_of(svc).store
-        await store.change(sid, next_run_at=planned)
-        [occurrence] = await occurrences(svc, sid)
-        assert occurrence["status"] == "fired" and occurrence["planned_at"] == planned.isoformat()
-        await placed_call(svc, phone)
+async def test_a_fire_stores_the_next_run_and_hands_a_far_one_back_to_the_table(clock: Clock) -> None:
+    # 06:00 UTC on a Monday: the cron's 08:00 Berlin (07:00 UTC) is an hour away, beyond the horizon.
+    svc = await clock.start(datetime(2026, 3, 2, 6, 0, tzinfo=UTC), announcer_schedule_horizon_s=HORIZON_S)
+    scheduler = schedules_of(svc).scheduler
+    phone = "+15550180002"
+    body = schedule_body({"cron": "0 8 * * *", "timezone": "Europe/Berlin"}, phone, presynthesize_s=0)
+    status, created = await post(svc, "/v1/schedules", body)
+    assert status == 201
+    sid, first = created["id"], created["next_run_at"]
+    assert first == "2026-03-02T08:00:00+01:00"
+    assert scheduler.armed_for(sid) is None
+    # Its stored next run is moved 2 s ahead (as a change through another process would); the leader
+    # arms it at its next sync, and it fires then, on the test's clock.
+    planned = clock.now() + timedelta(seconds=2)
+    await schedules_of(svc).store.change(sid, next_run_at=planned)
+    await clock.advance(timedelta(seconds=1))  # a sync on the way arms it, before its time
 
-        async def advanced() -> bool:
-            _, view = await get(svc, f"/v1/schedules/{sid}")
-            return bool(view["next_run_at"] == tomorrow)
+    async def armed() -> bool:
+        return scheduler.armed_for(sid) is not None
 
-        await eventually(advanced)  # the trigger's next time after the fire: 08:00 Berlin
+    await eventually(armed)
+    await clock.advance(timedelta(seconds=1))
+    [occurrence] = await occurrences(svc, sid)
+    assert occurrence["status"] == "fired" and occurrence["planned_at"] == planned.isoformat()
+    await placed_call(svc, phone)
+
+    async def advanced() -> bool:
         _, view = await get(svc, f"/v1/schedules/{sid}")
-        assert view["status"] == "active"
-        assert scheduler.armed_for(sid) is None  # beyond the horizon again: off APScheduler
-        await finished(svc, occurrence["alert_id"])
-        assert [c.to for c in svc.sandbox.calls.values()].count(phone) == 1
+        return bool(view["next_run_at"] == first)
+
+    await eventually(advanced)  # the trigger's next time after the fire: 08:00 Berlin
+    _, view = await get(svc, f"/v1/schedules/{sid}")
+    assert view["status"] == "active"
+    assert scheduler.armed_for(sid) is None  # beyond the horizon again: off APScheduler
+    await finished(svc, occurrence["alert_id"])
+    assert [c.to for c in svc.sandbox.calls.values()].count(phone) == 1
 
 
 async def test_a_start_arms_what_is_near_and_computes_unknown_next_runs(

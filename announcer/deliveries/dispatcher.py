@@ -349,7 +349,7 @@ class Dispatcher:
             return
         await self._store.settle_call(call_id, status)
         self.wake()  # its slot is free
-        new = state_for_call_status(status, answered=answered, sip_code=None)
+        new = state_for_call_status(status, answered=answered)
         if new is not None:
             self._moved(await self._store.on_call_state(call_id, new, source="reconciled with Twilio"))
 
@@ -359,7 +359,7 @@ class Dispatcher:
         """A status callback moved an attempt's call: move its delivery (if the call carries one)."""
         if report.status in TERMINAL_STATUSES:
             self.wake()  # its slot is free
-        new = state_for_call_status(report.status, answered=report.answered, sip_code=report.sip_code)
+        new = state_for_call_status(report.status, answered=report.answered)
         if new is None:
             return
         code = report.error_code or (report.sip_code if new == DeliveryState.FAILED else None)

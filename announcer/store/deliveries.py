@@ -1,6 +1,6 @@
 """Alerts and their deliveries in the database: acceptance, the dispatcher's claims, transitions, opt-outs.
 
-Every method is one transaction. A delivery only moves forward (deliveries/states.py decides what
+Every method is one transaction. A delivery only moves forward (store/delivery_states.py decides what
 forward means), and every move, and every refused one, is a `delivery_events` row.
 
 Exactly once across crashes (design.md): the alert and all its deliveries are committed before the API
@@ -54,7 +54,6 @@ _OPEN_CALL = [CallStatus.QUEUED, CallStatus.INITIATED, CallStatus.RINGING, CallS
 # The statements every call runs, built once on the tables (see calls.py for why). Parameters named
 # after a column set it; `d_*` names avoid the deliveries table's own `call_id` column.
 _CALLS = cast(Table, Call.__table__)
-_DELIVERIES = cast(Table, Delivery.__table__)
 _ALERTS = cast(Table, Alert.__table__)
 _UPDATE_CALL = update(_CALLS).where(_CALLS.c.id == bindparam("call_id"))
 _UPDATE_DELIVERY = update(_DELIVERIES).where(_DELIVERIES.c.id == bindparam("d_id"))

@@ -17,7 +17,6 @@ _RANK = {
     DeliveryState.IN_PROGRESS: 4,
 }
 FINAL_RANK = 5
-SIP_TEMPORARILY_UNAVAILABLE = 480  # a "failed" call with this SIP code was not answered (protocols.md)
 
 
 def rank(state: DeliveryState) -> int:
@@ -35,7 +34,7 @@ def moves_forward(current: DeliveryState, current_attempt: int, new: DeliverySta
 
 
 def state_for_call_status(
-    status: CallStatus, *, answered: bool, sip_code: int | None
+    status: CallStatus, *, answered: bool
 ) -> DeliveryState | None:
     """What a Twilio call status means for its delivery; None when it means nothing new."""
     match status:
@@ -52,9 +51,7 @@ def state_for_call_status(
         case CallStatus.CANCELED:
             return DeliveryState.CANCELED
         case CallStatus.FAILED:
-            return (
-                DeliveryState.NO_ANSWER if sip_code == SIP_TEMPORARILY_UNAVAILABLE else DeliveryState.FAILED
-            )
+            return DeliveryState.FAILED  # a SIP 480 "failed" arrives as no-answer (telephony/status.py)
         case CallStatus.COMPLETED:
             # The media stream decides heard/confirmed/opted out before the call completes; a call that
             # completes without one was answered and left (hung up early) or never answered at all.

@@ -20,6 +20,8 @@ from announcer.telephony.tokens import TokenBook
 from announcer.telephony.voice import CALL_SID, bad_request, require
 
 log = logging.getLogger(__name__)
+# A "failed" call with this SIP code was not answered (protocols.md): recorded as no-answer, once, here.
+SIP_TEMPORARILY_UNAVAILABLE = 480
 
 
 def _int_field(form: dict[str, str], field: str) -> int | None:
@@ -64,7 +66,7 @@ async def status_webhook(
     sequence = _int_field(form, "SequenceNumber")
     duration = _int_field(form, "CallDuration")
     sip = _int_field(form, "SipResponseCode")
-    if status == CallStatus.FAILED and sip == 480:
+    if status == CallStatus.FAILED and sip == SIP_TEMPORARILY_UNAVAILABLE:
         status = CallStatus.NO_ANSWER
     error_code = _int_field(form, "ErrorCode")
     attempt = request.query.get("call", "")
