@@ -168,8 +168,11 @@ def _zone(name: str | None, field: str, problems: list[Problem]) -> ZoneInfo | N
         return None
 
 
-def _moment(value: str | None, zone: ZoneInfo | None, field: str, problems: list[Problem]) -> datetime | None:
-    """ISO-8601 with an offset, or local time read in `zone`."""
+def _moment(
+    value: str | None, zone: ZoneInfo | None, field: str, problems: list[Problem], *, zone_named: bool = False
+) -> datetime | None:
+    """ISO-8601 with an offset, or local time read in `zone`. `zone_named`: a zone was given, and is
+    unknown (a problem already): a local time then has nothing more wrong with it to report."""
     if value is None:
         return None
     try:
@@ -179,7 +182,8 @@ def _moment(value: str | None, zone: ZoneInfo | None, field: str, problems: list
         return None
     if moment.tzinfo is None:
         if zone is None:
-            problems.append(Problem(field, "no UTC offset: add one (+01:00) or give `when.timezone`"))
+            if not zone_named:
+                problems.append(Problem(field, "no UTC offset: add one (+01:00) or give `when.timezone`"))
             return None
         moment = moment.replace(tzinfo=zone)
     return moment
@@ -196,7 +200,7 @@ def parse_when(raw: dict[str, Any], now: datetime) -> When:
     if at is not None:
         if raw.get("start") is not None or raw.get("end") is not None:
             problems.append(Problem("when", "`start` and `end` belong to a cron schedule"))
-        moment = _moment(at, zone, "when.at", problems)
+        moment = _moment(at, zone, "when.at", problems, zone_named=zone_name is not None)
         if moment is not None and moment <= now:
             problems.append(Problem("when.at", f"{moment.isoformat()} is in the past"))
         if problems:
@@ -206,8 +210,8 @@ def parse_when(raw: dict[str, Any], now: datetime) -> When:
         return When(moment, None, zone_name or "UTC", None, None)
     if zone is None and not problems:
         problems.append(Problem("when.timezone", "a cron schedule needs its time zone (e.g. Europe/Berlin)"))
-    start = _moment(raw.get("start"), zone, "when.start", problems)
-    end = _moment(raw.get("end"), zone, "when.end", problems)
+    start = _moment(raw.get("start"), zone, "when.start", problems, zone_named=zone_name is not None)
+    end = _moment(raw.get("end"), zone, "when.end", problems, zone_named=zone_name is not None)
     if start is not None and end is not None and end <= start:
         problems.append(Problem("when.end", "is not after `when.start`"))
     if end is not None and end <= now:
