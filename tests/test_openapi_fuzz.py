@@ -348,6 +348,30 @@ def test_the_either_or_rules_hold_both_ways(fuzzed: Fuzzed) -> None:
     assert verdicts.count(True) == 10 and verdicts.count(False) == 9  # both kinds, as listed
 
 
+@pytest.mark.parametrize(
+    "cron", ["0 8 * * ²", "0\t8 * *  mon ", "0 8 * * mon\n", "0 8\x1c* * * mon", "0 8 * * 1"]
+)
+def test_a_cron_line_is_read_as_the_document_reads_it(fuzzed: Fuzzed, cron: str) -> None:
+    """Fields apart by spaces and tabs, days of the week not in ASCII digits: the same to the document's
+    pattern and to the service, so a line the document calls valid is refused, if at all, for its values."""
+    validator = jsonschema_rs.Draft202012Validator({**SERVED, "$ref": "#/components/schemas/WhenBody"})
+    when = {"cron": cron, "timezone": "UTC"}
+    body = {**_BASE, **_TEXT, "when": when}
+    answer = fuzzed.http.post(
+        f"{fuzzed.base_url}/v1/schedules",
+        json=body,
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+        timeout=30,
+    )
+    if validator.is_valid(when):
+        assert answer.status_code == 201 or all(_semantic(p) for p in answer.json()["problems"]), answer.text
+        if answer.status_code == 201:
+            url = f"{fuzzed.base_url}/v1/schedules/{answer.json()['id']}"
+            fuzzed.http.delete(url, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=30)
+    else:
+        assert answer.status_code == 422, answer.text
+
+
 @schema.parametrize()
 def test_every_operation_with_the_token(case: Case, fuzzed: Fuzzed) -> None:
     _loopback_callbacks(case, fuzzed.callback_url)

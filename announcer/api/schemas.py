@@ -38,7 +38,7 @@ EXACT_TIME = rf"^{_DAY}[T ]{_CLOCK}{_OFFSET}$"  # with its offset: a moment
 LOCAL_TIME = rf"^{_DAY}[T ]{_CLOCK}$"  # without: read in `when.timezone`
 # Five fields (minute hour day month day-of-week), days of the week by name (scheduling/when.py); whether
 # each field's values are in range is APScheduler's call.
-CRON = r"^\s*\S+(\s+\S+){3}\s+[^\s0-9]+\s*$"
+CRON = r"^[ \t]*[^ \t]+([ \t]+[^ \t]+){3}[ \t]+[^ \t0-9]+[ \t]*$"
 # The keys 1 (confirm) and 9 (opt out) are never another option's (deliveries/plan.py key_problems).
 NOT_RESERVED_KEY: dict[str, Any] = {"not": {"enum": ["1", "9"]}}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -145,15 +146,19 @@ def _cron_trigger(cron: str, zone: str, start: datetime | None, end: datetime | 
 _CRON_NAMES = ("minute", "hour", "day", "month", "day_of_week")
 
 
+_CRON_SPACE = re.compile(r"[ \t]+")  # between fields: what the API document's cron pattern says
+
+
 def _cron_fields(expression: str) -> dict[str, str]:
     """A standard 5-field crontab line as CronTrigger fields. CronTrigger.from_crontab would do the
     same, but day-of-week numbers differ: crontab's 0 is Sunday, APScheduler's 0 is Monday; only names
-    mean the same to both, so numbers are refused with a clear reason."""
-    parts = expression.split()
+    mean the same to both, so numbers (ASCII digits: "²" is no number there) are refused with a clear
+    reason. Fields are apart by spaces and tabs, as in a crontab."""
+    parts = _CRON_SPACE.split(expression.strip(" \t"))
     if len(parts) != 5:
         raise ValueError(f"expected 5 fields (minute hour day month day-of-week), got {len(parts)}")
     fields = dict(zip(_CRON_NAMES, parts, strict=True))
-    if any(ch.isdigit() for ch in fields["day_of_week"]):
+    if any("0" <= ch <= "9" for ch in fields["day_of_week"]):
         raise ValueError("give days of the week by name (mon-fri, sun), not by number")
     return fields
 
