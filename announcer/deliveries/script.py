@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 
-from announcer.deliveries.plan import DECLINE_KEY, SNOOZE_KEY
 from announcer.messages.render import MessageRenderer, RenderError
 from announcer.store.calls import StreamGrant
 from announcer.store.deliveries import DeliveryStore
+from announcer.telephony.callflow import DECLINE_KEY, SNOOZE_KEY, CallScript
 from announcer.telephony.handoff import AgentOffer
-from announcer.telephony.media import CallScript
 
 log = logging.getLogger(__name__)
 
