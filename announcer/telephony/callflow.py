@@ -381,7 +381,8 @@ def step(call: CallState, event: Event) -> Step:
         case ScriptLoaded(script):
             return _script_loaded(call, script)
         case AgentConnected(conversation_id):
-            if not call.handed_over:
+            # Also once the call has ended: the caller may hang up while the agent is taking the call.
+            if not call.handed_over or call.phase not in (Phase.WITH_AGENT, Phase.ENDED):
                 return call, []
             why = f"handed to the agent (conversation {conversation_id[:64]})"
             return call, [ReportOutcome(CallOutcome.AGENT, why)]
@@ -402,16 +403,17 @@ def step(call: CallState, event: Event) -> Step:
         case SaidByTwilio(reason):
             if call.setup is None:
                 return call, []
+            # The rest of the call is Twilio's <Say>: no hang-up of ours (it hangs up after speaking).
+            call, actions = _leave(call, "the call was given to Twilio <Say>", speaking=False)
             told = f"spoken by Twilio <Say>: {reason}"
-            actions: list[Action] = [CancelDeadline()] if call.armed else []
-            actions.append(ReportOutcome(CallOutcome.SAID_BY_TWILIO, reason, told))
-            return replace(call, phase=Phase.ENDED, armed=False), actions
+            return call, [*actions, ReportOutcome(CallOutcome.SAID_BY_TWILIO, reason, told)]
         case TokenRefused():
             if call.setup is None:
                 return call, []
             # Not ours to end: no outcome and no hang-up; the stream that used the token first owns the call.
+            call, actions = _leave(call, "stream token already used")
             closing = CloseSocket("stream token already used", refused=True)
-            return replace(call, phase=Phase.ENDED), [Record("stream_token_reused"), closing]
+            return call, [Record("stream_token_reused"), *actions, closing]
         case _:
             assert_never(event)
 
@@ -544,47 +546,52 @@ def _stopped(call: CallState) -> Step:
     closing = CloseSocket("stream stopped")
     if call.phase == Phase.ENDED:
         return call, [closing]
-    actions: list[Action] = [CloseAgent("the caller hung up")] if call.phase == Phase.WITH_AGENT else []
+    ended, actions = _leave(call, "the caller hung up")
     actions.append(closing)
     if not call.heard:
-        return _end(call, CallOutcome.HUNG_UP_EARLY, "stream stopped before the message ended", actions)
-    # Heard (or with the agent, whose outcome was recorded when it took the call): nothing more to record.
-    actions.append(StopSpeaking())
-    if call.armed:
-        actions.append(CancelDeadline())
-    return replace(call, phase=Phase.ENDED, armed=False), actions
+        actions += [
+            ReportOutcome(CallOutcome.HUNG_UP_EARLY, "stream stopped before the message ended"),
+            HangUp(),
+        ]
+    # Else heard (or with the agent, whose outcome was recorded when it took the call): nothing to record.
+    return ended, actions
 
 
 def _closed(call: CallState, reason: str) -> Step:
     if call.phase == Phase.CONNECTING or call.phase == Phase.ENDED:
         return replace(call, phase=Phase.ENDED), []
-    actions: list[Action] = [CloseAgent(reason)] if call.phase == Phase.WITH_AGENT else []
-    actions.append(StopSpeaking())
-    if call.armed:
-        actions.append(CancelDeadline())
+    ended, actions = _leave(call, reason)
     if not call.heard:
         # The socket broke without `stop` (a hang-up sends `stop`) or the end mark: the caller may still
         # be there, so Twilio speaks the message instead (design: never silent).
         actions += _redirect(call, reason)
-    return replace(call, phase=Phase.ENDED, armed=False), actions
+    return ended, actions
 
 
 # --- what several events do ---------------------------------------------------------------------------
 
 
-def _end(call: CallState, outcome: CallOutcome | None, why: str, actions: list[Action] | None = None) -> Step:
-    """Record `outcome` (None: recorded already), then hang up. Every hang-up of ours comes through here."""
-    actions = list(actions or ())
-    if call.phase == Phase.WITH_AGENT:
-        actions.append(CloseAgent("the call is ending"))
-    actions.append(StopSpeaking())
-    if call.armed:
-        actions.append(CancelDeadline())
+def _end(call: CallState, outcome: CallOutcome | None, why: str) -> Step:
+    """Record `outcome` (None: recorded already), then hang up. Every hang-up of ours but a `stop`'s comes
+    through here."""
+    call, actions = _leave(call, "the call is ending")
     if outcome is not None:
         actions.append(ReportOutcome(outcome, why))
     else:
         actions.append(Record("call_ending", {"reason": why[:200]}))
-    actions += [HangUp(), CloseSocket("call ended")]
+    return call, [*actions, HangUp(), CloseSocket("call ended")]
+
+
+def _leave(call: CallState, agent_reason: str, *, speaking: bool = True) -> Step:
+    """From a live phase into ENDED: nothing of the call goes on (the agent, our speech, the deadline).
+    Every way there comes through here."""
+    if call.phase == Phase.ENDED:
+        return call, []
+    actions: list[Action] = [CloseAgent(agent_reason)] if call.phase == Phase.WITH_AGENT else []
+    if speaking:
+        actions.append(StopSpeaking())
+    if call.armed:
+        actions.append(CancelDeadline())
     return replace(call, phase=Phase.ENDED, armed=False), actions
 
 

@@ -316,10 +316,10 @@ class MediaSession:
     async def _stop_speaking(self) -> None:
         """Once this returns nothing more of what was being said goes out (`clear` drops what Twilio has)."""
         task = self._speaking
-        if task is not None and not task.done():
+        # Not from within itself (its own speech failed, and the flow is answering that).
+        if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
-            if task is not asyncio.current_task():
-                await asyncio.wait([task])
+            await asyncio.wait([task])
 
     def _speaking_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
