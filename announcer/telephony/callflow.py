@@ -41,7 +41,9 @@ PROMPT_MARK_PREFIX = "prompt:"
 BYE_MARK_PREFIX = "bye:"  # the last words after an agent conversation (or instead of one)
 
 BYE_GRACE_S = 60.0  # the longest the agent's last words may take to play before the call is hung up
-WINDOW_S = 8.0  # how long a key is waited for once everything has played, unless the script says
+# How long a key is waited for once everything has played: long enough to find the key, short enough
+# not to annoy.
+WINDOW_S = 8.0
 APOLOGY = "We are sorry, our assistant is not available right now. Goodbye."
 TIME_LIMIT = "We have reached the time limit for this call. Thank you, goodbye."
 
@@ -450,7 +452,7 @@ def _mark(call: CallState, name: str, event: MarkEchoed) -> Step:
     if phase == Phase.PROMPTING and name.startswith(PROMPT_MARK_PREFIX):
         if not call.script_known:
             return _wait_for_script(call, event)
-        return _await_key(call, call.script.window_s if call.script is not None else 0.0, [])
+        return _await_key(call, call.script.window_s if call.script is not None else 0.0)
     if phase == Phase.SAYING_GOODBYE and name.startswith(BYE_MARK_PREFIX) and call.ending is not None:
         return _end(call, call.ending.outcome, call.ending.why)
     return call, []
@@ -466,7 +468,7 @@ def _message_played(call: CallState) -> Step:
     if script is None or script.prompt is None:
         if offer is not None and offer.after == After.KEY:
             # No prompt: the offer is in the message itself; wait for its key as for a prompt's.
-            return _await_key(call, script.window_s if script is not None else WINDOW_S, [])
+            return _await_key(call, script.window_s if script is not None else WINDOW_S)
         return _end(call, CallOutcome.HEARD, "end mark echoed: the message played to the end")
     return replace(call, phase=Phase.PROMPTING), [Speak(script.prompt, call.mark(PROMPT_MARK_PREFIX))]
 
@@ -616,12 +618,12 @@ def _hand_over(call: CallState, offer: AgentOffer, *, heard: bool, actions: list
     return call, [*actions, Record("agent_handoff", {"after": offer.after.value}), handing]
 
 
-def _await_key(call: CallState, seconds: float, actions: list[Action]) -> Step:
+def _await_key(call: CallState, seconds: float) -> Step:
     """The key window is a span of time by definition: no key in it, and the message counts as heard."""
     timer = call.timer + 1
     ending = Ending(CallOutcome.HEARD, "the message and the prompt played; no key pressed")
     call = replace(call, phase=Phase.AWAITING_KEY, timer=timer, armed=True, ending=ending)
-    return call, [*actions, StartDeadline(timer, seconds)]
+    return call, [StartDeadline(timer, seconds)]
 
 
 def _redirect(call: CallState, reason: str) -> list[Action]:
