@@ -16,7 +16,7 @@ from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.phones import BadNumber
 from announcer.messages.render import MessageRenderer, PreparedTemplate, RenderError
 from announcer.store.deliveries import NewDelivery  # what the store takes: planned, then stored as is
-from announcer.telephony.media import CONFIRM_KEY, OPT_OUT_KEY
+from announcer.telephony.callflow import CONFIRM_KEY, DECLINE_KEY, OPT_OUT_KEY, REPEAT_KEY, SNOOZE_KEY
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,8 @@ def agent_problems(wants_agent: bool, limits: Limits) -> list[Problem]:
     return []
 
 
-# The keys a call listens for, and what each does (telephony/media.py, deliveries/script.py). Each key an
+# The keys a call listens for, and what each does (telephony/callflow.py, deliveries/script.py). Each key an
 # alert or a schedule uses must do one thing: a key that both repeats and hands over did only one of them.
-REPEAT_KEY = "2"
-DECLINE_KEY, SNOOZE_KEY = "2", "3"  # a reminder's (a schedule with `confirm`): 2 cancels, 3 calls later
 
 
 def key_problems(

@@ -5,27 +5,23 @@ from __future__ import annotations
 
 import logging
 
-from announcer.deliveries.plan import DECLINE_KEY, SNOOZE_KEY
 from announcer.messages.render import MessageRenderer, RenderError
 from announcer.store.calls import StreamGrant
 from announcer.store.deliveries import DeliveryStore
+from announcer.telephony.callflow import DECLINE_KEY, SNOOZE_KEY, WINDOW_S, CallScript
 from announcer.telephony.handoff import AgentOffer
-from announcer.telephony.media import CallScript
 
 log = logging.getLogger(__name__)
 
 PROMPT_TEMPLATE = "confirm_prompt.j2"
 REMINDER_PROMPT_TEMPLATE = "reminder_prompt.j2"  # a scheduled reminder's: confirm, cancel, later
-KEY_WINDOW_S = 8.0  # after the prompt has played: long enough to find the key, short enough not to annoy
 # Said when the template cannot be rendered: the caller still gets a working prompt.
 FALLBACK_PROMPT = "Press 1 to confirm. Press 2 to hear this message again."
 FALLBACK_REMINDER_PROMPT = "Press 1 to confirm. Press 2 to cancel. Press 3 to be called again later."
 
 
 class CallScripts:
-    def __init__(
-        self, store: DeliveryStore, renderer: MessageRenderer, window_s: float = KEY_WINDOW_S
-    ) -> None:
+    def __init__(self, store: DeliveryStore, renderer: MessageRenderer, window_s: float = WINDOW_S) -> None:
         self._store = store
         self._renderer = renderer
         self._window_s = window_s

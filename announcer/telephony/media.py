@@ -1,23 +1,25 @@
-"""One Twilio media-stream session: authenticate the stream, speak the message, end the call.
+"""One Twilio media-stream session: the socket side of a call's flow.
 
 Lifecycle (protocols.md, "Media Streams websocket"): `connected` -> `start` (carries our single-use
 token) -> we stream 160-byte frames paced by the playout clock, then a `mark` -> Twilio echoes the mark
 when the audio has played -> outcome "heard" -> hang up via REST. A `stop` first means the caller hung
 up. If speech fails before the first frame the call is redirected to TwiML `<Say>` of the same text.
 
-Exactly one reader per socket (`run`); speaking is one task that waits on the shared playout clock.
+The session admits a stream (account, format, token), reads the socket (exactly one reader, `run`), feeds
+what it reads into the call's flow (`callflow.step`, which decides everything that follows) and carries the
+flow's actions out: frames on the shared playout clock, marks and `clear`, the deadline, the agent, REST
+calls and the store. Nothing here decides what a mark, a key or a hang-up means.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,20 +27,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from announcer.speech.speaker import Speaker, SpeechEvent, SpeechUnavailable
 from announcer.store.calls import CallStore, StreamGrant
 from announcer.store.models import CallKind, CallOutcome
+from announcer.telephony import callflow as flow
 from announcer.telephony import codec, twiml
+from announcer.telephony.callflow import CallScript
 from announcer.telephony.calls import TwilioCalls, TwilioError
-from announcer.telephony.handoff import (
-    MARK_PREFIX as AGENT_MARK_PREFIX,
-)
-from announcer.telephony.handoff import (
-    After,
-    AgentEnd,
-    AgentOffer,
-    Conversation,
-    EndKind,
-    Handoff,
-    StartAgent,
-)
+from announcer.telephony.handoff import AgentEnd, AgentOffer, Conversation, EndKind, Handoff, StartAgent
 from announcer.telephony.playout import PlayoutClock
 from announcer.telephony.signature import HEADER as SIGNATURE_HEADER
 from announcer.telephony.signature import SignatureChecker
@@ -48,7 +41,6 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
 MAX_BAD_MESSAGES = 20
-END_MARK_PREFIX = "end:"
 
 
 @dataclass
@@ -69,27 +61,8 @@ class MediaDeps:
     # Agent mode (None: no agent configured). The greeting line's offer is GREETING_AGENT's.
     start_agent: StartAgent | None = None
     greeting_agent: AgentOffer | None = None
-    agent_apology: str = "We are sorry, our assistant is not available right now. Goodbye."
-    agent_time_limit: str = "We have reached the time limit for this call. Thank you, goodbye."
-
-
-@dataclass(frozen=True)
-class CallScript:
-    """After the message: a prompt, and how long to wait for a key once it has played (real seconds)."""
-
-    prompt: str | None  # None: no confirmation asked; the call ends when the message has played
-    repeat_keys: frozenset[str] = frozenset({"2"})
-    window_s: float = 8.0
-    decline_key: str | None = None  # a reminder's "cancel" (2)
-    snooze_key: str | None = None  # a reminder's "call me again later" (3)
-    agent: AgentOffer | None = None  # hand the call to the agent after the message, or on a key
-
-
-CONFIRM_KEY = "1"
-OPT_OUT_KEY = "9"
-PROMPT_MARK_PREFIX = "prompt:"
-BYE_MARK_PREFIX = "bye:"  # the last words after an agent conversation (or instead of one)
-BYE_GRACE_S = 60.0  # the longest the agent's last words may take to play before the call is hung up
+    agent_apology: str = flow.APOLOGY
+    agent_time_limit: str = flow.TIME_LIMIT
 
 
 class MediaSession:
@@ -102,24 +75,16 @@ class MediaSession:
         self.bad = 0
         self.recorded_problems = 0
         self._connected = False  # Twilio's first message; one is expected before `start`
-        self.heard = False
-        self.ended = False
         self.first_frame_at: float | None = None
         self.started_at: float | None = None
-        self._speaking: asyncio.Task[None] | None = None
-        self._confirming: asyncio.Task[None] | None = None
-        self._script: asyncio.Task[CallScript | None] | None = None
-        self._key_window: asyncio.Task[None] | None = None
+        self.call = flow.CallState()  # the call's flow: phase, round of marks, script, deadline
         self._playout = deps.clock.stream()
-        # Marks carry the round they were sent in: after a `clear` Twilio echoes every pending mark at
-        # once (protocols.md), and those echoes must not count as "played".
-        self._round = 0
-        self._finish_lock = asyncio.Lock()
         self._agent: Conversation | None = None
-        self._agent_over = False  # the conversation ended; the call is ending
-        self._offer: AgentOffer | None = None  # the greeting line's (an announcement's is in its script)
-        self._bye: tuple[CallOutcome | None, str] = (None, "")  # how the call ends once its last words play
-        self._heard_before_agent = ""  # the message the caller heard before the agent ("" for none)
+        # What carries the flow's actions out, over time:
+        self._speaking: asyncio.Task[None] | None = None
+        self._deadline: asyncio.Task[None] | None = None
+        self._script: asyncio.Task[CallScript | None] | None = None
+        self._confirming: asyncio.Task[None] | None = None
 
     # --- reader ---------------------------------------------------------------------------------
 
@@ -191,17 +156,12 @@ class MediaSession:
             self._protocol_problem(f"streamSid {event.stream_sid} is not this stream's")
             return
         if isinstance(event, codec.Mark):
-            await self._on_mark(event.name)
+            await self._feed(flow.MarkEchoed(event.name))
         elif isinstance(event, codec.Dtmf):
-            self._record("dtmf", digit=event.digit)
-            await self._on_key(event.digit)
+            self._record("dtmf", digit=event.digit)  # every key is on the trail, whatever it does
+            await self._feed(flow.KeyPressed(event.digit))
         elif isinstance(event, codec.Stop):
-            # The caller hung up: the agent's socket first (no orphaned agent sessions), then answer
-            # Twilio's close while its side is still open; the REST hang-up comes after.
-            await self._close_agent("the caller hung up")
-            await self._close(WSCloseCode.OK, "stream stopped")
-            if not self.heard:
-                await self._end_call(CallOutcome.HUNG_UP_EARLY, "stream stopped before the message ended")
+            await self._feed(flow.StreamStopped())
         elif isinstance(event, codec.Media):  # only when the fast path did not recognise it
             self.media_in += 1
 
@@ -230,17 +190,24 @@ class MediaSession:
             return
         self.start, self.grant = start, grant
         self.started_at = time.monotonic()
-        offer = AgentOffer.from_options(grant.options) if grant.kind == CallKind.ANNOUNCEMENT else None
-        if grant.kind == CallKind.GREETING:
-            self._offer = self.deps.greeting_agent
-        if offer is not None and offer.after == After.START:
-            self._hand_over(offer, heard="")  # POST /outbound-call: the agent speaks first
-        else:
-            # Speaking is scheduled before the database writes, so its first step (a cache hit's first
-            # frames, or the TTS request) runs ahead of theirs.
-            self._say(grant.text, END_MARK_PREFIX)
-        if grant.kind == CallKind.ANNOUNCEMENT and self.deps.script is not None:
-            self._script = asyncio.create_task(self.deps.script(grant))
+        announcement = grant.kind == CallKind.ANNOUNCEMENT
+        load = self.deps.script if announcement else None
+        setup = flow.Setup(
+            call_id=grant.call_id,
+            kind=grant.kind,
+            text=grant.text,
+            offer=AgentOffer.from_options(grant.options) if announcement else None,
+            line_offer=self.deps.greeting_agent if grant.kind == CallKind.GREETING else None,
+            agent=self.deps.start_agent is not None,
+            script=load is not None,
+            apology=self.deps.agent_apology,
+            time_limit=self.deps.agent_time_limit,
+        )
+        # Speaking is scheduled before the database writes, so its first step (a cache hit's first
+        # frames, or the TTS request) runs ahead of theirs.
+        await self._feed(flow.StreamStarted(setup))
+        if load is not None:
+            self._script = asyncio.create_task(load(grant))
         if confirm:
             self._confirming = asyncio.create_task(self._confirm_token(token, start.call_sid))
         self.deps.store.record_in_progress(grant.call_id)
@@ -255,16 +222,63 @@ class MediaSession:
             return
         if grant is None:
             log.warning("stream token for %s refused (used elsewhere, or the call ended); cutting", call_sid)
-            self._record("stream_token_reused")
-            self.ended = True  # not our call to end: the stream that used the token first owns it
-            await self._close(WSCloseCode.POLICY_VIOLATION, "stream token already used")
+            await self._feed(flow.TokenRefused())
+
+    # --- the call's flow: events in, actions out ----------------------------------------------------
+
+    async def _feed(self, event: flow.Event) -> None:
+        """One event through the flow; its actions are carried out in order (the state has moved on
+        already, so an event fed meanwhile by another task sees where the call is)."""
+        self.call, actions = flow.step(self.call, event)
+        for action in actions:
+            await self._do(action)
+
+    async def _do(self, action: flow.Action) -> None:
+        assert self.start is not None and self.grant is not None
+        match action:
+            case flow.Speak(text, mark):
+                self._say(text, mark)
+            case flow.StopSpeaking():
+                await self._stop_speaking()
+            case flow.Clear():
+                await self.ws.send_str(codec.clear_message(self.start.stream_sid))
+                self._playout.cleared()
+            case flow.SendMark(name):
+                await self.ws.send_str(codec.mark_message(self.start.stream_sid, name))
+            case flow.StartDeadline(timer, seconds):
+                self._cancel_deadline()
+                self._deadline = asyncio.create_task(
+                    self._deadline_after(timer, seconds / self.deps.clock.speed)
+                )
+            case flow.CancelDeadline():
+                self._cancel_deadline()
+            case flow.HandOver(offer, heard_text):
+                self._hand_over(offer, heard_text)
+            case flow.CloseAgent(reason):
+                await self._close_agent(reason)
+            case flow.ForwardMark(name):
+                if self._agent is not None:
+                    self._agent.mark_played(name)
+            case flow.AwaitScript():
+                await self._feed(flow.ScriptLoaded(await self._get_script()))
+            case flow.RedirectToSay(text, reason):
+                await self._redirect(text, reason)
+            case flow.Record(kind, detail):
+                self._record(kind, **detail)
+            case flow.ReportOutcome(outcome, why, told):
+                self.deps.store.record_outcome(self.grant.call_id, outcome, reason=why)
+                await self._report(outcome, why if told is None else told)
+            case flow.HangUp():
+                await self._hang_up()
+            case flow.CloseSocket(reason, refused):
+                await self._close(WSCloseCode.POLICY_VIOLATION if refused else WSCloseCode.OK, reason)
+            case _:
+                assert_never(action)
 
     # --- speaking -------------------------------------------------------------------------------
 
-    def _say(self, text: str, mark_prefix: str) -> None:
-        """Speak `text`, then send a mark (its echo says it played to the end)."""
-        assert self.grant is not None
-        mark = f"{mark_prefix}{self.grant.call_id}.{self._round}"
+    def _say(self, text: str, mark: str) -> None:
+        """Speak `text`, then send `mark` (its echo says it played to the end)."""
         self._speaking = asyncio.create_task(self._speak(text, mark), name=f"speak-{self._sid_for_log()}")
         self._speaking.add_done_callback(self._speaking_done)
 
@@ -290,61 +304,49 @@ class MediaSession:
             await send(codec.mark_message(sid, mark))
             self._record("speech_sent", frames=playout.frames_sent, mark=mark.split(":", 1)[0])
         except SpeechUnavailable as err:
-            await self._fall_back_to_say(err.reason)
+            await self._feed(flow.SpeechFailed(err.reason))
         except ConnectionResetError:
             pass  # the socket went away mid-message; the reader's finish handles the call
 
-    # --- after the message: the prompt and the keys ------------------------------------------------
+    async def _stop_speaking(self) -> None:
+        """Once this returns nothing more of what was being said goes out (`clear` drops what Twilio has)."""
+        task = self._speaking
+        # Not from within itself (its own speech failed, and the flow is answering that).
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait([task])
 
-    async def _on_mark(self, name: str) -> None:
-        if self.ended:
-            return
-        if name.startswith(AGENT_MARK_PREFIX):
-            if self._agent is not None:
-                self._agent.mark_played(name)
-            return
-        if not name.endswith(f".{self._round}"):
-            self._record("mark_cleared", mark=name[:64])  # flushed by our `clear`, not played
-            return
-        if name.startswith(BYE_MARK_PREFIX):
-            await self._end_call(*self._bye)
-            return
-        if name.startswith(END_MARK_PREFIX) and not self.heard:
-            self.heard = True
-            script = await self._get_script()
-            offer = self._agent_offer(script)
-            if offer is not None and offer.after == After.ANNOUNCEMENT:
-                self._hand_over(offer, heard=self.grant.text if self.grant else "")
-                return
-            if offer is not None and offer.after == After.KEY and (script is None or script.prompt is None):
-                # No prompt: the offer is in the message itself; wait for its key as for a prompt's.
-                self._start_key_window(script.window_s if script is not None else 8.0)
-                return
-            if script is None or script.prompt is None:
-                await self._end_call(CallOutcome.HEARD, "end mark echoed: the message played to the end")
-                return
-            self._say(script.prompt, PROMPT_MARK_PREFIX)
-        elif name.startswith(PROMPT_MARK_PREFIX):
-            script = await self._get_script()
-            self._start_key_window(script.window_s if script is not None else 0.0)
+    def _speaking_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("speaking failed on %s", self._sid_for_log(), exc_info=task.exception())
 
-    def _start_key_window(self, window_s: float) -> None:
-        why = "the message and the prompt played; no key pressed"
-        self._end_after(window_s, CallOutcome.HEARD, why)  # the key window is a span of time by definition
+    def _on_speech_event(self, event: SpeechEvent) -> None:
+        if event.kind in ("tts_failed", "tts_failed_midway", "fallback_used"):
+            log.warning("speech on %s: %s %s", self._sid_for_log(), event.kind, event.reason)
+        self._record(f"speech_{event.kind}", reason=event.reason)
 
-    def _end_after(self, seconds: float, outcome: CallOutcome | None, why: str) -> None:
-        """End the call `seconds` (sandbox seconds) from now, unless a key or a mark's echo does first."""
-        self._cancel_key_window()
-        self._key_window = asyncio.create_task(self._end_later(seconds / self.deps.clock.speed, outcome, why))
+    async def _redirect(self, text: str, reason: str) -> None:
+        """Let Twilio speak the text itself (REST update to <Say>): never a silent call."""
+        assert self.start is not None
+        try:
+            redirected = await self.deps.twilio.redirect(self.start.call_sid, twiml.say_then_hangup(text))
+        except TwilioError as err:
+            log.error("redirect to <Say> failed on %s: %s", self.start.call_sid, err)
+            self._record("redirect_failed", code=err.code, message=err.message)
+            return
+        if redirected:
+            await self._feed(flow.SaidByTwilio(reason))
 
-    async def _end_later(self, seconds: float, outcome: CallOutcome | None, why: str) -> None:
+    # --- the deadline and the script ------------------------------------------------------------------
+
+    async def _deadline_after(self, timer: int, seconds: float) -> None:
         await asyncio.sleep(seconds)
-        await self._end_call(outcome, why)
+        await self._feed(flow.DeadlinePassed(timer))
 
-    def _cancel_key_window(self) -> None:
-        if self._key_window is not None and not self._key_window.done():
-            self._key_window.cancel()
-        self._key_window = None
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline is not asyncio.current_task():
+            self._deadline.cancel()
+        self._deadline = None
 
     async def _get_script(self) -> CallScript | None:
         if self._script is None:
@@ -355,70 +357,10 @@ class MediaSession:
             log.exception("could not load the script of call %s", self._sid_for_log())
             return None
 
-    async def _on_key(self, digit: str) -> None:
-        if self.ended or self.grant is None or self._agent is not None:
-            return  # in a conversation keys are the agent's business (they are on the call's trail)
-        script = await self._get_script() if self.grant.kind == CallKind.ANNOUNCEMENT else None
-        offer = self._agent_offer(script)
-        if offer is not None and offer.after == After.KEY and digit == offer.key:
-            self._cancel_key_window()
-            await self._stop_speaking()
-            self._hand_over(offer, heard=self.grant.text)
-            return
-        if self.grant.kind != CallKind.ANNOUNCEMENT:
-            return
-        if digit == CONFIRM_KEY and script is not None and script.prompt is not None:
-            self._cancel_key_window()
-            self.heard = True
-            await self._end_call(CallOutcome.CONFIRMED, "pressed 1 to confirm")
-        elif digit == OPT_OUT_KEY:
-            self._cancel_key_window()
-            self.heard = True
-            await self._end_call(CallOutcome.OPTED_OUT, "pressed 9: do not call this number again")
-        elif script is not None and script.prompt is not None and digit == script.decline_key:
-            self._cancel_key_window()
-            self.heard = True
-            await self._end_call(CallOutcome.DECLINED, f"pressed {digit} to cancel")
-        elif script is not None and script.prompt is not None and digit == script.snooze_key:
-            self._cancel_key_window()
-            self.heard = True
-            await self._end_call(CallOutcome.SNOOZED, f"pressed {digit} to be called again later")
-        elif digit in (script.repeat_keys if script is not None else frozenset({"2"})):
-            # Stop what is playing (Twilio drops its buffer on `clear`) and start the message over.
-            self._cancel_key_window()
-            await self._stop_speaking()
-            self.heard = False
-            self._record("repeat", digit=digit)
-            self._say(self.grant.text, END_MARK_PREFIX)
-
-    async def _stop_speaking(self) -> None:
-        """Stop what is playing: the task that sends it, and what Twilio has buffered (`clear`)."""
-        if self._speaking is not None and not self._speaking.done():
-            self._speaking.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._speaking
-        assert self.start is not None
-        await self.ws.send_str(codec.clear_message(self.start.stream_sid))
-        self._playout.cleared()
-        self._round += 1
-
     # --- agent mode -----------------------------------------------------------------------------
 
-    def _agent_offer(self, script: CallScript | None) -> AgentOffer | None:
-        if self.deps.start_agent is None or self._agent is not None or self._agent_over:
-            return None
-        return script.agent if script is not None and script.agent is not None else self._offer
-
-    def _hand_over(self, offer: AgentOffer, heard: str) -> None:
-        assert self.start is not None and self.grant is not None
-        self.heard = True  # from here a broken stream no longer means the message went unheard
-        self._heard_before_agent = heard
-        if self.deps.start_agent is None:
-            self._agent_over = True
-            self._bye = (self._outcome_without_agent(), "agent mode is not configured")
-            self._say(self.deps.agent_apology, BYE_MARK_PREFIX)
-            return
-        self._record("agent_handoff", after=offer.after.value)
+    def _hand_over(self, offer: AgentOffer, heard_text: str) -> None:
+        assert self.start is not None and self.grant is not None and self.deps.start_agent is not None
         # Said if the agent cannot be reached: made now, while the agent is being reached, so it comes
         # at once when needed (a no-op once it is in the cache).
         self.deps.speaker.prefetch(self.deps.agent_apology)
@@ -426,7 +368,7 @@ class MediaSession:
             Handoff(
                 call_id=self.grant.call_id,
                 call_kind=self.grant.kind,
-                heard_text=heard,
+                heard_text=heard_text,
                 offer=offer,
                 stream_sid=self.start.stream_sid,
                 send=self.ws.send_str,
@@ -438,85 +380,24 @@ class MediaSession:
         self._agent.start()
 
     async def _agent_connected(self, conversation_id: str) -> None:
-        assert self.grant is not None
-        why = f"handed to the agent (conversation {conversation_id[:64]})"
-        self.deps.store.record_outcome(self.grant.call_id, CallOutcome.AGENT, reason=why)
-        await self._report(CallOutcome.AGENT, why)
+        await self._feed(flow.AgentConnected(conversation_id))
 
     async def _agent_ended(self, end: AgentEnd) -> None:
-        assert self.start is not None and self.grant is not None
-        self._agent_over = True
-        if self.ended or self.ws.closed:
-            return
-        # None: recorded when the agent took the call. Else the message before it (if any) was heard, and
-        # only the conversation failed.
-        outcome = None if end.connected else self._outcome_without_agent()
-        self._bye = (outcome, end.reason)
-        if end.kind == EndKind.AGENT_ENDED:
-            # The agent said goodbye: hang up once its last words have played (the mark's echo).
-            mark = f"{BYE_MARK_PREFIX}{self.grant.call_id}.{self._round}"
-            await self.ws.send_str(codec.mark_message(self.start.stream_sid, mark))
-            self._end_after(BYE_GRACE_S, *self._bye)  # should the echo never come: never left open
-            return
-        log.warning("agent conversation on %s ended: %s", self._sid_for_log(), end.reason)
-        if end.connected:
-            await self._stop_speaking()  # whatever the agent left in Twilio's buffer
-        text = self.deps.agent_time_limit if end.kind == EndKind.TIME_LIMIT else self.deps.agent_apology
-        self._say(text, BYE_MARK_PREFIX)
-
-    def _outcome_without_agent(self) -> CallOutcome:
-        return CallOutcome.HEARD if self._heard_before_agent else CallOutcome.FAILED
+        if self.ws.closed:
+            return  # nothing more can be said on it: the reader's finish ends the call
+        if end.kind != EndKind.AGENT_ENDED and self.call.phase == flow.Phase.WITH_AGENT:
+            log.warning("agent conversation on %s ended: %s", self._sid_for_log(), end.reason)
+        await self._feed(flow.AgentEnded(end))
 
     async def _close_agent(self, reason: str) -> None:
         if self._agent is not None:
             agent, self._agent = self._agent, None
-            self._agent_over = True
             await agent.close(reason)
-
-    def _speaking_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("speaking failed on %s", self._sid_for_log(), exc_info=task.exception())
-
-    def _on_speech_event(self, event: SpeechEvent) -> None:
-        if event.kind in ("tts_failed", "tts_failed_midway", "fallback_used"):
-            log.warning("speech on %s: %s %s", self._sid_for_log(), event.kind, event.reason)
-        self._record(f"speech_{event.kind}", reason=event.reason)
-
-    async def _fall_back_to_say(self, reason: str) -> None:
-        """TTS failed before any audio: let Twilio speak the text itself (never a silent call)."""
-        assert self.start is not None and self.grant is not None
-        self._record("speech_redirect_to_say", reason=reason)
-        try:
-            redirected = await self.deps.twilio.redirect(
-                self.start.call_sid, twiml.say_then_hangup(self.grant.text)
-            )
-        except TwilioError as err:
-            log.error("redirect to <Say> failed on %s: %s", self.start.call_sid, err)
-            self._record("redirect_failed", code=err.code, message=err.message)
-            return
-        if redirected:
-            self.heard = True  # the rest of the call belongs to Twilio's <Say>
-            self.deps.store.record_outcome(self.grant.call_id, CallOutcome.SAID_BY_TWILIO, reason=reason)
-            await self._report(CallOutcome.SAID_BY_TWILIO, f"spoken by Twilio <Say>: {reason}")
 
     # --- ending ---------------------------------------------------------------------------------
 
-    async def _end_call(self, outcome: CallOutcome | None, why: str) -> None:
-        """Record `outcome` (None: already recorded), then hang up."""
-        assert self.start is not None and self.grant is not None
-        if self.ended:
-            return
-        self.ended = True
-        await self._close_agent("the call is ending")
-        if self._speaking is not None and not self._speaking.done():
-            self._speaking.cancel()
-        if self._key_window is not None and self._key_window is not asyncio.current_task():
-            self._cancel_key_window()
-        if outcome is not None:
-            self.deps.store.record_outcome(self.grant.call_id, outcome, reason=why)
-            await self._report(outcome, why)
-        else:
-            self._record("call_ending", reason=why[:200])
+    async def _hang_up(self) -> None:
+        assert self.start is not None
         try:
             hung_up = await self.deps.twilio.hang_up(self.start.call_sid)
         except TwilioError as err:
@@ -524,38 +405,30 @@ class MediaSession:
             self._record("hangup_failed", code=err.code, message=err.message)
         else:
             self._record("hangup", already_ended=not hung_up)
-        await self._close(WSCloseCode.OK, "call ended")
 
     async def _finish(self, *, reason: str) -> None:
-        async with self._finish_lock:
-            await self._close_agent(reason)
-            if self._speaking is not None and not self._speaking.done():
-                self._speaking.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._speaking
-            # The finished task holds its exception, whose traceback holds our frames: drop it so the
-            # session is freed by reference counting, not by a (long, stop-the-world) full GC pass.
-            self._speaking = None
-            if self._key_window is not None and self._key_window is not asyncio.current_task():
-                self._cancel_key_window()
-            if self._script is not None:
-                if not self._script.done():
-                    self._script.cancel()
-                elif not self._script.cancelled() and self._script.exception() is not None:
-                    log.error("loading the call's script failed", exc_info=self._script.exception())
-            self._script = None
-            if self.grant is not None and not self.ended and not self.heard:
-                # The socket broke without `stop` (a hang-up sends `stop`) or the end mark: the caller
-                # may still be there, so Twilio speaks the message instead (design: never silent).
-                self.ended = True
-                await self._fall_back_to_say(reason)
-            if self.grant is not None:
-                self._record("stream_closed", media_frames_in=self.media_in, malformed=self.bad)
-            if self._confirming is not None:
-                await asyncio.wait([self._confirming])
-                self._confirming = None
-            # The trail is written by the store's journal, in order; the session ends once it is committed.
-            await self.deps.store.flush()
+        # The flow's ending (the agent, our speech, <Say> if the message went unheard), then whatever is
+        # still running in any phase (a stream cut for a reused token, say).
+        await self._feed(flow.SocketClosed(reason))
+        await self._close_agent(reason)
+        await self._stop_speaking()
+        # The finished task holds its exception, whose traceback holds our frames: drop it so the
+        # session is freed by reference counting, not by a (long, stop-the-world) full GC pass.
+        self._speaking = None
+        self._cancel_deadline()
+        if self._script is not None:
+            if not self._script.done():
+                self._script.cancel()
+            elif not self._script.cancelled() and self._script.exception() is not None:
+                log.error("loading the call's script failed", exc_info=self._script.exception())
+        self._script = None
+        if self.grant is not None:
+            self._record("stream_closed", media_frames_in=self.media_in, malformed=self.bad)
+        if self._confirming is not None:
+            await asyncio.wait([self._confirming])
+            self._confirming = None
+        # The trail is written by the store's journal, in order; the session ends once it is committed.
+        await self.deps.store.flush()
 
     async def _close(self, code: int, reason: str) -> None:
         if not self.ws.closed:

@@ -1,0 +1,640 @@
+"""A call's flow as a pure state machine: its phases, and what each event does in each of them.
+
+`step(call, event)` gives the call's next state and the actions to carry out, in order. It does no I/O and
+knows no socket, task or clock: `telephony/media.py` reads the media socket, turns what happens into events
+(a mark echoed, a key pressed, the agent's end, a deadline passing, the stream stopping), feeds them in and
+carries the actions out (frames, marks and `clear` on the socket, timers, the agent, REST calls, the
+store). The outcome of a call is decided here, and only here.
+
+    connecting -> speaking -> prompting -> awaiting key -> ended
+                     |  (the agent after the message, or on its key)   ^
+                     v                                                 |
+                  with the agent -> saying goodbye --------------------+
+
+Every mark we send carries the round it was sent in (`end:<call id>.<round>`): a `clear` makes Twilio
+echo every pending mark at once (protocols.md), so a `clear` starts a new round and the echoes of the old
+one count as not played. The next issue (who answered) adds the phases named at the end of `Phase`
+(design.md, "The next stage"); nothing enters them yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, assert_never
+
+from announcer.store.models import CallKind, CallOutcome
+from announcer.telephony.handoff import MARK_PREFIX as AGENT_MARK_PREFIX
+from announcer.telephony.handoff import After, AgentEnd, AgentOffer, EndKind
+
+# --- the keys -----------------------------------------------------------------------------------------
+CONFIRM_KEY = "1"  # with options.confirm
+REPEAT_KEY = "2"  # an alert's, always (options.repeat_key adds one)
+DECLINE_KEY = "2"  # a reminder's (a schedule with `confirm`): cancel it
+SNOOZE_KEY = "3"  # a reminder's: call me again later
+OPT_OUT_KEY = "9"  # always: do not call this number again
+
+# --- the marks: `<prefix><call id>.<round>` -------------------------------------------------------------
+END_MARK_PREFIX = "end:"  # the message; its echo means "heard"
+PROMPT_MARK_PREFIX = "prompt:"
+BYE_MARK_PREFIX = "bye:"  # the last words after an agent conversation (or instead of one)
+
+BYE_GRACE_S = 60.0  # the longest the agent's last words may take to play before the call is hung up
+# How long a key is waited for once everything has played: long enough to find the key, short enough
+# not to annoy.
+WINDOW_S = 8.0
+APOLOGY = "We are sorry, our assistant is not available right now. Goodbye."
+TIME_LIMIT = "We have reached the time limit for this call. Thank you, goodbye."
+
+
+class Phase(StrEnum):
+    CONNECTING = "connecting"  # the socket is open; no admitted `start` yet
+    SPEAKING = "speaking"  # the message is playing (its end mark has not come back)
+    PROMPTING = "prompting"  # the message played; the prompt is playing
+    AWAITING_KEY = "awaiting_key"  # everything played; a deadline runs until a key
+    WITH_AGENT = "with_agent"  # handed to the agent: the caller's audio and keys are the agent's
+    SAYING_GOODBYE = "saying_goodbye"  # the last words play (or the agent's do), then the call is hung up
+    ENDED = "ended"  # hung up, stopped, given to Twilio's <Say>, or not ours (a reused token)
+    # The next issue's (who answered): entered by nothing yet; only the endings apply in them.
+    LISTENING_FOR_HELLO = "listening_for_hello"
+    HOLDING_FOR_AMD = "holding_for_amd"
+    LEAVING_VOICEMAIL = "leaving_voicemail"
+
+
+# A hang-up in these is no longer "hung up early", and a broken socket no longer calls for <Say>.
+HEARD = frozenset({Phase.PROMPTING, Phase.AWAITING_KEY, Phase.WITH_AGENT, Phase.SAYING_GOODBYE})
+MENU = frozenset({Phase.SPEAKING, Phase.PROMPTING, Phase.AWAITING_KEY})  # where keys do what the menu says
+SPEAKS = frozenset({Phase.SPEAKING, Phase.PROMPTING, Phase.SAYING_GOODBYE})  # where our own speech plays
+
+
+class Choice(StrEnum):
+    """What a key does; a call's menu maps its digits to these."""
+
+    CONFIRM = "confirm"
+    OPT_OUT = "opt_out"
+    DECLINE = "decline"
+    SNOOZE = "snooze"
+    REPEAT = "repeat"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class CallScript:
+    """After the message: a prompt, and how long to wait for a key once it has played (real seconds)."""
+
+    prompt: str | None  # None: no confirmation asked; the call ends when the message has played
+    repeat_keys: frozenset[str] = frozenset({REPEAT_KEY})
+    window_s: float = WINDOW_S
+    decline_key: str | None = None  # a reminder's "cancel" (2)
+    snooze_key: str | None = None  # a reminder's "call me again later" (3)
+    agent: AgentOffer | None = None  # hand the call to the agent after the message, or on a key
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What the admitted stream's grant, and the service's configuration, say about the call."""
+
+    call_id: int
+    kind: str  # a CallKind
+    text: str
+    offer: AgentOffer | None = None  # the grant's own: After.START hands the call over at once
+    line_offer: AgentOffer | None = None  # the greeting line's (an announcement's is in its script)
+    agent: bool = False  # an agent is configured (without one a hand-over is an apology)
+    script: bool = False  # a script is being loaded (announcements); keys and the end mark wait for it
+    apology: str = APOLOGY  # said when the agent cannot be reached, or fails
+    time_limit: str = TIME_LIMIT  # said when the conversation reached its longest
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How the call ends once its deadline passes or its last words have played."""
+
+    outcome: CallOutcome | None  # None: recorded already (the agent took the call)
+    why: str
+
+
+# --- events in ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStarted:
+    setup: Setup
+
+
+@dataclass(frozen=True, slots=True)
+class MarkEchoed:
+    name: str  # `<prefix><call id>.<round>`, or the agent's `agent:...`
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPressed:
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptLoaded:
+    script: CallScript | None  # None: none, or it could not be loaded (the call goes on without one)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConnected:
+    conversation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEnded:
+    end: AgentEnd
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlinePassed:
+    timer: int  # StartDeadline's
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStopped:
+    """Twilio's `stop`: the caller hung up."""
+
+
+@dataclass(frozen=True, slots=True)
+class SocketClosed:
+    """The media socket is gone (with or without `stop`): the session is finishing."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechFailed:
+    """No audio could be made at all (TTS down before the first frame)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SaidByTwilio:
+    """Twilio accepted RedirectToSay: the rest of the call is its <Say>."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRefused:
+    """The database says another stream used this call's token first: that stream owns the call."""
+
+
+Event = (
+    StreamStarted
+    | MarkEchoed
+    | KeyPressed
+    | ScriptLoaded
+    | AgentConnected
+    | AgentEnded
+    | DeadlinePassed
+    | StreamStopped
+    | SocketClosed
+    | SpeechFailed
+    | SaidByTwilio
+    | TokenRefused
+)
+
+# --- actions out --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Speak:
+    """Speak `text`, then send `mark` (its echo says it played to the end)."""
+
+    text: str
+    mark: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopSpeaking:
+    """Stop sending what is being spoken (whatever Twilio has buffered still plays: see Clear)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    """Send `clear`: Twilio drops what it has buffered and echoes its pending marks at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendMark:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartDeadline:
+    """Feed DeadlinePassed(timer) `seconds` (sandbox seconds) from now; replaces a running one."""
+
+    timer: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelDeadline:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    offer: AgentOffer
+    heard_text: str  # what the caller heard before the agent ("" when the agent starts the call)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAgent:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardMark:
+    """An echoed `agent:` mark, for the agent (how much of its turn has played)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitScript:
+    """Feed ScriptLoaded once the call's script is in; the events that needed it wait in the state."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectToSay:
+    """Ask Twilio to speak `text` itself (REST update to <Say>); feed SaidByTwilio if it did."""
+
+    text: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOutcome:
+    """The call's outcome: on its record (with `why`), and told to the dispatcher (with `told`)."""
+
+    outcome: CallOutcome
+    why: str
+    told: str | None = None  # None: `why`
+
+
+@dataclass(frozen=True, slots=True)
+class HangUp:
+    """End the call through REST (`Status=completed`; an already ended call is fine)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSocket:
+    reason: str
+    refused: bool = False  # a policy violation (not our call), not a normal close
+
+
+Action = (
+    Speak
+    | StopSpeaking
+    | Clear
+    | SendMark
+    | StartDeadline
+    | CancelDeadline
+    | HandOver
+    | CloseAgent
+    | ForwardMark
+    | AwaitScript
+    | RedirectToSay
+    | Record
+    | ReportOutcome
+    | HangUp
+    | CloseSocket
+)
+
+# --- the state ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallState:
+    phase: Phase = Phase.CONNECTING
+    setup: Setup | None = None
+    round: int = 0  # bumped by every `clear` we send
+    script: CallScript | None = None
+    script_known: bool = True  # False while an announcement's script is being loaded
+    menu: Mapping[str, Choice] = field(default_factory=dict)
+    pending: tuple[Event, ...] = ()  # events that wait for the script
+    timer: int = 0  # the last deadline started
+    armed: bool = False  # that deadline is running
+    ending: Ending | None = None  # what the deadline, or the goodbye's mark, ends the call with
+    handed_over: bool = False  # an agent was given the call
+    heard_before_agent: bool = False  # the caller heard the message before the agent (or its apology)
+
+    @property
+    def heard(self) -> bool:
+        return self.phase in HEARD
+
+    def mark(self, prefix: str) -> str:
+        assert self.setup is not None
+        return f"{prefix}{self.setup.call_id}.{self.round}"
+
+
+def menu_for(setup: Setup, script: CallScript | None) -> dict[str, Choice]:
+    """Which digit does what on this call: an alert's (repeat, opt out, and confirm when it asks), a
+    reminder's (confirm, cancel, later, opt out, its own repeat key), the greeting line's (none), and the
+    agent's key on any of them. Filled from the least to the most binding: a later entry wins a digit."""
+    keys: dict[str, Choice] = {}
+    if setup.kind == CallKind.ANNOUNCEMENT:
+        asks = script is not None and script.prompt is not None
+        keys.update(dict.fromkeys(script.repeat_keys if script is not None else (REPEAT_KEY,), Choice.REPEAT))
+        if asks and script is not None:
+            if script.snooze_key is not None:
+                keys[script.snooze_key] = Choice.SNOOZE
+            if script.decline_key is not None:
+                keys[script.decline_key] = Choice.DECLINE
+        keys[OPT_OUT_KEY] = Choice.OPT_OUT
+        if asks:
+            keys[CONFIRM_KEY] = Choice.CONFIRM
+    offer = _offer(setup, script)
+    if offer is not None and offer.after == After.KEY:
+        keys[offer.key] = Choice.AGENT
+    return keys
+
+
+def _offer(setup: Setup, script: CallScript | None) -> AgentOffer | None:
+    """The agent offered after the message or on a key (None without an agent)."""
+    if not setup.agent:
+        return None
+    return script.agent if script is not None and script.agent is not None else setup.line_offer
+
+
+Step = tuple[CallState, list[Action]]
+
+
+def step(call: CallState, event: Event) -> Step:
+    """The call's next state and what to do, for one event. Pure: the same input gives the same output."""
+    match event:
+        case MarkEchoed(name):
+            return _mark(call, name, event)
+        case KeyPressed(digit):
+            return _key(call, digit, event)
+        case StreamStarted(setup):
+            return _started(call, setup)
+        case ScriptLoaded(script):
+            return _script_loaded(call, script)
+        case AgentConnected(conversation_id):
+            # Also once the call has ended: the caller may hang up while the agent is taking the call.
+            if not call.handed_over or call.phase not in (Phase.WITH_AGENT, Phase.ENDED):
+                return call, []
+            why = f"handed to the agent (conversation {conversation_id[:64]})"
+            return call, [ReportOutcome(CallOutcome.AGENT, why)]
+        case AgentEnded(end):
+            return _agent_ended(call, end)
+        case DeadlinePassed(timer):
+            if not call.armed or timer != call.timer or call.ending is None:
+                return call, []
+            return _end(replace(call, armed=False), call.ending.outcome, call.ending.why)
+        case StreamStopped():
+            return _stopped(call)
+        case SocketClosed(reason):
+            return _closed(call, reason)
+        case SpeechFailed(reason):
+            if call.phase not in SPEAKS:
+                return call, []
+            return call, _redirect(call, reason)
+        case SaidByTwilio(reason):
+            if call.setup is None:
+                return call, []
+            # The rest of the call is Twilio's <Say>: no hang-up of ours (it hangs up after speaking).
+            call, actions = _leave(call, "the call was given to Twilio <Say>", speaking=False)
+            told = f"spoken by Twilio <Say>: {reason}"
+            return call, [*actions, ReportOutcome(CallOutcome.SAID_BY_TWILIO, reason, told)]
+        case TokenRefused():
+            if call.setup is None:
+                return call, []
+            # Not ours to end: no outcome and no hang-up; the stream that used the token first owns the call.
+            call, actions = _leave(call, "stream token already used")
+            closing = CloseSocket("stream token already used", refused=True)
+            return call, [Record("stream_token_reused"), *actions, closing]
+        case _:
+            assert_never(event)
+
+
+# --- the events, one by one -----------------------------------------------------------------------------
+
+
+def _started(call: CallState, setup: Setup) -> Step:
+    if call.phase != Phase.CONNECTING:
+        return call, []
+    call = CallState(
+        phase=Phase.SPEAKING,
+        setup=setup,
+        script_known=not setup.script,
+        menu={} if setup.script else menu_for(setup, None),
+    )
+    if setup.offer is not None and setup.offer.after == After.START:
+        return _hand_over(call, setup.offer, heard=False, actions=[])  # POST /outbound-call
+    return call, [Speak(setup.text, call.mark(END_MARK_PREFIX))]
+
+
+def _mark(call: CallState, name: str, event: MarkEchoed) -> Step:
+    phase = call.phase
+    if phase == Phase.CONNECTING or phase == Phase.ENDED:
+        return call, []
+    if name.startswith(AGENT_MARK_PREFIX):
+        return call, [ForwardMark(name)] if phase == Phase.WITH_AGENT else []
+    if not name.endswith(f".{call.round}"):
+        return call, [Record("mark_cleared", {"mark": name[:64]})]  # flushed by our `clear`, not played
+    if phase == Phase.SPEAKING and name.startswith(END_MARK_PREFIX):
+        if not call.script_known:
+            return _wait_for_script(call, event)
+        return _message_played(call)
+    if phase == Phase.PROMPTING and name.startswith(PROMPT_MARK_PREFIX):
+        if not call.script_known:
+            return _wait_for_script(call, event)
+        return _await_key(call, call.script.window_s if call.script is not None else 0.0)
+    if phase == Phase.SAYING_GOODBYE and name.startswith(BYE_MARK_PREFIX) and call.ending is not None:
+        return _end(call, call.ending.outcome, call.ending.why)
+    return call, []
+
+
+def _message_played(call: CallState) -> Step:
+    """The message's end mark came back: it was heard. Then the agent, the prompt, or the end."""
+    assert call.setup is not None
+    script = call.script
+    offer = _offer(call.setup, script)
+    if offer is not None and offer.after == After.ANNOUNCEMENT:
+        return _hand_over(call, offer, heard=True, actions=[])
+    if script is None or script.prompt is None:
+        if offer is not None and offer.after == After.KEY:
+            # No prompt: the offer is in the message itself; wait for its key as for a prompt's.
+            return _await_key(call, script.window_s if script is not None else WINDOW_S)
+        return _end(call, CallOutcome.HEARD, "end mark echoed: the message played to the end")
+    return replace(call, phase=Phase.PROMPTING), [Speak(script.prompt, call.mark(PROMPT_MARK_PREFIX))]
+
+
+def _key(call: CallState, digit: str, event: KeyPressed) -> Step:
+    """One switch over this call's menu. Keys mean nothing before the start, to the agent's caller (they
+    are the agent's business), while the call says goodbye, and after the end."""
+    if call.phase not in MENU:
+        return call, []
+    if not call.script_known:
+        return _wait_for_script(call, event)
+    setup = call.setup
+    assert setup is not None
+    match call.menu.get(digit):
+        case Choice.CONFIRM:
+            return _end(call, CallOutcome.CONFIRMED, f"pressed {digit} to confirm")
+        case Choice.OPT_OUT:
+            return _end(call, CallOutcome.OPTED_OUT, f"pressed {digit}: do not call this number again")
+        case Choice.DECLINE:
+            return _end(call, CallOutcome.DECLINED, f"pressed {digit} to cancel")
+        case Choice.SNOOZE:
+            return _end(call, CallOutcome.SNOOZED, f"pressed {digit} to be called again later")
+        case Choice.REPEAT:
+            # Stop what is playing (Twilio drops its buffer on `clear`) and start the message over.
+            call, actions = _silence(call)
+            actions += [Record("repeat", {"digit": digit}), Speak(setup.text, call.mark(END_MARK_PREFIX))]
+            return replace(call, phase=Phase.SPEAKING), actions
+        case Choice.AGENT:
+            offer = _offer(setup, call.script)
+            assert offer is not None
+            call, actions = _silence(call)
+            return _hand_over(call, offer, heard=True, actions=actions)
+        case None:
+            return call, []
+
+
+def _script_loaded(call: CallState, script: CallScript | None) -> Step:
+    if call.setup is None:
+        return call, []
+    pending = call.pending
+    call = replace(call, script=script, script_known=True, menu=menu_for(call.setup, script), pending=())
+    actions: list[Action] = []
+    for event in pending:
+        call, more = step(call, event)
+        actions += more
+    return call, actions
+
+
+def _agent_ended(call: CallState, end: AgentEnd) -> Step:
+    """The conversation is over: hang up once the agent's last words have played, or apologise first."""
+    if call.phase != Phase.WITH_AGENT:
+        return call, []
+    # None: recorded when the agent took the call. Else the message before it (if any) was heard, and only
+    # the conversation failed.
+    outcome = None if end.connected else _outcome_without_agent(call)
+    ending = Ending(outcome, end.reason)
+    call = replace(call, phase=Phase.SAYING_GOODBYE, ending=ending)
+    if end.kind == EndKind.AGENT_ENDED:
+        # The agent said goodbye: hang up when its last words have played (the mark's echo), or after the
+        # grace should the echo never come (never left open).
+        timer = call.timer + 1
+        call = replace(call, timer=timer, armed=True)
+        return call, [SendMark(call.mark(BYE_MARK_PREFIX)), StartDeadline(timer, BYE_GRACE_S)]
+    actions: list[Action] = []
+    if end.connected:
+        call, actions = _silence(call)  # whatever the agent left in Twilio's buffer
+    assert call.setup is not None
+    text = call.setup.time_limit if end.kind == EndKind.TIME_LIMIT else call.setup.apology
+    return call, [*actions, Speak(text, call.mark(BYE_MARK_PREFIX))]
+
+
+def _stopped(call: CallState) -> Step:
+    """Twilio's `stop`: the caller hung up. The agent's socket first (no orphaned agent sessions), then
+    answer Twilio's close while its side is still open; the REST hang-up comes after."""
+    if call.phase == Phase.CONNECTING:
+        return call, []
+    closing = CloseSocket("stream stopped")
+    if call.phase == Phase.ENDED:
+        return call, [closing]
+    ended, actions = _leave(call, "the caller hung up")
+    actions.append(closing)
+    if not call.heard:
+        actions += [
+            ReportOutcome(CallOutcome.HUNG_UP_EARLY, "stream stopped before the message ended"),
+            HangUp(),
+        ]
+    # Else heard (or with the agent, whose outcome was recorded when it took the call): nothing to record.
+    return ended, actions
+
+
+def _closed(call: CallState, reason: str) -> Step:
+    if call.phase == Phase.CONNECTING or call.phase == Phase.ENDED:
+        return replace(call, phase=Phase.ENDED), []
+    ended, actions = _leave(call, reason)
+    if not call.heard:
+        # The socket broke without `stop` (a hang-up sends `stop`) or the end mark: the caller may still
+        # be there, so Twilio speaks the message instead (design: never silent).
+        actions += _redirect(call, reason)
+    return ended, actions
+
+
+# --- what several events do ---------------------------------------------------------------------------
+
+
+def _end(call: CallState, outcome: CallOutcome | None, why: str) -> Step:
+    """Record `outcome` (None: recorded already), then hang up. Every hang-up of ours but a `stop`'s comes
+    through here."""
+    call, actions = _leave(call, "the call is ending")
+    if outcome is not None:
+        actions.append(ReportOutcome(outcome, why))
+    else:
+        actions.append(Record("call_ending", {"reason": why[:200]}))
+    return call, [*actions, HangUp(), CloseSocket("call ended")]
+
+
+def _leave(call: CallState, agent_reason: str, *, speaking: bool = True) -> Step:
+    """From a live phase into ENDED: nothing of the call goes on (the agent, our speech, the deadline).
+    Every way there comes through here."""
+    if call.phase == Phase.ENDED:
+        return call, []
+    actions: list[Action] = [CloseAgent(agent_reason)] if call.phase == Phase.WITH_AGENT else []
+    if speaking:
+        actions.append(StopSpeaking())
+    if call.armed:
+        actions.append(CancelDeadline())
+    return replace(call, phase=Phase.ENDED, armed=False), actions
+
+
+def _silence(call: CallState) -> Step:
+    """Stop what plays (ours, and what Twilio buffered) and start a new round of marks."""
+    actions: list[Action] = [CancelDeadline()] if call.armed else []
+    actions += [StopSpeaking(), Clear()]
+    return replace(call, round=call.round + 1, armed=False), actions
+
+
+def _hand_over(call: CallState, offer: AgentOffer, *, heard: bool, actions: list[Action]) -> Step:
+    """From here a broken stream no longer means the message went unheard."""
+    setup = call.setup
+    assert setup is not None
+    call = replace(call, heard_before_agent=heard)
+    if not setup.agent:
+        ending = Ending(_outcome_without_agent(call), "agent mode is not configured")
+        call = replace(call, phase=Phase.SAYING_GOODBYE, ending=ending)
+        return call, [*actions, Speak(setup.apology, call.mark(BYE_MARK_PREFIX))]
+    call = replace(call, phase=Phase.WITH_AGENT, handed_over=True)
+    handing = HandOver(offer, setup.text if heard else "")
+    return call, [*actions, Record("agent_handoff", {"after": offer.after.value}), handing]
+
+
+def _await_key(call: CallState, seconds: float) -> Step:
+    """The key window is a span of time by definition: no key in it, and the message counts as heard."""
+    timer = call.timer + 1
+    ending = Ending(CallOutcome.HEARD, "the message and the prompt played; no key pressed")
+    call = replace(call, phase=Phase.AWAITING_KEY, timer=timer, armed=True, ending=ending)
+    return call, [StartDeadline(timer, seconds)]
+
+
+def _redirect(call: CallState, reason: str) -> list[Action]:
+    """TTS failed before any audio, or the socket broke: let Twilio speak the message (never silent)."""
+    assert call.setup is not None
+    return [Record("speech_redirect_to_say", {"reason": reason}), RedirectToSay(call.setup.text, reason)]
+
+
+def _wait_for_script(call: CallState, event: Event) -> Step:
+    return replace(call, pending=(*call.pending, event)), [AwaitScript()]
+
+
+def _outcome_without_agent(call: CallState) -> CallOutcome:
+    return CallOutcome.HEARD if call.heard_before_agent else CallOutcome.FAILED
