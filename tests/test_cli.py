@@ -47,18 +47,29 @@ async def sandbox_service(env: dict[str, str], cwd: Path) -> AsyncIterator[str]:
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "announcer.cli", "serve", env=env, cwd=cwd, stderr=asyncio.subprocess.PIPE
     )
+    drain: asyncio.Task[None] | None = None
     try:
         assert server.stderr is not None
+        stderr = server.stderr
         async with asyncio.timeout(60):
             seen = ""
             while "loopback Twilio" not in seen:
-                line = await server.stderr.readline()
+                line = await stderr.readline()
                 assert line, f"service exited early: {seen}"
                 seen += line.decode()
+
+        async def drain_stderr() -> None:
+            # Read on until it exits: a pipe nobody reads fills up (64 KiB) and blocks the service's logging.
+            while await stderr.readline():
+                pass
+
+        drain = asyncio.create_task(drain_stderr())
         yield seen
     finally:
         server.terminate()
         await server.wait()
+        if drain is not None:
+            await drain
 
 
 async def test_bad_settings_stop_start_up_with_one_line(tmp_path: Path) -> None:
