@@ -24,6 +24,7 @@ from typing import Any, assert_never
 from aiohttp import WSCloseCode, WSMsgType, web
 from sqlalchemy.exc import SQLAlchemyError
 
+from announcer import logs
 from announcer.speech.speaker import Speaker, SpeechEvent, SpeechUnavailable
 from announcer.store.calls import CallStore, StreamGrant
 from announcer.store.models import CallKind, CallOutcome
@@ -132,7 +133,7 @@ class MediaSession:
     def _protocol_problem(self, what: str) -> None:
         self.bad += 1
         if self.bad <= 3 or self.bad % 100 == 0:
-            log.warning("media stream %s: ignored malformed message: %s", self._sid_for_log(), what)
+            log.warning("media stream: ignored malformed message: %s", what)
         if self.grant is not None and self.recorded_problems < 10:
             self.recorded_problems += 1  # a noisy stream must not flood the audit trail
             self._record("protocol_error", reason=what[:200])
@@ -169,6 +170,7 @@ class MediaSession:
         if self.start is not None:
             self._protocol_problem("a second start on the same stream")
             return
+        logs.bind(call_sid=start.call_sid)  # every record of this session (and its tasks) names the call
         if start.account_sid != self.deps.account_sid:
             await self._close(WSCloseCode.POLICY_VIOLATION, "stream for another account")
             return
@@ -185,7 +187,7 @@ class MediaSession:
         if grant is None and not self.deps.tokens.taken_here(token):
             grant = await self.deps.store.consume_token(token, start.call_sid)
         if grant is None:
-            log.warning("media stream for %s rejected: unknown, expired or used token", start.call_sid)
+            log.warning("media stream rejected: unknown, expired or used token")
             await self._close(WSCloseCode.POLICY_VIOLATION, "unknown, expired or already used stream token")
             return
         self.start, self.grant = start, grant
@@ -218,10 +220,10 @@ class MediaSession:
             grant = await self.deps.store.consume_token(token, call_sid)
         except SQLAlchemyError as err:
             # This process issued the token and admitted the stream; the caller keeps their message.
-            log.error("could not confirm the stream token of %s: %r", call_sid, err)
+            log.error("could not confirm the stream token: %r", err)
             return
         if grant is None:
-            log.warning("stream token for %s refused (used elsewhere, or the call ended); cutting", call_sid)
+            log.warning("stream token refused (used elsewhere, or the call ended); cutting the stream")
             await self._feed(flow.TokenRefused())
 
     # --- the call's flow: events in, actions out ----------------------------------------------------
@@ -318,11 +320,11 @@ class MediaSession:
 
     def _speaking_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("speaking failed on %s", self._sid_for_log(), exc_info=task.exception())
+            log.error("speaking failed", exc_info=task.exception())
 
     def _on_speech_event(self, event: SpeechEvent) -> None:
         if event.kind in ("tts_failed", "tts_failed_midway", "fallback_used"):
-            log.warning("speech on %s: %s %s", self._sid_for_log(), event.kind, event.reason)
+            log.warning("speech: %s %s", event.kind, event.reason)
         self._record(f"speech_{event.kind}", reason=event.reason)
 
     async def _redirect(self, text: str, reason: str) -> None:
@@ -331,7 +333,7 @@ class MediaSession:
         try:
             redirected = await self.deps.twilio.redirect(self.start.call_sid, twiml.say_then_hangup(text))
         except TwilioError as err:
-            log.error("redirect to <Say> failed on %s: %s", self.start.call_sid, err)
+            log.error("redirect to <Say> failed: %s", err)
             self._record("redirect_failed", code=err.code, message=err.message)
             return
         if redirected:
@@ -354,7 +356,7 @@ class MediaSession:
         try:
             return await self._script
         except Exception:  # without its script the call still ends as a heard message
-            log.exception("could not load the script of call %s", self._sid_for_log())
+            log.exception("could not load the call's script")
             return None
 
     # --- agent mode -----------------------------------------------------------------------------
@@ -386,7 +388,7 @@ class MediaSession:
         if self.ws.closed:
             return  # nothing more can be said on it: the reader's finish ends the call
         if end.kind != EndKind.AGENT_ENDED and self.call.phase == flow.Phase.WITH_AGENT:
-            log.warning("agent conversation on %s ended: %s", self._sid_for_log(), end.reason)
+            log.warning("agent conversation ended: %s", end.reason)
         await self._feed(flow.AgentEnded(end))
 
     async def _close_agent(self, reason: str) -> None:
@@ -401,7 +403,7 @@ class MediaSession:
         try:
             hung_up = await self.deps.twilio.hang_up(self.start.call_sid)
         except TwilioError as err:
-            log.error("hang-up of %s failed: %s", self.start.call_sid, err)
+            log.error("hang-up failed: %s", err)
             self._record("hangup_failed", code=err.code, message=err.message)
         else:
             self._record("hangup", already_ended=not hung_up)
