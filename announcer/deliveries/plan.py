@@ -6,11 +6,13 @@ All problems are collected, not just the first: a caller fixing a 500-row list w
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from announcer.messages.limits import RENDER_CPU_S, REQUEST_RENDER_CPU_S
 from announcer.messages.phones import BadNumber, to_e164
 from announcer.messages.render import MessageRenderer, PreparedTemplate, RenderError
 from announcer.store.deliveries import NewDelivery  # what the store takes: planned, then stored as is
@@ -73,13 +75,32 @@ def prepare_template(
         raise PlanError([Problem("template" if template else "template_text", str(err))]) from None
 
 
+def plan(
+    renderer: MessageRenderer,
+    template: str | None,
+    template_text: str | None,
+    shared: Mapping[str, Any],
+    recipients: Sequence[RecipientIn],
+    limits: Limits,
+) -> list[NewDelivery]:
+    """`prepare_template` then `plan_deliveries`: the whole of it is CPU work, run in the render thread
+    (messages.workers), never on the event loop."""
+    return plan_deliveries(prepare_template(renderer, template, template_text), shared, recipients, limits)
+
+
 def plan_deliveries(
     prepared: PreparedTemplate,
     shared: Mapping[str, Any],
     recipients: Sequence[RecipientIn],
     limits: Limits,
 ) -> list[NewDelivery]:
-    """Render every recipient; raise PlanError with every problem found."""
+    """Render every recipient; raise PlanError with every problem found.
+
+    A template over a limit of the sandbox (messages.limits) is the template's problem, not the
+    recipient's: planning stops there, with one problem on the template's field naming the limit. So
+    does a request whose renders together take more than REQUEST_RENDER_CPU_S of CPU."""
+    template_field = "template_text" if prepared.inline else "template"
+    started = time.thread_time()
     problems: list[Problem] = []
     if not recipients:
         raise PlanError([Problem("recipients", "at least one recipient is required")])
@@ -115,9 +136,16 @@ def plan_deliveries(
         variables: dict[str, Any] = {"name": recipient.name, "phone": phone or recipient.phone}
         variables.update(shared)
         variables.update(recipient.variables)
+        # the last renders get what is left of the request's CPU budget, not a whole render's
+        cpu_s = min(RENDER_CPU_S, REQUEST_RENDER_CPU_S - (time.thread_time() - started))
         try:
-            text = prepared.render(variables)
+            text = prepared.render(variables, cpu_s)
         except RenderError as err:
+            if err.limit == "cpu time" and cpu_s < RENDER_CPU_S:
+                reason = f"rendering every recipient takes more than {REQUEST_RENDER_CPU_S:g} s of CPU"
+                raise PlanError([Problem(template_field, f"{prepared.name}: {reason}", index)]) from None
+            if err.limit is not None:
+                raise PlanError([Problem(template_field, str(err), index)]) from None
             problems.append(Problem(f"{where}.variables", str(err), index))
             continue
         if len(text) > limits.max_text_chars:
