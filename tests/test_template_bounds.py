@@ -314,7 +314,7 @@ async def test_preview_and_alert_answer_422_naming_the_field(
     assert status == 422 and json.loads(text)["problems"][0]["field"] == "template_text", text
 
 
-async def test_a_limit_reached_by_a_recipients_variables_names_the_recipient(service: Service) -> None:
+async def test_a_limit_reached_with_one_recipients_variables_names_them(service: Service) -> None:
     body = {
         "template_text": "{{ word * times }}",
         "recipients": [
@@ -325,8 +325,13 @@ async def test_a_limit_reached_by_a_recipients_variables_names_the_recipient(ser
     status, text = await post(service, "/v1/alerts", body)
     assert status == 422
     (problem,) = json.loads(text)["problems"]
-    assert problem["field"] == "template_text" and problem["index"] == 1
+    assert problem["field"] == "recipients[1].variables" and problem["index"] == 1
     assert "at most 20,000" in problem["reason"]
+    # the same variables for the first recipient: nothing rendered before, the template is named
+    body["recipients"].reverse()
+    status, text = await post(service, "/v1/alerts", body)
+    (problem,) = json.loads(text)["problems"]
+    assert status == 422 and problem["field"] == "template_text" and problem["index"] == 0
 
 
 @pytest.fixture

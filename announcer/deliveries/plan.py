@@ -96,11 +96,13 @@ def plan_deliveries(
 ) -> list[NewDelivery]:
     """Render every recipient; raise PlanError with every problem found.
 
-    A template over a limit of the sandbox (messages.limits) is the template's problem, not the
-    recipient's: planning stops there, with one problem on the template's field naming the limit. So
-    does a request whose renders together take more than REQUEST_RENDER_CPU_S of CPU."""
+    A render over a limit of the sandbox (messages.limits) stops planning at once, with that one problem
+    naming the limit: on the template's field when no recipient before rendered (the template is the
+    problem), else on the recipient's variables (the template works, these variables take it over). So
+    does a request whose renders together take more than REQUEST_RENDER_CPU_S of CPU (the template's)."""
     template_field = "template_text" if prepared.inline else "template"
     started = time.thread_time()
+    rendered = False  # a recipient before this one rendered within the limits
     problems: list[Problem] = []
     if not recipients:
         raise PlanError([Problem("recipients", "at least one recipient is required")])
@@ -145,9 +147,11 @@ def plan_deliveries(
                 reason = f"rendering every recipient takes more than {REQUEST_RENDER_CPU_S:g} s of CPU"
                 raise PlanError([Problem(template_field, f"{prepared.name}: {reason}", index)]) from None
             if err.limit is not None:
-                raise PlanError([Problem(template_field, str(err), index)]) from None
+                culprit = f"{where}.variables" if rendered else template_field
+                raise PlanError([Problem(culprit, str(err), index)]) from None
             problems.append(Problem(f"{where}.variables", str(err), index))
             continue
+        rendered = True
         if len(text) > limits.max_text_chars:
             problems.append(
                 Problem(

@@ -5,11 +5,18 @@ alert) would hold every live call's audio. One worker thread is enough, and bett
 runs one thread at a time, so a second worker would not render faster, only take the interpreter from
 the event loop twice as often. Twenty abusive requests at once therefore queue here, each stopped by its
 own budget (`limits.RENDER_CPU_S`), instead of competing with the calls.
+
+The thread also yields to the event loop: a long render pauses every few milliseconds (`budget.RUN_S`),
+and the thread runs at a lower CPU priority than the rest of the process (RENDER_NICE), so on a busy
+machine the loop, and with it every live call's next frame, gets a core first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -18,6 +25,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 RENDER_THREADS = 1
+RENDER_NICE = 10  # added to the render thread's nice value (Linux: per thread)
 # The longest a request waits for its turn and its render (wall clock). The render itself stops within
 # its CPU budget; this bounds the wait behind others when the thread is busy.
 RENDER_WAIT_S = 30.0
@@ -31,7 +39,9 @@ class RenderPool:
     """Owned by the application's lifecycle (app.py): made at start, shut down at the end."""
 
     def __init__(self, threads: int = RENDER_THREADS, wait_s: float = RENDER_WAIT_S) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="render")
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="render", initializer=_lower_priority
+        )
         self._wait_s = wait_s
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -47,3 +57,13 @@ class RenderPool:
     async def close(self) -> None:
         """Wait for the work in hand (each piece ends within its budget); drop what has not started."""
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+
+def _lower_priority() -> None:
+    """In the render thread, when it starts: on Linux a thread's nice value is its own; elsewhere this
+    may be refused (or apply to the whole process: then it is not done), and renders run as they are."""
+    if not hasattr(os, "setpriority") or threading.get_native_id() == os.getpid():
+        return
+    with contextlib.suppress(OSError):
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + RENDER_NICE)
