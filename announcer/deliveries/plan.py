@@ -139,9 +139,10 @@ def plan_deliveries(
         variables.update(shared)
         variables.update(recipient.variables)
         # the last renders get what is left of the request's CPU budget, not a whole render's
-        cpu_s = min(RENDER_CPU_S, REQUEST_RENDER_CPU_S - (time.thread_time() - started))
+        now = time.thread_time()
+        cpu_s = min(RENDER_CPU_S, REQUEST_RENDER_CPU_S - (now - started))
         try:
-            text = prepared.render(variables, cpu_s)
+            text = prepared.render(variables, cpu_s, now)
         except RenderError as err:
             if err.limit == "cpu time" and cpu_s < RENDER_CPU_S:
                 reason = f"rendering every recipient takes more than {REQUEST_RENDER_CPU_S:g} s of CPU"

@@ -55,13 +55,14 @@ class Budget:
         "steps",
     )
 
-    def __init__(self, cpu_s: float = RENDER_CPU_S) -> None:
+    def __init__(self, cpu_s: float = RENDER_CPU_S, cpu_now: float | None = None) -> None:
+        """`cpu_now`: this thread's CPU time (`time.thread_time()`), when the caller has it at hand."""
         self.cpu_s = cpu_s
         self.steps = 0
         self.iterations = 0
         self.produced = 0
         self.macro_depth = 0
-        self._cpu_deadline = time.thread_time() + cpu_s
+        self._cpu_deadline = (time.thread_time() if cpu_now is None else cpu_now) + cpu_s
         # Reading the thread's CPU clock is a system call; the wall clock is not. CPU time never runs
         # ahead of wall time, so the CPU clock is read only once the wall clock says it may be due.
         now = time.perf_counter()
@@ -137,9 +138,6 @@ class Budget:
             yield
         finally:
             self.macro_depth -= 1
-
-    def cpu_used(self) -> float:
-        return time.thread_time() - (self._cpu_deadline - self.cpu_s)
 
 
 def current() -> Budget | None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import jinja2
 
@@ -124,9 +124,16 @@ class MessageRenderer:
     def render_text(self, source: str, variables: Mapping[str, Any]) -> str:
         return self.prepare(source=source).render(variables)
 
-    def _run(self, name: str, template: jinja2.Template, variables: Mapping[str, Any], cpu_s: float) -> str:
+    def _run(
+        self,
+        name: str,
+        template: jinja2.Template,
+        variables: Mapping[str, Any],
+        cpu_s: float,
+        cpu_now: float | None,
+    ) -> str:
         try:
-            outer = swap(Budget(cpu_s))
+            outer = swap(Budget(cpu_s, cpu_now))
             try:
                 text = _output(template, variables)
             finally:
@@ -166,12 +173,13 @@ class MessageRenderer:
 
 
 def _output(template: jinja2.Template, variables: Mapping[str, Any]) -> str:
-    """The template's output, refused as soon as it is longer than a render may output."""
-    stream = cast(Generator[str, None, None], template.generate(**variables))
+    """The template's output, refused as soon as it is longer than a render may output. As
+    `Template.render` does, without its join: an error is raised again with the template's lines."""
+    context = template.new_context(dict(variables))
     try:
-        return bounded_join(stream, MAX_OUTPUT_CHARS)
-    finally:
-        stream.close()
+        return bounded_join(template.root_render_func(context), MAX_OUTPUT_CHARS)
+    except Exception:
+        template.environment.handle_exception()  # raises it again
 
 
 class PreparedTemplate:
@@ -183,6 +191,9 @@ class PreparedTemplate:
         self.name = name
         self.inline = inline  # given as text in a request, not a template of the server
 
-    def render(self, variables: Mapping[str, Any], cpu_s: float = RENDER_CPU_S) -> str:
-        """The message for `variables`; at most `cpu_s` of this thread's CPU time."""
-        return self._renderer._run(self.name, self._template, variables, cpu_s)
+    def render(
+        self, variables: Mapping[str, Any], cpu_s: float = RENDER_CPU_S, cpu_now: float | None = None
+    ) -> str:
+        """The message for `variables`; at most `cpu_s` of this thread's CPU time. `cpu_now`: this
+        thread's CPU time now, when the caller has just read it (it saves reading it again)."""
+        return self._renderer._run(self.name, self._template, variables, cpu_s, cpu_now)

@@ -160,9 +160,11 @@ def bounded_join(pieces: Iterable[str], limit: int) -> str:
     stream = iter(pieces)
     kept: list[str] = []
     size = 0
-    while chunk := list(itertools.islice(stream, _CHUNK)):
+    while True:
+        chunk = list(itertools.islice(stream, _CHUNK))
         size += sum(map(len, chunk))
         if size > limit:
             raise LimitExceeded("output length", f"the output is over {limit:,} characters")
+        if len(chunk) < _CHUNK:  # the end (most renders: one short chunk)
+            return "".join(kept + chunk if kept else chunk)
         kept += chunk
-    return "".join(kept)
