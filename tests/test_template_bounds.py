@@ -101,6 +101,11 @@ ABUSIVE = [
         LONG + "{% set b %}{% for i in range(10000) %}{{ s }}{% endfor %}{% endset %}x",
         "output length",
     ),
+    (
+        "filters of constants, joined as the template compiles",
+        ("{{ " + " ~ ".join(["('x' | center(20000))"] * 20) + " }}") * 10,
+        "string length",
+    ),
     ("include", "{% include 'alert.j2' %}", "template files"),
     ("import", "{% import 'alert.j2' as a %}x", "template files"),
     ("extends", "{% extends 'alert.j2' %}", "template files"),

@@ -628,6 +628,12 @@ def _check_items(value: Any, name: str) -> None:
         )
 
 
+class OutsideRender(Exception):
+    """A filter called with no render's budget in force. Jinja calls the filters of constant arguments
+    while it compiles, to fold them; refused, they run when the template renders, within its budget
+    (else 300 `"x"|center(20000)` joined by `~` would make 6 MB as the template compiles)."""
+
+
 def bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     """`func` with its input checked (when it prints or sorts it) and its result checked and charged.
     Runs for every filter of every render, so the common case (a short string) takes the shortest path."""
@@ -637,6 +643,8 @@ def bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     what = f"value given to {name}"
 
     def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if current() is None:
+            raise OutsideRender(name)
         if prints and type(value) is not str:
             check_printable(value, what)
         result = func(value, *args, **kwargs)
@@ -645,6 +653,8 @@ def bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         return checked(result)
 
     def bounded_with(first: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if current() is None:
+            raise OutsideRender(name)
         if prints and type(value) is not str:
             check_printable(value, what)
         elif sorts:
