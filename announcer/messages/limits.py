@@ -10,7 +10,8 @@ sees them. Over any limit the render fails with `LimitExceeded`, which names the
 The values are generous for a spoken message (the message itself is at most ANNOUNCER_MAX_TEXT_CHARS,
 2,000 by default) and small enough that one render stays within a few MB and tens of milliseconds. They
 are constants, not settings: no operator needs a template that is bigger than these to say something on
-the phone.
+the phone. (How the render thread shares the interpreter with the event loop, its pauses and priority,
+is in `budget` and `workers`.)
 """
 
 from __future__ import annotations
