@@ -304,7 +304,7 @@ async def test_preview_and_alert_answer_422_naming_the_field(
         _no_server_path(text, service)
         (problem,) = json.loads(text)["problems"]
         assert problem["field"] == "template_text"
-        assert problem["reason"].startswith("<inline>")
+        assert problem["reason"].startswith("<inline>") and problem["reason"].endswith(f"(limit: {limit})")
     assert not service.sandbox.calls
     status, text = await post(
         service,
@@ -331,7 +331,7 @@ async def test_a_limit_reached_with_one_recipients_variables_names_them(service:
     assert status == 422
     (problem,) = json.loads(text)["problems"]
     assert problem["field"] == "recipients[1].variables" and problem["index"] == 1
-    assert "at most 20,000" in problem["reason"]
+    assert "at most 20,000 (limit: string length)" in problem["reason"]
     # the same variables for the first recipient: nothing rendered before, the template is named
     body["recipients"].reverse()
     status, text = await post(service, "/v1/alerts", body)

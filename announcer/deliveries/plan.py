@@ -146,7 +146,8 @@ def plan_deliveries(
         except RenderError as err:
             if err.limit == "cpu time" and cpu_s < RENDER_CPU_S:
                 reason = f"rendering every recipient takes more than {REQUEST_RENDER_CPU_S:g} s of CPU"
-                raise PlanError([Problem(template_field, f"{prepared.name}: {reason}", index)]) from None
+                reason = f"{prepared.name}: {reason} (limit: request cpu time)"
+                raise PlanError([Problem(template_field, reason, index)]) from None
             if err.limit is not None:
                 culprit = f"{where}.variables" if rendered else template_field
                 raise PlanError([Problem(culprit, str(err), index)]) from None

@@ -41,7 +41,8 @@ class RenderError(Exception):
         self.line = line
         self.limit = limit
         where = f"{template}, line {line}" if line else template
-        super().__init__(f"{where}: {reason}")
+        named = f" (limit: {limit})" if limit else ""
+        super().__init__(f"{where}: {reason}{named}")
 
 
 def normalise(text: str) -> str:
