@@ -145,8 +145,8 @@ def plan_deliveries(
             text = prepared.render(variables, cpu_s, now)
         except RenderError as err:
             if err.limit == "cpu time" and cpu_s < RENDER_CPU_S:
-                reason = f"rendering every recipient takes more than {REQUEST_RENDER_CPU_S:g} s of CPU"
-                reason = f"{prepared.name}: {reason} (limit: request cpu time)"
+                spent = f"rendering every recipient takes more than {REQUEST_RENDER_CPU_S:g} s of CPU"
+                reason = f"{prepared.name}: {spent} (limit: request cpu time)"
                 raise PlanError([Problem(template_field, reason, index)]) from None
             if err.limit is not None:
                 culprit = f"{where}.variables" if rendered else template_field
