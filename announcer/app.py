@@ -1,7 +1,8 @@
 """The aiohttp application: every client and engine is opened and closed here, in `cleanup_ctx`.
 
 Order of the lifecycle (reverse on the way down): database -> sandbox (only without credentials) ->
-Twilio REST client -> speech engines -> playout clock -> dispatcher -> scheduler -> handlers -> warm-up
+Twilio REST client -> speech engines -> playout clock -> render thread -> dispatcher -> scheduler ->
+handlers -> warm-up
 (the SDKs, loaded once the server listens). Routes are registered here and nowhere else.
 """
 
@@ -38,6 +39,7 @@ from announcer.files import private_dir, tighten_tree, write_private
 from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.greeting import Greeting
 from announcer.messages.render import MessageRenderer
+from announcer.messages.workers import RenderPool
 from announcer.scheduling.leader import Leadership
 from announcer.scheduling.scheduler import Scheduler
 from announcer.speech.cache import AudioCache
@@ -94,6 +96,7 @@ SIGNATURE = web.AppKey("signature", SignatureChecker)
 VOICE = web.AppKey("voice", VoiceDeps)
 MEDIA = web.AppKey("media", MediaDeps)
 RENDERER = web.AppKey("renderer", MessageRenderer)
+RENDERS = web.AppKey("renders", RenderPool)
 DELIVERIES = web.AppKey("deliveries", DeliveryStore)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 ALERTS = web.AppKey("alerts", AlertsDeps)
@@ -143,7 +146,19 @@ def create_app(settings: Settings) -> web.Application:
     app[SOCKETS] = set()
     app[RENDERER] = renderer
     app.cleanup_ctx.extend(
-        [_database, _sandbox, _twilio, _speech, _agent, _clock, _dispatcher, _scheduler, _wiring, _warm_up]
+        [
+            _database,
+            _sandbox,
+            _twilio,
+            _speech,
+            _agent,
+            _clock,
+            _renders,
+            _dispatcher,
+            _scheduler,
+            _wiring,
+            _warm_up,
+        ]
     )
     app.on_shutdown.append(_close_sockets)
     app.router.add_post("/twilio/voice", _voice)
@@ -343,6 +358,14 @@ async def _clock(app: web.Application) -> AsyncIterator[None]:
     await clock.stop()
 
 
+async def _renders(app: web.Application) -> AsyncIterator[None]:
+    """The render thread: every render of a request or a schedule's fire runs there, off the loop."""
+    renders = RenderPool()
+    app[RENDERS] = renders
+    yield
+    await renders.close()
+
+
 async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     settings, p = app[SETTINGS], app[PROVIDERS]
     store = DeliveryStore(
@@ -384,6 +407,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         dispatcher=dispatcher,
         speaker=app[SPEAKER],
         twilio=app[TWILIO],
+        renders=app[RENDERS],
     )
     dispatcher.start()
     yield
@@ -412,6 +436,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         limits=app[ALERTS].limits,
         dispatcher=app[DISPATCHER],
         speaker=app[SPEAKER],
+        renders=app[RENDERS],
     )
     holder.append(deps)
     app[SCHEDULES] = deps

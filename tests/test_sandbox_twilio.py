@@ -371,6 +371,26 @@ async def test_phone_plays_on_its_clock_echoes_marks_and_counts_underruns() -> N
     assert call.heard == a + b + c
 
 
+async def test_phone_measures_the_longest_pause_between_frames_it_plays() -> None:
+    """A late tick (a stalled event loop) plays late frames at once: the pause is the real time between
+    the frames played, within a stretch of audio; the silence after a mark is no pause."""
+    call, link = _bare_call(), _Link()
+    phone = Phone(call, PhoneClock(speed=1.0))
+    phone.attach(link, now=100.0)
+    for frame in tone(4):
+        phone.receive_frame(frame, now=100.0)
+    phone.receive_mark("m1", now=100.0)
+    phone.tick(100.0)
+    phone.tick(100.02)
+    assert call.max_play_gap_s == pytest.approx(0.02)
+    phone.tick(100.1)  # 80 ms late: the two frames due by now play together
+    assert call.max_play_gap_s == pytest.approx(0.08) and len(call.heard) == 4 * FRAME_BYTES
+    assert link.marks == ["m1"]
+    phone.receive_frame(tone(1)[0], now=101.0)  # a new stretch, a second after the mark
+    phone.tick(101.0)
+    assert call.max_play_gap_s == pytest.approx(0.08)
+
+
 async def test_phone_says_a_line_one_frame_per_slot_and_a_detach_cuts_it() -> None:
     call, link = _bare_call(), _Link()
     book = SpeechBook()

@@ -3,7 +3,6 @@ first, committed before the answer), report on it, cancel it."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -32,11 +31,11 @@ from announcer.deliveries.plan import (
     agent_problems,
     callback_problems,
     option_key_problems,
-    plan_deliveries,
-    prepare_template,
+    plan,
 )
 from announcer.messages.phones import BadNumber, to_e164
 from announcer.messages.render import MessageRenderer
+from announcer.messages.workers import RenderBusy, RenderPool
 from announcer.speech.engine import SpeechError
 from announcer.speech.speaker import Speaker
 from announcer.store.deliveries import AlertFinished, DeliveryStore, IdempotencyConflict
@@ -47,7 +46,6 @@ log = logging.getLogger(__name__)
 PAGE = 100
 MAX_PAGE = 1000
 AUDIO_VALUES = ("0", "1", "false", "true")  # POST /v1/preview?audio=
-_INLINE_PLAN = 200  # recipients planned on the event loop; more go to a worker thread
 
 
 @dataclass
@@ -58,6 +56,11 @@ class AlertsDeps:
     dispatcher: Dispatcher
     speaker: Speaker
     twilio: TwilioCalls
+    renders: RenderPool  # every render of a request runs there, never on the event loop
+
+
+def render_busy() -> web.HTTPException:
+    return error(503, "busy", "the service is busy rendering other messages; try again shortly")
 
 
 def _recipients(body: AlertBody) -> list[RecipientIn]:
@@ -73,18 +76,21 @@ async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
     if problems:
         raise invalid(problems)
     try:
-        prepared = prepare_template(deps.renderer, body.template, body.template_text)
-        recipients = _recipients(body)
-        if len(recipients) > _INLINE_PLAN:
-            # Thousands of renders and number checks take a good fraction of a second: off the event
-            # loop, so the calls that are live meanwhile keep their audio and new ones their first frame.
-            planned = await asyncio.to_thread(
-                plan_deliveries, prepared, body.variables, recipients, deps.limits
-            )
-        else:
-            planned = plan_deliveries(prepared, body.variables, recipients, deps.limits)
+        # Off the event loop, even for one recipient: a template may be expensive (up to its budget),
+        # and thousands of renders take a good fraction of a second; the live calls keep their audio.
+        planned = await deps.renders.run(
+            plan,
+            deps.renderer,
+            body.template,
+            body.template_text,
+            body.variables,
+            _recipients(body),
+            deps.limits,
+        )
     except PlanError as err:
         raise invalid(err.problems) from None
+    except RenderBusy:
+        raise render_busy() from None
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     try:
         alert_id, created = await deps.store.create_alert(
@@ -197,14 +203,21 @@ async def preview(request: web.Request, deps: AlertsDeps) -> web.StreamResponse:
     body = await read_model(request, PreviewBody)
     r = body.recipient
     try:
-        prepared = prepare_template(deps.renderer, body.template, body.template_text)
-        (planned,) = plan_deliveries(
-            prepared, body.variables, [RecipientIn(r.phone, r.variables, r.name, r.timezone)], deps.limits
+        (planned,) = await deps.renders.run(
+            plan,
+            deps.renderer,
+            body.template,
+            body.template_text,
+            body.variables,
+            [RecipientIn(r.phone, r.variables, r.name, r.timezone)],
+            deps.limits,
         )
     except PlanError as err:
         raise invalid(
             [Problem(p.field.replace("recipients[0]", "recipient"), p.reason) for p in err.problems]
         ) from None
+    except RenderBusy:
+        raise render_busy() from None
     if wants_audio in ("1", "true"):
         try:
             audio = await deps.speaker.synthesize(planned.text)

@@ -76,7 +76,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         415: "not application/json",
         422: "validation failed: every problem, with its field",
         502: "the speech could not be made",
-        503: "not configured here (see `message`)",
+        503: "busy (`busy`: every render thread taken; try again) or not configured here (see `message`)",
     }
     return {str(c): _json(_VALIDATION if c == 422 else _ERROR, text[c]) for c in codes}
 
@@ -143,7 +143,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                     ),
                     "accepted (or replayed for the same Idempotency-Key and body)",
                 ),
-                **_errors(400, 401, 409, 413, 415, 422),
+                **_errors(400, 401, 409, 413, 415, 422, 503),
             },
         },
     ),
@@ -236,7 +236,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                         "audio/wav": {"schema": {"type": "string", "format": "binary"}},
                     },
                 },
-                **_errors(400, 401, 413, 415, 422, 502),
+                **_errors(400, 401, 413, 415, 422, 502, 503),
             },
         },
     ),
@@ -315,7 +315,7 @@ OPERATIONS += [
                     _object({"id": _TEXT, "status": _SCHEDULE_STATUS, "next_run_at": _nullable(_MOMENT)}),
                     "created: its id and next run",
                 ),
-                **_errors(400, 401, 413, 415, 422),
+                **_errors(400, 401, 413, 415, 422, 503),
             },
         },
     ),
@@ -348,7 +348,7 @@ OPERATIONS += [
             "requestBody": _body("SchedulePatch"),
             "responses": {
                 "200": _json(_SCHEDULE, "the schedule as changed"),
-                **_errors(400, 401, 404, 413, 415, 422),
+                **_errors(400, 401, 404, 413, 415, 422, 503),
             },
         },
     ),

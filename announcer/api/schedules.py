@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from announcer.api.alerts import render_busy
 from announcer.api.http import error, invalid, path_key, read_model
 from announcer.api.schemas import RecipientBody, ScheduleBody, SchedulePatch
 from announcer.deliveries.dispatcher import Dispatcher
@@ -22,10 +23,10 @@ from announcer.deliveries.plan import (
     agent_problems,
     callback_problems,
     option_key_problems,
-    plan_deliveries,
-    prepare_template,
+    plan,
 )
 from announcer.messages.render import MessageRenderer
+from announcer.messages.workers import RenderBusy, RenderPool
 from announcer.scheduling.scheduler import Scheduler
 from announcer.scheduling.when import parse_quiet_hours, parse_when, when_from_json
 from announcer.speech.speaker import Speaker
@@ -34,8 +35,6 @@ from announcer.store.models import ScheduleStatus, utcnow
 from announcer.store.schedules import ScheduleRow, ScheduleStore
 
 log = logging.getLogger(__name__)
-
-_INLINE_PLAN = 500  # recipients planned on the loop; more go to a thread (as alerts do)
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,7 @@ class SchedulesDeps:
     limits: Limits
     dispatcher: Dispatcher
     speaker: Speaker
+    renders: RenderPool  # every render runs there, never on the event loop
 
 
 def _recipients(items: list[dict[str, Any]] | list[RecipientBody]) -> list[RecipientIn]:
@@ -58,13 +58,18 @@ def _recipients(items: list[dict[str, Any]] | list[RecipientBody]) -> list[Recip
 
 
 async def _plan(deps: SchedulesDeps, schedule: ScheduleRow | ScheduleBody) -> list[NewDelivery]:
-    """Render every recipient now: a missing variable is refused at creation, not found at 8 am."""
-    prepared = prepare_template(deps.renderer, schedule.template, schedule.template_text)
-    items = schedule.recipients
-    recipients = _recipients(items)
-    if len(recipients) > _INLINE_PLAN:
-        return await asyncio.to_thread(plan_deliveries, prepared, schedule.variables, recipients, deps.limits)
-    return plan_deliveries(prepared, schedule.variables, recipients, deps.limits)
+    """Render every recipient now: a missing variable is refused at creation, not found at 8 am. In the
+    render thread: the template came from a request, and a fire must not pause the live calls either."""
+    recipients = _recipients(schedule.recipients)
+    return await deps.renders.run(
+        plan,
+        deps.renderer,
+        schedule.template,
+        schedule.template_text,
+        schedule.variables,
+        recipients,
+        deps.limits,
+    )
 
 
 def _view(row: ScheduleRow) -> dict[str, Any]:
@@ -102,6 +107,8 @@ async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Resp
         await _plan(deps, body)
     except PlanError as err:
         problems.extend(err.problems)
+    except RenderBusy:
+        raise render_busy() from None
     if problems:
         raise invalid(problems)
     assert when is not None
@@ -180,6 +187,8 @@ async def patch_schedule(request: web.Request, deps: SchedulesDeps) -> web.Respo
             await _plan(deps, candidate)
         except PlanError as err:
             problems.extend(err.problems)
+        except RenderBusy:
+            raise render_busy() from None
     if problems:
         raise invalid(problems)
     if "when" in changes and "status" not in changes and row.status == ScheduleStatus.ENDED:

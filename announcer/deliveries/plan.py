@@ -6,6 +6,7 @@ All problems are collected, not just the first: a caller fixing a 500-row list w
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from announcer.deliveries.egress import EgressPolicy
 from announcer.messages.destinations import DestinationPolicy
+from announcer.messages.limits import RENDER_CPU_S, REQUEST_RENDER_CPU_S
 from announcer.messages.phones import BadNumber
 from announcer.messages.render import MessageRenderer, PreparedTemplate, RenderError
 from announcer.store.deliveries import NewDelivery  # what the store takes: planned, then stored as is
@@ -127,13 +129,34 @@ def prepare_template(
         ) from None
 
 
+def plan(
+    renderer: MessageRenderer,
+    template: str | None,
+    template_text: str | None,
+    shared: Mapping[str, Any],
+    recipients: Sequence[RecipientIn],
+    limits: Limits,
+) -> list[NewDelivery]:
+    """`prepare_template` then `plan_deliveries`: the whole of it is CPU work, run in the render thread
+    (messages.workers), never on the event loop."""
+    return plan_deliveries(prepare_template(renderer, template, template_text), shared, recipients, limits)
+
+
 def plan_deliveries(
     prepared: PreparedTemplate,
     shared: Mapping[str, Any],
     recipients: Sequence[RecipientIn],
     limits: Limits,
 ) -> list[NewDelivery]:
-    """Render every recipient; raise PlanError with every problem found."""
+    """Render every recipient; raise PlanError with every problem found.
+
+    A render over a limit of the sandbox (messages.limits) stops planning at once, with that one problem
+    naming the limit: on the template's field when no recipient before rendered (the template is the
+    problem), else on the recipient's variables (the template works, these variables take it over). So
+    does a request whose renders together take more than REQUEST_RENDER_CPU_S of CPU (the template's)."""
+    template_field = "template_text" if prepared.inline else "template"
+    started = time.thread_time()
+    rendered = False  # a recipient before this one rendered within the limits
     problems: list[Problem] = []
     if not recipients:
         raise PlanError([Problem("recipients", "at least one recipient is required")])
@@ -169,11 +192,22 @@ def plan_deliveries(
         variables: dict[str, Any] = {"name": recipient.name, "phone": phone or recipient.phone}
         variables.update(shared)
         variables.update(recipient.variables)
+        # the last renders get what is left of the request's CPU budget, not a whole render's
+        now = time.thread_time()
+        cpu_s = min(RENDER_CPU_S, REQUEST_RENDER_CPU_S - (now - started))
         try:
-            text = prepared.render(variables)
+            text = prepared.render(variables, cpu_s, now)
         except RenderError as err:
+            if err.limit == "cpu time" and cpu_s < RENDER_CPU_S:
+                spent = f"rendering every recipient takes more than {REQUEST_RENDER_CPU_S:g} s of CPU"
+                reason = f"{prepared.name}: {spent} (limit: request cpu time)"
+                raise PlanError([Problem(template_field, reason, index)]) from None
+            if err.limit is not None:
+                culprit = f"{where}.variables" if rendered else template_field
+                raise PlanError([Problem(culprit, str(err), index)]) from None
             problems.append(Problem(f"{where}.variables", str(err), index))
             continue
+        rendered = True
         if len(text) > limits.max_text_chars:
             problems.append(
                 Problem(

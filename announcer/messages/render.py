@@ -1,33 +1,48 @@
-"""Message templates: a sandboxed Jinja environment, strict about missing variables.
+"""Message templates: a bounded, sandboxed Jinja environment, strict about missing variables.
 
 Templates are written for the ear: autoescape is off (the text is spoken, not shown; TwiML escaping
 happens where TwiML is built) and every undefined variable is an error before a call is placed.
+
+A template may come from an API request, so no template can cost more than the limits of `limits`: its
+shape is checked before it is compiled, its operations before they run (`sandbox`, `bounds`), its work
+against a budget while it runs (`budget`), and its output while it is produced. Over a limit, or on any
+other failure, rendering raises RenderError: never a stray exception, never a server path.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
+from announcer.messages.budget import Budget, swap
+from announcer.messages.limits import MAX_OUTPUT_CHARS, RENDER_CPU_S, LimitExceeded
+from announcer.messages.sandbox import BoundedEnvironment, bounded_join
+from announcer.messages.shape import ShapeError
 from announcer.messages.speakable import FILTERS
 
 _SPACES = re.compile(r"\s+")
+INLINE = "<inline>"  # the name a template given as text goes by in errors
+_COMPILED_INLINE = 64  # inline templates kept compiled (a schedule's fires, a repeated request)
 
 
 class RenderError(Exception):
-    """A template could not be rendered: names the template, the line when known, and the reason."""
+    """A template could not be rendered: names the template, the line when known, and the reason.
+    `limit` names the limit it went over, when that was the cause."""
 
-    def __init__(self, template: str, reason: str, line: int | None = None) -> None:
+    def __init__(self, template: str, reason: str, line: int | None = None, limit: str | None = None) -> None:
         self.template = template
         self.reason = reason
         self.line = line
+        self.limit = limit
         where = f"{template}, line {line}" if line else template
-        super().__init__(f"{where}: {reason}")
+        named = f" (limit: {limit})" if limit else ""
+        super().__init__(f"{where}: {reason}{named}")
 
 
 def normalise(text: str) -> str:
@@ -51,7 +66,7 @@ def _line_of(err: BaseException, template: str) -> int | None:
 class MessageRenderer:
     def __init__(self, templates_dir: Path) -> None:
         self.templates_dir = templates_dir
-        self.env = SandboxedEnvironment(
+        self.env = BoundedEnvironment(
             loader=jinja2.FileSystemLoader(str(templates_dir)),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
@@ -59,18 +74,50 @@ class MessageRenderer:
             lstrip_blocks=True,
         )
         self.env.filters.update(FILTERS)
+        self.env.bound_filters()
+        # Compiling takes far longer than rendering: a text seen again (each fire of a schedule) is
+        # compiled once. Renders run in several threads (the API's pool, the CLI, the event loop).
+        self._inline: OrderedDict[str, jinja2.Template] = OrderedDict()
+        self._inline_lock = threading.Lock()
+        # Errors never show where the server keeps its templates (a message may carry a file name).
+        self._paths = sorted({str(templates_dir), str(templates_dir.resolve())}, key=len, reverse=True)
 
     def prepare(self, name: str | None = None, source: str | None = None) -> PreparedTemplate:
         """A template loaded (or compiled) once, for rendering many recipients."""
-        label = "<inline>" if source is not None else name
+        label = INLINE if source is not None else name
         assert label is not None, "a template name or source"
         try:
-            template = self.env.from_string(source) if source is not None else self.env.get_template(label)
+            template = self._compiled(source) if source is not None else self.env.get_template(label)
         except jinja2.TemplateNotFound as err:
-            raise RenderError(label, "no such template") from err
+            raise RenderError(label, self._scrub(f"no such template: {err.name}")) from None
         except jinja2.TemplateSyntaxError as err:
-            raise RenderError(label, f"syntax error: {err.message}", err.lineno) from err
-        return PreparedTemplate(self, label, template)
+            # its message only: str(err) names the file
+            raise RenderError(label, self._scrub(f"syntax error: {err.message}"), err.lineno) from None
+        except ShapeError as err:
+            raise RenderError(label, err.reason, err.line, err.limit) from None
+        except (RecursionError, SyntaxError, MemoryError) as err:
+            # the shape check keeps templates well inside Python's limits; this is the backstop
+            raise RenderError(
+                label, f"the template is too complex to compile ({type(err).__name__})"
+            ) from None
+        except (ValueError, OverflowError) as err:  # e.g. a number literal of 5,000 digits
+            raise RenderError(label, self._scrub(f"syntax error: {str(err).split(':')[0]}")) from None
+        except OSError:
+            raise RenderError(label, "the template could not be read") from None
+        return PreparedTemplate(self, label, template, inline=source is not None)
+
+    def _compiled(self, source: str) -> jinja2.Template:
+        with self._inline_lock:
+            template = self._inline.get(source)
+            if template is not None:
+                self._inline.move_to_end(source)
+                return template
+        template = self.env.from_string(source)
+        with self._inline_lock:
+            self._inline[source] = template
+            if len(self._inline) > _COMPILED_INLINE:
+                self._inline.popitem(last=False)
+        return template
 
     def render(self, name: str, variables: Mapping[str, Any]) -> str:
         return self.prepare(name=name).render(variables)
@@ -78,27 +125,76 @@ class MessageRenderer:
     def render_text(self, source: str, variables: Mapping[str, Any]) -> str:
         return self.prepare(source=source).render(variables)
 
-    def _run(self, name: str, template: jinja2.Template, variables: Mapping[str, Any]) -> str:
+    def _run(
+        self,
+        name: str,
+        template: jinja2.Template,
+        variables: Mapping[str, Any],
+        cpu_s: float,
+        cpu_now: float | None,
+    ) -> str:
         try:
-            text = normalise(template.render(**variables))
+            outer = swap(Budget(cpu_s, cpu_now))
+            try:
+                text = _output(template, variables)
+            finally:
+                swap(outer)
+        except LimitExceeded as err:
+            raise RenderError(name, err.reason, _line_of(err, name), err.limit) from None
         except jinja2.UndefinedError as err:
             raise RenderError(name, f"missing variable: {err.message}", _line_of(err, name)) from err
+        except jinja2.TemplateNotFound as err:
+            raise RenderError(
+                name, self._scrub(f"no such template: {err.name}"), _line_of(err, name)
+            ) from None
+        except jinja2.TemplateSyntaxError as err:  # in a template included or imported while rendering
+            reason = self._scrub(f"syntax error in {err.name}: {err.message}")
+            raise RenderError(name, reason, _line_of(err, name)) from None
         except jinja2.TemplateError as err:
-            raise RenderError(name, str(err), _line_of(err, name)) from err
+            raise RenderError(name, self._scrub(str(err)), _line_of(err, name)) from err
         except (ValueError, TypeError, ArithmeticError, LookupError) as err:
-            raise RenderError(name, f"{type(err).__name__}: {err}", _line_of(err, name)) from err
+            reason = self._scrub(f"{type(err).__name__}: {err}")
+            raise RenderError(name, reason, _line_of(err, name)) from err
+        except RecursionError:
+            raise RenderError(name, "the template recurses too deeply") from None
+        except MemoryError:
+            raise RenderError(name, "the template needs too much memory") from None
+        except Exception as err:  # anything else a template can provoke is its error, never a 500
+            reason = self._scrub(f"{type(err).__name__}: {err}")
+            raise RenderError(name, reason, _line_of(err, name)) from err
+        text = normalise(text)
         if not text:
             raise RenderError(name, "renders to empty text")
         return text
 
+    def _scrub(self, message: str) -> str:
+        for path in self._paths:
+            message = message.replace(path, "<templates>")
+        return message
+
+
+def _output(template: jinja2.Template, variables: Mapping[str, Any]) -> str:
+    """The template's output, refused as soon as it is longer than a render may output. As
+    `Template.render` does, without its join: an error is raised again with the template's lines."""
+    context = template.new_context(dict(variables))
+    try:
+        return bounded_join(template.root_render_func(context), MAX_OUTPUT_CHARS)
+    except Exception:
+        template.environment.handle_exception()  # raises it again
+
 
 class PreparedTemplate:
-    __slots__ = ("_renderer", "_template", "name")
+    __slots__ = ("_renderer", "_template", "inline", "name")
 
-    def __init__(self, renderer: MessageRenderer, name: str, template: jinja2.Template) -> None:
+    def __init__(self, renderer: MessageRenderer, name: str, template: jinja2.Template, inline: bool) -> None:
         self._renderer = renderer
         self._template = template
         self.name = name
+        self.inline = inline  # given as text in a request, not a template of the server
 
-    def render(self, variables: Mapping[str, Any]) -> str:
-        return self._renderer._run(self.name, self._template, variables)
+    def render(
+        self, variables: Mapping[str, Any], cpu_s: float = RENDER_CPU_S, cpu_now: float | None = None
+    ) -> str:
+        """The message for `variables`; at most `cpu_s` of this thread's CPU time. `cpu_now`: this
+        thread's CPU time now, when the caller has just read it (it saves reading it again)."""
+        return self._renderer._run(self.name, self._template, variables, cpu_s, cpu_now)

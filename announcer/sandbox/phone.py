@@ -133,6 +133,7 @@ class Phone:
         self._mic: deque[str | _LineStart | _LineEnd] = deque()  # frames (base64) of what it is saying
         self._line: SpokenLine | None = None  # the line being sent
         self._played_until: float | None = None  # end of the last frame played (monotonic)
+        self._last_play_at: float | None = None  # when the stretch of audio playing last played a frame
         behavior = call.behavior
         self._script: PhoneScript | None = None
         if voice is not None and (behavior.lines or behavior.barge_in is not None):
@@ -231,6 +232,7 @@ class Phone:
     def receive_clear(self, now: float) -> None:
         """`clear`: drop buffered audio, echo every pending mark at once, in order."""
         self._in_segment = False
+        self._last_play_at = None
         markers = [item for item in self._queue if isinstance(item, _Marker)]
         self._queue.clear()
         self._frames_queued = 0
@@ -278,11 +280,15 @@ class Phone:
                 item = queue[0]
                 if isinstance(item, _Marker):
                     queue.popleft()
+                    self._last_play_at = None  # the stretch ends: the silence after it is no gap
                     item.on_played()
                     continue
                 queue.popleft()
                 self._frames_queued -= 1
                 heard += item
+                if self._last_play_at is not None and now - self._last_play_at > self.call.max_play_gap_s:
+                    self.call.max_play_gap_s = now - self._last_play_at
+                self._last_play_at = now
                 if script is not None:
                     script.heard(item, next_at)
                 next_at += slot
@@ -360,6 +366,7 @@ class Phone:
                 end.done.exception()  # retrieved here: a scripted line's future has no awaiter
 
     def _drop_all(self) -> None:
+        self._last_play_at = None
         markers = [item for item in self._queue if isinstance(item, _Marker)]
         self._queue.clear()
         self._frames_queued = 0

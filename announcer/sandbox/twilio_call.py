@@ -159,6 +159,10 @@ class SandboxCall:
     first_message_at: float | None = None
     frames_received: int = 0
     underrun_frames: int = 0
+    # The longest real time between two frames played within one stretch of stream audio (frame to
+    # frame, up to a mark or clear): what the caller hears as a pause. On a free event loop about one slot
+    # (20 ms at speed 1) plus one tick of the phone's clock; a stalled loop or a dry buffer shows here.
+    max_play_gap_s: float = 0.0
     marks_echoed: list[str] = field(default_factory=list)
     said: list[str] = field(default_factory=list)  # <Say> texts the phone heard
     documents: list[str] = field(default_factory=list)  # every TwiML document the call ran, in order
