@@ -33,9 +33,7 @@ def moves_forward(current: DeliveryState, current_attempt: int, new: DeliverySta
     return not is_final(current) and rank(new) > rank(current)
 
 
-def state_for_call_status(
-    status: CallStatus, *, answered: bool
-) -> DeliveryState | None:
+def state_for_call_status(status: CallStatus, *, answered: bool) -> DeliveryState | None:
     """What a Twilio call status means for its delivery; None when it means nothing new."""
     match status:
         case CallStatus.QUEUED | CallStatus.INITIATED:
