@@ -163,8 +163,9 @@ def test_a_snooze_is_a_new_delivery_snooze_s_later() -> None:
     assert after(DeliveryState.SNOOZED, {}) == FollowUp(again_at=NOW + timedelta(seconds=900))  # the default
 
 
-def test_a_canceled_alert_is_not_retried() -> None:
+def test_a_canceled_alert_calls_nobody_again() -> None:
     assert after(DeliveryState.BUSY, alert_active=False) == FollowUp()
+    assert after(DeliveryState.SNOOZED, alert_active=False) == FollowUp()
 
 
 # --- refused dials -----------------------------------------------------------------------------------

@@ -139,9 +139,15 @@ class DeliveryPolicy:
         now: datetime,
     ) -> FollowUp:
         """A delivery's attempt `attempt` just ended in `state`: retried (an outcome in `retry_on`, attempts
-        left, the alert still active), snoozed (a new delivery `snooze_s` later), or final as it is."""
+        left), snoozed (a new delivery `snooze_s` later), or final as it is. A canceled or completed alert
+        calls nobody again."""
         opts = PolicyOptions.from_options(options)
-        if alert_active and state.value in opts.retry_on and attempt < max_attempts:
+        if not alert_active:
+            # Canceled (or completed) while this call went on: nobody is called again. A snooze's new
+            # delivery would never be claimed (claims take active alerts' only) yet always be due: the
+            # dispatcher's wait for it came to nothing and it polled the table without a pause.
+            return FollowUp()
+        if state.value in opts.retry_on and attempt < max_attempts:
             backoff = Backoff(opts.retry_backoff_s, OUTCOME_BACKOFF_CAP_S, jitter=OUTCOME_JITTER)
             return FollowUp(retry_at=now + timedelta(seconds=backoff.delay_s(attempt, self._rng)))
         if state == DeliveryState.SNOOZED:
