@@ -134,29 +134,7 @@ class AlertRecords(DeliveryRecords):
                 existing = await self._by_key(idempotency_key, request_hash)
                 assert existing is not None
                 return existing, False
-            rows = []
-            for d in deliveries:
-                out = d.phone in opted
-                rows.append(
-                    {
-                        "alert_id": alert_id,
-                        "position": d.position,
-                        "phone": d.phone,
-                        "name": d.name,
-                        "timezone": d.timezone,
-                        "variables": d.variables,
-                        "text": d.text,
-                        "state": DeliveryState.OPTED_OUT if out else DeliveryState.PENDING,
-                        "attempt": 0,
-                        "max_attempts": max_attempts,
-                        "next_attempt_at": now,
-                        "outcome": DeliveryState.OPTED_OUT if out else None,
-                        "outcome_reason": "this number opted out earlier" if out else None,
-                        "created_at": now,
-                        "updated_at": now,
-                        "finished_at": now if out else None,
-                    }
-                )
+            rows = [_delivery_row(alert_id, d, d.phone in opted, max_attempts, now) for d in deliveries]
             # Each delivery's first state is its row (state and created_at): no event row per recipient,
             # which would double the rows written before the answer (`deliveries()` lists it first).
             await s.execute(insert(DELIVERIES), rows)
@@ -370,6 +348,30 @@ class AlertRecords(DeliveryRecords):
                 await s.execute(select(Delivery.call_id, Delivery.call_sid).where(Delivery.id == delivery_id))
             ).first()
         return None if row is None else (row[0], row[1])
+
+
+def _delivery_row(
+    alert_id: str, d: NewDelivery, opted_out: bool, max_attempts: int, now: datetime
+) -> dict[str, Any]:
+    """A new delivery's row: waiting to be dialed, or final at once for a number that opted out earlier."""
+    return {
+        "alert_id": alert_id,
+        "position": d.position,
+        "phone": d.phone,
+        "name": d.name,
+        "timezone": d.timezone,
+        "variables": d.variables,
+        "text": d.text,
+        "state": DeliveryState.OPTED_OUT if opted_out else DeliveryState.PENDING,
+        "attempt": 0,
+        "max_attempts": max_attempts,
+        "next_attempt_at": now,
+        "outcome": DeliveryState.OPTED_OUT if opted_out else None,
+        "outcome_reason": "this number opted out earlier" if opted_out else None,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": now if opted_out else None,
+    }
 
 
 async def _cancel_unplaced(s: AsyncSession, unplaced: Sequence[Claim], now: datetime) -> list[int]:
