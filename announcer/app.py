@@ -25,7 +25,7 @@ from announcer.agent.line import AgentLine
 from announcer.api import alerts, calls, schedules
 from announcer.api.alerts import AlertsDeps
 from announcer.api.http import json_errors, make_middleware
-from announcer.api.openapi import document as openapi_document
+from announcer.api.openapi import document_json as openapi_document_json
 from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
 from announcer.deliveries.callbacks import WebhookSender
@@ -169,8 +169,9 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-async def _openapi(_request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+async def _openapi(request: web.Request) -> web.Response:
+    body = openapi_document_json(request.app[SETTINGS].announcer_max_recipients)
+    return web.Response(body=body, content_type="application/json")
 
 
 def _api_token(settings: Settings) -> str:

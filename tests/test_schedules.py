@@ -140,6 +140,21 @@ async def test_bad_schedules_are_refused_naming_the_field(
     assert after == before  # nothing stored
 
 
+@pytest.mark.parametrize(
+    "when",
+    [
+        {"at": "2099-01-01T09:00", "timezone": "Mars/Olympus"},
+        {"cron": "0 8 * * *", "timezone": "Mars/Olympus", "start": "2099-01-01T00:00"},
+    ],
+)
+async def test_a_local_time_in_an_unknown_zone_is_refused_for_the_zone_alone(
+    service: Service, when: dict[str, Any]
+) -> None:
+    # The zone was given: "no UTC offset: ... or give `when.timezone`" would send the caller the wrong way.
+    status, body = await post(service, "/v1/schedules", schedule_body(when))
+    assert status == 422 and [p["field"] for p in body["problems"]] == ["when.timezone"], body
+
+
 async def test_a_missing_variable_is_refused_before_anything_is_stored(service: Service) -> None:
     body = schedule_body({"at": soon(3600)})
     body["variables"] = {}

@@ -46,6 +46,7 @@ from announcer.telephony.calls import TwilioCalls, TwilioError
 log = logging.getLogger(__name__)
 PAGE = 100
 MAX_PAGE = 1000
+AUDIO_VALUES = ("0", "1", "false", "true")  # POST /v1/preview?audio=
 _INLINE_PLAN = 200  # recipients planned on the event loop; more go to a worker thread
 
 
@@ -190,6 +191,9 @@ async def cancel_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
 
 
 async def preview(request: web.Request, deps: AlertsDeps) -> web.StreamResponse:
+    wants_audio = request.query.get("audio", "0")
+    if wants_audio not in AUDIO_VALUES:
+        raise error(400, "invalid_query", f"audio must be one of {', '.join(AUDIO_VALUES)}", field="audio")
     body = await read_model(request, PreviewBody)
     r = body.recipient
     try:
@@ -201,7 +205,7 @@ async def preview(request: web.Request, deps: AlertsDeps) -> web.StreamResponse:
         raise invalid(
             [Problem(p.field.replace("recipients[0]", "recipient"), p.reason) for p in err.problems]
         ) from None
-    if request.query.get("audio") in ("1", "true"):
+    if wants_audio in ("1", "true"):
         try:
             audio = await deps.speaker.synthesize(planned.text)
         except SpeechError as err:
@@ -217,7 +221,7 @@ async def delete_opt_out(request: web.Request, deps: AlertsDeps) -> web.Response
         # calls nobody.
         phone = to_e164(request.match_info["phone"], deps.limits.destinations.region)
     except BadNumber as err:
-        raise error(422, "validation_failed", str(err), field="phone") from None
+        raise invalid([Problem("phone", str(err))]) from None
     if not await deps.store.remove_opt_out(phone):
         raise error(404, "not_found", f"{phone} has not opted out")
     return web.json_response({"phone": phone, "opted_out": False})

@@ -19,10 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from announcer.api.http import error, idempotency_conflict, idempotency_key, path_id, read_model
+from announcer.api.http import error, idempotency_conflict, idempotency_key, invalid, path_id, read_model
 from announcer.api.schemas import AlertOptions, OutboundCallBody
 from announcer.deliveries.dispatcher import Dispatcher
-from announcer.deliveries.plan import Limits
+from announcer.deliveries.plan import Limits, Problem
 from announcer.deliveries.policy import NO_JITTER, Backoff
 from announcer.messages.phones import BadNumber
 from announcer.store import transcripts
@@ -105,7 +105,7 @@ async def outbound_call(request: web.Request, deps: CallsDeps) -> web.Response:
     try:
         number = deps.limits.destinations.check(body.number)
     except BadNumber as err:
-        raise error(422, "validation_failed", str(err), field="number") from None
+        raise invalid([Problem("number", str(err))]) from None
     key = idempotency_key(request)
     agent = {"after": "start", "prompt": body.prompt, "first_message": body.first_message}
     options = {**AlertOptions().model_dump(mode="json"), "agent": agent}

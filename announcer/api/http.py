@@ -40,7 +40,8 @@ _ERRORS: dict[int, type[web.HTTPException]] = {
 
 # Deeper JSON than this is no message anyone sends; json.loads recurses and would raise RecursionError.
 MAX_JSON_DEPTH = 32
-_STRING_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")  # alert and schedule ids ("al_...", "sc_...")
+STRING_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")  # alert and schedule ids ("al_...", "sc_...")
+IDEMPOTENCY_KEY_MAX = 255
 _ASCII_INT = re.compile(r"^-?[0-9]{1,12}$")
 
 
@@ -62,9 +63,12 @@ def error(
 def idempotency_key(request: web.Request) -> str | None:
     """The optional `Idempotency-Key` header: a repeated request with it is answered, not redone."""
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
+    if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
         raise error(
-            400, "invalid_header", "Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key"
+            400,
+            "invalid_header",
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
+            field="Idempotency-Key",
         )
     return key
 
@@ -145,7 +149,7 @@ async def read_model(request: web.Request, model: type[M]) -> M:
         ) from None
     data = parse_json(raw)
     if not isinstance(data, dict):
-        raise error(422, "validation_failed", "the body must be a JSON object", problems=[])
+        raise invalid([Problem("body", "must be a JSON object")])
     if problems := text_problems(data):
         raise invalid(problems)
     try:
@@ -169,7 +173,7 @@ def path_key(request: web.Request, name: str) -> str:
     """A string id in the path ("al_...", "sc_..."): anything else names nothing (404), and never reaches
     the database (a NUL would be refused there with an error, not an answer)."""
     value = request.match_info[name]
-    if not _STRING_ID.match(value):
+    if not STRING_ID.match(value):
         raise error(404, "not_found", f"no such {name.removesuffix('_id')}", field=name)
     return value
 

@@ -1,68 +1,131 @@
 """`GET /v1/openapi.json`: the API described from the same models the handlers validate with, so the
-document and the handlers cannot disagree about a request body. Route table below = the routes the app
-registers (a test checks both ways)."""
+document and the handlers cannot disagree about a request body; parameters, either-or rules and
+responses are stated as exactly as the handlers apply and build them. Route table below = the routes the
+app registers (a test checks both ways); tests/test_openapi_fuzz.py runs schemathesis against it."""
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from announcer.api.schemas import AlertBody, OutboundCallBody, PreviewBody, ScheduleBody, SchedulePatch
+from announcer.api.alerts import AUDIO_VALUES, MAX_PAGE, PAGE
+from announcer.api.http import IDEMPOTENCY_KEY_MAX, MAX_JSON_DEPTH, STRING_ID
+from announcer.api.schemas import (
+    PHONE_PATTERN,
+    AlertBody,
+    OutboundCallBody,
+    PreviewBody,
+    ScheduleBody,
+    SchedulePatch,
+)
+from announcer.store.models import (
+    MAX_INT,
+    AlertStatus,
+    CallDirection,
+    CallKind,
+    CallStatus,
+    DeliveryState,
+    OccurrenceStatus,
+)
+from announcer.telephony.voice import CALL_SID
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _VALIDATION = {"$ref": "#/components/schemas/ValidationError"}
+_TEXT = {"type": "string"}
+_INT = {"type": "integer"}
+_MOMENT = {"type": "string", "format": "date-time"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _object(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A response object exactly as the handler builds it: every property listed (the ones in `optional`
+    only sometimes present), nothing else."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+    }
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _body(model: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}},
+    }
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
-        400: "malformed JSON or query",
+        400: "malformed JSON, header, query or path value (`field` names it)",
         401: "missing or wrong bearer token",
         404: "no such resource",
         409: "conflict (see `error`)",
         413: "body too large",
         415: "not application/json",
         422: "validation failed: every problem, with its field",
+        502: "the speech could not be made",
+        503: "not configured here (see `message`)",
     }
     return {str(c): _json(_VALIDATION if c == 422 else _ERROR, text[c]) for c in codes}
 
 
-_ALERT_ID = {"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_ALERT = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string"},
-        "status": {"type": "string", "enum": ["active", "completed", "canceled"]},
-        "recipients": {"type": "integer"},
-        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "created_at": {"type": "string", "format": "date-time"},
-        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "a repeated request with the same key and body is answered, not done again",
+    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
+}
+# Alert and schedule ids ("al_...", "sc_..."): anything else names nothing (404).
+_KEY = {"type": "string", "pattern": STRING_ID.pattern}
+_ALERT_ID = {"name": "alert_id", "in": "path", "required": True, "schema": _KEY}
+_COUNTS = {"type": "object", "additionalProperties": _INT, "description": "deliveries by state"}
+_ALERT = _object(
+    {
+        "id": _TEXT,
+        "status": {"type": "string", "enum": [s.value for s in AlertStatus]},
+        "recipients": _INT,
+        "counts": _COUNTS,
+        "created_at": _MOMENT,
+        "finished_at": _nullable(_MOMENT),
         "options": {"type": "object"},
-    },
-}
-_DELIVERY = {
+    }
+)
+_EVENT = {
     "type": "object",
-    "properties": {
-        "id": {"type": "integer"},
-        "index": {"type": "integer"},
-        "phone": {"type": "string"},
-        "name": {"type": ["string", "null"]},
-        "state": {"type": "string"},
-        "attempt": {"type": "integer"},
-        "outcome": {"type": ["string", "null"]},
-        "outcome_code": {"type": ["integer", "null"]},
-        "outcome_reason": {"type": ["string", "null"]},
-        "call_sid": {"type": ["string", "null"]},
-        "text": {"type": "string"},
-        "updated_at": {"type": "string", "format": "date-time"},
-        "history": {"type": "array", "items": {"type": "object"}},
-    },
+    "required": ["at", "kind"],
+    "properties": {"at": _MOMENT, "kind": _TEXT},
+    "description": "what happened, and the event's details",
 }
+_DELIVERY = _object(
+    {
+        "id": _INT,
+        "index": _INT,
+        "phone": _TEXT,
+        "name": _nullable(_TEXT),
+        "state": {"type": "string", "enum": [s.value for s in DeliveryState]},
+        "attempt": _INT,
+        "outcome": _nullable(_TEXT),
+        "outcome_code": _nullable(_INT),
+        "outcome_reason": _nullable(_TEXT),
+        "call_sid": _nullable(_TEXT),
+        "text": _TEXT,
+        "updated_at": _MOMENT,
+        "history": {"type": "array", "items": _EVENT},
+    }
+)
 
 # (method, path, operation): what the app registers under /v1
 OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
@@ -71,24 +134,13 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
         "/v1/alerts",
         {
             "summary": "Accept an alert: every recipient is rendered and validated first, then called",
-            "parameters": [
-                {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AlertBody"}}},
-            },
+            "parameters": [_IDEMPOTENCY_KEY],
+            "requestBody": _body("AlertBody"),
             "responses": {
                 "202": _json(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "id": {"type": "string"},
-                            "status": {"type": "string"},
-                            "recipients": {"type": "integer"},
-                            "replayed": {"type": "boolean"},
-                        },
-                    },
+                    _object(
+                        {"id": _TEXT, "status": _TEXT, "recipients": _INT, "replayed": {"type": "boolean"}}
+                    ),
                     "accepted (or replayed for the same Idempotency-Key and body)",
                 ),
                 **_errors(400, 401, 409, 413, 415, 422),
@@ -111,22 +163,26 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
             "summary": "An alert's deliveries, by recipient index, each with its state history",
             "parameters": [
                 _ALERT_ID,
-                {"name": "after", "in": "query", "schema": {"type": "integer", "default": -1}},
+                {
+                    "name": "after",
+                    "in": "query",
+                    "description": "the index after which the page starts",
+                    "schema": {"type": "integer", "default": -1, "minimum": -1, "maximum": MAX_INT},
+                },
                 {
                     "name": "limit",
                     "in": "query",
-                    "schema": {"type": "integer", "default": 100, "maximum": 1000},
+                    "schema": {"type": "integer", "default": PAGE, "minimum": 1, "maximum": MAX_PAGE},
                 },
             ],
             "responses": {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "properties": {
+                    _object(
+                        {
                             "deliveries": {"type": "array", "items": _DELIVERY},
-                            "next_after": {"type": ["integer", "null"]},
-                        },
-                    },
+                            "next_after": _nullable(_INT),
+                        }
+                    ),
                     "a page of deliveries; pass next_after as after for the next one",
                 ),
                 **_errors(400, 401, 404),
@@ -139,7 +195,21 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
         {
             "summary": "Cancel: queued calls are not placed, ringing ones are canceled",
             "parameters": [_ALERT_ID],
-            "responses": {"200": _json(_ALERT, "canceled"), **_errors(401, 404, 409)},
+            "responses": {
+                "200": _json(
+                    _object(
+                        {
+                            "id": _TEXT,
+                            "status": {"type": "string", "enum": [s.value for s in AlertStatus]},
+                            "canceled": {"type": "integer", "description": "deliveries not placed now"},
+                            "ringing_canceled": {"type": "integer", "description": "ringing calls ended"},
+                            "counts": _COUNTS,
+                        }
+                    ),
+                    "canceled",
+                ),
+                **_errors(401, 404, 409),
+            },
         },
     ),
     (
@@ -148,23 +218,25 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
         {
             "summary": "Render a template for one recipient (?audio=1: the synthesized WAV) without calling",
             "parameters": [
-                {"name": "audio", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}}
+                {
+                    "name": "audio",
+                    "in": "query",
+                    "description": "1 or true: answer with the speech (audio/wav) instead of the text",
+                    "schema": {"type": "string", "enum": list(AUDIO_VALUES)},
+                }
             ],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PreviewBody"}}},
-            },
+            "requestBody": _body("PreviewBody"),
             "responses": {
                 "200": {
                     "description": "the text (JSON), or the audio (audio/wav)",
                     "content": {
                         "application/json": {
-                            "schema": {"type": "object", "properties": {"text": {"type": "string"}}}
+                            "schema": _object({"text": _TEXT, "phone": _TEXT, "characters": _INT})
                         },
                         "audio/wav": {"schema": {"type": "string", "format": "binary"}},
                     },
                 },
-                **_errors(400, 401, 415, 422),
+                **_errors(400, 401, 413, 415, 422, 502),
             },
         },
     ),
@@ -173,8 +245,18 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
         "/v1/opt-outs/{phone}",
         {
             "summary": "Allow alerts to call a number that pressed 9 again",
-            "parameters": [{"name": "phone", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": _json({"type": "object"}, "removed"), **_errors(401, 404, 422)},
+            "parameters": [
+                {
+                    "name": "phone",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "maxLength": 40, "pattern": PHONE_PATTERN},
+                }
+            ],
+            "responses": {
+                "200": _json(_object({"phone": _TEXT, "opted_out": {"const": False}}), "removed"),
+                **_errors(401, 404, 422),
+            },
         },
     ),
     (
@@ -189,27 +271,36 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-_SCHEDULE_ID = {"name": "schedule_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_SCHEDULE = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string"},
-        "name": {"type": ["string", "null"]},
-        "status": {"type": "string", "enum": ["active", "paused", "ended"]},
-        "when": {"type": "object"},
-        "recipients": {"type": "integer"},
-        "next_run_at": {"type": ["string", "null"], "format": "date-time"},
-        "next_run_times": {"type": "array", "items": {"type": "string", "format": "date-time"}},
-        "occurrences": {"type": "array", "items": {"type": "object"}},
-    },
+_SCHEDULE_ID = {"name": "schedule_id", "in": "path", "required": True, "schema": _KEY}
+_SCHEDULE_STATUS = {"type": "string", "enum": ["active", "paused", "ended"]}
+_SCHEDULE_PROPERTIES: dict[str, Any] = {
+    "id": _TEXT,
+    "name": _nullable(_TEXT),
+    "status": _SCHEDULE_STATUS,
+    "when": {"type": "object", "description": "as given, with its time zone"},
+    "recipients": _INT,
+    "next_run_at": _nullable(_MOMENT),
+    "created_at": _MOMENT,
 }
-
-
-def _body(model: str) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}},
+_SCHEDULE = _object(_SCHEDULE_PROPERTIES)
+_OCCURRENCE = _object(
+    {
+        "planned_at": _MOMENT,
+        "status": {"type": "string", "enum": [s.value for s in OccurrenceStatus]},
+        "alert_id": _nullable(_TEXT),
+        "counts": _COUNTS,
+        "detail": {"type": "object"},
     }
+)
+_SCHEDULE_DETAIL = _object(
+    {
+        **_SCHEDULE_PROPERTIES,
+        "next_run_times": {"type": "array", "items": _MOMENT},
+        "variables": {"type": "object"},
+        "options": {"type": "object"},
+        "occurrences": {"type": "array", "items": _OCCURRENCE},
+    }
+)
 
 
 OPERATIONS += [
@@ -220,8 +311,11 @@ OPERATIONS += [
             "summary": "Create a reminder, once (`when.at`) or repeating (`when.cron` in a time zone)",
             "requestBody": _body("ScheduleBody"),
             "responses": {
-                "201": _json(_SCHEDULE, "created: its id and next run"),
-                **_errors(400, 401, 415, 422),
+                "201": _json(
+                    _object({"id": _TEXT, "status": _SCHEDULE_STATUS, "next_run_at": _nullable(_MOMENT)}),
+                    "created: its id and next run",
+                ),
+                **_errors(400, 401, 413, 415, 422),
             },
         },
     ),
@@ -231,10 +325,7 @@ OPERATIONS += [
         {
             "summary": "Every schedule that is not deleted",
             "responses": {
-                "200": _json(
-                    {"type": "object", "properties": {"schedules": {"type": "array", "items": _SCHEDULE}}},
-                    "the schedules",
-                ),
+                "200": _json(_object({"schedules": {"type": "array", "items": _SCHEDULE}}), "the schedules"),
                 **_errors(401),
             },
         },
@@ -245,7 +336,7 @@ OPERATIONS += [
         {
             "summary": "A schedule: its next run times and its past occurrences with their outcomes",
             "parameters": [_SCHEDULE_ID],
-            "responses": {"200": _json(_SCHEDULE, "the schedule"), **_errors(401, 404)},
+            "responses": {"200": _json(_SCHEDULE_DETAIL, "the schedule"), **_errors(401, 404)},
         },
     ),
     (
@@ -257,7 +348,7 @@ OPERATIONS += [
             "requestBody": _body("SchedulePatch"),
             "responses": {
                 "200": _json(_SCHEDULE, "the schedule as changed"),
-                **_errors(400, 401, 404, 415, 422),
+                **_errors(400, 401, 404, 413, 415, 422),
             },
         },
     ),
@@ -267,40 +358,42 @@ OPERATIONS += [
         {
             "summary": "Delete a schedule: nothing of it is called after the answer",
             "parameters": [_SCHEDULE_ID],
-            "responses": {"204": {"description": "deleted"}, **_errors(401, 404)},
+            "responses": {"204": {"description": "deleted (no body)"}, **_errors(401, 404)},
         },
     ),
 ]
 
 
-_TURN = {
-    "type": "object",
-    "properties": {
-        "seq": {"type": "integer"},
-        "at": {"type": "string", "format": "date-time"},
+_TURN = _object(
+    {
+        "seq": _INT,
+        "at": _MOMENT,
         "role": {"type": "string", "enum": ["agent", "user"]},
-        "text": {"type": "string"},
+        "text": _TEXT,
         "interrupted": {"type": "boolean", "description": "an agent turn the caller cut short"},
         "original_text": {"type": "string", "description": "before the agent corrected the cut turn"},
-        "played_ms": {
-            "type": "integer",
-            "description": "of an interrupted turn: audio played before the cut",
-        },
-        "sent_ms": {"type": "integer"},
+        "played_ms": {"type": "integer", "description": "interrupted: the audio played before the cut"},
+        "sent_ms": {"type": "integer", "description": "interrupted: the audio sent before the cut"},
     },
-}
-_CALL = {
-    "type": "object",
-    "properties": {
-        "call_sid": {"type": ["string", "null"]},
-        "kind": {"type": "string"},
-        "status": {"type": "string"},
-        "outcome": {"type": ["string", "null"]},
-        "delivery_id": {"type": ["integer", "null"]},
-        "events": {"type": "array", "items": {"type": "object"}},
+    optional=("original_text", "played_ms", "sent_ms"),
+)
+_CALL = _object(
+    {
+        "call_sid": _nullable(_TEXT),
+        "direction": {"type": "string", "enum": [d.value for d in CallDirection]},
+        "kind": {"type": "string", "enum": [k.value for k in CallKind]},
+        "to": _nullable(_TEXT),
+        "from": _nullable(_TEXT),
+        "status": {"type": "string", "enum": [s.value for s in CallStatus]},
+        "outcome": _nullable(_TEXT),
+        "delivery_id": _nullable(_INT),
+        "created_at": _MOMENT,
+        "answered_at": _nullable(_MOMENT),
+        "ended_at": _nullable(_MOMENT),
+        "events": {"type": "array", "items": _EVENT},
         "transcript": {"type": "array", "items": _TURN},
-    },
-}
+    }
+)
 
 OPERATIONS += [
     (
@@ -309,7 +402,12 @@ OPERATIONS += [
         {
             "summary": "A call: its events and, for an agent conversation, the transcript in order",
             "parameters": [
-                {"name": "call_sid", "in": "path", "required": True, "schema": {"type": "string"}}
+                {
+                    "name": "call_sid",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": CALL_SID.pattern},
+                }
             ],
             "responses": {"200": _json(_CALL, "the call"), **_errors(401, 404)},
         },
@@ -320,7 +418,12 @@ OPERATIONS += [
         {
             "summary": "The latest call of a delivery, as `GET /v1/calls/{call_sid}`",
             "parameters": [
-                {"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                {
+                    "name": "delivery_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_INT},
+                }
             ],
             "responses": {"200": _json(_CALL, "the call"), **_errors(400, 401, 404)},
         },
@@ -336,30 +439,38 @@ OPERATIONS += [
             "summary": "Call `number` and hand the call to the agent from its first second",
             "description": "ElevenLabs' Twilio outbound example, with bearer auth and validation; the prompt "
             "and first message are stored, never put into TwiML or a URL.",
+            "parameters": [_IDEMPOTENCY_KEY],
             "requestBody": _body("OutboundCallBody"),
             "responses": {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "success": {"type": "boolean"},
-                            "message": {"type": "string"},
-                            "callSid": {"type": ["string", "null"]},
-                            "alert_id": {"type": "string"},
-                            "delivery_id": {"type": "integer"},
-                        },
-                    },
+                    _object(
+                        {
+                            "success": {"const": True},
+                            "message": {"type": "string", "enum": ["Call initiated", "Call queued"]},
+                            "callSid": _nullable(_TEXT),
+                            "alert_id": _TEXT,
+                            "delivery_id": _INT,
+                        }
+                    ),
                     "placed (callSid) or queued behind the rate limit (callSid null)",
                 ),
-                "503": _json(_ERROR, "no agent configured"),
-                **_errors(400, 401, 409, 415, 422),
+                **_errors(400, 401, 409, 413, 415, 422, 503),
             },
         },
     ),
 ]
 
 
-def document() -> dict[str, Any]:
+@functools.lru_cache(maxsize=4)
+def document_json(max_recipients: int | None = None) -> bytes:
+    """`document` as served: made once (a pure function of the code and the setting), and as bytes, which
+    no caller can change."""
+    return json.dumps(document(max_recipients)).encode()
+
+
+def document(max_recipients: int | None = None) -> dict[str, Any]:
+    """The OpenAPI document; `max_recipients`: the deployment's ANNOUNCER_MAX_RECIPIENTS, stated as the
+    recipient lists' maxItems."""
     models: list[tuple[type[BaseModel], Any]] = [
         (AlertBody, "validation"),
         (PreviewBody, "validation"),
@@ -369,34 +480,38 @@ def document() -> dict[str, Any]:
     ]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas = dict(defs.get("$defs", {}))
-    schemas["Error"] = {
-        "type": "object",
-        "required": ["error", "message"],
-        "properties": {
-            "error": {"type": "string"},
-            "message": {"type": "string"},
-            "field": {"type": "string"},
+    if max_recipients is not None:
+        schemas["AlertBody"]["properties"]["recipients"]["maxItems"] = max_recipients
+        schemas["ScheduleBody"]["properties"]["recipients"]["maxItems"] = max_recipients
+        for branch in schemas["SchedulePatch"]["properties"]["recipients"]["anyOf"]:
+            if branch.get("type") == "array":
+                branch["maxItems"] = max_recipients
+    schemas["Error"] = _object(
+        {
+            "error": {"type": "string", "description": "what went wrong, for programs: not_found, ..."},
+            "message": {"type": "string", "description": "what went wrong, for people"},
+            "field": {"type": "string", "description": "the header, parameter or body part at fault"},
         },
-    }
-    schemas["ValidationError"] = {
-        "type": "object",
-        "properties": {
+        optional=("field",),
+    )
+    schemas["ValidationError"] = _object(
+        {
             "error": {"const": "validation_failed"},
             "message": {"type": "string"},
             "problems": {
                 "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["field", "reason"],
-                    "properties": {
+                "minItems": 1,
+                "items": _object(
+                    {
                         "field": {"type": "string", "examples": ["recipients[3].phone"]},
                         "reason": {"type": "string"},
-                        "index": {"type": "integer"},
+                        "index": {"type": "integer", "description": "the recipient's, when it is one's"},
                     },
-                },
+                    optional=("index",),
+                ),
             },
-        },
-    }
+        }
+    )
     paths: dict[str, dict[str, Any]] = {}
     for method, path, operation in OPERATIONS:
         paths.setdefault(path, {})[method] = operation
@@ -405,7 +520,12 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "announcer",
             "version": "1",
-            "description": "Phone announcements with generated speech.",
+            "description": "Phone announcements with generated speech.\n\n"
+            "Beyond what the schemas say, every JSON body is refused (422) when a string or a key in it "
+            f"holds a NUL character (U+0000) or it is nested deeper than {MAX_JSON_DEPTH} levels; a "
+            "request is refused (422) for what only the service can know: a template that does not "
+            "exist or does not render with the variables given, a number that cannot be dialed, keys "
+            "of the options that clash, a time in the past, an unknown time zone.",
         },
         "components": {
             "schemas": schemas,

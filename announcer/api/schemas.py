@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from announcer.deliveries.plan import Problem
 
@@ -13,12 +13,72 @@ Digit = Annotated[str, Field(pattern=r"^[0-9*#]$")]
 RetryOn = Literal["busy", "no_answer", "failed"]
 
 
+def _whole(value: Any) -> Any:
+    """2.0 is the integer 2 to JSON Schema (and to the document): taken as 2, where strict mode would refuse
+    every float. A string or a bool stays refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
+# What a phone number may be written with: digits, an optional leading +, and the spaces, parentheses,
+# dots and dashes of national layouts. Whether it can be dialed is the number library's call
+# (messages/phones.py), a rule no pattern states.
+PHONE_PATTERN = r"^\+?[0-9 ().-]+$"
+PHONE_EXAMPLE = "+14155550100"
+TIME_OF_DAY = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+# A date and time as ISO-8601 writes it (date, "T" or a space, time, optional offset), a form
+# datetime.fromisoformat reads; whether the day exists (no 30 February) is its call (scheduling/when.py).
+_DAY = r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+_CLOCK = r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9]([.,][0-9]{1,6})?)?"
+_OFFSET = r"(Z|[+-]([01][0-9]|2[0-3]):?[0-5][0-9])"
+DATE_TIME = rf"^{_DAY}[T ]{_CLOCK}{_OFFSET}?$"
+EXACT_TIME = rf"^{_DAY}[T ]{_CLOCK}{_OFFSET}$"  # with its offset: a moment
+LOCAL_TIME = rf"^{_DAY}[T ]{_CLOCK}$"  # without: read in `when.timezone`
+# Five fields (minute hour day month day-of-week), days of the week by name (scheduling/when.py); whether
+# each field's values are in range is APScheduler's call.
+CRON = r"^[ \t]*[^ \t]+([ \t]+[^ \t]+){3}[ \t]+[^ \t0-9]+[ \t]*$"
+# The keys 1 (confirm) and 9 (opt out) are never another option's (deliveries/plan.py key_problems).
+NOT_RESERVED_KEY: dict[str, Any] = {"not": {"enum": ["1", "9"]}}
+
+
+def _one_of(*names: str) -> dict[str, Any]:
+    """`oneOf` for "exactly one of these properties is given" (a string): each branch requires its own
+    property and calls the others absent or null, so a body with both or neither matches no branch."""
+    return {
+        "oneOf": [
+            {
+                "required": [name],
+                "properties": {
+                    name: {"type": "string"},
+                    **{other: {"type": "null"} for other in names if other != name},
+                },
+            }
+            for name in names
+        ]
+    }
+
+
+# The either-or rules are checked where the values are used (deliveries/plan.py prepare_template,
+# scheduling/when.py parse_when: also for what is stored); the document states them here, and the
+# schemathesis run (tests/test_openapi_fuzz.py) holds the two together both ways.
+ONE_TEMPLATE = _one_of("template", "template_text")
+_ADA: dict[str, Any] = {"phone": PHONE_EXAMPLE, "name": "Ada"}
+_TEXT_EXAMPLE = "Hello {{ name }}, the {{ system }} is down."
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class RecipientBody(Strict):
-    phone: str = Field(max_length=40, description="E.164 (+14155550100) or national with a region")
+    phone: str = Field(
+        max_length=40,
+        pattern=PHONE_PATTERN,
+        description="E.164 (+14155550100) or national with a region",
+        examples=[PHONE_EXAMPLE],
+    )
     variables: dict[str, Any] = Field(default_factory=dict, description="this recipient's template variables")
     name: str | None = Field(default=None, max_length=200)
     timezone: str | None = Field(
@@ -38,7 +98,11 @@ class AgentOption(Strict):
     after: Literal["announcement", "key"] = Field(
         default="announcement", description="hand over when the message has played, or on a key"
     )
-    key: Digit = Field(default="0", description='with after="key": the key that hands over')
+    key: Digit = Field(
+        default="0",
+        description='with after="key": the key that hands over',
+        json_schema_extra=NOT_RESERVED_KEY,
+    )
     prompt: str | None = Field(
         default=None, min_length=1, max_length=MAX_PROMPT_CHARS, description="overrides the agent's prompt"
     )
@@ -55,7 +119,7 @@ class AgentOption(Strict):
 
 
 class AlertOptions(Strict):
-    max_attempts: int = Field(default=1, ge=1, le=10, description="calls per recipient at most")
+    max_attempts: WholeNumber = Field(default=1, ge=1, le=10, description="calls per recipient at most")
     retry_on: list[RetryOn] = Field(
         default_factory=_default_retry_on,
         max_length=3,
@@ -64,10 +128,14 @@ class AlertOptions(Strict):
     )
     retry_backoff_s: float = Field(default=60.0, ge=0, le=86_400, description="doubles with each attempt")
     confirm: bool = Field(default=False, description='ask "press 1 to confirm, 2 to hear it again"')
-    repeat_key: Digit | None = Field(default=None, description="another key that repeats the message")
-    # Judged by the outbound policy (deliveries/egress.py) in the handler: what it allows is the settings'.
+    repeat_key: Digit | None = Field(
+        default=None, description="another key that repeats the message", json_schema_extra=NOT_RESERVED_KEY
+    )
     callback_url: str | None = Field(
-        default=None, max_length=2048, description="signed outcome webhooks go here (https, a public host)"
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="signed outcome webhooks go here (https, a public host, unless settings allow more)",
     )
     agent: AgentOption | None = Field(
         default=None, description="hand the call to the conversational agent (agent mode)"
@@ -89,16 +157,34 @@ class AlertOptions(Strict):
 
 
 class AlertBody(Strict):
-    template: str | None = Field(default=None, max_length=255, description="a template in templates/")
-    template_text: str | None = Field(default=None, max_length=20_000, description="or inline Jinja text")
+    model_config = ConfigDict(
+        json_schema_extra={
+            **ONE_TEMPLATE,
+            "examples": [
+                {
+                    "template_text": _TEXT_EXAMPLE,
+                    "variables": {"system": "billing server"},
+                    "recipients": [_ADA],
+                    "options": {"confirm": True},
+                }
+            ],
+        }
+    )
+
+    template: str | None = Field(
+        default=None, min_length=1, max_length=255, description="a template in templates/"
+    )
+    template_text: str | None = Field(
+        default=None, min_length=1, max_length=20_000, description="or inline Jinja text"
+    )
     variables: dict[str, Any] = Field(default_factory=dict, description="shared by every recipient")
-    recipients: list[RecipientBody]
+    recipients: list[RecipientBody] = Field(min_length=1)
     options: AlertOptions = Field(default_factory=AlertOptions)
 
 
 class QuietHoursBody(Strict):
-    start: str = Field(max_length=5, description='local time of day, "21:00"')
-    end: str = Field(max_length=5, description='local time of day, "08:00"; may wrap midnight')
+    start: str = Field(pattern=TIME_OF_DAY, description='local time of day, "21:00"')
+    end: str = Field(pattern=TIME_OF_DAY, description='local time of day, "08:00"; may wrap midnight')
 
 
 class ScheduleOptions(AlertOptions):
@@ -114,35 +200,108 @@ class ScheduleOptions(AlertOptions):
 
 
 class WhenBody(Strict):
-    at: str | None = Field(default=None, max_length=64, description="ISO-8601, with an offset or local")
-    cron: str | None = Field(default=None, max_length=120, description='crontab, e.g. "0 8 * * mon-fri"')
+    # Exactly one of `at` and `cron`. `at` without an offset is read in `timezone`, which it then needs;
+    # `start` and `end` belong to `cron`, which needs its `timezone` too.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["at"],
+                    "properties": {
+                        "at": {"type": "string", "pattern": EXACT_TIME},
+                        **{name: {"type": "null"} for name in ("cron", "start", "end")},
+                    },
+                },
+                {
+                    "required": ["at", "timezone"],
+                    "properties": {
+                        "at": {"type": "string", "pattern": LOCAL_TIME},
+                        "timezone": {"type": "string"},
+                        **{name: {"type": "null"} for name in ("cron", "start", "end")},
+                    },
+                },
+                {
+                    "required": ["cron", "timezone"],
+                    "properties": {
+                        "cron": {"type": "string"},
+                        "timezone": {"type": "string"},
+                        "at": {"type": "null"},
+                    },
+                },
+            ]
+        }
+    )
+
+    at: str | None = Field(
+        default=None, pattern=DATE_TIME, description="ISO-8601, with an offset or local (in `timezone`)"
+    )
+    cron: str | None = Field(
+        default=None, max_length=120, pattern=CRON, description='crontab, e.g. "0 8 * * mon-fri"'
+    )
     timezone: str | None = Field(default=None, max_length=64, description="IANA zone, e.g. Europe/Berlin")
-    start: str | None = Field(default=None, max_length=64, description="cron only: not before")
-    end: str | None = Field(default=None, max_length=64, description="cron only: not after")
+    start: str | None = Field(default=None, pattern=DATE_TIME, description="cron only: not before")
+    end: str | None = Field(default=None, pattern=DATE_TIME, description="cron only: not after")
 
 
 class ScheduleBody(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            **ONE_TEMPLATE,
+            "examples": [
+                {
+                    "name": "weekday check-in",
+                    "template_text": "Good morning {{ name }}.",
+                    "recipients": [_ADA],
+                    "when": {"cron": "0 8 * * mon-fri", "timezone": "Europe/Berlin"},
+                }
+            ],
+        }
+    )
+
     name: str | None = Field(default=None, max_length=200)
-    template: str | None = Field(default=None, max_length=255, description="a template in templates/")
-    template_text: str | None = Field(default=None, max_length=20_000, description="or inline Jinja text")
+    template: str | None = Field(
+        default=None, min_length=1, max_length=255, description="a template in templates/"
+    )
+    template_text: str | None = Field(
+        default=None, min_length=1, max_length=20_000, description="or inline Jinja text"
+    )
     variables: dict[str, Any] = Field(default_factory=dict, description="shared by every recipient")
-    recipients: list[RecipientBody]
+    recipients: list[RecipientBody] = Field(min_length=1)
     when: WhenBody
     options: ScheduleOptions = Field(default_factory=ScheduleOptions)
 
 
 class SchedulePatch(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "paused"}]})
+
     status: Literal["active", "paused"] | None = Field(default=None, description="pause or resume")
     name: str | None = Field(default=None, max_length=200)
     variables: dict[str, Any] | None = None
-    recipients: list[RecipientBody] | None = None
+    recipients: list[RecipientBody] | None = Field(default=None, min_length=1)
     when: WhenBody | None = None
 
 
 class OutboundCallBody(Strict):
     """The reference example's body (ElevenLabs' Twilio outbound guide), validated."""
 
-    number: str = Field(max_length=40, description="who to call: E.164, or national with a region")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "number": PHONE_EXAMPLE,
+                    "prompt": "You are the clinic's friendly receptionist.",
+                    "first_message": "Hello, this is Acme Clinic. How can I help?",
+                }
+            ]
+        }
+    )
+
+    number: str = Field(
+        max_length=40,
+        pattern=PHONE_PATTERN,
+        description="who to call: E.164, or national with a region",
+        examples=[PHONE_EXAMPLE],
+    )
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="the agent's prompt")
     first_message: str = Field(
         min_length=1, max_length=MAX_FIRST_MESSAGE_CHARS, description="what the agent says first"
@@ -150,16 +309,37 @@ class OutboundCallBody(Strict):
 
 
 class PreviewBody(Strict):
-    template: str | None = Field(default=None, max_length=255)
-    template_text: str | None = Field(default=None, max_length=20_000)
+    model_config = ConfigDict(
+        json_schema_extra={
+            **ONE_TEMPLATE,
+            "examples": [
+                {"template_text": _TEXT_EXAMPLE, "variables": {"system": "billing server"}, "recipient": _ADA}
+            ],
+        }
+    )
+
+    template: str | None = Field(default=None, min_length=1, max_length=255)
+    template_text: str | None = Field(default=None, min_length=1, max_length=20_000)
     variables: dict[str, Any] = Field(default_factory=dict)
     recipient: RecipientBody
+
+
+# What a value that does not match a pattern should have been, in words (pydantic would show the pattern).
+PATTERN_REASONS = {
+    PHONE_PATTERN: "not a phone number: digits, an optional leading +, spaces and ( ) . - only",
+    TIME_OF_DAY: 'expected a time of day like "21:00"',
+    DATE_TIME: "not an ISO-8601 date and time (2026-12-07T08:00, with an offset like +01:00 or without)",
+    CRON: "expected 5 fields (minute hour day month day-of-week), days of the week by name (mon-fri)",
+}
 
 
 def problems_of(err: ValidationError) -> list[Problem]:
     """pydantic's errors as API problems: `recipients[3].phone: Field required`."""
     problems = []
     for e in err.errors(include_url=False):
+        reason = str(e["msg"])
+        if e["type"] == "string_pattern_mismatch":
+            reason = PATTERN_REASONS.get(str((e.get("ctx") or {}).get("pattern")), reason)
         path = ""
         index = None
         for part in e["loc"]:
@@ -169,5 +349,5 @@ def problems_of(err: ValidationError) -> list[Problem]:
                     index = part
             else:
                 path += f".{part}" if path else str(part)
-        problems.append(Problem(path or "body", str(e["msg"]), index))
+        problems.append(Problem(path or "body", reason, index))
     return problems

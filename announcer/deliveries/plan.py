@@ -124,7 +124,9 @@ def prepare_template(
     try:
         return renderer.prepare(name=template, source=template_text)
     except RenderError as err:
-        raise PlanError([Problem("template" if template else "template_text", str(err))]) from None
+        raise PlanError(
+            [Problem("template" if template is not None else "template_text", str(err))]
+        ) from None
 
 
 def plan_deliveries(

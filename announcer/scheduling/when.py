@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -145,15 +146,19 @@ def _cron_trigger(cron: str, zone: str, start: datetime | None, end: datetime | 
 _CRON_NAMES = ("minute", "hour", "day", "month", "day_of_week")
 
 
+_CRON_SPACE = re.compile(r"[ \t]+")  # between fields: what the API document's cron pattern says
+
+
 def _cron_fields(expression: str) -> dict[str, str]:
     """A standard 5-field crontab line as CronTrigger fields. CronTrigger.from_crontab would do the
     same, but day-of-week numbers differ: crontab's 0 is Sunday, APScheduler's 0 is Monday; only names
-    mean the same to both, so numbers are refused with a clear reason."""
-    parts = expression.split()
+    mean the same to both, so numbers (ASCII digits: "²" is no number there) are refused with a clear
+    reason. Fields are apart by spaces and tabs, as in a crontab."""
+    parts = _CRON_SPACE.split(expression.strip(" \t"))
     if len(parts) != 5:
         raise ValueError(f"expected 5 fields (minute hour day month day-of-week), got {len(parts)}")
     fields = dict(zip(_CRON_NAMES, parts, strict=True))
-    if any(ch.isdigit() for ch in fields["day_of_week"]):
+    if any("0" <= ch <= "9" for ch in fields["day_of_week"]):
         raise ValueError("give days of the week by name (mon-fri, sun), not by number")
     return fields
 
@@ -168,8 +173,11 @@ def _zone(name: str | None, field: str, problems: list[Problem]) -> ZoneInfo | N
         return None
 
 
-def _moment(value: str | None, zone: ZoneInfo | None, field: str, problems: list[Problem]) -> datetime | None:
-    """ISO-8601 with an offset, or local time read in `zone`."""
+def _moment(
+    value: str | None, zone: ZoneInfo | None, field: str, problems: list[Problem], *, zone_named: bool = False
+) -> datetime | None:
+    """ISO-8601 with an offset, or local time read in `zone`. `zone_named`: a zone was given, and is
+    unknown (a problem already): a local time then has nothing more wrong with it to report."""
     if value is None:
         return None
     try:
@@ -179,7 +187,8 @@ def _moment(value: str | None, zone: ZoneInfo | None, field: str, problems: list
         return None
     if moment.tzinfo is None:
         if zone is None:
-            problems.append(Problem(field, "no UTC offset: add one (+01:00) or give `when.timezone`"))
+            if not zone_named:
+                problems.append(Problem(field, "no UTC offset: add one (+01:00) or give `when.timezone`"))
             return None
         moment = moment.replace(tzinfo=zone)
     return moment
@@ -196,7 +205,7 @@ def parse_when(raw: dict[str, Any], now: datetime) -> When:
     if at is not None:
         if raw.get("start") is not None or raw.get("end") is not None:
             problems.append(Problem("when", "`start` and `end` belong to a cron schedule"))
-        moment = _moment(at, zone, "when.at", problems)
+        moment = _moment(at, zone, "when.at", problems, zone_named=zone_name is not None)
         if moment is not None and moment <= now:
             problems.append(Problem("when.at", f"{moment.isoformat()} is in the past"))
         if problems:
@@ -206,8 +215,8 @@ def parse_when(raw: dict[str, Any], now: datetime) -> When:
         return When(moment, None, zone_name or "UTC", None, None)
     if zone is None and not problems:
         problems.append(Problem("when.timezone", "a cron schedule needs its time zone (e.g. Europe/Berlin)"))
-    start = _moment(raw.get("start"), zone, "when.start", problems)
-    end = _moment(raw.get("end"), zone, "when.end", problems)
+    start = _moment(raw.get("start"), zone, "when.start", problems, zone_named=zone_name is not None)
+    end = _moment(raw.get("end"), zone, "when.end", problems, zone_named=zone_name is not None)
     if start is not None and end is not None and end <= start:
         problems.append(Problem("when.end", "is not after `when.start`"))
     if end is not None and end <= now:
