@@ -34,6 +34,7 @@ from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.egress import EgressPolicy
 from announcer.deliveries.notify import OutcomeNotifier
 from announcer.deliveries.plan import Limits
+from announcer.deliveries.policy import DeliveryPolicy
 from announcer.deliveries.script import PROMPT_TEMPLATE, CallScripts
 from announcer.files import private_dir, tighten_tree, write_private
 from announcer.messages.destinations import DestinationPolicy
@@ -368,8 +369,9 @@ async def _renders(app: web.Application) -> AsyncIterator[None]:
 
 async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     settings, p = app[SETTINGS], app[PROVIDERS]
+    policy = DeliveryPolicy()  # the store asks it about retries, snoozes and quiet hours; the dispatcher too
     store = DeliveryStore(
-        app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite, journal=app[STORE].journal
+        app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite, rules=policy, journal=app[STORE].journal
     )
     destinations = DestinationPolicy.from_settings(settings)  # planning and dialing check the same one
     secret = settings.announcer_webhook_secret or settings.announcer_api_token
@@ -390,6 +392,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         # longer than a create request may take, or a slow answer would look like a lost one
         lease=timedelta(seconds=max(settings.announcer_claim_lease_s, 2 * settings.twilio_timeout_s)),
         destinations=destinations,
+        policy=policy,
     )
     app[DELIVERIES] = store
     app[WEBHOOKS] = sender

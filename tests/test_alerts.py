@@ -9,6 +9,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from twilio.request_validator import RequestValidator
 
 from announcer.deliveries.callbacks import verify
 from announcer.sandbox.twilio_call import PhoneBehavior
+from tests.clock import Clock
 from tests.conftest import API_TOKEN, AUTH, Service, eventually, free_port, make_settings, start_service
 
 HEARER = "+15550100001"
@@ -452,6 +454,51 @@ async def test_twilio_refusals_fail_with_the_code_or_are_retried(service: Servic
     # a 429 is Twilio's rate limit, not the person: retried without spending the only attempt
     assert by_phone[throttled]["attempt"] == 1
     assert "dial_retry" in [h["kind"] for h in by_phone[throttled]["history"]]
+
+
+def dial_retries(delivery: dict[str, Any]) -> list[tuple[datetime, datetime]]:
+    """(when refused, when due again) of each retried refusal in a delivery's history."""
+    return [
+        (datetime.fromisoformat(h["at"]), datetime.fromisoformat(h["retry_at"]))
+        for h in delivery["history"]
+        if h["kind"] == "dial_retry"
+    ]
+
+
+async def test_a_refusal_that_persists_backs_off_and_then_fails_with_the_last_code(clock: Clock) -> None:
+    """Twilio answering 429 (or 5xx) again and again: dialed again ever later, up to a minute apart, never
+    every 2 s, without spending an attempt; after an hour of refusals the delivery fails with Twilio's code
+    and says why. An outage that ends before that is waited out."""
+    service = await clock.start(datetime(2027, 6, 10, 6, tzinfo=UTC))
+    throttled, broken = "+15550100041", "+15550100042"
+    service.sandbox.set_behavior(throttled, PhoneBehavior(refuse_code=20429, refuse_status=429))
+    service.sandbox.set_behavior(broken, PhoneBehavior(refuse_code=20500, refuse_status=500, refuse_times=10))
+    status, accepted = await post(service, "/v1/alerts", alert_body(throttled, broken))
+    assert status == 202, accepted
+    await clock.advance(timedelta(minutes=2))
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    for delivery in page["deliveries"]:
+        retries = dial_retries(delivery)
+        # 2 s apart, as before, would be 60 refusals by now; backing off (at most 2, 4, 8, 16, 32, then 60 s,
+        # each drawn from the upper half of that), 8 at most
+        assert 3 <= len(retries) <= 8, retries
+        waits = [(due - at).total_seconds() for at, due in retries]
+        assert waits[:5] == sorted(waits[:5]) and waits[0] <= 2 and max(waits) <= 60, waits
+        assert delivery["attempt"] == 0 and delivery["state"] == "pending"  # no attempt spent
+    await clock.advance(timedelta(hours=1))
+    alert = await finished(service, accepted["id"])
+    assert alert["counts"] == {"failed": 1, "heard": 1}
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    by_phone = {d["phone"]: d for d in page["deliveries"]}
+    assert by_phone[broken]["attempt"] == 1 and len(dial_retries(by_phone[broken])) == 10
+    gave_up = by_phone[throttled]
+    assert gave_up["outcome_code"] == 20429
+    assert gave_up["outcome_reason"].startswith("Twilio kept refusing the call for 1 h"), gave_up
+    retries = dial_retries(gave_up)
+    waits = [(due - at).total_seconds() for at, due in retries]
+    assert max(waits) <= 60 and min(waits[5:]) >= 30, waits  # capped at a minute, from its upper half
+    assert retries[-1][1] - retries[0][0] <= timedelta(hours=1)  # given up within the hour
+    assert len(retries) <= 130
 
 
 async def test_message_is_synthesized_while_the_phone_rings(service: Service) -> None:

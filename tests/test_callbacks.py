@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from announcer.deliveries import callbacks
-from announcer.deliveries.callbacks import WebhookSender, backoff_delay, sign, verify
+from announcer.deliveries.callbacks import WebhookSender, sign, verify
 from announcer.deliveries.egress import EgressPolicy
 
 SECRET = "whsec_test_0123456789"
@@ -181,12 +181,15 @@ def test_verify_accepts_any_of_several_v1_entries_for_rotation() -> None:
     assert not verify("third-secret", body, rotating, now=t)
 
 
-def test_backoff_doubles_with_full_jitter_and_is_capped() -> None:
-    assert [backoff_delay(n, 1.0, 10.0, MaxRandom()) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
-    assert backoff_delay(10_000, 1.0, 300.0, MaxRandom()) == 300.0
+async def test_backoff_doubles_with_full_jitter_and_is_capped(make_sender: SenderFactory) -> None:
+    short = make_sender(start=False, backoff_s=1.0, max_backoff_s=10.0).backoff
+    assert [short.delay_s(n, MaxRandom()) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+    backoff = make_sender(start=False, backoff_s=1.0, max_backoff_s=300.0).backoff
+    assert backoff.delay_s(10_000, MaxRandom()) == 300.0
     rng = random.Random(7)
-    delays = [backoff_delay(4, 1.0, 300.0, rng) for _ in range(200)]
+    delays = [backoff.delay_s(4, rng) for _ in range(200)]
     assert all(0.0 <= d <= 8.0 for d in delays) and len(set(delays)) > 1
+    assert min(backoff.delay_s(4, rng) for _ in range(2000)) < 0.5  # full jitter: down to nothing
 
 
 # --- delivery --------------------------------------------------------------------------------------

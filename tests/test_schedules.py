@@ -468,6 +468,35 @@ async def test_reminder_keys_confirm_decline_and_snooze_and_the_snoozed_one_ring
     assert alert["counts"] == {"confirmed": 2, "declined": 1, "snoozed": 1}
 
 
+async def test_a_reminder_snoozed_after_its_alert_was_canceled_is_not_called_again(clock: Clock) -> None:
+    service = await clock.start(datetime(2027, 6, 10, 12, tzinfo=UTC))
+    later = "+15550150011"
+    when = {"at": "2027-06-10T15:00", "timezone": "Europe/Berlin"}
+    status, created = await post(
+        service, "/v1/schedules", schedule_body(when, later, confirm=True, snooze_s=120)
+    )
+    assert status == 201, created
+    [fire] = at("2027-06-10T15:00+02:00")
+    move = asyncio.ensure_future(clock.advance_to(fire))
+    try:
+        call = await placed_call(service, later)
+        await call.wait_for_mark("prompt:", 20)
+        [occurrence] = await occurrences(service, created["id"])
+        status, canceled = await post(service, f"/v1/alerts/{occurrence['alert_id']}/cancel", {})
+        assert status == 200 and canceled["status"] == "canceled", canceled
+        await call.press("3")  # "call me again later", once nobody is to be called any more
+        await move
+    finally:
+        if not move.done():
+            move.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await move
+    _, page = await get(service, f"/v1/alerts/{occurrence['alert_id']}/deliveries")
+    assert [d["state"] for d in page["deliveries"]] == ["snoozed"], page  # and no new delivery owed
+    await clock.advance(timedelta(minutes=5))
+    assert len(calls_to(service, later)) == 1
+
+
 def tts_requests(service: Service, text: str) -> list[Any]:
     return [r for r in service.tts.requests if text in r.text]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from announcer.api.http import error, idempotency_conflict, idempotency_key, inv
 from announcer.api.schemas import AlertOptions, OutboundCallBody
 from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.plan import Limits, Problem
+from announcer.deliveries.policy import NO_JITTER, Backoff
 from announcer.messages.phones import BadNumber
 from announcer.store import transcripts
 from announcer.store.calls import CallStore
@@ -29,6 +31,7 @@ from announcer.store.deliveries import DeliveryStore, IdempotencyConflict, NewDe
 from announcer.telephony.voice import CALL_SID
 
 SID_WAIT_S = 10.0  # how long /outbound-call waits for Twilio's Call SID before answering without it
+SID_POLL = Backoff(base_s=0.02, cap_s=0.25, jitter=NO_JITTER)
 
 
 @dataclass
@@ -143,14 +146,15 @@ async def outbound_call(request: web.Request, deps: CallsDeps) -> web.Response:
 async def _wait_for_sid(deps: CallsDeps, delivery_id: int) -> str | None:
     """The Call SID once Twilio has answered the create request (the dispatcher places the call within
     its rate limit); None if that takes longer than SID_WAIT_S (the call still goes out)."""
-    delay = 0.02
     try:
         async with asyncio.timeout(SID_WAIT_S):
-            while True:
+            for poll in itertools.count(1):
                 found = await deps.deliveries.delivery_call(delivery_id)
                 if found is not None and found[1]:
                     return found[1]
-                await asyncio.sleep(delay)  # the dispatcher has no per-delivery signal; back off gently
-                delay = min(delay * 2, 0.25)
+                # The dispatcher has no per-delivery signal: polled, backing off gently (no jitter: one
+                # request's own polls, nobody else's to spread).
+                await asyncio.sleep(SID_POLL.delay_s(poll))
     except TimeoutError:
-        return None
+        pass
+    return None

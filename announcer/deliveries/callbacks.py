@@ -29,7 +29,8 @@ Retry policy
   retried, up to `max_attempts` attempts in all. The wait before retry n is drawn uniformly from
   [0, min(max_backoff_s, backoff_s * 2**(n-1))] ("full jitter", so receivers coming back from an outage
   are not hit by every sender in lock-step); a `Retry-After` header (seconds or an HTTP date) replaces
-  that draw, capped at `max_backoff_s`.
+  that draw, capped at `max_backoff_s`. (The service's one backoff rule, deliveries/policy.py `Backoff`,
+  with FULL_JITTER.)
 * Anything else (3xx, which are not followed, and other 4xx): a permanent failure, not retried.
 
 An event is attempted sequentially; different events go out concurrently, at most `concurrency` requests
@@ -58,6 +59,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from announcer.deliveries.egress import EgressPolicy, EgressRefused, GuardedResolver
+from announcer.deliveries.policy import FULL_JITTER, Backoff
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +120,6 @@ def verify(
         if _HEX_DIGEST.fullmatch(candidate) and hmac.compare_digest(expected, candidate.encode("ascii")):
             matched = True
     return matched
-
-
-def backoff_delay(retry: int, base_s: float, cap_s: float, rng: random.Random) -> float:
-    """The wait before retry number `retry` (1 for the first retry): full jitter over a doubling ceiling."""
-    # The exponent is clamped so a large max_attempts cannot overflow the float.
-    ceiling = min(cap_s, base_s * 2.0 ** min(retry - 1, 64))
-    return rng.uniform(0.0, ceiling)
 
 
 def _retry_after_s(value: str | None, now: float) -> float | None:
@@ -212,8 +207,8 @@ class WebhookSender:
         self._secret = secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_attempts = max_attempts
-        self._backoff_s = backoff_s
-        self._max_backoff_s = max_backoff_s
+        # The retry policy above: full jitter over a doubling ceiling (the service's one backoff rule).
+        self.backoff = Backoff(backoff_s, max_backoff_s, jitter=FULL_JITTER)
         self._max_queue = max_queue
         self._rng = rng if rng is not None else random.Random()
         # Taken per attempt, not per event, so events sleeping before a retry hold no slot.
@@ -368,9 +363,9 @@ class WebhookSender:
             if number == self._max_attempts:
                 break
             if outcome.retry_after_s is not None:
-                delay = min(outcome.retry_after_s, self._max_backoff_s)
+                delay = min(outcome.retry_after_s, self.backoff.cap_s)
             else:
-                delay = backoff_delay(number, self._backoff_s, self._max_backoff_s, self._rng)
+                delay = self.backoff.delay_s(number, self._rng)
             log.info("webhook %s to %s: retry %d in %.2f s", job.event_id, host, number, delay)
             await asyncio.sleep(delay)
         self.failed += 1

@@ -6,8 +6,10 @@ database: every process shares the account's limit) in one transaction (`dialing
 attempt's call row and stream token), keeping about a second of calls ready -> the pacer takes them
 one per token of the rate bucket -> speech starts synthesizing into the cache while the phone rings
 -> `calls.create` with inline TwiML `<Connect><Stream>` carrying the token -> record the SID. Twilio's
-429/20429, 5xx and network errors put the delivery back with a backoff without spending an attempt; any
-other refusal fails it with Twilio's code. A canceled alert's claims still queued are withdrawn.
+429/20429, 5xx and network errors put the delivery back without spending an attempt, after a wait that
+grows with each refusal in a row (deliveries/policy.py), until an hour of refusals fails it with the last
+code; any other refusal fails it with Twilio's code at once. A canceled alert's claims still queued are
+withdrawn.
 
 Each dial checks the number against the destination policy again, though it passed when planned: a
 policy narrowed since (a restart with narrower settings, say after abuse was found) holds for the
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from announcer import logs
+from announcer.deliveries.policy import REFUSALS_GIVE_UP_AFTER, DeliveryPolicy
 from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.phones import BadNumber
 from announcer.speech.speaker import Speaker
@@ -103,8 +106,10 @@ class Dispatcher:
         on_move: Callable[[Move], None] | None = None,
         lease: timedelta = timedelta(seconds=60),
         destinations: DestinationPolicy | None = None,
+        policy: DeliveryPolicy | None = None,
     ) -> None:
         self._destinations = destinations
+        self._policy = policy if policy is not None else DeliveryPolicy()
         self._lease = lease  # a claim must have its SID by then, or it is reconciled before any redial
         self._store = store
         self._twilio = twilio
@@ -276,12 +281,8 @@ class Dispatcher:
                 timeout=RING_TIMEOUT_S,
             )
         except TwilioError as err:
-            retry_at = None
-            if err.retryable:
-                retry_at = utcnow() + timedelta(seconds=min(60.0, 2.0 ** min(claim.attempt, 5)))
             log.warning("call for delivery %s refused: %s", claim.delivery_id, err)
-            move = await self._store.dial_refused(claim, code=err.code, reason=err.message, retry_at=retry_at)
-            self._moved(move)
+            self._moved(await self._refused(claim, err))
             self.wake()
             return
         self.placed += 1
@@ -292,6 +293,20 @@ class Dispatcher:
                 await self._twilio.cancel(info.sid)
             except TwilioError as err:
                 log.warning("could not cancel call %s of a canceled alert: %s", info.sid, err)
+
+    async def _refused(self, claim: Claim, err: TwilioError) -> Move | None:
+        """Twilio refused to place the call: dialed again later (a retryable refusal, the policy's backoff
+        over the refusals of this attempt so far), or failed with Twilio's code."""
+        if not err.retryable:
+            return await self._store.dial_refused(claim, code=err.code, reason=err.message, retry_at=None)
+        refusals = await self._store.refusals(claim)
+        retry_at = self._policy.after_refusal(refusals.count, refusals.since, utcnow())
+        reason = err.message
+        if retry_at is None:
+            hours = REFUSALS_GIVE_UP_AFTER.total_seconds() / 3600
+            reason = f"Twilio kept refusing the call for {hours:g} h ({refusals.count} tries), last: {reason}"
+            log.warning("delivery %s failed: %s", claim.delivery_id, reason)
+        return await self._store.dial_refused(claim, code=err.code, reason=reason, retry_at=retry_at)
 
     # --- claims without a SID (a crash between claim and answer, or a lost answer) ---------------
 

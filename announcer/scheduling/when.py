@@ -23,9 +23,9 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 
+from announcer.deliveries import quiet_hours
 from announcer.deliveries.plan import PlanError, Problem
-from announcer.store import quiet_hours
-from announcer.store.quiet_hours import QuietHours
+from announcer.deliveries.quiet_hours import QuietHours
 
 
 class WallClockCron(CronTrigger):  # type: ignore[misc]

@@ -1,5 +1,6 @@
 """Quiet hours: the part of a recipient's day nobody is called in, in their own time zone. A delivery
-due inside them waits for the window's end (checked as deliveries are claimed, right before dialing)."""
+due inside them waits for the window's end (checked as deliveries are claimed, right before dialing:
+deliveries/policy.py decides, the claim asks it)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,401 @@
+"""Alerts as accepted and as read back: acceptance (idempotent), the views the API shows, cancel, the
+reads about the person a call is for (opt-outs: opt_outs.py).
+
+Exactly once (design.md): the alert and all its deliveries are committed before the API answers.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from announcer.store.claims import Claim
+from announcer.store.delivery_rows import (
+    CANCELED_UNPLACED,
+    CHUNK,
+    DELIVERIES,
+    EVENTS,
+    WAITING,
+    DeliveryRecords,
+    event,
+)
+from announcer.store.models import (
+    Alert,
+    AlertStatus,
+    Call,
+    CallStatus,
+    Delivery,
+    DeliveryEvent,
+    DeliveryState,
+    utcnow,
+)
+from announcer.store.opt_outs import opted_out_among
+from announcer.store.transitions import complete_alert
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+class AlertFinished(Exception):
+    """The alert has nothing left to cancel."""
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    position: int
+    phone: str
+    name: str | None
+    timezone: str | None
+    variables: dict[str, Any]
+    text: str
+
+
+@dataclass(frozen=True)
+class AlertView:
+    id: str
+    status: str
+    recipients: int
+    created_at: datetime
+    finished_at: datetime | None
+    counts: dict[str, int]
+    options: dict[str, Any]
+    template: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    id: int
+    position: int
+    phone: str
+    name: str | None
+    state: str
+    attempt: int
+    outcome: str | None
+    outcome_code: int | None
+    outcome_reason: str | None
+    call_sid: str | None
+    text: str
+    updated_at: datetime
+    history: list[dict[str, Any]]
+
+
+class AlertRecords(DeliveryRecords):
+    async def create_alert(
+        self,
+        *,
+        idempotency_key: str | None,
+        request_hash: str,
+        source: str,
+        template: str | None,
+        template_text: str | None,
+        variables: dict[str, Any],
+        options: dict[str, Any],
+        callback_url: str | None,
+        deliveries: Sequence[NewDelivery],
+        max_attempts: int,
+    ) -> tuple[str, bool]:
+        """Store the alert and its deliveries; (id, True) when created, (id, False) for a replay."""
+        if idempotency_key is not None:
+            existing = await self._by_key(idempotency_key, request_hash)
+            if existing is not None:
+                return existing, False
+        alert_id = "al_" + secrets.token_hex(12)
+        now = utcnow()
+        async with self.sessions() as s:
+            opted = await opted_out_among(s, [d.phone for d in deliveries])
+            try:
+                await s.execute(
+                    insert(Alert).values(
+                        id=alert_id,
+                        idempotency_key=idempotency_key,
+                        request_hash=request_hash,
+                        source=source,
+                        template=template,
+                        template_text=template_text,
+                        variables=variables,
+                        options=options,
+                        callback_url=callback_url,
+                        status=AlertStatus.ACTIVE,
+                        recipients=len(deliveries),
+                        created_at=now,
+                    )
+                )
+            except IntegrityError:
+                await s.rollback()  # the same key won a race in another request
+                assert idempotency_key is not None
+                existing = await self._by_key(idempotency_key, request_hash)
+                assert existing is not None
+                return existing, False
+            rows = [_delivery_row(alert_id, d, d.phone in opted, max_attempts, now) for d in deliveries]
+            # Each delivery's first state is its row (state and created_at): no event row per recipient,
+            # which would double the rows written before the answer (`deliveries()` lists it first).
+            await s.execute(insert(DELIVERIES), rows)
+            if opted and len(opted) >= len(deliveries):
+                await complete_alert(s, alert_id, now)
+            await s.commit()
+        return alert_id, True
+
+    async def _by_key(self, key: str, request_hash: str) -> str | None:
+        async with self.sessions() as s:
+            row = (
+                await s.execute(select(Alert.id, Alert.request_hash).where(Alert.idempotency_key == key))
+            ).first()
+        if row is None:
+            return None
+        if row.request_hash != request_hash:
+            raise IdempotencyConflict(key)
+        return str(row.id)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    async def alert(self, alert_id: str) -> AlertView | None:
+        async with self.sessions() as s:
+            alert = await s.get(Alert, alert_id)
+            if alert is None:
+                return None
+            counts = dict(
+                (
+                    await s.execute(
+                        select(Delivery.state, func.count())
+                        .where(Delivery.alert_id == alert_id)
+                        .group_by(Delivery.state)
+                    )
+                ).all()
+            )
+        return AlertView(
+            id=alert.id,
+            status=alert.status,
+            recipients=alert.recipients,
+            created_at=alert.created_at,
+            finished_at=alert.finished_at,
+            counts={str(k): int(v) for k, v in counts.items()},
+            options=alert.options,
+            template=alert.template,
+        )
+
+    async def deliveries(self, alert_id: str, *, after: int, limit: int) -> list[DeliveryView]:
+        """Page through an alert's deliveries by recipient index (positions after `after`)."""
+        async with self.sessions() as s:
+            rows = list(
+                (
+                    await s.execute(
+                        select(Delivery)
+                        .where(Delivery.alert_id == alert_id, Delivery.position > after)
+                        .order_by(Delivery.position)
+                        .limit(limit)
+                    )
+                ).scalars()
+            )
+            history: dict[int, list[dict[str, Any]]] = {
+                d.id: [
+                    {
+                        "at": d.created_at.isoformat(),
+                        "kind": "state",
+                        "state": DeliveryState.OPTED_OUT.value
+                        if d.outcome == DeliveryState.OPTED_OUT and d.attempt == 0
+                        else DeliveryState.PENDING.value,
+                    }
+                ]
+                for d in rows
+            }
+            ids = list(history)
+            for start in range(0, len(ids), CHUNK):
+                events = await s.execute(
+                    select(DeliveryEvent)
+                    .where(DeliveryEvent.delivery_id.in_(ids[start : start + CHUNK]))
+                    .order_by(DeliveryEvent.id)
+                )
+                for e in events.scalars():
+                    history[e.delivery_id].append({"at": e.at.isoformat(), "kind": e.kind, **e.detail})
+        return [
+            DeliveryView(
+                id=d.id,
+                position=d.position,
+                phone=d.phone,
+                name=d.name,
+                state=d.state,
+                attempt=d.attempt,
+                outcome=d.outcome,
+                outcome_code=d.outcome_code,
+                outcome_reason=d.outcome_reason,
+                call_sid=d.call_sid,
+                text=d.text,
+                updated_at=d.updated_at,
+                history=history[d.id],
+            )
+            for d in rows
+        ]
+
+    # --- cancel ----------------------------------------------------------------------------------
+
+    async def cancel_alert(
+        self, alert_id: str, unplaced: Sequence[Claim] = ()
+    ) -> tuple[int, list[tuple[int, str]]]:
+        """Cancel what has not been dialed; return (how many, [(delivery id, call sid)] still ringing or
+        dialing, for the caller to cancel at Twilio). `unplaced`: claims of this alert that the
+        dispatcher took back before dialing them; they are canceled too. Raises LookupError /
+        AlertFinished."""
+        now = utcnow()
+        # Locks are taken in the order every other writer takes them, deliveries before their alert (a
+        # delivery's final outcome completes its alert): the other order deadlocked against the dispatcher.
+        async with self.sessions() as s:
+            status = (await s.execute(select(Alert.status).where(Alert.id == alert_id))).scalar_one_or_none()
+            if status is None:
+                raise LookupError(alert_id)
+            if status != AlertStatus.ACTIVE:
+                raise AlertFinished(status)
+            canceled = await self._cancel_waiting(s, alert_id, now)
+            canceled += await _cancel_unplaced(s, unplaced, now)
+            if canceled:
+                await s.execute(
+                    insert(EVENTS),
+                    [event(i, "state", now, state="canceled", reason="alert canceled") for i in canceled],
+                )
+            live = (
+                await s.execute(
+                    select(Delivery.id, func.coalesce(Delivery.call_sid, Call.call_sid))
+                    .outerjoin(Call, Call.id == Delivery.call_id)
+                    .where(
+                        Delivery.alert_id == alert_id,
+                        Delivery.state.in_([DeliveryState.DIALING, DeliveryState.RINGING]),
+                    )
+                )
+            ).all()
+            done = await s.execute(
+                update(Alert)
+                .where(Alert.id == alert_id, Alert.status == AlertStatus.ACTIVE)
+                .values(status=AlertStatus.CANCELED, finished_at=now)
+            )
+            if not done.rowcount:  # type: ignore[attr-defined]
+                await s.rollback()  # it completed meanwhile: its deliveries are all final already
+                raise AlertFinished(AlertStatus.COMPLETED)
+            await s.commit()
+        return len(canceled), [(int(i), str(sid)) for i, sid in live if sid]
+
+    async def _cancel_waiting(self, s: AsyncSession, alert_id: str, now: datetime) -> list[int]:
+        """Cancel the alert's deliveries waiting to be claimed; their ids. One being claimed right now is
+        skipped: its call is canceled once placed (`dialed` tells the dispatcher)."""
+        waiting = list(
+            (
+                await s.execute(
+                    select(Delivery.id)
+                    .where(Delivery.alert_id == alert_id, Delivery.state.in_(WAITING))
+                    .order_by(Delivery.id)
+                    .with_for_update(skip_locked=self._skip_locked)
+                )
+            ).scalars()
+        )
+        for start in range(0, len(waiting), CHUNK):
+            chunk = waiting[start : start + CHUNK]
+            await s.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(chunk))
+                .values(
+                    state=DeliveryState.CANCELED,
+                    outcome=DeliveryState.CANCELED,
+                    outcome_reason=CANCELED_UNPLACED,
+                    updated_at=now,
+                    finished_at=now,
+                )
+            )
+        return waiting
+
+    # --- the person a call is for ------------------------------------------------------------------
+
+    async def call_options(self, call_id: int) -> dict[str, Any] | None:
+        """The alert options of the delivery that call `call_id` carries (None: not an announcement)."""
+        async with self.sessions() as s:
+            return (
+                await s.execute(
+                    select(Alert.options)
+                    .join(Delivery, Delivery.alert_id == Alert.id)
+                    .join(Call, Call.delivery_id == Delivery.id)
+                    .where(Call.id == call_id)
+                )
+            ).scalar_one_or_none()
+
+    async def call_context(self, call_id: int) -> dict[str, Any]:
+        """What an agent is told about the person on call `call_id`: the variables their message was
+        rendered with (the alert's shared ones, then the recipient's own, as in `plan_deliveries`)."""
+        async with self.sessions() as s:
+            row = (
+                await s.execute(
+                    select(Delivery.name, Delivery.variables, Alert.variables)
+                    .join(Alert, Alert.id == Delivery.alert_id)
+                    .join(Call, Call.delivery_id == Delivery.id)
+                    .where(Call.id == call_id)
+                )
+            ).first()
+        if row is None:
+            return {}
+        context: dict[str, Any] = {"name": row[0]} if row[0] else {}
+        context.update(row[2] or {})
+        context.update(row[1] or {})
+        return context
+
+    async def delivery_call(self, delivery_id: int) -> tuple[int | None, str | None] | None:
+        """(call row id, call SID) of a delivery's latest attempt; None when there is no such delivery."""
+        async with self.sessions() as s:
+            row = (
+                await s.execute(select(Delivery.call_id, Delivery.call_sid).where(Delivery.id == delivery_id))
+            ).first()
+        return None if row is None else (row[0], row[1])
+
+
+def _delivery_row(
+    alert_id: str, d: NewDelivery, opted_out: bool, max_attempts: int, now: datetime
+) -> dict[str, Any]:
+    """A new delivery's row: waiting to be dialed, or final at once for a number that opted out earlier."""
+    return {
+        "alert_id": alert_id,
+        "position": d.position,
+        "phone": d.phone,
+        "name": d.name,
+        "timezone": d.timezone,
+        "variables": d.variables,
+        "text": d.text,
+        "state": DeliveryState.OPTED_OUT if opted_out else DeliveryState.PENDING,
+        "attempt": 0,
+        "max_attempts": max_attempts,
+        "next_attempt_at": now,
+        "outcome": DeliveryState.OPTED_OUT if opted_out else None,
+        "outcome_reason": "this number opted out earlier" if opted_out else None,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": now if opted_out else None,
+    }
+
+
+async def _cancel_unplaced(s: AsyncSession, unplaced: Sequence[Claim], now: datetime) -> list[int]:
+    """Cancel the claims the dispatcher took back before dialing them; the ids of those still unplaced."""
+    canceled = []
+    for claim in unplaced:
+        taken_back = await s.execute(
+            update(Delivery)
+            .where(
+                Delivery.id == claim.delivery_id,
+                Delivery.attempt == claim.attempt,
+                Delivery.state == DeliveryState.DIALING,
+                Delivery.call_sid.is_(None),
+            )
+            .values(
+                state=DeliveryState.CANCELED,
+                outcome=DeliveryState.CANCELED,
+                outcome_reason=CANCELED_UNPLACED,
+                lease_expires_at=None,
+                updated_at=now,
+                finished_at=now,
+            )
+        )
+        if taken_back.rowcount:  # type: ignore[attr-defined]
+            await s.execute(update(Call).where(Call.id == claim.call_id).values(status=CallStatus.CANCELED))
+            canceled.append(claim.delivery_id)
+    return canceled
