@@ -109,6 +109,7 @@ class FakeService:
         self.stream_handler: StreamHandler | None = None
         self.voice_forms: list[dict[str, str]] = []
         self.status_forms: list[dict[str, str]] = []
+        self.amd_forms: list[dict[str, str]] = []  # AsyncAmdStatusCallback, signature checked
         self.bad_signatures: list[str] = []
         self.sessions: list[StreamSession] = []
         self.handler_errors: list[BaseException] = []
@@ -123,6 +124,7 @@ class FakeService:
         app = web.Application()
         app.router.add_post("/twilio/voice", self.voice)
         app.router.add_post("/twilio/status", self.status)
+        app.router.add_post("/twilio/amd", self.amd)
         app.router.add_post("/twilio/fallback", self.fallback)
         app.router.add_get("/twilio/media", self.media)
         self._runner = web.AppRunner(app, access_log=None)
@@ -178,6 +180,22 @@ class FakeService:
         self.status_forms.append(form)
         self._notify()
         return web.Response(status=204)
+
+    async def amd(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        if not self._signed(request, form):
+            return web.Response(status=403)
+        self.amd_forms.append(form)
+        self._notify()
+        return web.Response(status=204)
+
+    async def wait_amd(self, call_sid: str) -> dict[str, str]:
+        async with asyncio.timeout(T):
+            while True:
+                for form in self.amd_forms:
+                    if form["CallSid"] == call_sid:
+                        return form
+                await self._changed.wait()
 
     async def media(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()

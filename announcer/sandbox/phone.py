@@ -10,23 +10,31 @@ played in the order received and buffered when sent ahead; a `mark` is echoed on
 before it has played; `clear` drops buffered audio and echoes every pending mark at once.
 
 The microphone sends silence, or the frames of a line the phone says (`say`, or the scripted
-conversation of `PhoneBehavior`, see `phone_script`): one frame per 20 ms slot either way.
+conversation of `PhoneBehavior`, see `phone_script`): one frame per 20 ms slot either way.  For most
+phones it runs while a media stream is open; a simulated callee (`Callee`, see `callee`) has its own
+microphone from the answer on, heard by the call's machine detection (`amd`) slot by slot, with or
+without a stream.  The phone also records what it observes for tests and benchmarks: when the first
+frame played, the spans of its own sound, and a machine callee's recording.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from announcer.audio import FRAME_MS
+from announcer.audio import FRAME_BYTES, FRAME_MS, SILENCE_FRAME
+from announcer.sandbox.amd import MachineDetector, Verdict
+from announcer.sandbox.callee import CalleeScript
 from announcer.sandbox.phone_script import PhoneScript
 from announcer.sandbox.phone_voice import PhoneVoice, Utterance
-from announcer.sandbox.twilio_call import SandboxCall, SpokenLine
+from announcer.sandbox.tones import Sound, classify
+from announcer.sandbox.twilio_call import Callee, Direction, LineKind, SandboxCall, SpokenLine
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +157,65 @@ class Phone:
         # audio is an underrun; the silence after a mark is the service having nothing more to say.
         self._in_segment = False
         self._stream: StreamLink | None = None
-        self._mic_started_at = 0.0
-        self._mic_next_at = 0.0
-        self._mic_chunk = 0
+        self._mic_started_at = 0.0  # start of the open stream's first microphone slot
+        self._mic_next_at = 0.0  # end of the next microphone slot
+        self._mic_chunk = 0  # the open stream's chunk counter
+        self._mic_running = False
+        self._mic_line: SpokenLine | None = None  # the line (and raw frame) of the last slot's frame
+        self._mic_raw = b""
+        self._callee: CalleeScript | None = None
+        if call.direction is Direction.OUTBOUND_API and behavior.callee is not Callee.LISTENER:
+            self._callee = CalleeScript(call, behavior, clock.slot_s, clock.speed)
+        self._answered_at = 0.0
+        self._detector: MachineDetector | None = None
+        self._on_verdict: Callable[[Verdict], None] | None = None
+
+    # -- the callee ---------------------------------------------------------------------------
+    @property
+    def has_callee(self) -> bool:
+        """Whether this phone is a simulated callee with sounds of its own (not a LISTENER)."""
+        return self._callee is not None
+
+    async def prepare_callee(self) -> None:
+        if self._callee is not None and self._voice is not None:
+            await self._callee.prepare(self._voice)
+
+    def answer(
+        self, now: float, detector: MachineDetector | None, on_verdict: Callable[[Verdict], None]
+    ) -> None:
+        """The callee picked up at `now`: its microphone runs from here on (first slot ends one slot
+        later), and `detector`, if any, hears every slot of it until it reaches a verdict."""
+        self._answered_at = now
+        self._detector = detector
+        self._on_verdict = on_verdict
+        if self._callee is not None:
+            self._callee.answer(now)
+        if not self._mic_running:
+            self._mic_running = True
+            self._mic_next_at = now + self._clock.slot_s
+        self._clock.activate(self)
+
+    def conclude_detection(self, at: float) -> None:
+        """The call ends at `at` with detection still running: its verdict from what it heard so far."""
+        detector = self._detector
+        if detector is None:
+            return
+        self._detector = None
+        if self._on_verdict is not None:
+            self._on_verdict(detector.conclude(self._ms_since_answer(at)))
+
+    def _ms_since_answer(self, at: float) -> int:
+        return round((at - self._answered_at) * self._clock.speed * 1000)
 
     # -- the media stream --------------------------------------------------------------------
     def attach(self, stream: StreamLink, now: float) -> None:
-        """A stream opened: start the microphone (its first frame goes out one slot from now)."""
+        """A stream opened: start the microphone (its first frame goes out one slot from now) or,
+        when it already runs (a callee's), send its frames to the stream from the next slot on."""
         self._stream = stream
-        self._mic_started_at = now
-        self._mic_next_at = now + self._clock.slot_s
+        if not self._mic_running:
+            self._mic_running = True
+            self._mic_next_at = now + self._clock.slot_s
+        self._mic_started_at = self._mic_next_at - self._clock.slot_s
         self._mic_chunk = 0
         if self._script is not None and self._voice is not None:
             self._script.prepare(self._voice)
@@ -170,12 +227,18 @@ class Phone:
         self._stream = None
         self._in_segment = False
         self._drop_all()
-        self._drop_mic()
+        if self._callee is None:  # a callee's own microphone goes on: it talks to the room, not the socket
+            self._drop_mic()
+            self._mic_running = False
 
     def close(self) -> None:
-        """The call is over: stop preparing scripted lines."""
+        """The call is over: stop preparing scripted lines, and the microphone."""
         if self._script is not None:
             self._script.cancel()
+        self._detector = None
+        if self._mic_running and self._stream is None:
+            self._drop_mic()
+            self._mic_running = False
 
     # -- the microphone ------------------------------------------------------------------------
     @property
@@ -186,14 +249,24 @@ class Phone:
         """Queue a line on the microphone (after anything being said); the future resolves once its
         last frame has been sent, and fails if the stream ends first."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        line = SpokenLine(utterance.text, queued_at=time.monotonic(), audio=utterance.audio)
+        self._queue_line(utterance, LineKind.LINE, done)
+        return done
+
+    def speak_now(self, utterance: Utterance, kind: LineKind) -> SpokenLine:
+        """Queue one of the callee's own sounds (from the clock tick: nobody awaits it)."""
+        return self._queue_line(utterance, kind, None)
+
+    def _queue_line(
+        self, utterance: Utterance, kind: LineKind, done: asyncio.Future[None] | None
+    ) -> SpokenLine:
+        line = SpokenLine(utterance.text, queued_at=time.monotonic(), audio=utterance.audio, kind=kind)
         self.call.spoke.append(line)
         self._mic.append(_LineStart(line))
         self._mic.extend(utterance.payloads)
         self._mic.append(_LineEnd(line, done))
         self.call.notify()
         self._clock.activate(self)
-        return done
+        return line
 
     async def say(self, text: str) -> None:
         """Say `text` over the open media stream; returns when it has all been sent."""
@@ -286,6 +359,11 @@ class Phone:
                 queue.popleft()
                 self._frames_queued -= 1
                 heard += item
+                if self.call.first_played_at is None:
+                    self.call.first_played_at = next_at
+                    self.call.notify()
+                if self.call.recording_started_at is not None:
+                    self._record(item, next_at)
                 if self._last_play_at is not None and now - self._last_play_at > self.call.max_play_gap_s:
                     self.call.max_play_gap_s = now - self._last_play_at
                 self._last_play_at = now
@@ -298,26 +376,74 @@ class Phone:
                     self.call._heard_segments.append((played_from, played_len))
                 self._played_until = next_at
         stream = self._stream
-        if stream is not None:
+        if self._mic_running:
             script = self._script
-            if script is not None:
+            if script is not None and stream is not None:
                 script.tick(now, self)
+            callee = self._callee
             mic = self._mic
+            # A callee's microphone never skips a slot: what it says, and what machine detection hears,
+            # stays on the 20 ms grid from its answer whatever the event loop did (after a stall its
+            # frames leave together, as after a network hiccup).  Other phones skip, as below.
+            limit = MAX_MIC_CATCH_UP if callee is None else sys.maxsize
             sent = 0
-            while self._mic_next_at <= now and sent < MAX_MIC_CATCH_UP:
-                self._mic_chunk += 1
-                # the frame sent at the end of slot n holds audio from n-1 to n: timestamp its start
-                elapsed_slots = round((self._mic_next_at - self._mic_started_at) / slot)
+            while self._mic_next_at <= now and sent < limit:
+                slot_end = self._mic_next_at
+                if callee is not None:
+                    callee.before_slot(slot_end - slot, self)
                 # Skipped slots (a stalled loop) delay a line, never cut it: frames leave in order.
-                payload = self._next_mic_payload(self._mic_next_at - slot) if mic else None
-                stream.send_mic_frame(self._mic_chunk, (elapsed_slots - 1) * FRAME_MS, payload)
+                payload = self._next_mic_payload(slot_end - slot) if mic else None
+                if payload is not None or self._detector is not None:
+                    self._hear(payload, slot_end)
+                if stream is not None:
+                    self._mic_chunk += 1
+                    # the frame sent at the end of slot n holds audio from n-1 to n: timestamp its start
+                    elapsed_slots = round((slot_end - self._mic_started_at) / slot)
+                    stream.send_mic_frame(self._mic_chunk, (elapsed_slots - 1) * FRAME_MS, payload)
                 self._mic_next_at += slot
                 sent += 1
             if self._mic_next_at <= now:
                 self._mic_next_at = now + slot
-        return bool(queue) or stream is not None
+        return bool(queue) or stream is not None or self._mic_running
 
     # -- internals -----------------------------------------------------------------------------
+    def _hear(self, payload: str | None, slot_end: float) -> None:
+        """What the microphone sent in the slot ending `slot_end`: log its sound, feed the detector."""
+        slot = self._clock.slot_s
+        sound = Sound.SILENCE if payload is None else classify(self._mic_raw)
+        if sound is not Sound.SILENCE:
+            spans = self.call.voiced_spans
+            slot_start = slot_end - slot
+            if spans and abs(spans[-1][1] - slot_start) < slot / 2:
+                spans[-1] = (spans[-1][0], slot_end)
+            else:
+                spans.append((slot_start, slot_end))
+            line = self._mic_line
+            if line is not None:
+                if line.sound_started_at is None:
+                    line.sound_started_at = slot_start
+                line.sound_ended_at = slot_end
+        detector = self._detector
+        if detector is not None:
+            verdict = detector.feed(sound, self._ms_since_answer(slot_end))
+            if verdict is not None:
+                self._detector = None
+                if self._on_verdict is not None:
+                    self._on_verdict(verdict)
+
+    def _record(self, frame: bytes, at: float) -> None:
+        """A machine callee records `frame`, played in the slot from `at`, at its place in time."""
+        start = self.call.recording_started_at
+        assert start is not None
+        index = round((at - start) / self._clock.slot_s)
+        if index < 0:
+            return  # played before the machine started recording (over its greeting or beep)
+        buf = self.call._voicemail
+        offset = index * FRAME_BYTES
+        if len(buf) < offset:
+            buf += SILENCE_FRAME * ((offset - len(buf)) // FRAME_BYTES)
+        buf[offset : offset + FRAME_BYTES] = frame
+
     def _enqueue_frame(self, frame: bytes, now: float) -> None:
         if self._next_slot_at is None:
             self._next_slot_at = now
@@ -334,20 +460,23 @@ class Phone:
                 item.line.started_at = slot_start
                 self._line = item.line
             else:  # an empty line: nothing to send for it
-                self._line_sent(item)
+                self._line_sent(item, slot_start)
             if not mic:
                 return None
             item = mic.popleft()
-        if self._line is not None:
-            self._line.frames_sent += 1
+        line = self._mic_line = self._line
+        if line is not None:
+            line.frames_sent += 1
+            self._mic_raw = line.audio[(line.frames_sent - 1) * FRAME_BYTES : line.frames_sent * FRAME_BYTES]
         if mic and isinstance(mic[0], _LineEnd):
             end = mic.popleft()
             assert isinstance(end, _LineEnd)
-            self._line_sent(end)
+            self._line_sent(end, slot_start + self._clock.slot_s)
         return item
 
-    def _line_sent(self, end: _LineEnd) -> None:
+    def _line_sent(self, end: _LineEnd, slot_end: float | None = None) -> None:
         end.line.finished_at = time.monotonic()
+        end.line.ended_at = slot_end
         self._line = None
         if end.done is not None and not end.done.done():
             end.done.set_result(None)

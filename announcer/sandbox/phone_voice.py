@@ -24,6 +24,12 @@ class Utterance:
     payloads: tuple[str, ...]  # base64 of each 160-byte frame, encoded once, off the clock's hot path
 
 
+def framed(text: str, audio: bytes) -> Utterance:
+    """`audio` ready for the microphone, unregistered (tones: nothing a recogniser should find)."""
+    frames = cut_frames(audio)
+    return Utterance(text, b"".join(frames), tuple(base64.b64encode(f).decode("ascii") for f in frames))
+
+
 class PhoneVoice:
     def __init__(self, synthesize: Callable[[str], bytes], book: SpeechBook) -> None:
         self._synthesize = synthesize
@@ -38,12 +44,11 @@ class PhoneVoice:
         known = self._lines.get(text)
         if known is not None:
             return known
-        frames = cut_frames(await asyncio.to_thread(self._synthesize, text))
+        audio = await asyncio.to_thread(self._synthesize, text)
         known = self._lines.get(text)  # prepared meanwhile by another caller: keep the first
         if known is not None:
             return known
-        audio = b"".join(frames)
-        utterance = Utterance(text, audio, tuple(base64.b64encode(f).decode("ascii") for f in frames))
+        utterance = framed(text, audio)
         self._lines[text] = utterance
-        self.book.register(text, audio)
+        self.book.register(text, utterance.audio)
         return utterance

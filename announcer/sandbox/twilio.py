@@ -8,7 +8,9 @@ echoes marks and records everything (`SandboxCall`).  Wire formats: protocols.md
 
 Module map: `twilio_rest` (HTTP APIs), `twilio_webhooks` (signed requests to the service),
 `twiml_runner` (TwiML), `media_stream` + `media_messages` (websocket), `phone` (playback clock),
-`twilio_call` (call state).  This module owns the lifecycle: start/close and each call's progress.
+`twilio_call` (call state), `callee` + `tones` (what a callee sounds like), `amd` (machine detection).
+This module owns the lifecycle: start/close and each call's progress, and delivers the verdict of
+machine detection (AnsweredBy on the call, the signed AsyncAmdStatusCallback).
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from announcer.audio import write_wav
-from announcer.sandbox.phone import PhoneClock
+from announcer.audio import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, write_wav
+from announcer.sandbox.amd import AmdRequest, AnsweredBy, MachineDetector, Verdict
+from announcer.sandbox.phone import Phone, PhoneClock
 from announcer.sandbox.phone_voice import PhoneVoice
 from announcer.sandbox.recording import conversation_audio
 from announcer.sandbox.speech_book import SpeechBook
 from announcer.sandbox.twilio_call import (
+    AmdResult,
     BargeIn,
     CallbackEvent,
+    Callee,
     CallStatus,
     Direction,
     PhoneBehavior,
@@ -44,15 +49,27 @@ from announcer.sandbox.twilio_webhooks import (
     WebhookClient,
     WebhookFailure,
     WebhookRequest,
+    amd_callback_params,
     status_callback_params,
 )
 from announcer.sandbox.twiml_runner import FetchTwiml, TwimlRunner, TwimlSource
 
-__all__ = ["BargeIn", "PhoneBehavior", "RestRequest", "SandboxCall", "SandboxTwilio", "WebhookRequest"]
+__all__ = [
+    "AnsweredBy",
+    "BargeIn",
+    "Callee",
+    "PhoneBehavior",
+    "RestRequest",
+    "SandboxCall",
+    "SandboxTwilio",
+    "WebhookRequest",
+]
 
 log = logging.getLogger(__name__)
 
 CLOSE_GRACE_S = 5.0
+PREPARE_TIMEOUT_S = 10.0  # the callee's voice, synthesized while it rings
+AMD_NO_CALLBACK = 21262  # Twilio's warning: AsyncAmd without AsyncAmdStatusCallback
 # SIP final responses Twilio reports in SipResponseCode for each outcome
 SIP_CODES = {
     CallStatus.COMPLETED: 200,
@@ -117,7 +134,6 @@ class SandboxTwilio:
             clock=self._clock,
             synthesize=self._synthesize,
             on_answered=self._answer,
-            voice=self.voice,
         )
         self._runner = web.AppRunner(RestApi(self).app(), access_log=None)
         await self._runner.setup()
@@ -171,6 +187,7 @@ class SandboxTwilio:
             status=CallStatus.RINGING,
             start_time=dt.datetime.now(dt.UTC),
             behavior=behavior or PhoneBehavior(),
+            speed=self.speed,
         )
         if self.status_callback_url:
             call.status_callback = StatusCallbackConfig(self.status_callback_url)
@@ -190,12 +207,18 @@ class SandboxTwilio:
             from_=request.from_,
             to=request.to,
             _control=self,
-            machine_detection=request.machine_detection,
+            amd_request=request.amd,
             status_callback=request.status_callback,
             behavior=self._behaviors.get(request.to, PhoneBehavior()),
             ring_timeout_s=request.ring_timeout_s,
             time_limit_s=request.time_limit_s,
+            speed=self.speed,
         )
+        if request.amd is not None and request.amd.async_amd and request.amd.callback_url is None:
+            call.warnings.append(
+                f"{AMD_NO_CALLBACK} AsyncAmd is true but no AsyncAmdStatusCallback was given: "
+                "the verdict is only on the Call resource"
+            )
         self.calls[call.sid] = call
         self._spawn(self._run_outbound(call, request.source), call)
         return call
@@ -206,6 +229,8 @@ class SandboxTwilio:
         if call.is_ending():
             return
         call._ending = True
+        if call._phone is not None:
+            call._phone.conclude_detection(time.monotonic())  # what detection knew when the call ended
         self._set_final(call, CallStatus.COMPLETED if call.answered_at is not None else CallStatus.CANCELED)
         if call._script_task is not None:
             call._script_task.cancel()
@@ -229,28 +254,52 @@ class SandboxTwilio:
 
     async def _run_inbound(self, call: SandboxCall) -> None:
         assert self._twiml is not None
+        phone = self._new_phone(call)
         try:
-            await self._twiml.converse(call, FetchTwiml(self.voice_url, "POST", "voice"))
+            await self._twiml.converse(call, phone, FetchTwiml(self.voice_url, "POST", "voice"))
         except Exception as err:
             self._internal_error(call, err)
         finally:
+            self._close_phone(call, phone)
             await self._finish(call, CallStatus.COMPLETED)
 
     async def _run_outbound(self, call: SandboxCall, source: TwimlSource) -> None:
         assert self._twiml is not None
         outcome = CallStatus.COMPLETED
         sip_code: int | None = None
+        phone = self._new_phone(call)
         try:
-            outcome, sip_code = await self._dial(call)
+            outcome, sip_code = await self._dial(call, phone)
             if outcome is CallStatus.IN_PROGRESS:
                 outcome = CallStatus.COMPLETED
-                await self._twiml.converse(call, source)
+                amd = call.amd_request
+                if amd is not None and not amd.async_amd:
+                    # synchronous detection: the TwiML (and its AnsweredBy) waits for the verdict
+                    await call._wait_until(lambda: call.amd is not None or call.is_ending(), 3600, "verdict")
+                if not call.is_ending():
+                    await self._twiml.converse(call, phone, source)
         except Exception as err:
             self._internal_error(call, err)
         finally:
+            self._close_phone(call, phone)
             await self._finish(call, outcome, sip_code)
 
-    async def _dial(self, call: SandboxCall) -> tuple[CallStatus, int | None]:
+    def _new_phone(self, call: SandboxCall) -> Phone:
+        assert self._clock is not None
+        phone = Phone(call, self._clock, self.voice)
+        call._phone = phone
+        return phone
+
+    def _close_phone(self, call: SandboxCall, phone: Phone) -> None:
+        """The call is over: a detection still running gives its verdict now, the phone stops."""
+        phone.conclude_detection(time.monotonic())
+        call._phone = None
+        phone.stop_local()
+        phone.close()
+        assert self._clock is not None
+        self._clock.deactivate(phone)
+
+    async def _dial(self, call: SandboxCall, phone: Phone) -> tuple[CallStatus, int | None]:
         """initiated -> ringing -> answered | busy | no-answer | failed, per the callee's behaviour.
         Returns IN_PROGRESS when answered, else the final status and its SIP code."""
         behavior = call.behavior
@@ -268,7 +317,16 @@ class SandboxTwilio:
         self._report(call, CallbackEvent.RINGING, CallStatus.RINGING)
         answers = behavior.answer == "answer" and behavior.ring_s <= call.ring_timeout_s
         ring_s = behavior.ring_s if answers else min(behavior.ring_s, call.ring_timeout_s)
-        await self._sleep_unless_ended(call, ring_s / self.speed)
+        preparing = asyncio.create_task(phone.prepare_callee()) if answers else None
+        try:
+            await self._sleep_unless_ended(call, ring_s / self.speed)
+            if preparing is not None:
+                # a callee whose voice is not ready yet picks up when it is (a few real ms)
+                async with asyncio.timeout(PREPARE_TIMEOUT_S):
+                    await asyncio.shield(preparing)
+        finally:
+            if preparing is not None and not preparing.done():
+                preparing.cancel()
         if call.is_ending():
             return call.status, None
         if not answers:
@@ -288,11 +346,17 @@ class SandboxTwilio:
 
     def _answer(self, call: SandboxCall) -> None:
         """The call is answered (outbound: the callee picked up; inbound: TwiML arrived)."""
-        call.answered_at = time.monotonic()
+        now = call.answered_at = time.monotonic()
         if call.start_time is None:
             call.start_time = dt.datetime.now(dt.UTC)
-        if call.machine_detection:
-            call.answered_by = "human"  # the simulated callee is always a person
+        phone = call._phone
+        if phone is not None and phone.has_callee:
+            amd = call.amd_request
+            detector = MachineDetector(amd.settings) if amd is not None else None
+            phone.answer(now, detector, lambda verdict: self._verdict(call, verdict))
+        elif call.amd_request is not None:
+            # a LISTENER (see Callee): a person, known at once, without running the detector
+            self._verdict(call, Verdict(AnsweredBy.HUMAN, 0))
         call.set_status(CallStatus.IN_PROGRESS)
         loop = asyncio.get_running_loop()
         limits = [call.time_limit_s]
@@ -326,9 +390,13 @@ class SandboxTwilio:
             call.finished_at = time.monotonic()
             if call.answered_at is not None or call.heard:
                 path = self.recordings_dir / f"{call.sid}.wav"
+                if call.behavior.callee.records and call.direction is Direction.OUTBOUND_API:
+                    audio = self._voicemail(call)  # what the machine recorded, nothing else
+                else:
+                    audio = conversation_audio(call, self.speed) if call.spoke else call.heard
                 # synchronous on purpose: it must happen even when close() cancels this task, and a
                 # call's audio is at most a few hundred KB
-                write_wav(path, conversation_audio(call, self.speed) if call.spoke else call.heard)
+                write_wav(path, audio)
                 call.wav_path = path
             if sip_code is None:
                 sip_code = SIP_CODES.get(call.status)
@@ -338,6 +406,51 @@ class SandboxTwilio:
         finally:
             call.ended.set()
             call.notify()
+
+    # -- machine detection -----------------------------------------------------------------------
+    def _verdict(self, call: SandboxCall, verdict: Verdict) -> None:
+        """Record the verdict (AnsweredBy from now on) and, with AsyncAmd, POST it to the callback."""
+        if call.amd is not None:
+            return
+        call.answered_by = str(verdict.answered_by)
+        result = call.amd = AmdResult(verdict.answered_by, verdict.duration_ms, time.monotonic())
+        call.notify()
+        request = call.amd_request
+        if request is not None and request.async_amd and request.callback_url is not None:
+            self._chain_callback(call, self._deliver_amd(call, request, result))
+
+    async def _deliver_amd(self, call: SandboxCall, request: AmdRequest, result: AmdResult) -> None:
+        assert self._webhooks is not None and request.callback_url is not None
+        result.posted_at = time.monotonic()
+        try:
+            answer = await self._webhooks.send(
+                kind="amd",
+                call_sid=call.sid,
+                url=request.callback_url,
+                method=request.callback_method,
+                form=amd_callback_params(call, result.answered_by, result.duration_ms),
+            )
+        except WebhookFailure as err:
+            call.application_errors.append(f"{err} (AsyncAmdStatusCallback)")
+            return
+        finally:
+            call.notify()
+        result.post_status = answer.status
+        if not 200 <= answer.status < 300:
+            call.application_errors.append(
+                f"11200 HTTP retrieval failure: AsyncAmdStatusCallback {request.callback_url} "
+                f"answered {answer.status}"
+            )
+
+    def _voicemail(self, call: SandboxCall) -> bytes:
+        """The machine's recording, silence-padded to the end of the call (a machine records time)."""
+        start, end = call.recording_started_at, call.finished_at
+        if start is not None and end is not None:
+            frames = round((end - start) * self.speed * 1000 / FRAME_MS)
+            missing = frames * FRAME_BYTES - len(call._voicemail)
+            if missing > 0:
+                call._voicemail += SILENCE_FRAME * (missing // FRAME_BYTES)
+        return call.voicemail
 
     # -- status callbacks ------------------------------------------------------------------------
     def _report(
@@ -350,24 +463,27 @@ class SandboxTwilio:
             return
         terminal_sip = sip_code if status.terminal else None
         form = status_callback_params(call, status, sip_code=terminal_sip)
+        self._chain_callback(call, self._deliver(call, config, form))
+
+    def _chain_callback(self, call: SandboxCall, delivery: Coroutine[Any, Any, None]) -> None:
+        """Deliver after the call's previous callback (status or AMD): one at a time, in order, so a
+        call's `completed` never overtakes its verdict."""
         previous = call._callback_task
-        task = asyncio.create_task(
-            self._deliver(call, config, form, previous), name=f"sandbox-callback-{call.sid}"
-        )
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
+            await delivery
+
+        task = asyncio.create_task(run(), name=f"sandbox-callback-{call.sid}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         call._callback_task = task
 
     async def _deliver(
-        self,
-        call: SandboxCall,
-        config: StatusCallbackConfig,
-        form: list[tuple[str, str]],
-        previous: asyncio.Task[None] | None,
+        self, call: SandboxCall, config: StatusCallbackConfig, form: list[tuple[str, str]]
     ) -> None:
         assert self._webhooks is not None
-        if previous is not None:
-            await asyncio.wait({previous})
         try:
             answer = await self._webhooks.send(
                 kind="status", call_sid=call.sid, url=config.url, method=config.method, form=form

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import pathlib
 import secrets
 import time
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from announcer.audio import SAMPLE_RATE
+from announcer.audio import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
+from announcer.sandbox.amd import AmdRequest, AnsweredBy
+from announcer.sandbox.voice_activity import VOICED_RMS, window_rms
 
 if TYPE_CHECKING:
     from announcer.sandbox.media_stream import MediaStream
@@ -78,6 +81,49 @@ class BargeIn:
     after_s: float = 0.5  # sandbox seconds after that turn started playing
 
 
+class Callee(StrEnum):
+    """Who or what picks up an outbound call, as answering machine detection hears it.
+
+    Every kind but LISTENER makes its sounds from the moment it answers, whether or not a media
+    stream is open, and the sandbox's machine detection runs on exactly that audio (`amd`)."""
+
+    # Today's default: a person who answers and listens without a word.  Machine detection is not
+    # run on it: Twilio's verdict is `human` at the answer (MachineDetectionDuration 0), so every
+    # test written before detection existed still sees a person.
+    LISTENER = "listener"
+    HELLO = "hello"  # says `hello` after `hello_after_s`, then listens
+    SILENT = "silent"  # a person who says nothing: detection hears only silence (`unknown`)
+    TALKS_OVER = "talks_over"  # says hello, then `talk_over` while the message plays
+    MACHINE = "machine"  # greeting, beep, then records until the call ends
+    MACHINE_NO_BEEP = "machine_no_beep"  # greeting, then records (no beep)
+    MAILBOX_FULL = "mailbox_full"  # greeting, then hangs up
+    FAX = "fax"  # CNG tones, never speaks
+
+    @property
+    def records(self) -> bool:
+        return self in (Callee.MACHINE, Callee.MACHINE_NO_BEEP)
+
+
+DEFAULT_GREETINGS = {
+    Callee.MACHINE: (
+        "Hi, you have reached Sam. I can't take your call right now. Please leave a message after the tone."
+    ),
+    Callee.MACHINE_NO_BEEP: "Hi, this is Sam. Leave me a message and I will call you back.",
+    Callee.MAILBOX_FULL: "The mailbox is full and cannot accept any new messages. Goodbye.",
+}
+
+
+class LineKind(StrEnum):
+    """What a `SpokenLine` is: a scripted line, or one of the callee's own sounds."""
+
+    LINE = "line"  # `lines`, `barge_in`, `SandboxCall.say`
+    HELLO = "hello"
+    TALK_OVER = "talk_over"
+    GREETING = "greeting"
+    BEEP = "beep"
+    FAX_TONE = "fax_tone"
+
+
 @dataclass
 class PhoneBehavior:
     """How the simulated callee of an outbound call reacts (default: answers after a short ring)."""
@@ -97,19 +143,53 @@ class PhoneBehavior:
     lines: tuple[str, ...] = ()
     reply_after_quiet_s: float = 0.6
     barge_in: BargeIn | None = None
+    # Who answers (see `Callee`); the rest tunes each kind.  Times are sandbox seconds, fixed per
+    # behaviour so that a test knows exactly when each sound starts.
+    callee: Callee = Callee.LISTENER
+    hello: str = "Hello?"
+    hello_after_s: float = 0.6  # after the answer; people take 0.3-1.2 s
+    talk_over: str = "Sorry, who is calling?"
+    talk_over_after_s: float = 1.0  # after the service's audio started playing
+    greeting: str | None = None  # a machine's greeting (None: DEFAULT_GREETINGS for its kind)
+    greeting_after_s: float = 0.3  # after the answer
+    beep_after_s: float = 0.3  # after the greeting's last word
+    beep_s: float = 0.5
+    hang_up_after_greeting_s: float = 1.0  # the full mailbox
+    record_max_s: float = 120.0  # a machine stops recording and hangs up after this
+    fax_after_s: float = 0.5  # first CNG tone, after the answer
+
+    @property
+    def greeting_text(self) -> str:
+        return self.greeting if self.greeting is not None else DEFAULT_GREETINGS.get(self.callee, "")
 
 
 @dataclass
 class SpokenLine:
-    """A line the phone said (or began to) on the media stream; times are monotonic."""
+    """A line the phone said (or began to) on its microphone; times are monotonic."""
 
     text: str
     queued_at: float
     audio: bytes = field(default=b"", repr=False)
+    kind: LineKind = LineKind.LINE
     started_at: float | None = None  # start of the 20 ms slot of its first frame
     frames_sent: int = 0
     finished_at: float | None = None  # its last frame was sent
-    cut: bool = False  # the stream ended before it was all sent
+    ended_at: float | None = None  # end of the 20 ms slot of its last frame (on the audio clock)
+    # start of the first and end of the last frame that was not silence (speech or tone)
+    sound_started_at: float | None = None
+    sound_ended_at: float | None = None
+    cut: bool = False  # the stream (or, for a callee's own sound, the call) ended before it was all sent
+
+
+@dataclass
+class AmdResult:
+    """The verdict of the call's machine detection, and its delivery (times monotonic)."""
+
+    answered_by: AnsweredBy
+    duration_ms: int  # MachineDetectionDuration, sandbox ms from the answer
+    decided_at: float
+    posted_at: float | None = None  # the AsyncAmdStatusCallback was sent
+    post_status: int | None = None  # the service's HTTP answer to it
 
 
 @dataclass
@@ -136,7 +216,8 @@ class SandboxCall:
     caller_name: str | None = None
     status: CallStatus = CallStatus.QUEUED
     answered_by: str | None = None
-    machine_detection: bool = False
+    amd_request: AmdRequest | None = None  # MachineDetection and its tuning, as created
+    amd: AmdResult | None = None
     status_callback: StatusCallbackConfig | None = None
     behavior: PhoneBehavior = field(default_factory=PhoneBehavior)
     ring_timeout_s: float = 60.0
@@ -172,11 +253,21 @@ class SandboxCall:
     application_errors: list[str] = field(default_factory=list)
     custom_parameters: dict[str, str] = field(default_factory=dict)
     wav_path: pathlib.Path | None = None
+    warnings: list[str] = field(default_factory=list)  # Twilio debugger warnings (e.g. 21262)
+    speed: float = 1.0  # sandbox seconds per real second: converts the monotonic times to call time
+    # what the callee's own sounds did (Callee), and what reached it
+    first_played_at: float | None = None  # start of the slot in which the first frame to it played
+    voiced_spans: list[tuple[float, float]] = field(default_factory=list)  # its microphone's non-silence
+    beep_ended_at: float | None = None
+    recording_started_at: float | None = None  # a machine started recording (beep end / greeting end)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     _heard: bytearray = field(default_factory=bytearray, repr=False)
     # (monotonic play time, offset in _heard) wherever playback resumed after a gap: with `spoke`,
     # enough to lay both sides of a conversation on one timeline (`recording.conversation_audio`)
     _heard_segments: list[tuple[float, int]] = field(default_factory=list, repr=False)
+    # what a machine callee recorded: the audio played to it from `recording_started_at`, one frame per
+    # 20 ms slot (silence where nothing played), up to the end of the call
+    _voicemail: bytearray = field(default_factory=bytearray, repr=False)
     # set whenever an observation changes, then replaced: waiters re-check their condition
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _callback_seq: int = 0
@@ -197,6 +288,61 @@ class SandboxCall:
     @property
     def heard_seconds(self) -> float:
         return len(self._heard) / SAMPLE_RATE
+
+    def lines(self, kind: LineKind) -> list[SpokenLine]:
+        return [line for line in self.spoke if line.kind is kind]
+
+    @property
+    def hello(self) -> SpokenLine | None:
+        """The callee's hello, once it has begun."""
+        return next(iter(self.lines(LineKind.HELLO)), None)
+
+    @property
+    def voicemail(self) -> bytes:
+        """What a machine callee recorded (mu-law, real-time: one 20 ms frame per sandbox 20 ms)."""
+        return bytes(self._voicemail)
+
+    @property
+    def voicemail_speech_s(self) -> float:
+        """Sandbox seconds of the voicemail that are not silence (the message's speech)."""
+        return int((window_rms(bytes(self._voicemail)) > VOICED_RMS).sum()) * FRAME_MS / 1000
+
+    def played_spans(self) -> list[tuple[float, float]]:
+        """(start, end) monotonic spans during which audio played to the phone (stream or <Say>)."""
+        slot = FRAME_MS / 1000 / self.speed
+        segments = self._heard_segments
+        ends = [offset for _, offset in segments[1:]] + [len(self._heard)] if segments else []
+        return [
+            (at, at + (end - offset) // FRAME_BYTES * slot)
+            for (at, offset), end in zip(segments, ends, strict=True)
+        ]
+
+    def played_after(self, at: float) -> float | None:
+        """Start of the first frame that played to the phone at or after `at` (monotonic), if any: e.g.
+        the first frame of a voicemail message after the beep ended."""
+        slot = FRAME_MS / 1000 / self.speed
+        for start, end in self.played_spans():
+            if end > at:
+                # frames of a span play back to back: the first one starting at or after `at`
+                skipped = max(0, math.ceil((at - start) / slot - 1e-6))
+                first = start + skipped * slot
+                if first < end:
+                    return first
+        return None
+
+    def overlap_ms(self, window_s: float = 0.5, start: float | None = None) -> float:
+        """Sandbox ms during which audio played to the callee while it made its own sound (speech or
+        tone), within `window_s` sandbox seconds from `start` (default: the first frame played)."""
+        start = self.first_played_at if start is None else start
+        if start is None:
+            return 0.0
+        end = start + window_s / self.speed
+        overlap = 0.0
+        for a, b in self.played_spans():
+            a, b = max(a, start), min(b, end)
+            if a < b:
+                overlap += sum(max(0.0, min(b, d) - max(a, c)) for c, d in self.voiced_spans)
+        return overlap * self.speed * 1000
 
     def is_ending(self) -> bool:
         """True once the call was asked to end (hang-up, REST update, close), even before `ended`."""
@@ -285,6 +431,17 @@ class SandboxCall:
 
     async def wait_for_message(self, timeout: float) -> None:
         await self._wait_until(lambda: self.first_message_at is not None, timeout, "message")
+
+    async def wait_for_amd(self, timeout: float, *, answered: bool = False) -> AmdResult:
+        """Wait for the machine detection's verdict (`answered`: and the service's answer to its
+        AsyncAmdStatusCallback)."""
+
+        def check() -> bool:
+            return self.amd is not None and (not answered or self.amd.post_status is not None)
+
+        await self._wait_until(check, timeout, "machine detection verdict")
+        assert self.amd is not None
+        return self.amd
 
     async def wait_for_status(self, status: CallStatus | str, timeout: float) -> None:
         """Wait until the call reaches `status` (not in the contract; handy for ringing/in-progress)."""

@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
+from announcer.sandbox.amd import TUNING, AmdMode, AmdRequest, AmdSettings
 from announcer.sandbox.twilio_call import (
     DTMF_DIGITS,
     CallbackEvent,
@@ -68,7 +69,7 @@ class OutboundRequest:
     status_callback: StatusCallbackConfig | None
     ring_timeout_s: float
     time_limit_s: float
-    machine_detection: bool
+    amd: AmdRequest | None  # None: no MachineDetection (or ignored, as with SendDigits)
 
 
 class RestError(Exception):
@@ -159,6 +160,8 @@ def call_summary(call: SandboxCall) -> dict[str, Any]:
         "frames_received": call.frames_received,
         "underrun_frames": call.underrun_frames,
         "marks_echoed": call.marks_echoed,
+        "answered_by": call.answered_by,
+        "machine_detection_duration_ms": None if call.amd is None else call.amd.duration_ms,
         "protocol_errors": call.protocol_errors,
         "application_errors": call.application_errors,
     }
@@ -176,6 +179,56 @@ def _bounded_int(raw: str | None, default: int, low: int, high: int) -> int:
         return min(max(int(raw), low), high) if raw else default
     except ValueError:
         return default
+
+
+INVALID_AMD = 21234  # "Invalid Machine Detection configuration value"
+
+
+def _amd_error(message: str) -> RestError:
+    return RestError(400, INVALID_AMD, f"Invalid Machine Detection configuration value: {message}")
+
+
+def parse_amd(values: dict[str, str]) -> AmdRequest | None:
+    """MachineDetection, AsyncAmd* and the tuning parameters, checked as Twilio does (error 21234:
+    a mode other than Enable / DetectMessageEnd, or a tuning value outside its range)."""
+    tuning: dict[str, int] = {}
+    for name, default, low, high in TUNING:
+        raw = values.get(name, "").strip()
+        if not raw:
+            tuning[name] = default
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            raise _amd_error(f"{name} must be a whole number from {low} to {high}, got {raw!r}") from None
+        if not low <= value <= high:
+            raise _amd_error(f"{name} must be from {low} to {high}, got {value}")
+        tuning[name] = value
+    mode_raw = values.get("MachineDetection", "").strip()
+    if not mode_raw:
+        return None
+    try:
+        mode = AmdMode(mode_raw)
+    except ValueError:
+        raise _amd_error(f"MachineDetection must be Enable or DetectMessageEnd, got {mode_raw!r}") from None
+    async_raw = values.get("AsyncAmd", "false").strip().lower() or "false"
+    if async_raw not in ("true", "false"):
+        raise _amd_error(f"AsyncAmd must be true or false, got {async_raw!r}")
+    callback = values.get("AsyncAmdStatusCallback", "").strip() or None
+    if callback is not None and not _http_url(callback):
+        raise _amd_error(f"AsyncAmdStatusCallback is not a valid URL: {callback}")
+    method = values.get("AsyncAmdStatusCallbackMethod", "POST").strip().upper() or "POST"
+    if method not in ("GET", "POST"):
+        raise _amd_error(f"AsyncAmdStatusCallbackMethod must be GET or POST, got {method!r}")
+    if values.get("SendDigits"):
+        return None  # Twilio ignores MachineDetection when SendDigits is given
+    timeout, speech, speech_end, silence = (tuning[t[0]] for t in TUNING)
+    return AmdRequest(
+        AmdSettings(mode, timeout, speech, speech_end, silence),
+        async_amd=async_raw == "true",
+        callback_url=callback,
+        callback_method=method,
+    )
 
 
 def parse_create(form: list[tuple[str, str]]) -> OutboundRequest:
@@ -220,7 +273,7 @@ def parse_create(form: list[tuple[str, str]]) -> OutboundRequest:
         status_callback=callback,
         ring_timeout_s=_bounded_int(values.get("Timeout"), DEFAULT_RING_TIMEOUT_S, 1, MAX_RING_TIMEOUT_S),
         time_limit_s=_bounded_int(values.get("TimeLimit"), DEFAULT_TIME_LIMIT_S, 1, DEFAULT_TIME_LIMIT_S * 6),
-        machine_detection=bool(values.get("MachineDetection")),
+        amd=parse_amd(values),
     )
 
 

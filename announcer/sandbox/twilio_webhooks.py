@@ -35,7 +35,7 @@ Form = list[tuple[str, str]]
 class WebhookRequest:
     """One request the sandbox sent to the service (appended when sent, `status` filled on answer)."""
 
-    kind: str  # "voice", "redirect", "action", "status"
+    kind: str  # "voice", "redirect", "action", "status", "amd"
     call_sid: str
     method: str
     url: str
@@ -100,6 +100,16 @@ def status_callback_params(call: SandboxCall, status: CallStatus, *, sip_code: i
     if sip_code is not None:
         form.append(("SipResponseCode", str(sip_code)))
     return form
+
+
+def amd_callback_params(call: SandboxCall, answered_by: str, duration_ms: int) -> Form:
+    """The AsyncAmdStatusCallback form (protocols.md, "Answering machine detection")."""
+    return [
+        ("AccountSid", call.account_sid),
+        ("CallSid", call.sid),
+        ("AnsweredBy", answered_by),
+        ("MachineDetectionDuration", str(duration_ms)),
+    ]
 
 
 class WebhookClient:

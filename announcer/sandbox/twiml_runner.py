@@ -210,10 +210,9 @@ class TwimlRunner:
         self._voice = voice
         self._on_answered = on_answered
 
-    async def converse(self, call: SandboxCall, source: TwimlSource) -> None:
-        """Run TwiML on an answered (or, inbound, ringing) call until it hangs up or runs out of verbs."""
-        phone = Phone(call, self._clock, self._voice)
-        call._phone = phone
+    async def converse(self, call: SandboxCall, phone: Phone, source: TwimlSource) -> None:
+        """Run TwiML on an answered (or, inbound, ringing) call until it hangs up or runs out of verbs.
+        The phone belongs to the caller of this (it lives from the answer to the end of the call)."""
         next_source: TwimlSource | None = source
         try:
             while next_source is not None and not call.is_ending():
@@ -235,10 +234,7 @@ class TwimlRunner:
                 else:
                     next_source = task.result()
         finally:
-            call._phone = None
             phone.stop_local()
-            phone.close()
-            self._clock.deactivate(phone)
 
     async def _run_document(self, call: SandboxCall, phone: Phone, source: TwimlSource) -> TwimlSource | None:
         """Run one document; return the next one to fetch (<Redirect>, Connect action) or None to hang up."""
