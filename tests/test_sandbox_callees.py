@@ -566,6 +566,8 @@ async def test_default_callee_is_a_listener_known_as_human_at_once(
     call = await place(client, service, sandbox, PhoneBehavior(), **async_amd(service))
     form = await service.wait_amd(call.sid)
     assert (form["AnsweredBy"], form["MachineDetectionDuration"]) == ("human", "0")
+    sent = [(w.kind, dict(w.form).get("CallStatus")) for w in sandbox.webhook_log]
+    assert sent.index(("amd", None)) > sent.index(("status", "in-progress"))  # after the answer
     session = await service.wait_session()
     await session.wait_for(lambda m: m["event"] == "media")
     await call.hang_up()

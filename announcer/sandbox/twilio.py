@@ -333,6 +333,8 @@ class SandboxTwilio:
             return CallStatus.NO_ANSWER, SIP_CODES[CallStatus.NO_ANSWER]
         self._answer(call)
         self._report(call, CallbackEvent.ANSWERED, CallStatus.IN_PROGRESS)
+        if call.amd_request is not None and not phone.has_callee:
+            self._listener_verdict(call)  # AsyncAmd: posted after the `answered` callback, as detected
         return CallStatus.IN_PROGRESS, None
 
     @staticmethod
@@ -354,9 +356,8 @@ class SandboxTwilio:
             amd = call.amd_request
             detector = MachineDetector(amd.settings) if amd is not None else None
             phone.answer(now, detector, lambda verdict: self._verdict(call, verdict))
-        elif call.amd_request is not None:
-            # a LISTENER (see Callee): a person, known at once, without running the detector
-            self._verdict(call, Verdict(AnsweredBy.HUMAN, 0))
+        elif call.amd_request is not None and not call.amd_request.async_amd:
+            self._listener_verdict(call)  # before the TwiML is asked for, and the `answered` callback
         call.set_status(CallStatus.IN_PROGRESS)
         loop = asyncio.get_running_loop()
         limits = [call.time_limit_s]
@@ -408,6 +409,10 @@ class SandboxTwilio:
             call.notify()
 
     # -- machine detection -----------------------------------------------------------------------
+    def _listener_verdict(self, call: SandboxCall) -> None:
+        """A LISTENER (see Callee) is a person, known at once, without running the detector."""
+        self._verdict(call, Verdict(AnsweredBy.HUMAN, 0))
+
     def _verdict(self, call: SandboxCall, verdict: Verdict) -> None:
         """Record the verdict (AnsweredBy from now on) and, with AsyncAmd, POST it to the callback."""
         if call.amd is not None:

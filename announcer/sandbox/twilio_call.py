@@ -126,7 +126,9 @@ class LineKind(StrEnum):
 
 @dataclass
 class PhoneBehavior:
-    """How the simulated callee of an outbound call reacts (default: answers after a short ring)."""
+    """How the simulated callee of an outbound call reacts (default: answers after a short ring and
+    listens).  `callee` says who picks up; what it did is on the call: `hello`, `lines(kind)`, `amd`,
+    `beep_ended_at`, `voicemail`, `overlap_ms()`..."""
 
     answer: Literal["answer", "busy", "no-answer", "fail"] = "answer"
     ring_s: float = 0.05  # sandbox seconds of ringing before answer / no-answer
