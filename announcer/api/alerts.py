@@ -36,6 +36,7 @@ from announcer.deliveries.plan import (
 from announcer.messages.phones import BadNumber, to_e164
 from announcer.messages.render import MessageRenderer
 from announcer.messages.workers import RenderBusy, RenderPool
+from announcer.options import StoredOptions
 from announcer.speech.engine import SpeechError
 from announcer.speech.speaker import Speaker
 from announcer.store.deliveries import AlertFinished, DeliveryStore, IdempotencyConflict
@@ -100,10 +101,8 @@ async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
             template=body.template,
             template_text=body.template_text,
             variables=body.variables,
-            options=body.options.model_dump(mode="json"),
-            callback_url=body.options.callback_url,
+            options=StoredOptions.accepted(body.options),
             deliveries=planned,
-            max_attempts=body.options.max_attempts,
         )
     except IdempotencyConflict:
         raise idempotency_conflict() from None
@@ -130,7 +129,7 @@ async def get_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
             "counts": view.counts,
             "created_at": view.created_at.isoformat(),
             "finished_at": view.finished_at.isoformat() if view.finished_at else None,
-            "options": view.options,
+            "options": view.options.model_dump(mode="json"),
         }
     )
 

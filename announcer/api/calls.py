@@ -20,11 +20,12 @@ from typing import Any
 from aiohttp import web
 
 from announcer.api.http import error, idempotency_conflict, idempotency_key, invalid, path_id, read_model
-from announcer.api.schemas import AlertOptions, OutboundCallBody
+from announcer.api.schemas import OutboundCallBody
 from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.plan import Limits, Problem
 from announcer.deliveries.policy import NO_JITTER, Backoff
 from announcer.messages.phones import BadNumber
+from announcer.options import StoredOptions
 from announcer.store import transcripts
 from announcer.store.calls import CallStore
 from announcer.store.deliveries import DeliveryStore, IdempotencyConflict, NewDelivery
@@ -107,8 +108,6 @@ async def outbound_call(request: web.Request, deps: CallsDeps) -> web.Response:
     except BadNumber as err:
         raise invalid([Problem("number", str(err))]) from None
     key = idempotency_key(request)
-    agent = {"after": "start", "prompt": body.prompt, "first_message": body.first_message}
-    options = {**AlertOptions().model_dump(mode="json"), "agent": agent}
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     try:
         alert_id, created = await deps.deliveries.create_alert(
@@ -118,12 +117,10 @@ async def outbound_call(request: web.Request, deps: CallsDeps) -> web.Response:
             template=None,
             template_text=None,
             variables={},
-            options=options,
-            callback_url=None,
+            options=StoredOptions.outbound(prompt=body.prompt, first_message=body.first_message),
             deliveries=[
                 NewDelivery(position=0, phone=number, name=None, timezone=None, variables={}, text="")
             ],
-            max_attempts=1,
         )
     except IdempotencyConflict:
         raise idempotency_conflict() from None

@@ -27,6 +27,7 @@ from announcer.deliveries.plan import (
 )
 from announcer.messages.render import MessageRenderer
 from announcer.messages.workers import RenderBusy, RenderPool
+from announcer.options import StoredOptions
 from announcer.scheduling.scheduler import Scheduler
 from announcer.scheduling.when import parse_quiet_hours, parse_when, when_from_json
 from announcer.speech.speaker import Speaker
@@ -119,7 +120,7 @@ async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Resp
         variables=body.variables,
         recipients=[r.model_dump() for r in body.recipients],
         when=when.as_json(),
-        options=body.options.model_dump(mode="json"),
+        options=body.options,
         next_run_at=when.first_after(utcnow()),
     )
     next_run = deps.scheduler.add(row)
@@ -150,7 +151,7 @@ async def get_schedule(request: web.Request, deps: SchedulesDeps) -> web.Respons
         upcoming = when_from_json(row.when).next_times(utcnow(), 5)
     view["next_run_times"] = [t.isoformat() for t in upcoming]
     view["variables"] = row.variables
-    view["options"] = row.options
+    view["options"] = row.options.model_dump(mode="json")
     view["occurrences"] = await deps.store.occurrences(row.id)
     return web.json_response(view)
 
@@ -232,15 +233,13 @@ async def make_alert(deps: SchedulesDeps, schedule: ScheduleRow, planned: dateti
         template_text=schedule.template_text,
         variables=schedule.variables,
         # The schedule's zone: quiet hours of recipients without their own are read in it.
-        options={
-            **schedule.options,
-            "schedule_id": schedule.id,
-            "planned_at": planned.isoformat(),
-            "timezone": schedule.when.get("timezone", "UTC"),
-        },
-        callback_url=schedule.options.get("callback_url"),
+        options=StoredOptions.fired(
+            schedule.options,
+            schedule_id=schedule.id,
+            planned_at=planned,
+            timezone=schedule.when.get("timezone", "UTC"),
+        ),
         deliveries=planned_deliveries,
-        max_attempts=int(schedule.options.get("max_attempts", 1)),
     )
     if created:
         deps.dispatcher.wake()
