@@ -1,8 +1,8 @@
 """The aiohttp application: every client and engine is opened and closed here, in `cleanup_ctx`.
 
 Order of the lifecycle (reverse on the way down): database -> sandbox (only without credentials) ->
-Twilio REST client -> speech engines -> playout clock -> render thread -> dispatcher -> scheduler ->
-handlers -> warm-up
+Twilio REST client -> speech engines -> playout clock -> render thread -> dispatcher (and the alert
+service over it) -> scheduler (whose fires the alert service makes alerts) -> handlers -> warm-up
 (the SDKs, loaded once the server listens). Routes are registered here and nowhere else.
 """
 
@@ -16,7 +16,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -29,6 +29,7 @@ from announcer.api.http import json_errors, make_middleware
 from announcer.api.openapi import document_json as openapi_document_json
 from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
+from announcer.deliveries.alerts import AlertService
 from announcer.deliveries.callbacks import WebhookSender
 from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.egress import EgressPolicy
@@ -50,7 +51,7 @@ from announcer.speech.speaker import Speaker
 from announcer.store.calls import CallStore
 from announcer.store.db import Database
 from announcer.store.deliveries import DeliveryStore
-from announcer.store.schedules import ScheduleRow, ScheduleStore
+from announcer.store.schedules import ScheduleStore
 from announcer.telephony.calls import TwilioCalls
 from announcer.telephony.handoff import After, AgentOffer
 from announcer.telephony.media import MediaDeps, media_websocket
@@ -100,6 +101,7 @@ RENDERER = web.AppKey("renderer", MessageRenderer)
 RENDERS = web.AppKey("renders", RenderPool)
 DELIVERIES = web.AppKey("deliveries", DeliveryStore)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+ALERT_SERVICE = web.AppKey("alert_service", AlertService)
 ALERTS = web.AppKey("alerts", AlertsDeps)
 SCHEDULES = web.AppKey("schedules", SchedulesDeps)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
@@ -397,9 +399,13 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     app[DELIVERIES] = store
     app[WEBHOOKS] = sender
     app[DISPATCHER] = dispatcher
-    app[ALERTS] = AlertsDeps(
+    app[ALERT_SERVICE] = service = AlertService(
         store=store,
+        dispatcher=dispatcher,
+        twilio=app[TWILIO],
+        speaker=app[SPEAKER],
         renderer=app[RENDERER],
+        renders=app[RENDERS],
         limits=Limits(
             max_recipients=settings.announcer_max_recipients,
             max_text_chars=settings.announcer_max_text_chars,
@@ -407,11 +413,8 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
             agent=app[AGENT] is not None,
             callbacks=egress,
         ),
-        dispatcher=dispatcher,
-        speaker=app[SPEAKER],
-        twilio=app[TWILIO],
-        renders=app[RENDERS],
     )
+    app[ALERTS] = AlertsDeps(alerts=service, store=store, speaker=app[SPEAKER])
     dispatcher.start()
     yield
     await dispatcher.close()
@@ -422,27 +425,11 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     """The reminders' clock: rebuilt from the schedules table, missed fires caught up, then armed."""
     store = ScheduleStore(app[DATABASE].sessions)
-    holder: list[SchedulesDeps] = []
-
-    async def make(schedule: ScheduleRow, planned: datetime, key: str) -> str:
-        return await schedules.make_alert(holder[0], schedule, planned, key)
-
-    async def presynthesize(schedule: ScheduleRow) -> int:
-        return await schedules.presynthesize(holder[0], schedule)
-
-    scheduler = Scheduler(store, make, presynthesize, horizon_s=app[SETTINGS].announcer_schedule_horizon_s)
-    deps = SchedulesDeps(
-        store=store,
-        deliveries=app[DELIVERIES],
-        scheduler=scheduler,
-        renderer=app[RENDERER],
-        limits=app[ALERTS].limits,
-        dispatcher=app[DISPATCHER],
-        speaker=app[SPEAKER],
-        renders=app[RENDERS],
+    service = app[ALERT_SERVICE]
+    scheduler = Scheduler(
+        store, service.fire, service.presynthesize, horizon_s=app[SETTINGS].announcer_schedule_horizon_s
     )
-    holder.append(deps)
-    app[SCHEDULES] = deps
+    app[SCHEDULES] = SchedulesDeps(store=store, scheduler=scheduler, alerts=service)
     database = app[DATABASE]
     leadership = Leadership(database.engine, postgres=not database.is_sqlite)
     scheduler.start(functools.partial(_listening, app[SETTINGS]), leadership)
@@ -544,13 +531,7 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         start_agent=line,
         greeting_agent=AgentOffer(After.ANNOUNCEMENT) if settings.greeting_agent else None,
     )
-    app[CALLS] = calls.CallsDeps(
-        store=app[STORE],
-        deliveries=app[DELIVERIES],
-        dispatcher=app[DISPATCHER],
-        limits=app[ALERTS].limits,
-        agent_ready=line is not None,
-    )
+    app[CALLS] = calls.CallsDeps(store=app[STORE], deliveries=app[DELIVERIES], alerts=app[ALERT_SERVICE])
     yield
 
 

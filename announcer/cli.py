@@ -306,24 +306,24 @@ def _recipients_of_args(args: argparse.Namespace, name_flag: str) -> list[Recipi
 
 def _alert_body(args: argparse.Namespace, recipients: list[Recipient]) -> dict[str, Any]:
     """The POST /v1/alerts body; options the user did not give are left to the service's defaults."""
-    options: dict[str, Any] = {}
+    given: dict[str, Any] = {}  # the request's JSON, as the service's API reads it
     if args.confirm:
-        options["confirm"] = True
+        given["confirm"] = True
     if args.max_attempts is not None:
-        options["max_attempts"] = args.max_attempts
+        given["max_attempts"] = args.max_attempts
     if args.retry_on is not None:
         # "no-answer" as Twilio spells it is accepted too; "" retries on nothing
-        options["retry_on"] = [w.strip().replace("-", "_") for w in args.retry_on.split(",") if w.strip()]
+        given["retry_on"] = [w.strip().replace("-", "_") for w in args.retry_on.split(",") if w.strip()]
     if args.retry_backoff is not None:
-        options["retry_backoff_s"] = args.retry_backoff
+        given["retry_backoff_s"] = args.retry_backoff
     if args.callback_url is not None:
-        options["callback_url"] = args.callback_url
+        given["callback_url"] = args.callback_url
     template = {"template": args.template} if args.template is not None else {"template_text": args.text}
     return {
         **template,
         "variables": _parse_vars(args.var),
         "recipients": [r.as_json() for r in recipients],
-        "options": options,
+        "options": given,
     }
 
 

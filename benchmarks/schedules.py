@@ -71,7 +71,7 @@ from harness import (
     verdict,
 )
 
-from announcer.api.schemas import ScheduleOptions
+from announcer.options import ScheduleOptions
 from announcer.sandbox import SandboxElevenLabs, SandboxTwilio
 from announcer.scheduling.scheduler import HORIZON_S
 from announcer.scheduling.when import parse_when
@@ -178,7 +178,7 @@ def seed_rows(
     brief."""
     names = zones()
     pool = phones(1000)
-    options = ScheduleOptions().model_dump(mode="json")
+    options = ScheduleOptions()
     rows: list[dict[str, Any]] = []
     kinds: Counter[str] = Counter()
     rejected = 0

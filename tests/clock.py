@@ -39,7 +39,6 @@ from aiohttp import web
 from announcer.app import DELIVERIES, DISPATCHER, SCHEDULES
 from announcer.scheduling.when import when_from_json
 from announcer.store.models import ScheduleStatus
-from announcer.store.schedules import DEFAULT_PRESYNTHESIZE_S
 from tests.conftest import Service, eventually, make_settings, start_service
 
 # How long one stop may take to work off: a few calls through the sandbox take well under a second; the
@@ -147,7 +146,7 @@ class Clock:
                     next_run = upcoming[0] if upcoming else None
                 if next_run is None:
                     continue
-                ahead = float(row.options.get("presynthesize_s", DEFAULT_PRESYNTHESIZE_S))
+                ahead = row.options.presynthesize_s
                 # In UTC: a time in a DST gap or fold never equals one of another zone (PEP 495), and the
                 # stored occurrences' times come back in UTC.
                 planned = next_run.astimezone(UTC)

@@ -17,14 +17,20 @@ from announcer.deliveries.policy import (
     REFUSALS_GIVE_UP_AFTER,
     Backoff,
     DeliveryPolicy,
-    PolicyOptions,
+    quiet_hours_of,
     quiet_until,
 )
 from announcer.deliveries.quiet_hours import parse_quiet_hours
+from announcer.options import StoredOptions, load
 from announcer.store.models import DeliveryState
 from announcer.store.rules import FollowUp
 
 NOW = datetime(2027, 6, 10, 12, 0, tzinfo=UTC)
+
+
+def stored(**fields: Any) -> StoredOptions:
+    """An alert's options as a row holds them."""
+    return StoredOptions.model_validate(fields)
 
 
 class MaxRandom(random.Random):
@@ -71,7 +77,7 @@ def test_a_backoff_that_makes_no_sense_is_refused(knobs: dict[str, float]) -> No
 
 
 def test_options_are_read_once_and_tolerantly() -> None:
-    stored = {
+    row = {
         "retry_on": ["busy", "no_answer"],
         "retry_backoff_s": 30,
         "snooze_s": 120,
@@ -79,17 +85,18 @@ def test_options_are_read_once_and_tolerantly() -> None:
         "timezone": "Europe/Berlin",
         "confirm": True,  # not the policy's
     }
-    options = PolicyOptions.from_options(stored)
-    assert options == PolicyOptions(
-        retry_on=frozenset({"busy", "no_answer"}),
-        retry_backoff_s=30.0,
-        snooze_s=120.0,
-        quiet_hours=parse_quiet_hours({"start": "21:00", "end": "08:00"}),
-        timezone="Europe/Berlin",
+    options = load(StoredOptions, row)
+    assert (options.retry_on, options.retry_backoff_s, options.snooze_s, options.timezone) == (
+        ["busy", "no_answer"],
+        30.0,
+        120.0,
+        "Europe/Berlin",
     )
-    assert PolicyOptions.from_options({}) == PolicyOptions()
+    assert quiet_hours_of(options) == parse_quiet_hours({"start": "21:00", "end": "08:00"})
+    assert load(StoredOptions, {}) == StoredOptions()
     # an unreadable leftover does not stop a call: no quiet hours rather than an exception
-    assert PolicyOptions.from_options({"quiet_hours": {"start": "late"}}).quiet_hours is None
+    assert quiet_hours_of(load(StoredOptions, {"quiet_hours": {"start": "late"}})) is None
+    assert quiet_hours_of(stored(quiet_hours={"start": "09:00", "end": "09:00"})) is None
 
 
 # --- quiet hours --------------------------------------------------------------------------------------
@@ -122,19 +129,19 @@ def test_quiet_hours_end_in_the_recipients_zone(
 
 def test_deferral_reads_the_recipients_zone_else_the_alerts() -> None:
     policy = DeliveryPolicy()
-    options = {"quiet_hours": {"start": "21:00", "end": "08:00"}, "timezone": "Europe/Berlin"}
+    options = stored(quiet_hours={"start": "21:00", "end": "08:00"}, timezone="Europe/Berlin")
     morning = datetime(2027, 6, 11, 5, 0, tzinfo=UTC)  # 07:00 in Berlin, 14:00 in Tokyo
     assert policy.deferral(options, None, morning) == datetime(2027, 6, 11, 6, 0, tzinfo=UTC)
     assert policy.deferral(options, "Asia/Tokyo", morning) is None
-    assert policy.deferral({}, "Europe/Berlin", morning) is None  # no quiet hours
+    assert policy.deferral(stored(), "Europe/Berlin", morning) is None  # no quiet hours
 
 
 # --- after an outcome ------------------------------------------------------------------------------
 
-RETRY = {"retry_on": ["busy", "no_answer"], "retry_backoff_s": 60, "snooze_s": 600}
+RETRY = stored(retry_on=["busy", "no_answer"], retry_backoff_s=60, snooze_s=600)
 
 
-def after(state: DeliveryState, options: dict[str, Any] = RETRY, **facts: Any) -> FollowUp:
+def after(state: DeliveryState, options: StoredOptions = RETRY, **facts: Any) -> FollowUp:
     given: dict[str, Any] = {"attempt": 1, "max_attempts": 3, "alert_active": True, "now": NOW, **facts}
     return DeliveryPolicy(MaxRandom()).after_final(state, options, **given)
 
@@ -145,7 +152,7 @@ def test_an_outcome_in_retry_on_is_retried_while_attempts_remain() -> None:
     assert after(DeliveryState.BUSY, attempt=3) == FollowUp()  # the last attempt: busy it stays
     assert after(DeliveryState.FAILED) == FollowUp()  # not in retry_on
     assert after(DeliveryState.HEARD) == FollowUp()
-    assert after(DeliveryState.BUSY, {}) == FollowUp()  # nothing retried unless asked
+    assert after(DeliveryState.BUSY, stored(retry_on=[])) == FollowUp()  # nothing retried unless asked
 
 
 def test_outcome_retries_double_with_a_little_jitter_and_a_cap() -> None:
@@ -153,14 +160,15 @@ def test_outcome_retries_double_with_a_little_jitter_and_a_cap() -> None:
         DeliveryState.BUSY, RETRY, attempt=2, max_attempts=3, alert_active=True, now=NOW
     )
     assert early == FollowUp(retry_at=NOW + timedelta(seconds=108))  # 120 s, drawn up to a tenth early
-    slow = {"retry_on": ["busy"], "retry_backoff_s": 86_400}
+    slow = stored(retry_on=["busy"], retry_backoff_s=86_400)
     capped = after(DeliveryState.BUSY, slow, attempt=9, max_attempts=10)
     assert capped == FollowUp(retry_at=NOW + timedelta(seconds=OUTCOME_BACKOFF_CAP_S))
 
 
 def test_a_snooze_is_a_new_delivery_snooze_s_later() -> None:
     assert after(DeliveryState.SNOOZED) == FollowUp(again_at=NOW + timedelta(seconds=600))
-    assert after(DeliveryState.SNOOZED, {}) == FollowUp(again_at=NOW + timedelta(seconds=900))  # the default
+    default = stored()  # snooze_s not given
+    assert after(DeliveryState.SNOOZED, default) == FollowUp(again_at=NOW + timedelta(seconds=900))
 
 
 def test_a_canceled_alert_calls_nobody_again() -> None:

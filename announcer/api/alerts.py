@@ -1,11 +1,9 @@
 """`/v1/alerts`, `/v1/preview`, `/v1/opt-outs`: accept an alert (every recipient rendered and validated
-first, committed before the answer), report on it, cancel it."""
+first, committed before the answer), report on it, cancel it. The alert service (deliveries/alerts.py)
+accepts and cancels; these parse the request and answer."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,27 +20,15 @@ from announcer.api.http import (
 )
 from announcer.api.schemas import AlertBody, PreviewBody
 from announcer.audio import wav_bytes
-from announcer.deliveries.dispatcher import Dispatcher
-from announcer.deliveries.plan import (
-    Limits,
-    PlanError,
-    Problem,
-    RecipientIn,
-    agent_problems,
-    callback_problems,
-    option_key_problems,
-    plan,
-)
+from announcer.deliveries.alerts import AlertRequest, AlertService
+from announcer.deliveries.plan import PlanError, Problem, RecipientIn
 from announcer.messages.phones import BadNumber, to_e164
-from announcer.messages.render import MessageRenderer
-from announcer.messages.workers import RenderBusy, RenderPool
+from announcer.messages.workers import RenderBusy
 from announcer.speech.engine import SpeechError
 from announcer.speech.speaker import Speaker
 from announcer.store.deliveries import AlertFinished, DeliveryStore, IdempotencyConflict
 from announcer.store.models import MAX_INT
-from announcer.telephony.calls import TwilioCalls, TwilioError
 
-log = logging.getLogger(__name__)
 PAGE = 100
 MAX_PAGE = 1000
 AUDIO_VALUES = ("0", "1", "false", "true")  # POST /v1/preview?audio=
@@ -50,70 +36,39 @@ AUDIO_VALUES = ("0", "1", "false", "true")  # POST /v1/preview?audio=
 
 @dataclass
 class AlertsDeps:
-    store: DeliveryStore
-    renderer: MessageRenderer
-    limits: Limits
-    dispatcher: Dispatcher
-    speaker: Speaker
-    twilio: TwilioCalls
-    renders: RenderPool  # every render of a request runs there, never on the event loop
+    alerts: AlertService
+    store: DeliveryStore  # what the views read
+    speaker: Speaker  # a preview's audio
 
 
 def render_busy() -> web.HTTPException:
     return error(503, "busy", "the service is busy rendering other messages; try again shortly")
 
 
-def _recipients(body: AlertBody) -> list[RecipientIn]:
-    return [RecipientIn(r.phone, r.variables, r.name, r.timezone) for r in body.recipients]
+def alert_request(body: AlertBody) -> AlertRequest:
+    recipients = [RecipientIn(r.phone, r.variables, r.name, r.timezone) for r in body.recipients]
+    return AlertRequest(body.template, body.template_text, body.variables, recipients, body.options)
 
 
 async def create_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
     body = await read_model(request, AlertBody)
     key = idempotency_key(request)
-    problems = agent_problems(body.options.agent is not None, deps.limits)
-    problems += option_key_problems(body.options, reminder=False)
-    problems += callback_problems(body.options.callback_url, deps.limits)
-    if problems:
-        raise invalid(problems)
     try:
-        # Off the event loop, even for one recipient: a template may be expensive (up to its budget),
-        # and thousands of renders take a good fraction of a second; the live calls keep their audio.
-        planned = await deps.renders.run(
-            plan,
-            deps.renderer,
-            body.template,
-            body.template_text,
-            body.variables,
-            _recipients(body),
-            deps.limits,
-        )
+        accepted = await deps.alerts.accept(alert_request(body), key)
     except PlanError as err:
         raise invalid(err.problems) from None
     except RenderBusy:
         raise render_busy() from None
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    try:
-        alert_id, created = await deps.store.create_alert(
-            idempotency_key=key,
-            request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
-            source="api",
-            template=body.template,
-            template_text=body.template_text,
-            variables=body.variables,
-            options=body.options.model_dump(mode="json"),
-            callback_url=body.options.callback_url,
-            deliveries=planned,
-            max_attempts=body.options.max_attempts,
-        )
     except IdempotencyConflict:
         raise idempotency_conflict() from None
-    if created:
-        deps.dispatcher.wake()
-        log.info("alert %s accepted: %d recipients", alert_id, len(planned))
-    view = await deps.store.alert(alert_id)
-    assert view is not None
+    view = accepted.alert
     return web.json_response(
-        {"id": alert_id, "status": view.status, "recipients": view.recipients, "replayed": not created},
+        {
+            "id": view.id,
+            "status": view.status,
+            "recipients": view.recipients,
+            "replayed": not accepted.created,
+        },
         status=202,
     )
 
@@ -130,7 +85,7 @@ async def get_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
             "counts": view.counts,
             "created_at": view.created_at.isoformat(),
             "finished_at": view.finished_at.isoformat() if view.finished_at else None,
-            "options": view.options,
+            "options": view.options.model_dump(mode="json"),
         }
     )
 
@@ -166,32 +121,21 @@ async def list_deliveries(request: web.Request, deps: AlertsDeps) -> web.Respons
 
 async def cancel_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
     alert_id = path_key(request, "alert_id")
-    unplaced = deps.dispatcher.withdraw(alert_id)  # claimed here, not dialed yet: never dialed now
     try:
-        canceled, live = await deps.store.cancel_alert(alert_id, unplaced)
+        done = await deps.alerts.cancel(alert_id)
     except LookupError:
-        deps.dispatcher.give_back(unplaced)
         raise error(404, "not_found", "no such alert") from None
     except AlertFinished as err:
-        deps.dispatcher.give_back(unplaced)
         raise error(
             409, "alert_finished", f"the alert is already {err}; there is nothing to cancel"
         ) from None
-    stopped = 0
-    for _, sid in live:
-        try:
-            stopped += await deps.twilio.cancel(sid)
-        except TwilioError as e:
-            log.warning("could not cancel ringing call %s: %s", sid, e)
-    view = await deps.store.alert(alert_id)
-    assert view is not None
     return web.json_response(
         {
             "id": alert_id,
-            "status": view.status,
-            "canceled": canceled,
-            "ringing_canceled": stopped,
-            "counts": view.counts,
+            "status": done.alert.status,
+            "canceled": done.canceled,
+            "ringing_canceled": done.ringing_canceled,
+            "counts": done.alert.counts,
         }
     )
 
@@ -203,14 +147,11 @@ async def preview(request: web.Request, deps: AlertsDeps) -> web.StreamResponse:
     body = await read_model(request, PreviewBody)
     r = body.recipient
     try:
-        (planned,) = await deps.renders.run(
-            plan,
-            deps.renderer,
+        (planned,) = await deps.alerts.plan(
             body.template,
             body.template_text,
             body.variables,
             [RecipientIn(r.phone, r.variables, r.name, r.timezone)],
-            deps.limits,
         )
     except PlanError as err:
         raise invalid(
@@ -232,7 +173,7 @@ async def delete_opt_out(request: web.Request, deps: AlertsDeps) -> web.Response
         # Normalised only, not checked against the destination policy: a number stored under an older,
         # wider policy (or an older libphonenumber's metadata) must stay removable, and removing a row
         # calls nobody.
-        phone = to_e164(request.match_info["phone"], deps.limits.destinations.region)
+        phone = to_e164(request.match_info["phone"], deps.alerts.limits.destinations.region)
     except BadNumber as err:
         raise invalid([Problem("phone", str(err))]) from None
     if not await deps.store.remove_opt_out(phone):

@@ -10,37 +10,26 @@ them with the single-use stream token's grant.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import itertools
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from announcer.api.http import error, idempotency_conflict, idempotency_key, invalid, path_id, read_model
-from announcer.api.schemas import AlertOptions, OutboundCallBody
-from announcer.deliveries.dispatcher import Dispatcher
-from announcer.deliveries.plan import Limits, Problem
-from announcer.deliveries.policy import NO_JITTER, Backoff
-from announcer.messages.phones import BadNumber
+from announcer.api.schemas import OutboundCallBody
+from announcer.deliveries.alerts import AgentUnavailable, AlertService
+from announcer.deliveries.plan import PlanError
 from announcer.store import transcripts
 from announcer.store.calls import CallStore
-from announcer.store.deliveries import DeliveryStore, IdempotencyConflict, NewDelivery
+from announcer.store.deliveries import DeliveryStore, IdempotencyConflict
 from announcer.telephony.voice import CALL_SID
-
-SID_WAIT_S = 10.0  # how long /outbound-call waits for Twilio's Call SID before answering without it
-SID_POLL = Backoff(base_s=0.02, cap_s=0.25, jitter=NO_JITTER)
 
 
 @dataclass
 class CallsDeps:
     store: CallStore
     deliveries: DeliveryStore
-    dispatcher: Dispatcher
-    limits: Limits
-    agent_ready: bool
+    alerts: AlertService
 
 
 async def get_call(request: web.Request, deps: CallsDeps) -> web.Response:
@@ -98,63 +87,26 @@ async def _call_view(deps: CallsDeps, call_id: int) -> dict[str, Any]:
 
 async def outbound_call(request: web.Request, deps: CallsDeps) -> web.Response:
     body = await read_model(request, OutboundCallBody)
-    if not deps.agent_ready:
+    try:
+        outbound = deps.alerts.outbound(body.number, body.prompt, body.first_message)
+    except AgentUnavailable:
         raise error(
             503, "agent_unavailable", "agent mode needs ELEVENLABS_AGENT_ID (an ElevenLabs agent to talk to)"
-        )
-    try:
-        number = deps.limits.destinations.check(body.number)
-    except BadNumber as err:
-        raise invalid([Problem("number", str(err))]) from None
+        ) from None
+    except PlanError as err:
+        raise invalid(err.problems) from None
     key = idempotency_key(request)
-    agent = {"after": "start", "prompt": body.prompt, "first_message": body.first_message}
-    options = {**AlertOptions().model_dump(mode="json"), "agent": agent}
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     try:
-        alert_id, created = await deps.deliveries.create_alert(
-            idempotency_key=key,
-            request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
-            source="outbound-call",
-            template=None,
-            template_text=None,
-            variables={},
-            options=options,
-            callback_url=None,
-            deliveries=[
-                NewDelivery(position=0, phone=number, name=None, timezone=None, variables={}, text="")
-            ],
-            max_attempts=1,
-        )
+        placed = await deps.alerts.call_out(outbound, key)
     except IdempotencyConflict:
         raise idempotency_conflict() from None
-    if created:
-        deps.dispatcher.wake()
-    (delivery,) = await deps.deliveries.deliveries(alert_id, after=-1, limit=1)
-    call_sid = delivery.call_sid or await _wait_for_sid(deps, delivery.id)
     # The reference answered {success, message, callSid}; the rest says where to follow the call.
     return web.json_response(
         {
             "success": True,
-            "message": "Call initiated" if call_sid else "Call queued",
-            "callSid": call_sid,
-            "alert_id": alert_id,
-            "delivery_id": delivery.id,
+            "message": "Call initiated" if placed.call_sid else "Call queued",
+            "callSid": placed.call_sid,
+            "alert_id": placed.alert_id,
+            "delivery_id": placed.delivery_id,
         }
     )
-
-
-async def _wait_for_sid(deps: CallsDeps, delivery_id: int) -> str | None:
-    """The Call SID once Twilio has answered the create request (the dispatcher places the call within
-    its rate limit); None if that takes longer than SID_WAIT_S (the call still goes out)."""
-    try:
-        async with asyncio.timeout(SID_WAIT_S):
-            for poll in itertools.count(1):
-                found = await deps.deliveries.delivery_call(delivery_id)
-                if found is not None and found[1]:
-                    return found[1]
-                # The dispatcher has no per-delivery signal: polled, backing off gently (no jitter: one
-                # request's own polls, nobody else's to spread).
-                await asyncio.sleep(SID_POLL.delay_s(poll))
-    except TimeoutError:
-        pass
-    return None

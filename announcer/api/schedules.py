@@ -1,9 +1,8 @@
-"""`/v1/schedules`: reminders made once or repeated, each fire an alert (see scheduling/)."""
+"""`/v1/schedules`: reminders made once or repeated, each fire an alert (see scheduling/; the alert
+service, deliveries/alerts.py, makes a fire an alert)."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,24 +12,12 @@ from aiohttp import web
 
 from announcer.api.alerts import render_busy
 from announcer.api.http import error, invalid, path_key, read_model
-from announcer.api.schemas import RecipientBody, ScheduleBody, SchedulePatch
-from announcer.deliveries.dispatcher import Dispatcher
-from announcer.deliveries.plan import (
-    Limits,
-    PlanError,
-    Problem,
-    RecipientIn,
-    agent_problems,
-    callback_problems,
-    option_key_problems,
-    plan,
-)
-from announcer.messages.render import MessageRenderer
-from announcer.messages.workers import RenderBusy, RenderPool
+from announcer.api.schemas import ScheduleBody, SchedulePatch
+from announcer.deliveries.alerts import AlertService, recipients_of
+from announcer.deliveries.plan import PlanError, Problem, RecipientIn
+from announcer.messages.workers import RenderBusy
 from announcer.scheduling.scheduler import Scheduler
 from announcer.scheduling.when import parse_quiet_hours, parse_when, when_from_json
-from announcer.speech.speaker import Speaker
-from announcer.store.deliveries import DeliveryStore, NewDelivery
 from announcer.store.models import ScheduleStatus, utcnow
 from announcer.store.schedules import ScheduleRow, ScheduleStore
 
@@ -40,36 +27,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SchedulesDeps:
     store: ScheduleStore
-    deliveries: DeliveryStore
     scheduler: Scheduler
-    renderer: MessageRenderer
-    limits: Limits
-    dispatcher: Dispatcher
-    speaker: Speaker
-    renders: RenderPool  # every render runs there, never on the event loop
-
-
-def _recipients(items: list[dict[str, Any]] | list[RecipientBody]) -> list[RecipientIn]:
-    out = []
-    for r in items:
-        d = r.model_dump() if isinstance(r, RecipientBody) else r
-        out.append(RecipientIn(d["phone"], d.get("variables") or {}, d.get("name"), d.get("timezone")))
-    return out
-
-
-async def _plan(deps: SchedulesDeps, schedule: ScheduleRow | ScheduleBody) -> list[NewDelivery]:
-    """Render every recipient now: a missing variable is refused at creation, not found at 8 am. In the
-    render thread: the template came from a request, and a fire must not pause the live calls either."""
-    recipients = _recipients(schedule.recipients)
-    return await deps.renders.run(
-        plan,
-        deps.renderer,
-        schedule.template,
-        schedule.template_text,
-        schedule.variables,
-        recipients,
-        deps.limits,
-    )
+    alerts: AlertService
 
 
 def _view(row: ScheduleRow) -> dict[str, Any]:
@@ -90,9 +49,7 @@ def _view(row: ScheduleRow) -> dict[str, Any]:
 
 async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Response:
     body = await read_model(request, ScheduleBody)
-    problems = agent_problems(body.options.agent is not None, deps.limits)
-    problems += option_key_problems(body.options, reminder=True)
-    problems += callback_problems(body.options.callback_url, deps.limits)
+    problems = deps.alerts.option_problems(body.options, reminder=True)
     when = None
     try:
         when = parse_when(body.when.model_dump(exclude_none=True), utcnow())
@@ -104,7 +61,9 @@ async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Resp
     except PlanError as err:
         problems.extend(err.problems)
     try:
-        await _plan(deps, body)
+        # Every recipient rendered now: a missing variable is refused at creation, not found at 8 am.
+        recipients = [RecipientIn(r.phone, r.variables, r.name, r.timezone) for r in body.recipients]
+        await deps.alerts.plan(body.template, body.template_text, body.variables, recipients)
     except PlanError as err:
         problems.extend(err.problems)
     except RenderBusy:
@@ -119,7 +78,7 @@ async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Resp
         variables=body.variables,
         recipients=[r.model_dump() for r in body.recipients],
         when=when.as_json(),
-        options=body.options.model_dump(mode="json"),
+        options=body.options,
         next_run_at=when.first_after(utcnow()),
     )
     next_run = deps.scheduler.add(row)
@@ -150,7 +109,7 @@ async def get_schedule(request: web.Request, deps: SchedulesDeps) -> web.Respons
         upcoming = when_from_json(row.when).next_times(utcnow(), 5)
     view["next_run_times"] = [t.isoformat() for t in upcoming]
     view["variables"] = row.variables
-    view["options"] = row.options
+    view["options"] = row.options.model_dump(mode="json")
     view["occurrences"] = await deps.store.occurrences(row.id)
     return web.json_response(view)
 
@@ -176,15 +135,10 @@ async def patch_schedule(request: web.Request, deps: SchedulesDeps) -> web.Respo
             problems.append(_ended())
         changes["status"] = ScheduleStatus(body.status)
     if ("variables" in changes or "recipients" in changes) and not problems:
-        candidate = ScheduleRow(
-            **{
-                **row.__dict__,
-                "variables": changes.get("variables", row.variables),
-                "recipients": changes.get("recipients", row.recipients),
-            }
-        )
+        variables = changes.get("variables", row.variables)
+        recipients = recipients_of(changes.get("recipients", row.recipients))
         try:
-            await _plan(deps, candidate)
+            await deps.alerts.plan(row.template, row.template_text, variables, recipients)
         except PlanError as err:
             problems.extend(err.problems)
         except RenderBusy:
@@ -217,51 +171,3 @@ async def delete_schedule(request: web.Request, deps: SchedulesDeps) -> web.Resp
     deps.scheduler.remove(row.id)
     await deps.store.change(row.id, status=ScheduleStatus.DELETED)
     return web.Response(status=204)
-
-
-async def make_alert(deps: SchedulesDeps, schedule: ScheduleRow, planned: datetime, key: str) -> str:
-    """A fire of `schedule` as an alert: rendered now, dialed by the dispatcher like any alert."""
-    planned_deliveries = await _plan(deps, schedule)
-    alert_id, created = await deps.deliveries.create_alert(
-        idempotency_key=key,
-        # The key names the fire; its hash stands in for the body, so an edit between two fires of
-        # the same time cannot turn the second into a conflict.
-        request_hash=hashlib.sha256(key.encode()).hexdigest(),
-        source="schedule",
-        template=schedule.template,
-        template_text=schedule.template_text,
-        variables=schedule.variables,
-        # The schedule's zone: quiet hours of recipients without their own are read in it.
-        options={
-            **schedule.options,
-            "schedule_id": schedule.id,
-            "planned_at": planned.isoformat(),
-            "timezone": schedule.when.get("timezone", "UTC"),
-        },
-        callback_url=schedule.options.get("callback_url"),
-        deliveries=planned_deliveries,
-        max_attempts=int(schedule.options.get("max_attempts", 1)),
-    )
-    if created:
-        deps.dispatcher.wake()
-    return alert_id
-
-
-_PRESYNTH_AT_ONCE = 4  # syntheses of one schedule in flight together (its recipients' distinct texts)
-
-
-async def presynthesize(deps: SchedulesDeps, schedule: ScheduleRow) -> int:
-    """Render `schedule` and make every distinct text's speech into the cache; how many texts. Raises
-    SpeechError (the first failure) when one could not be made by the primary voice."""
-    texts = sorted({p.text for p in await _plan(deps, schedule)})
-    gate = asyncio.Semaphore(_PRESYNTH_AT_ONCE)
-
-    async def one(text: str) -> None:
-        async with gate:
-            await deps.speaker.presynthesize(text)
-
-    results = await asyncio.gather(*(one(text) for text in texts), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return len(texts)

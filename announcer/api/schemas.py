@@ -1,33 +1,28 @@
 """Request bodies of the /v1 API as pydantic models: strict types, unknown fields refused. The same models
-give the OpenAPI document its schemas, so the document cannot drift from what the handlers accept."""
+give the OpenAPI document its schemas, so the document cannot drift from what the handlers accept. An
+alert's and a schedule's `options` are announcer/options.py's models, the ones the service reads."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError
 
 from announcer.deliveries.plan import Problem
+from announcer.options import (
+    MAX_FIRST_MESSAGE_CHARS,
+    MAX_PROMPT_CHARS,
+    TIME_OF_DAY,
+    AlertOptions,
+    ScheduleOptions,
+    Strict,
+)
 
-Digit = Annotated[str, Field(pattern=r"^[0-9*#]$")]
-RetryOn = Literal["busy", "no_answer", "failed"]
-
-
-def _whole(value: Any) -> Any:
-    """2.0 is the integer 2 to JSON Schema (and to the document): taken as 2, where strict mode would refuse
-    every float. A string or a bool stays refused."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-WholeNumber = Annotated[int, BeforeValidator(_whole)]
 # What a phone number may be written with: digits, an optional leading +, and the spaces, parentheses,
 # dots and dashes of national layouts. Whether it can be dialed is the number library's call
 # (messages/phones.py), a rule no pattern states.
 PHONE_PATTERN = r"^\+?[0-9 ().-]+$"
 PHONE_EXAMPLE = "+14155550100"
-TIME_OF_DAY = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 # A date and time as ISO-8601 writes it (date, "T" or a space, time, optional offset), a form
 # datetime.fromisoformat reads; whether the day exists (no 30 February) is its call (scheduling/when.py).
 _DAY = r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
@@ -39,8 +34,6 @@ LOCAL_TIME = rf"^{_DAY}[T ]{_CLOCK}$"  # without: read in `when.timezone`
 # Five fields (minute hour day month day-of-week), days of the week by name (scheduling/when.py); whether
 # each field's values are in range is APScheduler's call.
 CRON = r"^[ \t]*[^ \t]+([ \t]+[^ \t]+){3}[ \t]+[^ \t0-9]+[ \t]*$"
-# The keys 1 (confirm) and 9 (opt out) are never another option's (deliveries/plan.py key_problems).
-NOT_RESERVED_KEY: dict[str, Any] = {"not": {"enum": ["1", "9"]}}
 
 
 def _one_of(*names: str) -> dict[str, Any]:
@@ -68,10 +61,6 @@ _ADA: dict[str, Any] = {"phone": PHONE_EXAMPLE, "name": "Ada"}
 _TEXT_EXAMPLE = "Hello {{ name }}, the {{ system }} is down."
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
 class RecipientBody(Strict):
     phone: str = Field(
         max_length=40,
@@ -84,76 +73,6 @@ class RecipientBody(Strict):
     timezone: str | None = Field(
         default=None, max_length=64, description="IANA time zone, e.g. Europe/Berlin"
     )
-
-
-def _default_retry_on() -> list[RetryOn]:
-    return ["busy", "no_answer"]
-
-
-MAX_PROMPT_CHARS = 10_000
-MAX_FIRST_MESSAGE_CHARS = 1_000
-
-
-class AgentOption(Strict):
-    after: Literal["announcement", "key"] = Field(
-        default="announcement", description="hand over when the message has played, or on a key"
-    )
-    key: Digit = Field(
-        default="0",
-        description='with after="key": the key that hands over',
-        json_schema_extra=NOT_RESERVED_KEY,
-    )
-    prompt: str | None = Field(
-        default=None, min_length=1, max_length=MAX_PROMPT_CHARS, description="overrides the agent's prompt"
-    )
-    first_message: str | None = Field(
-        default=None, min_length=1, max_length=MAX_FIRST_MESSAGE_CHARS, description="the agent's first words"
-    )
-
-    @field_validator("key")
-    @classmethod
-    def _free_key(cls, value: str) -> str:
-        if value in ("1", "9"):
-            raise ValueError("1 confirms and 9 opts out; choose another key")
-        return value
-
-
-class AlertOptions(Strict):
-    max_attempts: WholeNumber = Field(default=1, ge=1, le=10, description="calls per recipient at most")
-    retry_on: list[RetryOn] = Field(
-        default_factory=_default_retry_on,
-        max_length=3,
-        json_schema_extra={"uniqueItems": True},
-        description="the outcomes that are called again (a set: each at most once)",
-    )
-    retry_backoff_s: float = Field(default=60.0, ge=0, le=86_400, description="doubles with each attempt")
-    confirm: bool = Field(default=False, description='ask "press 1 to confirm, 2 to hear it again"')
-    repeat_key: Digit | None = Field(
-        default=None, description="another key that repeats the message", json_schema_extra=NOT_RESERVED_KEY
-    )
-    callback_url: str | None = Field(
-        default=None,
-        max_length=2048,
-        pattern=r"^https?://",
-        description="signed outcome webhooks go here (https, a public host, unless settings allow more)",
-    )
-    agent: AgentOption | None = Field(
-        default=None, description="hand the call to the conversational agent (agent mode)"
-    )
-
-    @field_validator("retry_on")
-    @classmethod
-    def _a_set(cls, value: list[RetryOn]) -> list[RetryOn]:
-        if len(set(value)) != len(value):
-            raise ValueError("each outcome at most once (a set)")
-        return value
-
-    @field_validator("repeat_key")
-    @classmethod
-    def _free_key(cls, value: str | None) -> str | None:
-        if value in ("1", "9"):
-            raise ValueError("1 confirms and 9 opts out; choose another key")
-        return value
 
 
 class AlertBody(Strict):
@@ -180,23 +99,6 @@ class AlertBody(Strict):
     variables: dict[str, Any] = Field(default_factory=dict, description="shared by every recipient")
     recipients: list[RecipientBody] = Field(min_length=1)
     options: AlertOptions = Field(default_factory=AlertOptions)
-
-
-class QuietHoursBody(Strict):
-    start: str = Field(pattern=TIME_OF_DAY, description='local time of day, "21:00"')
-    end: str = Field(pattern=TIME_OF_DAY, description='local time of day, "08:00"; may wrap midnight')
-
-
-class ScheduleOptions(AlertOptions):
-    quiet_hours: QuietHoursBody | None = Field(
-        default=None, description="nobody is called then, in their own time zone (else the schedule's)"
-    )
-    misfire: Literal["run", "skip"] = Field(
-        default="run", description="a fire missed while the service was down: run it once, or skip it"
-    )
-    misfire_grace_s: float = Field(default=300.0, ge=1, le=7 * 86_400, description="how late `run` may be")
-    presynthesize_s: float = Field(default=600.0, ge=0, le=86_400, description="speech made this early")
-    snooze_s: float = Field(default=900.0, ge=60, le=86_400, description="key 3 calls again after this")
 
 
 class WhenBody(Strict):

@@ -17,6 +17,7 @@ from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.limits import RENDER_CPU_S, REQUEST_RENDER_CPU_S
 from announcer.messages.phones import BadNumber
 from announcer.messages.render import MessageRenderer, PreparedTemplate, RenderError
+from announcer.options import AlertOptions
 from announcer.store.deliveries import NewDelivery  # what the store takes: planned, then stored as is
 from announcer.telephony.callflow import CONFIRM_KEY, DECLINE_KEY, OPT_OUT_KEY, REPEAT_KEY, SNOOZE_KEY
 
@@ -97,8 +98,8 @@ def key_problems(
     return problems
 
 
-def option_key_problems(options: Any, *, reminder: bool) -> list[Problem]:
-    """`key_problems` of an alert's or a schedule's validated options (api/schemas.py)."""
+def option_key_problems(options: AlertOptions, *, reminder: bool) -> list[Problem]:
+    """`key_problems` of an alert's or a schedule's options."""
     agent = options.agent
     return key_problems(
         confirm=options.confirm,

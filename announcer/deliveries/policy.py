@@ -17,13 +17,12 @@ it). The decisions reach the store in two ways:
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from announcer.deliveries.quiet_hours import QuietHours, QuietHoursError, parse_quiet_hours
+from announcer.options import StoredOptions
 from announcer.store.models import DeliveryState
 from announcer.store.rules import FollowUp
 
@@ -74,31 +73,15 @@ OUTCOME_JITTER = 0.1
 OUTCOME_BACKOFF_CAP_S = 86_400.0
 
 
-@dataclass(frozen=True)
-class PolicyOptions:
-    """The alert options the policy reads, taken from the stored options in one place (`from_options`)."""
-
-    retry_on: frozenset[str] = frozenset()
-    retry_backoff_s: float = 60.0
-    snooze_s: float = 900.0
-    quiet_hours: QuietHours | None = None
-    timezone: str | None = None  # a schedule's zone: quiet hours of recipients without their own
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> PolicyOptions:
-        """Tolerant: the options were validated when the alert was accepted; an unreadable leftover of an
-        older version falls back to the default rather than stopping a call."""
-        try:
-            quiet = parse_quiet_hours(options.get("quiet_hours") or None)
-        except QuietHoursError:
-            quiet = None
-        return cls(
-            retry_on=frozenset(str(x) for x in options.get("retry_on") or ()),
-            retry_backoff_s=float(options.get("retry_backoff_s", cls.retry_backoff_s)),
-            snooze_s=float(options.get("snooze_s", cls.snooze_s)),
-            quiet_hours=quiet,
-            timezone=options.get("timezone"),
-        )
+def quiet_hours_of(options: StoredOptions) -> QuietHours | None:
+    """An alert's quiet hours (a schedule's fire's), if any. Checked when the schedule was accepted; ones
+    that no longer read (start and end the same) mean none rather than stopping a call."""
+    if options.quiet_hours is None:
+        return None
+    try:
+        return parse_quiet_hours(options.quiet_hours.model_dump())
+    except QuietHoursError:
+        return None
 
 
 def quiet_until(quiet: QuietHours | None, zone: str | None, now: datetime) -> datetime | None:
@@ -122,16 +105,15 @@ class DeliveryPolicy:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng if rng is not None else random.Random()
 
-    def deferral(self, options: Mapping[str, Any], timezone: str | None, now: datetime) -> datetime | None:
+    def deferral(self, options: StoredOptions, timezone: str | None, now: datetime) -> datetime | None:
         """Quiet hours: when a delivery due `now` may be dialed, if not now. Read in the recipient's zone
         (`timezone`), else the alert's (a schedule's)."""
-        opts = PolicyOptions.from_options(options)
-        return quiet_until(opts.quiet_hours, timezone or opts.timezone, now)
+        return quiet_until(quiet_hours_of(options), timezone or options.timezone, now)
 
     def after_final(
         self,
         state: DeliveryState,
-        options: Mapping[str, Any],
+        options: StoredOptions,
         *,
         attempt: int,
         max_attempts: int,
@@ -141,17 +123,16 @@ class DeliveryPolicy:
         """A delivery's attempt `attempt` just ended in `state`: retried (an outcome in `retry_on`, attempts
         left), snoozed (a new delivery `snooze_s` later), or final as it is. A canceled or completed alert
         calls nobody again."""
-        opts = PolicyOptions.from_options(options)
         if not alert_active:
             # Canceled (or completed) while this call went on: nobody is called again. A snooze's new
             # delivery would never be claimed (claims take active alerts' only) yet always be due: the
             # dispatcher's wait for it came to nothing and it polled the table without a pause.
             return FollowUp()
-        if state.value in opts.retry_on and attempt < max_attempts:
-            backoff = Backoff(opts.retry_backoff_s, OUTCOME_BACKOFF_CAP_S, jitter=OUTCOME_JITTER)
+        if state.value in options.retry_on and attempt < max_attempts:
+            backoff = Backoff(options.retry_backoff_s, OUTCOME_BACKOFF_CAP_S, jitter=OUTCOME_JITTER)
             return FollowUp(retry_at=now + timedelta(seconds=backoff.delay_s(attempt, self._rng)))
         if state == DeliveryState.SNOOZED:
-            return FollowUp(again_at=now + timedelta(seconds=opts.snooze_s))
+            return FollowUp(again_at=now + timedelta(seconds=options.snooze_s))
         return FollowUp()
 
     def after_refusal(self, refusals: int, first_refused_at: datetime, now: datetime) -> datetime | None:

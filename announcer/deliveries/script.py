@@ -43,9 +43,9 @@ class CallScripts:
         )
         if options is None:
             return None
-        repeat_key = options.get("repeat_key")
+        repeat_key = options.repeat_key
         agent = AgentOffer.from_options(options)
-        if options.get("schedule_id") and options.get("confirm"):
+        if options.reminder:
             # A reminder: 2 cancels and 3 asks for a later call; only its own repeat key repeats.
             try:
                 prompt = self.reminder_prompt(repeat_key)
@@ -61,7 +61,7 @@ class CallScripts:
                 agent=agent,
             )
         keys = frozenset({"2", repeat_key} if repeat_key else {"2"})
-        if not options.get("confirm"):
+        if not options.confirm:
             return CallScript(prompt=None, repeat_keys=keys, window_s=self._window_s, agent=agent)
         try:
             prompt = self.prompt(repeat_key)

@@ -23,7 +23,6 @@ import logging
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from apscheduler.events import EVENT_JOB_MISSED, EVENT_JOB_SUBMITTED, JobExecutionEvent, JobSubmissionEvent
 from apscheduler.jobstores.base import JobLookupError
@@ -31,15 +30,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from announcer.deliveries.plan import PlanError
+from announcer.options import ScheduleOptions
 from announcer.scheduling.leader import Leadership
 from announcer.scheduling.when import When, when_from_json
 from announcer.speech.engine import SpeechError
 from announcer.store.models import OccurrenceStatus, ScheduleStatus, utcnow
-from announcer.store.schedules import DEFAULT_PRESYNTHESIZE_S, ArmInfo, ScheduleRow, ScheduleStore, arm_time
+from announcer.store.schedules import ArmInfo, ScheduleRow, ScheduleStore, arm_time
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MISFIRE_GRACE_S = 300.0
 
 # Turns a schedule's fire into an alert: (schedule, planned time, idempotency key) -> alert id. Raises
 # PlanError when the schedule no longer renders (the occurrence is then recorded as failed).
@@ -50,6 +48,7 @@ Presynthesize = Callable[[ScheduleRow], Awaitable[int]]
 SYNC_S = 2.0  # how soon the leader arms a schedule created or changed through another process
 PRESYNTH_TICK_S = 5.0  # how often the coming fires are looked at (and failed syntheses retried)
 HORIZON_S = 3600.0  # schedules held within this much of now are armed; the rest wait in the table
+_DEFAULT_AHEAD_S = ScheduleOptions().presynthesize_s  # `add` records each job's own; this, should one lack it
 
 
 def occurrence_key(schedule_id: str, planned_at: datetime) -> str:
@@ -135,7 +134,7 @@ class Scheduler:
         self._aps.start(paused=True)
         self._synced_at = now = utcnow()
         self._armed_until = now + self._horizon  # before the query: see _sync
-        computed: list[tuple[str, datetime | None, dict[str, Any]]] = []  # next runs to write back
+        computed: list[tuple[str, datetime | None, ScheduleOptions]] = []  # next runs to write back
         firsts: dict[BaseTrigger, tuple[datetime, datetime | None]] = {}  # by identity: shared triggers
         for n, arm in enumerate(await self._store.due_by(self._armed_until)):
             when = when_from_json(arm.when)
@@ -279,8 +278,8 @@ class Scheduler:
         armed_at = arm_time(next_run, schedule.options)
         if held and armed_at is not None and armed_at > self._armed_until:
             return next_run  # a sync arms it when it comes within the horizon
-        grace = float(schedule.options.get("misfire_grace_s", DEFAULT_MISFIRE_GRACE_S))
-        self._ahead[schedule.id] = float(schedule.options.get("presynthesize_s", DEFAULT_PRESYNTHESIZE_S))
+        grace = schedule.options.misfire_grace_s
+        self._ahead[schedule.id] = schedule.options.presynthesize_s
         self._aps.add_job(
             self._job,
             trigger or when.deferred_trigger(),  # asked nothing before `next_run`
@@ -393,7 +392,7 @@ class Scheduler:
                 continue
             if planned - now > longest:
                 break  # every later job is further away than any schedule synthesizes ahead
-            ahead = self._ahead.get(job.id, DEFAULT_PRESYNTHESIZE_S)
+            ahead = self._ahead.get(job.id, _DEFAULT_AHEAD_S)
             if (
                 (job.id, planned) in self._presynthesized
                 or ahead <= 0
@@ -447,8 +446,8 @@ class Scheduler:
         when: When = when_from_json(schedule.when)
         since = schedule.last_planned_at or schedule.created_at
         missed = when.times_between(since, now)
-        policy = schedule.options.get("misfire", "run")
-        grace = timedelta(seconds=float(schedule.options.get("misfire_grace_s", DEFAULT_MISFIRE_GRACE_S)))
+        policy = schedule.options.misfire
+        grace = timedelta(seconds=schedule.options.misfire_grace_s)
         for planned in missed[:-1]:
             await self._store.record_occurrence(
                 schedule.id, planned, OccurrenceStatus.MISSED, reason="the service was down"

@@ -16,6 +16,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from announcer.options import StoredOptions
 from announcer.store.claims import Claim
 from announcer.store.delivery_rows import (
     CANCELED_UNPLACED,
@@ -66,7 +67,7 @@ class AlertView:
     created_at: datetime
     finished_at: datetime | None
     counts: dict[str, int]
-    options: dict[str, Any]
+    options: StoredOptions
     template: str | None
 
 
@@ -97,12 +98,11 @@ class AlertRecords(DeliveryRecords):
         template: str | None,
         template_text: str | None,
         variables: dict[str, Any],
-        options: dict[str, Any],
-        callback_url: str | None,
+        options: StoredOptions,
         deliveries: Sequence[NewDelivery],
-        max_attempts: int,
     ) -> tuple[str, bool]:
-        """Store the alert and its deliveries; (id, True) when created, (id, False) for a replay."""
+        """Store the alert and its deliveries; (id, True) when created, (id, False) for a replay. Each
+        delivery may take `options.max_attempts` attempts; outcomes are posted to `options.callback_url`."""
         if idempotency_key is not None:
             existing = await self._by_key(idempotency_key, request_hash)
             if existing is not None:
@@ -122,7 +122,7 @@ class AlertRecords(DeliveryRecords):
                         template_text=template_text,
                         variables=variables,
                         options=options,
-                        callback_url=callback_url,
+                        callback_url=options.callback_url,
                         status=AlertStatus.ACTIVE,
                         recipients=len(deliveries),
                         created_at=now,
@@ -134,7 +134,9 @@ class AlertRecords(DeliveryRecords):
                 existing = await self._by_key(idempotency_key, request_hash)
                 assert existing is not None
                 return existing, False
-            rows = [_delivery_row(alert_id, d, d.phone in opted, max_attempts, now) for d in deliveries]
+            rows = [
+                _delivery_row(alert_id, d, d.phone in opted, options.max_attempts, now) for d in deliveries
+            ]
             # Each delivery's first state is its row (state and created_at): no event row per recipient,
             # which would double the rows written before the answer (`deliveries()` lists it first).
             await s.execute(insert(DELIVERIES), rows)
@@ -310,7 +312,7 @@ class AlertRecords(DeliveryRecords):
 
     # --- the person a call is for ------------------------------------------------------------------
 
-    async def call_options(self, call_id: int) -> dict[str, Any] | None:
+    async def call_options(self, call_id: int) -> StoredOptions | None:
         """The alert options of the delivery that call `call_id` carries (None: not an announcement)."""
         async with self.sessions() as s:
             return (

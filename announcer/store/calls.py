@@ -19,6 +19,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from announcer.options import StoredOptions
 from announcer.store.journal import Batch, Journal
 from announcer.store.models import (
     TERMINAL_STATUSES,
@@ -50,7 +51,7 @@ class StreamGrant:
     kind: str
     # An announcement's alert options (what happens after the message), read with the token: no query
     # of its own per call. None for the greeting line, and for grants this process issued itself.
-    options: dict[str, Any] | None = None
+    options: StoredOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from announcer.options import StoredOptions
 from announcer.store.calls import TOKEN_TTL, hash_token
 from announcer.store.delivery_rows import (
     ALERTS,
@@ -67,7 +68,7 @@ class Claim:
     token: str
     phone: str
     text: str
-    options: dict[str, Any]
+    options: StoredOptions
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,10 @@ class ClaimRecords(DeliveryRecords):
     async def _screen(
         self,
         s: AsyncSession,
-        rows: list[tuple[Delivery, dict[str, Any]]],
+        rows: list[tuple[Delivery, StoredOptions]],
         events: list[dict[str, Any]],
         now: datetime,
-    ) -> list[tuple[Delivery, dict[str, Any]]]:
+    ) -> list[tuple[Delivery, StoredOptions]]:
         """The due rows that may be dialed now; the others are finished (opted out) or deferred."""
         opted = await opted_out_among(s, [d.phone for d, _ in rows])
         taken = []
@@ -215,7 +216,7 @@ class ClaimRecords(DeliveryRecords):
 
 async def _take(
     s: AsyncSession,
-    taken: list[tuple[Delivery, dict[str, Any]]],
+    taken: list[tuple[Delivery, StoredOptions]],
     events: list[dict[str, Any]],
     now: datetime,
     lease: timedelta,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -23,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from announcer.options import ScheduleOptions, StoredOptions, load
 
 # The largest value of an INTEGER column on every database we run on (32-bit on PostgreSQL): ids and
 # counters from outside are checked against it before they reach a query.
@@ -48,6 +51,32 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class OptionsJSON(TypeDecorator[M], Generic[M]):
+    """Options as JSON in the row and as their model (announcer/options.py) everywhere else: read into the
+    model as the row is read, leniently (`load`: old rows load as they behaved), and written from it, so
+    no dict of options leaves the store."""
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(self, model: type[M]) -> None:
+        super().__init__()
+        self.model = model
+
+    def process_bind_param(self, value: M | None, dialect: Dialect) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        if not isinstance(value, self.model):
+            raise TypeError(f"{self.model.__name__} expected, not {type(value).__name__}")
+        return value.model_dump(mode="json")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> M | None:
+        return None if value is None else load(self.model, value)
 
 
 class Base(DeclarativeBase):
@@ -242,7 +271,7 @@ class Alert(Base):
     template: Mapped[str | None] = mapped_column(String(255))
     template_text: Mapped[str | None] = mapped_column(Text)
     variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    options: Mapped[StoredOptions] = mapped_column(OptionsJSON(StoredOptions))
     callback_url: Mapped[str | None] = mapped_column(String(2048))
     status: Mapped[str] = mapped_column(String(16), default=AlertStatus.ACTIVE)
     recipients: Mapped[int] = mapped_column(Integer)
@@ -337,7 +366,7 @@ class Schedule(Base):
     variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
     recipients: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"items": [...]} as given
     when: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    options: Mapped[ScheduleOptions] = mapped_column(OptionsJSON(ScheduleOptions))
     status: Mapped[str] = mapped_column(String(16), default=ScheduleStatus.ACTIVE)
     # The last planned fire time handled (fired, missed or failed): where a restart's catch-up starts.
     last_planned_at: Mapped[datetime | None]

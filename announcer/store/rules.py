@@ -6,11 +6,11 @@ being told: see that module's docstring.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
+from announcer.options import StoredOptions
 from announcer.store.models import DeliveryState
 
 
@@ -23,14 +23,14 @@ class FollowUp:
 
 
 class Rules(Protocol):
-    def deferral(self, options: Mapping[str, Any], timezone: str | None, now: datetime) -> datetime | None:
+    def deferral(self, options: StoredOptions, timezone: str | None, now: datetime) -> datetime | None:
         """When a delivery due now may be dialed instead (quiet hours); None: now."""
         ...
 
     def after_final(
         self,
         state: DeliveryState,
-        options: Mapping[str, Any],
+        options: StoredOptions,
         *,
         attempt: int,
         max_attempts: int,

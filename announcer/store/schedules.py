@@ -12,6 +12,7 @@ from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from announcer.options import ScheduleOptions
 from announcer.store.models import Delivery, Occurrence, OccurrenceStatus, Schedule, ScheduleStatus, utcnow
 
 
@@ -24,7 +25,7 @@ class ScheduleRow:
     variables: dict[str, Any]
     recipients: list[dict[str, Any]]
     when: dict[str, Any]
-    options: dict[str, Any]
+    options: ScheduleOptions
     status: str
     last_planned_at: datetime | None
     created_at: datetime
@@ -37,22 +38,18 @@ class ArmInfo:
 
     id: str
     when: dict[str, Any]
-    options: dict[str, Any]
+    options: ScheduleOptions
     status: str
     last_planned_at: datetime | None
     created_at: datetime
     next_run_at: datetime | None
 
 
-DEFAULT_PRESYNTHESIZE_S = 600.0
-
-
-def arm_time(next_run_at: datetime | None, options: dict[str, Any]) -> datetime | None:
+def arm_time(next_run_at: datetime | None, options: ScheduleOptions) -> datetime | None:
     """When the scheduler must hold a schedule: its next run less the time its speech is made ahead."""
     if next_run_at is None:
         return None
-    ahead = max(0.0, float(options.get("presynthesize_s", DEFAULT_PRESYNTHESIZE_S)))
-    return next_run_at - timedelta(seconds=ahead)
+    return next_run_at - timedelta(seconds=max(0.0, options.presynthesize_s))
 
 
 def _row(s: Schedule) -> ScheduleRow:
@@ -64,7 +61,7 @@ def _row(s: Schedule) -> ScheduleRow:
         dict(s.variables),
         list(s.recipients.get("items", [])),
         dict(s.when),
-        dict(s.options),
+        s.options,
         s.status,
         s.last_planned_at,
         s.created_at,
@@ -95,7 +92,7 @@ class ScheduleStore:
         variables: dict[str, Any],
         recipients: list[dict[str, Any]],
         when: dict[str, Any],
-        options: dict[str, Any],
+        options: ScheduleOptions,
         next_run_at: datetime | None,
     ) -> ScheduleRow:
         now = utcnow()
@@ -148,7 +145,7 @@ class ScheduleStore:
         async with self.sessions() as s:
             return [ArmInfo(*row) for row in await s.execute(query)]
 
-    async def set_next_runs(self, runs: Iterable[tuple[str, datetime | None, dict[str, Any]]]) -> None:
+    async def set_next_runs(self, runs: Iterable[tuple[str, datetime | None, ScheduleOptions]]) -> None:
         """Write (schedule id, next run, options) computed at a start, in one statement."""
         t = _table()
         params = [{"b_id": sid, "b_next": at, "b_arm": arm_time(at, options)} for sid, at, options in runs]
@@ -164,7 +161,7 @@ class ScheduleStore:
             await s.commit()
 
     async def advance(
-        self, schedule_id: str, planned_at: datetime, following: datetime | None, options: dict[str, Any]
+        self, schedule_id: str, planned_at: datetime, following: datetime | None, options: ScheduleOptions
     ) -> None:
         """After the fire planned at `planned_at`: the next run is `following` (None: the schedule has
         ended). Only over that fire: a change (PATCH) that set another time since is kept."""
@@ -201,7 +198,9 @@ class ScheduleStore:
                 options = (
                     await s.execute(select(Schedule.options).where(Schedule.id == schedule_id))
                 ).scalar_one_or_none()
-                values["arm_at"] = arm_time(values["next_run_at"], options or {})
+                values["arm_at"] = arm_time(
+                    values["next_run_at"], ScheduleOptions() if options is None else options
+                )
             result = await s.execute(
                 update(Schedule)
                 .where(Schedule.id == schedule_id, Schedule.status != ScheduleStatus.DELETED)

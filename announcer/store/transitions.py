@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from announcer.options import StoredOptions
 from announcer.store.delivery_rows import (
     CALLS,
     DELIVERIES,
@@ -114,7 +115,7 @@ class TransitionRecords(DeliveryRecords):
         alert = await s.get(Alert, delivery.alert_id)
         follow = self._rules.after_final(
             new,
-            alert.options if alert is not None else {},
+            alert.options if alert is not None else StoredOptions(),
             attempt=delivery.attempt,
             max_attempts=delivery.max_attempts,
             alert_active=alert is not None and alert.status == AlertStatus.ACTIVE,

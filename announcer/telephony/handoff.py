@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
+
+from announcer.options import StoredOptions
 
 
 class After(StrEnum):
@@ -27,16 +29,13 @@ class AgentOffer:
     first_message: str | None = None
 
     @classmethod
-    def from_options(cls, options: dict[str, Any] | None) -> AgentOffer | None:
-        """An alert's or schedule's `agent` option (validated when the alert was accepted)."""
-        raw = (options or {}).get("agent")
-        if not isinstance(raw, dict):
+    def from_options(cls, options: StoredOptions | None) -> AgentOffer | None:
+        """An alert's `agent` (a request's option, a schedule's, or /outbound-call's from the start)."""
+        agent = options.agent if options is not None else None
+        if agent is None:
             return None
         return cls(
-            after=After(raw.get("after", After.ANNOUNCEMENT)),
-            key=str(raw.get("key") or "0"),
-            prompt=raw.get("prompt"),
-            first_message=raw.get("first_message"),
+            after=After(agent.after), key=agent.key, prompt=agent.prompt, first_message=agent.first_message
         )
 
 
