@@ -665,6 +665,24 @@ async def test_a_fire_stores_the_next_run_and_hands_a_far_one_back_to_the_table(
     assert [c.to for c in svc.sandbox.calls.values()].count(phone) == 1
 
 
+async def test_a_schedule_made_elsewhere_moments_before_its_time_still_fires(clock: Clock) -> None:
+    # The leader sees a schedule made through another process only at its next sync (every 2 s): one
+    # whose time falls before that sync fires then, late by the sync's lag, within its grace.
+    svc = await clock.start(datetime(2026, 3, 2, 6, 0, tzinfo=UTC))
+    scheduler = schedules_of(svc).scheduler
+    phone = "+15550180004"
+    body = schedule_body({"at": "2026-03-02T06:00:01+00:00"}, phone, presynthesize_s=0)
+    status, created = await post(svc, "/v1/schedules", body)
+    assert status == 201
+    scheduler.remove(created["id"])  # as made elsewhere: in the table, not armed in this process
+    await clock.advance(timedelta(seconds=2))  # the sync comes after its time
+    [occurrence] = await occurrences(svc, created["id"])
+    assert occurrence["status"] == "fired"
+    await placed_call(svc, phone)
+    await finished(svc, occurrence["alert_id"])
+    assert [c.to for c in svc.sandbox.calls.values()].count(phone) == 1
+
+
 async def test_a_start_arms_what_is_near_and_computes_unknown_next_runs(
     tmp_path: Path, database_url: str
 ) -> None:

@@ -243,7 +243,21 @@ class Scheduler:
             if self._aps.get_job(arm.id) is None:
                 self.add(arm, next_run=arm.next_run_at)
         for schedule in changed:
-            self.add(schedule)
+            self.add(schedule, next_run=self._overdue(schedule, now))
+
+    def _overdue(self, schedule: ScheduleRow, now: datetime) -> datetime | None:
+        """A stored next run that passed before this sync saw the schedule: made or changed through
+        another process a moment before its time (a sync runs every SYNC_S). It fires now, as a fire
+        late by the sync's lag, if that is within its grace; a fire's occurrence is made once, so one
+        already under way elsewhere is not made twice. None: arm as usual."""
+        at = schedule.next_run_at
+        if schedule.status != ScheduleStatus.ACTIVE or at is None or at > now:
+            return None
+        if self._aps.get_job(schedule.id) is not None:
+            return None  # armed here: its own job fires it (or a fire of it is under way)
+        if (now - at).total_seconds() > schedule.options.misfire_grace_s:
+            return None
+        return at
 
     # --- jobs ------------------------------------------------------------------------------------------
 
@@ -266,7 +280,7 @@ class Scheduler:
             return None
         when = when or when_from_json(schedule.when)
         now = utcnow()
-        if when.at is not None and when.at <= now:
+        if when.at is not None and when.at <= now and next_run is None:
             return None  # a one-shot whose time has passed: caught up (or ended) already
         # The table holds the time armed for (given, or stored and still ahead): one far away is left
         # to it. Else (a stored time that has passed: a fire under way) the first from now, armed.
