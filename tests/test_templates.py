@@ -154,6 +154,18 @@ RENDERED: list[tuple[str, dict[str, Any], str]] = [
         "We see you are calling from one five five five zero one zero zero zero zero zero. "
         "Our team will call you back as soon as possible. Goodbye.",
     ),
+    (
+        # the line hands the caller to the agent (GREETING_AGENT=1): no goodbye before the agent's hello
+        "greeting.j2",
+        {
+            "org_name": "Acme Clinic",
+            "time_of_day": "morning",
+            "caller": "",
+            "caller_name": "",
+            "hands_over": True,
+        },
+        "Good morning, and thank you for calling Acme Clinic. Our assistant will take your call now.",
+    ),
 ]
 
 
