@@ -1,0 +1,134 @@
+"""How long each engine pauses between two sentences it speaks in one request, measured once per voice.
+
+The speaker joins sentences requested one by one with this pause (seams.py), so a message sounds as the
+same text spoken whole. The pause belongs to the engine and the voice (espeak-ng's depends on its rate;
+a neural voice has its own), so it is measured, not assumed: the engine speaks `PROBE`, two sentences
+without commas, and the longest quiet inside that clip is its pause. The clip goes into the audio cache
+under the engine's identity, like any synthesis, so a restart measures again without asking the engine.
+
+The probe is asked for only once the engine has shown it answers (after the audio of a message's first
+sentence), never ahead of a message's own first request, and it is awaited only where a message needs
+it: at its first join, while its first sentence plays. When it cannot be had (the engine failed, or was
+slow), `DEFAULT_PAUSE_S` stands in and the probe is tried again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator
+
+from announcer.audio import cut_frames
+from announcer.speech.cache import AudioCache
+from announcer.speech.engine import SpeechError, Synthesizer
+from announcer.speech.seams import pause_between
+
+log = logging.getLogger(__name__)
+
+PROBE = "This is the first sentence of the test. And this is the second one."
+# Standing in for a pause not measured: espeak-ng's at its default rate (~0.3 s), and a usual pause
+# between read sentences.
+DEFAULT_PAUSE_S = 0.3
+_LONGEST_PAUSE_S = 1.0  # a longer "pause" in the probe is a stall, not the voice's pause
+_WAIT_S = 2.0  # how long a join waits for a measurement under way before it takes the default
+_RETRY_S = 60.0  # after a failed measurement, the default serves this long before the next try
+
+
+class SentencePauses:
+    """The measured pauses of every engine a speaker uses, keyed by the engine's identity."""
+
+    def __init__(self, cache: AudioCache) -> None:
+        self._cache = cache
+        self._known: dict[str, float] = {}
+        self._measuring: dict[str, asyncio.Task[float | None]] = {}
+        self._failed_at: dict[str, float] = {}
+
+    def measure(self, engine: Synthesizer) -> None:
+        """Start measuring `engine`'s pause in the background, unless it is known or under way."""
+        self._task(engine)
+
+    async def of(self, engine: Synthesizer) -> float:
+        """`engine`'s pause: known, or measured now (at most `_WAIT_S`), else `DEFAULT_PAUSE_S`."""
+        key = _key(engine)
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        task = self._task(engine)
+        if task is None:
+            return DEFAULT_PAUSE_S
+        try:
+            # shielded: a message cancelled while it waits (the call hung up) leaves the probe running
+            pause = await asyncio.wait_for(asyncio.shield(task), _WAIT_S)
+        except TimeoutError:
+            log.warning("%s: sentence pause not measured yet, %.2f s for now", engine.name, DEFAULT_PAUSE_S)
+            return DEFAULT_PAUSE_S
+        return DEFAULT_PAUSE_S if pause is None else pause
+
+    async def aclose(self) -> None:
+        """Cancel the measurements under way and wait for them (shutdown)."""
+        tasks = list(self._measuring.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _task(self, engine: Synthesizer) -> asyncio.Task[float | None] | None:
+        key = _key(engine)
+        if key in self._known:
+            return None
+        task = self._measuring.get(key)
+        if task is None:
+            failed_at = self._failed_at.get(key)
+            if failed_at is not None and time.monotonic() - failed_at < _RETRY_S:
+                return None
+            task = asyncio.create_task(self._measure(engine, key), name=f"pause-{engine.name}")
+            self._measuring[key] = task
+        return task
+
+    async def _measure(self, engine: Synthesizer, key: str) -> float | None:
+        try:
+            audio = await self._probe(engine)
+        except SpeechError as err:
+            log.warning("%s: the sentence pause could not be measured: %s", engine.name, err.reason)
+            audio = b""
+        except OSError as err:  # the cache's disk: the pause is measured another time
+            log.warning("%s: the sentence pause could not be measured: %s", engine.name, err)
+            audio = b""
+        except Exception:  # a bug: the default serves, and the messages go on
+            log.exception("%s: measuring the sentence pause failed", engine.name)
+            audio = b""
+        finally:
+            del self._measuring[key]
+        pause = pause_between(audio)
+        if pause is None:
+            if audio:
+                log.warning("%s: no pause in the probe's audio", engine.name)
+            self._failed_at[key] = time.monotonic()
+            return None
+        pause = min(pause, _LONGEST_PAUSE_S)
+        self._known[key] = pause
+        log.info("%s: sentences are joined with %.0f ms, the voice's own pause", engine.name, pause * 1000)
+        return pause
+
+    async def _probe(self, engine: Synthesizer) -> bytes:
+        cache_key = self._cache.key(engine.identity(), PROBE)
+        payloads = await self._cache.load(cache_key)
+        if payloads is not None:
+            return b"".join(base64.b64decode(payload) for payload in payloads)
+        audio = engine.stream(PROBE)
+        try:
+            clip = b"".join([chunk async for chunk in audio])
+        finally:
+            if isinstance(audio, AsyncGenerator):  # close its HTTP stream, also when cancelled
+                await audio.aclose()
+        if clip:
+            with contextlib.suppress(OSError):  # the cache only saves the next process a request
+                await self._cache.store(cache_key, cut_frames(clip))
+        return clip
+
+
+def _key(engine: Synthesizer) -> str:
+    return json.dumps(engine.identity(), sort_keys=True, default=str)

@@ -1,0 +1,162 @@
+"""Joining sentences synthesized one by one: the seams (pure) and the voice's pause, measured once per voice,
+with the real `elevenlabs` SDK against SandboxElevenLabs speaking with voices of known pauses."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from announcer.audio import MULAW_SILENCE, SAMPLE_RATE, lin2ulaw
+from announcer.sandbox.elevenlabs import SandboxElevenLabs
+from announcer.speech.cache import AudioCache
+from announcer.speech.elevenlabs import ElevenLabsSynthesizer
+from announcer.speech.pauses import DEFAULT_PAUSE_S, PROBE, SentencePauses
+from announcer.speech.seams import WINDOW_BYTES, Seams, pause_between, window_rms
+from announcer.speech.speaker import Speaker, split_sentences
+
+API_KEY = "sk-sandbox-test-key"
+
+
+def tone(seconds: float, level: int = 8000) -> bytes:
+    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return lin2ulaw((level * np.sin(2 * np.pi * 440 * t)).astype(np.int16))
+
+
+def quiet(seconds: float) -> bytes:
+    return bytes([MULAW_SILENCE]) * round(seconds * SAMPLE_RATE)
+
+
+def pieces(audio: bytes, size: int) -> list[bytes]:
+    return [audio[i : i + size] for i in range(0, len(audio), size)]
+
+
+def run(seams: Seams, sentences: list[bytes], pause_s: float, chunk: int) -> bytes:
+    out = b""
+    for index, sentence in enumerate(sentences):
+        out += b"".join(seams.feed(piece) for piece in pieces(sentence, chunk))
+        out += seams.join(pause_s) if index + 1 < len(sentences) else seams.end()
+    return out
+
+
+# --- seams ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 37, 160, 800, 100_000])
+def test_a_join_is_the_pause_and_nothing_else(chunk: int) -> None:
+    first = quiet(0.01) + tone(0.5) + quiet(0.8)  # an engine that pads its clips
+    second = quiet(0.2) + tone(0.3) + quiet(0.005)
+    out = run(Seams(), [first, second], 0.3, chunk)
+    # the message's own start and end stay; at the join, only the pause
+    assert out == quiet(0.01) + tone(0.5) + quiet(0.3) + tone(0.3) + quiet(0.005)
+
+
+def test_a_pause_inside_a_sentence_plays_as_it_was() -> None:
+    sentence = tone(0.2) + quiet(0.15) + tone(0.2)
+    seams = Seams()
+    assert seams.feed(tone(0.2)) == tone(0.2)
+    assert seams.feed(quiet(0.15)) == b""  # held: a pause, or the sentence's tail
+    assert seams.feed(tone(0.2)) == quiet(0.15) + tone(0.2)
+    assert seams.end() == b""
+    assert run(Seams(), [sentence, sentence], 0.25, 160) == sentence + quiet(0.25) + sentence
+
+
+def test_a_sentence_that_broke_off_keeps_its_audio_and_the_next_starts_afresh() -> None:
+    seams = Seams()
+    said = seams.feed(tone(0.2) + quiet(0.05))
+    assert said + seams.end() == tone(0.2) + quiet(0.05)  # the cut stays as it was
+    assert seams.feed(quiet(0.02) + tone(0.1)) == quiet(0.02) + tone(0.1)  # no join: nothing trimmed
+
+
+def test_soft_sound_is_not_quiet() -> None:
+    soft = tone(0.1, level=120)  # RMS ~85: the softest stretches of a word
+    assert (window_rms(soft) > 64).all()
+    out = run(Seams(), [tone(0.2) + soft + quiet(0.1), tone(0.2)], 0.3, 160)
+    assert out == tone(0.2) + soft + quiet(0.3) + tone(0.2)
+
+
+def test_pause_between() -> None:
+    assert pause_between(tone(0.3) + quiet(0.25) + tone(0.3) + quiet(1.0)) == pytest.approx(0.25, abs=0.006)
+    assert pause_between(quiet(0.2) + tone(0.5) + quiet(0.5)) is None  # one sound: no pause to measure
+    assert pause_between(b"") is None
+    assert WINDOW_BYTES * 1000 // SAMPLE_RATE == 5
+
+
+# --- the voice's own pause ------------------------------------------------------------------------------
+
+
+def tone_voice(pause_s: float, pad_s: float) -> Callable[[str], bytes]:
+    """A voice that says each sentence as a tone, pauses `pause_s` between sentences, and pads every clip
+    with `pad_s` of silence (as some engines do)."""
+
+    def speak(text: str) -> bytes:
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+        return quiet(0.02) + quiet(pause_s).join(tone(0.02 * len(s)) for s in sentences) + quiet(pad_s)
+
+    return speak
+
+
+VOICE_PAUSE_S = 0.6  # not the default, nor espeak-ng's ~0.3 s
+VOICE_PAD_S = 0.8
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[SandboxElevenLabs]:
+    server = SandboxElevenLabs(API_KEY, tone_voice(VOICE_PAUSE_S, VOICE_PAD_S))
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def engine(sandbox: SandboxElevenLabs) -> AsyncIterator[ElevenLabsSynthesizer]:
+    assert sandbox.base_url is not None
+    synthesizer = ElevenLabsSynthesizer(API_KEY, sandbox.base_url, "VOICE123", "eleven_flash_v2_5", 5.0)
+    yield synthesizer
+    await synthesizer.aclose()
+
+
+def probes(sandbox: SandboxElevenLabs) -> int:
+    return sum(r.text == PROBE for r in sandbox.requests)
+
+
+async def test_the_pause_is_the_voice_s_own(
+    sandbox: SandboxElevenLabs, engine: ElevenLabsSynthesizer, tmp_path: Path
+) -> None:
+    pauses = SentencePauses(AudioCache(tmp_path / "audio"))
+    assert await pauses.of(engine) == pytest.approx(VOICE_PAUSE_S, abs=0.006)
+    assert await pauses.of(engine) == pytest.approx(VOICE_PAUSE_S, abs=0.006)
+    assert probes(sandbox) == 1
+    await pauses.aclose()
+
+
+async def test_a_failed_measurement_takes_the_default_and_does_not_insist(
+    sandbox: SandboxElevenLabs, engine: ElevenLabsSynthesizer, tmp_path: Path
+) -> None:
+    pauses = SentencePauses(AudioCache(tmp_path / "audio"))
+    sandbox.fail_next("server_error")
+    assert await pauses.of(engine) == DEFAULT_PAUSE_S
+    assert await pauses.of(engine) == DEFAULT_PAUSE_S  # tried again later, not at every join
+    assert probes(sandbox) == 1
+    await pauses.aclose()
+
+
+async def test_a_message_pauses_as_its_voice_does_whatever_its_clips_end_with(
+    sandbox: SandboxElevenLabs, engine: ElevenLabsSynthesizer, tmp_path: Path
+) -> None:
+    """A voice that pauses 0.6 s between sentences and pads each clip with 0.8 s of silence: requested
+    sentence by sentence, the message pauses 0.6 s at each join, and ends as the voice ends a clip."""
+    text = "The first sentence is right here. The second one comes after it. And the third one closes it."
+    speaker = Speaker(engine, None, AudioCache(tmp_path / "audio"))
+    piped = await speaker.synthesize(text)
+    await speaker.aclose()
+    assert [r.text for r in sandbox.requests if r.text != PROBE] == split_sentences(text)
+    whole = tone_voice(VOICE_PAUSE_S, VOICE_PAD_S)(text)
+    loud = window_rms(piped) > 64
+    edges = np.flatnonzero(np.diff(loud.astype(np.int8)))  # where sound starts or stops
+    gaps = [(b - a) * WINDOW_BYTES / SAMPLE_RATE for a, b in zip(edges[1::2], edges[2::2], strict=False)]
+    assert gaps == [pytest.approx(VOICE_PAUSE_S, abs=0.006)] * 2
+    assert abs(len(piped) - len(whole)) <= 160  # the same length as the text spoken whole
