@@ -14,8 +14,8 @@ from announcer.audio import MULAW_SILENCE, SAMPLE_RATE, lin2ulaw
 from announcer.sandbox.elevenlabs import SandboxElevenLabs
 from announcer.speech.cache import AudioCache
 from announcer.speech.elevenlabs import ElevenLabsSynthesizer
-from announcer.speech.pauses import DEFAULT_PAUSE_S, PROBE, SentencePauses
-from announcer.speech.seams import WINDOW_BYTES, Seams, pause_between, window_rms
+from announcer.speech.pauses import DEFAULT_PAUSE_S, PROBE, SentencePauses, ending
+from announcer.speech.seams import WINDOW_BYTES, Seams, pauses_between, window_rms
 from announcer.speech.speaker import Speaker, split_sentences
 
 API_KEY = "sk-sandbox-test-key"
@@ -78,34 +78,58 @@ def test_soft_sound_is_not_quiet() -> None:
     assert out == tone(0.2) + soft + quiet(0.3) + tone(0.2)
 
 
-def test_pause_between() -> None:
-    assert pause_between(tone(0.3) + quiet(0.25) + tone(0.3) + quiet(1.0)) == pytest.approx(0.25, abs=0.006)
-    assert pause_between(quiet(0.2) + tone(0.5) + quiet(0.5)) is None  # one sound: no pause to measure
-    assert pause_between(b"") is None
+def test_pauses_between() -> None:
+    clip = tone(0.3) + quiet(0.25) + tone(0.1) + quiet(0.05) + tone(0.3) + quiet(0.4) + tone(0.2) + quiet(1.0)
+    assert pauses_between(clip, 2) == [pytest.approx(0.25, abs=0.006), pytest.approx(0.4, abs=0.006)]
+    assert pauses_between(clip, 3) == pytest.approx([0.25, 0.05, 0.4], abs=0.006)
+    assert pauses_between(clip, 4) is None  # four sounds, three pauses
+    assert pauses_between(quiet(0.2) + tone(0.5) + quiet(0.5), 1) is None  # one sound: no pause
+    assert pauses_between(b"", 1) is None
     assert WINDOW_BYTES * 1000 // SAMPLE_RATE == 5
+
+
+@pytest.mark.parametrize(
+    ("sentence", "mark"),
+    [
+        ("Stop.", "."),
+        ("Stop!", "!"),
+        ("Stop?", "?"),
+        ('He said "stop?"', "?"),
+        ("(Stop!)", "!"),
+        ("So\u2026", "."),
+    ],
+)
+def test_ending(sentence: str, mark: str) -> None:
+    assert ending(sentence) == mark
 
 
 # --- the voice's own pause ------------------------------------------------------------------------------
 
 
-def tone_voice(pause_s: float, pad_s: float) -> Callable[[str], bytes]:
-    """A voice that says each sentence as a tone, pauses `pause_s` between sentences, and pads every clip
-    with `pad_s` of silence (as some engines do)."""
+def tone_voice(pauses: dict[str, float], pad_s: float) -> Callable[[str], bytes]:
+    """A voice that says each sentence as a tone, pauses after it as `pauses` says for its final mark,
+    and pads every clip with `pad_s` of silence (as some engines do)."""
 
     def speak(text: str) -> bytes:
+        audio = quiet(0.02)
         sentences = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
-        return quiet(0.02) + quiet(pause_s).join(tone(0.02 * len(s)) for s in sentences) + quiet(pad_s)
+        for index, sentence in enumerate(sentences):
+            audio += tone(0.02 * len(sentence))
+            if index + 1 < len(sentences):
+                audio += quiet(pauses[sentence[-1]])
+        return audio + quiet(pad_s)
 
     return speak
 
 
-VOICE_PAUSE_S = 0.6  # not the default, nor espeak-ng's ~0.3 s
+# Not the default, nor espeak-ng's, and a pause of its own after each mark.
+VOICE_PAUSES = {".": 0.6, "?": 0.45, "!": 0.5}
 VOICE_PAD_S = 0.8
 
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[SandboxElevenLabs]:
-    server = SandboxElevenLabs(API_KEY, tone_voice(VOICE_PAUSE_S, VOICE_PAD_S))
+    server = SandboxElevenLabs(API_KEY, tone_voice(VOICE_PAUSES, VOICE_PAD_S))
     await server.start()
     yield server
     await server.close()
@@ -123,12 +147,12 @@ def probes(sandbox: SandboxElevenLabs) -> int:
     return sum(r.text == PROBE for r in sandbox.requests)
 
 
-async def test_the_pause_is_the_voice_s_own(
+async def test_the_pauses_are_the_voice_s_own(
     sandbox: SandboxElevenLabs, engine: ElevenLabsSynthesizer, tmp_path: Path
 ) -> None:
     pauses = SentencePauses(AudioCache(tmp_path / "audio"))
-    assert await pauses.of(engine) == pytest.approx(VOICE_PAUSE_S, abs=0.006)
-    assert await pauses.of(engine) == pytest.approx(VOICE_PAUSE_S, abs=0.006)
+    for sentence, mark in [("One.", "."), ("Two?", "?"), ("Three!", "!"), ("Four", ".")]:
+        assert await pauses.after(engine, sentence) == pytest.approx(VOICE_PAUSES[mark], abs=0.006)
     assert probes(sandbox) == 1
     await pauses.aclose()
 
@@ -138,8 +162,8 @@ async def test_a_failed_measurement_takes_the_default_and_does_not_insist(
 ) -> None:
     pauses = SentencePauses(AudioCache(tmp_path / "audio"))
     sandbox.fail_next("server_error")
-    assert await pauses.of(engine) == DEFAULT_PAUSE_S
-    assert await pauses.of(engine) == DEFAULT_PAUSE_S  # tried again later, not at every join
+    assert await pauses.after(engine, "One.") == DEFAULT_PAUSE_S
+    assert await pauses.after(engine, "Two.") == DEFAULT_PAUSE_S  # tried again later, not at every join
     assert probes(sandbox) == 1
     await pauses.aclose()
 
@@ -147,16 +171,14 @@ async def test_a_failed_measurement_takes_the_default_and_does_not_insist(
 async def test_a_message_pauses_as_its_voice_does_whatever_its_clips_end_with(
     sandbox: SandboxElevenLabs, engine: ElevenLabsSynthesizer, tmp_path: Path
 ) -> None:
-    """A voice that pauses 0.6 s between sentences and pads each clip with 0.8 s of silence: requested
-    sentence by sentence, the message pauses 0.6 s at each join, and ends as the voice ends a clip."""
-    text = "The first sentence is right here. The second one comes after it. And the third one closes it."
+    """A voice with pauses of its own after each mark, that pads each clip with 0.8 s of silence:
+    requested sentence by sentence, the message pauses at each join as that voice does, and ends as the
+    voice ends a clip."""
+    text = "Is the first sentence right here? The second one comes after it! And the third one closes it."
     speaker = Speaker(engine, None, AudioCache(tmp_path / "audio"))
     piped = await speaker.synthesize(text)
     await speaker.aclose()
     assert [r.text for r in sandbox.requests if r.text != PROBE] == split_sentences(text)
-    whole = tone_voice(VOICE_PAUSE_S, VOICE_PAD_S)(text)
-    loud = window_rms(piped) > 64
-    edges = np.flatnonzero(np.diff(loud.astype(np.int8)))  # where sound starts or stops
-    gaps = [(b - a) * WINDOW_BYTES / SAMPLE_RATE for a, b in zip(edges[1::2], edges[2::2], strict=False)]
-    assert gaps == [pytest.approx(VOICE_PAUSE_S, abs=0.006)] * 2
-    assert abs(len(piped) - len(whole)) <= 160  # the same length as the text spoken whole
+    whole = tone_voice(VOICE_PAUSES, VOICE_PAD_S)(text)
+    assert pauses_between(piped, 2) == pytest.approx([VOICE_PAUSES["?"], VOICE_PAUSES["!"]], abs=0.006)
+    assert abs(len(piped) - len(whole)) <= 160  # as long as the text spoken whole

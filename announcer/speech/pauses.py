@@ -1,10 +1,12 @@
-"""How long each engine pauses between two sentences it speaks in one request, measured once per voice.
+"""How long each engine pauses after a sentence it speaks in one request, measured once per voice.
 
 The speaker joins sentences requested one by one with this pause (seams.py), so a message sounds as the
 same text spoken whole. The pause belongs to the engine and the voice (espeak-ng's depends on its rate;
-a neural voice has its own), so it is measured, not assumed: the engine speaks `PROBE`, two sentences
-without commas, and the longest quiet inside that clip is its pause. The clip goes into the audio cache
-under the engine's identity, like any synthesis, so a restart measures again without asking the engine.
+a neural voice has its own) and to how the sentence ends (espeak-ng: ~335 ms after "!", ~310 ms after
+"?", ~300 ms after "."), so it is measured, not assumed: the engine speaks `PROBE`, sentences without
+commas that end in each of `ENDINGS`, and the longest quiet stretches of that clip are its pauses. The
+clip goes into the audio cache under the engine's identity, like any synthesis, so a restart measures
+again without asking the engine.
 
 The probe is asked for only once the engine has shown it answers (after the audio of a message's first
 sentence), never ahead of a message's own first request, and it is awaited only where a message needs
@@ -25,17 +27,30 @@ from collections.abc import AsyncGenerator
 from announcer.audio import cut_frames
 from announcer.speech.cache import AudioCache
 from announcer.speech.engine import SpeechError, Synthesizer
-from announcer.speech.seams import pause_between
+from announcer.speech.seams import pauses_between
 
 log = logging.getLogger(__name__)
 
-PROBE = "This is the first sentence of the test. And this is the second one."
-# Standing in for a pause not measured: espeak-ng's at its default rate (~0.3 s), and a usual pause
-# between read sentences.
+# Sentences ending in each of ENDINGS, in that order, and one more after the last.
+PROBE = (
+    "This is the first sentence of the test! Is this the second sentence? "
+    "This is the third one. And the last."
+)
+ENDINGS = ("!", "?", ".")
+Pauses = dict[str, float]  # sentence ending -> seconds
+# Standing in for a pause not measured: espeak-ng's after a full stop at its default rate, and a usual
+# pause between read sentences.
 DEFAULT_PAUSE_S = 0.3
 _LONGEST_PAUSE_S = 1.0  # a longer "pause" in the probe is a stall, not the voice's pause
 _WAIT_S = 2.0  # how long a join waits for a measurement under way before it takes the default
 _RETRY_S = 60.0  # after a failed measurement, the default serves this long before the next try
+_CLOSERS = "\"')]\u201d\u2019"  # may follow a sentence's final mark: 'He said "stop."'
+
+
+def ending(sentence: str) -> str:
+    """The mark `sentence` ends with, of `ENDINGS`; "." for any other ending (an ellipsis, none)."""
+    mark = sentence.rstrip().rstrip(_CLOSERS)[-1:]
+    return mark if mark in ENDINGS else "."
 
 
 class SentencePauses:
@@ -43,30 +58,31 @@ class SentencePauses:
 
     def __init__(self, cache: AudioCache) -> None:
         self._cache = cache
-        self._known: dict[str, float] = {}
-        self._measuring: dict[str, asyncio.Task[float | None]] = {}
+        self._known: dict[str, Pauses] = {}
+        self._measuring: dict[str, asyncio.Task[Pauses | None]] = {}
         self._failed_at: dict[str, float] = {}
 
     def measure(self, engine: Synthesizer) -> None:
-        """Start measuring `engine`'s pause in the background, unless it is known or under way."""
+        """Start measuring `engine`'s pauses in the background, unless known or under way."""
         self._task(engine)
 
-    async def of(self, engine: Synthesizer) -> float:
-        """`engine`'s pause: known, or measured now (at most `_WAIT_S`), else `DEFAULT_PAUSE_S`."""
-        key = _key(engine)
-        known = self._known.get(key)
+    async def after(self, engine: Synthesizer, sentence: str) -> float:
+        """`engine`'s pause after `sentence`: known, or measured now (waiting at most `_WAIT_S`), else
+        `DEFAULT_PAUSE_S`."""
+        mark = ending(sentence)
+        known = self._known.get(_key(engine))
         if known is not None:
-            return known
+            return known[mark]
         task = self._task(engine)
         if task is None:
             return DEFAULT_PAUSE_S
         try:
             # shielded: a message cancelled while it waits (the call hung up) leaves the probe running
-            pause = await asyncio.wait_for(asyncio.shield(task), _WAIT_S)
+            pauses = await asyncio.wait_for(asyncio.shield(task), _WAIT_S)
         except TimeoutError:
             log.warning("%s: sentence pause not measured yet, %.2f s for now", engine.name, DEFAULT_PAUSE_S)
             return DEFAULT_PAUSE_S
-        return DEFAULT_PAUSE_S if pause is None else pause
+        return DEFAULT_PAUSE_S if pauses is None else pauses[mark]
 
     async def aclose(self) -> None:
         """Cancel the measurements under way and wait for them (shutdown)."""
@@ -75,7 +91,7 @@ class SentencePauses:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _task(self, engine: Synthesizer) -> asyncio.Task[float | None] | None:
+    def _task(self, engine: Synthesizer) -> asyncio.Task[Pauses | None] | None:
         key = _key(engine)
         if key in self._known:
             return None
@@ -84,34 +100,38 @@ class SentencePauses:
             failed_at = self._failed_at.get(key)
             if failed_at is not None and time.monotonic() - failed_at < _RETRY_S:
                 return None
-            task = asyncio.create_task(self._measure(engine, key), name=f"pause-{engine.name}")
+            task = asyncio.create_task(self._measure(engine, key), name=f"pauses-{engine.name}")
             self._measuring[key] = task
         return task
 
-    async def _measure(self, engine: Synthesizer, key: str) -> float | None:
+    async def _measure(self, engine: Synthesizer, key: str) -> Pauses | None:
         try:
             audio = await self._probe(engine)
         except SpeechError as err:
-            log.warning("%s: the sentence pause could not be measured: %s", engine.name, err.reason)
+            log.warning("%s: the sentence pauses could not be measured: %s", engine.name, err.reason)
             audio = b""
-        except OSError as err:  # the cache's disk: the pause is measured another time
-            log.warning("%s: the sentence pause could not be measured: %s", engine.name, err)
+        except OSError as err:  # the cache's disk: measured another time
+            log.warning("%s: the sentence pauses could not be measured: %s", engine.name, err)
             audio = b""
         except Exception:  # a bug: the default serves, and the messages go on
-            log.exception("%s: measuring the sentence pause failed", engine.name)
+            log.exception("%s: measuring the sentence pauses failed", engine.name)
             audio = b""
         finally:
             del self._measuring[key]
-        pause = pause_between(audio)
-        if pause is None:
+        measured = pauses_between(audio, len(ENDINGS))
+        if measured is None:
             if audio:
-                log.warning("%s: no pause in the probe's audio", engine.name)
+                log.warning("%s: the probe's audio has no pause after each sentence", engine.name)
             self._failed_at[key] = time.monotonic()
             return None
-        pause = min(pause, _LONGEST_PAUSE_S)
-        self._known[key] = pause
-        log.info("%s: sentences are joined with %.0f ms, the voice's own pause", engine.name, pause * 1000)
-        return pause
+        pauses = {mark: min(pause, _LONGEST_PAUSE_S) for mark, pause in zip(ENDINGS, measured, strict=True)}
+        self._known[key] = pauses
+        log.info(
+            "%s: sentences are joined with the voice's own pauses: %s",
+            engine.name,
+            ", ".join(f"{pause * 1000:.0f} ms after {mark}" for mark, pause in pauses.items()),
+        )
+        return pauses
 
     async def _probe(self, engine: Synthesizer) -> bytes:
         cache_key = self._cache.key(engine.identity(), PROBE)

@@ -5,7 +5,7 @@ espeak-ng ends a clip within 5 ms of its last sound and starts the next within 1
 sentences of a message ran together with ~14 ms between them where the same text spoken in one request
 pauses ~300 ms; other engines pad every clip with silence of their own (some ~800 ms). So at each join
 the quiet on both sides is cut away and the engine's own pause between sentences goes in its place,
-measured once per engine and voice by `pause_between` on a probe (pauses.py).
+measured once per engine and voice by `pauses_between` on a probe (pauses.py).
 
 Pure: no I/O. Quiet is judged in 5 ms windows by loudness; only near-silence counts, so soft word endings
 are never cut.
@@ -57,15 +57,15 @@ def _loud(audio: bytes) -> npt.NDArray[np.intp]:
     return np.flatnonzero(_energy(audio) > QUIET_RMS * QUIET_RMS)
 
 
-def pause_between(audio: bytes) -> float | None:
-    """Seconds of the longest quiet stretch between two sounds of `audio`: in a clip of two sentences
-    without commas, the pause between them. None when the clip has no two sounds."""
+def pauses_between(audio: bytes, n: int) -> list[float] | None:
+    """Seconds of the `n` longest quiet stretches between sounds of `audio`, in the order they come: in
+    a clip of n + 1 sentences without commas, the pauses between them. None when it has fewer."""
     loud = _loud(audio)
-    if len(loud) < 2:
-        return None
     gaps = np.diff(loud) - 1  # quiet windows between one loud window and the next
-    longest = int(gaps.max())
-    return longest * WINDOW_BYTES / SAMPLE_RATE if longest > 0 else None
+    longest = np.sort(np.argsort(gaps, kind="stable")[::-1][:n])
+    if len(longest) < n or (n and gaps[longest].min() <= 0):
+        return None
+    return [int(gaps[i]) * WINDOW_BYTES / SAMPLE_RATE for i in longest]
 
 
 def silence(seconds: float) -> bytes:

@@ -437,7 +437,7 @@ class Speaker:
                     if not received:
                         raise SpeechError(f"{self._primary.name}: no audio")
                     if index + 1 < len(sentences):
-                        out.join(await self._pauses.of(self._primary))
+                        out.join(await self._pauses.after(self._primary, sentences[index]))
                 except SpeechError as err:
                     if ahead is not None:
                         await ahead.cancel()
@@ -478,7 +478,7 @@ class Speaker:
             for rest in range(index, len(sentences)):
                 await self._speak(self._fallback, out, sentences, rest)
                 if rest + 1 < len(sentences):
-                    out.join(await self._pauses.of(self._fallback))
+                    out.join(await self._pauses.after(self._fallback, sentences[rest]))
         except SpeechError as err:
             flight.event(SpeechEventKind.FALLBACK_FAILED, err.reason)
             raise SpeechError(f"{reason}; fallback: {err.reason}") from err
