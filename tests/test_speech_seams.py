@@ -151,10 +151,19 @@ async def test_the_pauses_are_the_voice_s_own(
     sandbox: SandboxElevenLabs, engine: ElevenLabsSynthesizer, tmp_path: Path
 ) -> None:
     pauses = SentencePauses(AudioCache(tmp_path / "audio"))
+    assert pauses.after(engine, "One.") == DEFAULT_PAUSE_S  # not measured yet: never waited for
+    assert await pauses.measured(engine)
     for sentence, mark in [("One.", "."), ("Two?", "?"), ("Three!", "!"), ("Four", ".")]:
-        assert await pauses.after(engine, sentence) == pytest.approx(VOICE_PAUSES[mark], abs=0.006)
+        assert pauses.after(engine, sentence) == pytest.approx(VOICE_PAUSES[mark], abs=0.006)
+    assert await pauses.measured(engine)
     assert probes(sandbox) == 1
     await pauses.aclose()
+    # A new process on the same cache measures them from the probe's cached audio: no request
+    again = SentencePauses(AudioCache(tmp_path / "audio"))
+    assert await again.measured(engine)
+    assert again.after(engine, "Three!") == pytest.approx(VOICE_PAUSES["!"], abs=0.006)
+    assert probes(sandbox) == 1
+    await again.aclose()
 
 
 async def test_a_failed_measurement_takes_the_default_and_does_not_insist(
@@ -162,8 +171,9 @@ async def test_a_failed_measurement_takes_the_default_and_does_not_insist(
 ) -> None:
     pauses = SentencePauses(AudioCache(tmp_path / "audio"))
     sandbox.fail_next("server_error")
-    assert await pauses.after(engine, "One.") == DEFAULT_PAUSE_S
-    assert await pauses.after(engine, "Two.") == DEFAULT_PAUSE_S  # tried again later, not at every join
+    assert not await pauses.measured(engine)
+    assert pauses.after(engine, "One.") == DEFAULT_PAUSE_S
+    assert not await pauses.measured(engine)  # tried again later, not at every message
     assert probes(sandbox) == 1
     await pauses.aclose()
 
@@ -174,11 +184,32 @@ async def test_a_message_pauses_as_its_voice_does_whatever_its_clips_end_with(
     """A voice with pauses of its own after each mark, that pads each clip with 0.8 s of silence:
     requested sentence by sentence, the message pauses at each join as that voice does, and ends as the
     voice ends a clip."""
+    cache = AudioCache(tmp_path / "audio")
+    pauses = SentencePauses(cache)
+    assert await pauses.measured(engine)
     text = "Is the first sentence right here? The second one comes after it! And the third one closes it."
-    speaker = Speaker(engine, None, AudioCache(tmp_path / "audio"))
+    speaker = Speaker(engine, None, cache, pauses)
     piped = await speaker.synthesize(text)
     await speaker.aclose()
     assert [r.text for r in sandbox.requests if r.text != PROBE] == split_sentences(text)
     whole = tone_voice(VOICE_PAUSES, VOICE_PAD_S)(text)
     assert pauses_between(piped, 2) == pytest.approx([VOICE_PAUSES["?"], VOICE_PAUSES["!"]], abs=0.006)
     assert abs(len(piped) - len(whole)) <= 160  # as long as the text spoken whole
+
+
+async def test_a_speaker_measures_its_voice_once_without_holding_a_message_up(
+    sandbox: SandboxElevenLabs, engine: ElevenLabsSynthesizer, tmp_path: Path
+) -> None:
+    cache = AudioCache(tmp_path / "audio")
+    pauses = SentencePauses(cache)
+    speaker = Speaker(engine, None, cache, pauses)
+    first = "Is the first sentence right here? The second one comes after it! And the third one closes it."
+    # The first message of a voice: measured from its second request's answer on, the default meanwhile
+    await speaker.synthesize(first)
+    assert await pauses.measured(engine)
+    later = "The next message is right here? Its second sentence comes after it! And a third one closes it."
+    assert pauses_between(await speaker.synthesize(later), 2) == pytest.approx(
+        [VOICE_PAUSES["?"], VOICE_PAUSES["!"]], abs=0.006
+    )
+    assert probes(sandbox) == 1
+    await speaker.aclose()

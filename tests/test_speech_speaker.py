@@ -21,7 +21,7 @@ from announcer.speech.cache import AudioCache
 from announcer.speech.elevenlabs import ElevenLabsSynthesizer
 from announcer.speech.engine import SpeechError
 from announcer.speech.local import LocalSynthesizer
-from announcer.speech.pauses import PROBE
+from announcer.speech.pauses import PROBE, SentencePauses
 from announcer.speech.speaker import Speaker, SpeechEvent, SpeechUnavailable, split_sentences
 
 API_KEY = "sk-sandbox-test-key"
@@ -60,13 +60,28 @@ def cache(tmp_path: Path) -> AudioCache:
 
 
 @pytest.fixture
+async def twin(sandbox: SandboxElevenLabs) -> AsyncIterator[ElevenLabsSynthesizer]:
+    """An engine with the voice and model of the speakers' primary: pauses are measured per voice."""
+    assert sandbox.base_url is not None
+    engine = ElevenLabsSynthesizer(API_KEY, sandbox.base_url, VOICE, MODEL, 5.0)
+    yield engine
+    await engine.aclose()
+
+
+@pytest.fixture
 async def make_speaker(sandbox: SandboxElevenLabs, cache: AudioCache) -> AsyncIterator[MakeSpeaker]:
     made: list[tuple[Speaker, ElevenLabsSynthesizer]] = []
 
-    def make(*, timeout_s: float = 5.0, fallback: bool = True, cache_: AudioCache | None = None) -> Speaker:
+    def make(
+        *,
+        timeout_s: float = 5.0,
+        fallback: bool = True,
+        cache_: AudioCache | None = None,
+        pauses: SentencePauses | None = None,
+    ) -> Speaker:
         assert sandbox.base_url is not None
         primary = ElevenLabsSynthesizer(API_KEY, sandbox.base_url, VOICE, MODEL, timeout_s)
-        speaker = Speaker(primary, LOCAL if fallback else None, cache_ or cache)
+        speaker = Speaker(primary, LOCAL if fallback else None, cache_ or cache, pauses)
         made.append((speaker, primary))
         return speaker
 
@@ -177,9 +192,18 @@ def pauses(audio: bytes, n: int) -> list[float]:
 
 @pytest.mark.parametrize("text", JOINED)
 async def test_sentences_requested_one_by_one_pause_as_the_voice_does_in_one_request(
-    sandbox: SandboxElevenLabs, make_speaker: MakeSpeaker, cache: AudioCache, tmp_path: Path, text: str
+    sandbox: SandboxElevenLabs,
+    make_speaker: MakeSpeaker,
+    twin: ElevenLabsSynthesizer,
+    cache: AudioCache,
+    tmp_path: Path,
+    text: str,
 ) -> None:
-    speaker = make_speaker()
+    # As for every message after a voice's first, the voice's pauses are measured (the first takes a
+    # default meanwhile: test_speech_seams)
+    voice = SentencePauses(cache)
+    assert await voice.measured(twin)
+    speaker = make_speaker(pauses=voice)
     piped = await speaker.synthesize(text)
     sentences = split_sentences(text)
     assert [r.text for r in message_requests(sandbox)] == sentences  # one request per sentence
@@ -200,15 +224,14 @@ async def test_sentences_requested_one_by_one_pause_as_the_voice_does_in_one_req
 
 
 async def test_the_voice_pause_is_measured_once_per_voice(
-    sandbox: SandboxElevenLabs, make_speaker: MakeSpeaker, tmp_path: Path
+    sandbox: SandboxElevenLabs, make_speaker: MakeSpeaker, twin: ElevenLabsSynthesizer, cache: AudioCache
 ) -> None:
-    speaker = make_speaker()
-    await speaker.synthesize(JOINED[1])
+    voice = SentencePauses(cache)
+    speaker = make_speaker(pauses=voice)
+    await speaker.synthesize(JOINED[1])  # measured once its second request answers
     await speaker.synthesize(JOINED[2])
-    assert [r.text for r in sandbox.requests].count(PROBE) == 1
-    # a new process on the same cache measures it from the probe's cached audio: no request
-    fresh = make_speaker(cache_=AudioCache(tmp_path / "audio"))
-    await fresh.synthesize(THREE)
+    assert await voice.measured(twin)
+    await speaker.synthesize(THREE)
     assert [r.text for r in sandbox.requests].count(PROBE) == 1
     assert len(message_requests(sandbox)) == sum(len(split_sentences(t)) for t in (*JOINED[1:], THREE))
 

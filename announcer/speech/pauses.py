@@ -8,10 +8,11 @@ commas that end in each of `ENDINGS`, and the longest quiet stretches of that cl
 clip goes into the audio cache under the engine's identity, like any synthesis, so a restart measures
 again without asking the engine.
 
-The probe is asked for only once the engine has shown it answers (after the audio of a message's first
-sentence), never ahead of a message's own first request, and it is awaited only where a message needs
-it: at its first join, while its first sentence plays. When it cannot be had (the engine failed, or was
-slow), `DEFAULT_PAUSE_S` stands in and the probe is tried again later.
+The probe is asked for only once the engine has shown it answers (at the audio of a message's second
+request), never ahead of a message's own first request, and runs in the background: a join never waits
+for it, since a caller must not hear a gap while a measurement is made. Until the pauses are known
+(the first message of a voice, once per cache), and when they cannot be had (the engine failed),
+`DEFAULT_PAUSE_S` stands in; a failed measurement is tried again later.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ Pauses = dict[str, float]  # sentence ending -> seconds
 # pause between read sentences.
 DEFAULT_PAUSE_S = 0.3
 _LONGEST_PAUSE_S = 1.0  # a longer "pause" in the probe is a stall, not the voice's pause
-_WAIT_S = 2.0  # how long a join waits for a measurement under way before it takes the default
 _RETRY_S = 60.0  # after a failed measurement, the default serves this long before the next try
 _CLOSERS = "\"')]\u201d\u2019"  # may follow a sentence's final mark: 'He said "stop."'
 
@@ -66,23 +66,17 @@ class SentencePauses:
         """Start measuring `engine`'s pauses in the background, unless known or under way."""
         self._task(engine)
 
-    async def after(self, engine: Synthesizer, sentence: str) -> float:
-        """`engine`'s pause after `sentence`: known, or measured now (waiting at most `_WAIT_S`), else
-        `DEFAULT_PAUSE_S`."""
-        mark = ending(sentence)
+    def after(self, engine: Synthesizer, sentence: str) -> float:
+        """`engine`'s pause after `sentence` when measured, else `DEFAULT_PAUSE_S`. Never waits."""
         known = self._known.get(_key(engine))
-        if known is not None:
-            return known[mark]
+        return DEFAULT_PAUSE_S if known is None else known[ending(sentence)]
+
+    async def measured(self, engine: Synthesizer) -> bool:
+        """Wait until `engine`'s pauses are measured (started now if need be); whether they could be."""
         task = self._task(engine)
-        if task is None:
-            return DEFAULT_PAUSE_S
-        try:
-            # shielded: a message cancelled while it waits (the call hung up) leaves the probe running
-            pauses = await asyncio.wait_for(asyncio.shield(task), _WAIT_S)
-        except TimeoutError:
-            log.warning("%s: sentence pause not measured yet, %.2f s for now", engine.name, DEFAULT_PAUSE_S)
-            return DEFAULT_PAUSE_S
-        return DEFAULT_PAUSE_S if pauses is None else pauses[mark]
+        if task is not None:
+            await asyncio.shield(task)  # a waiter cancelled leaves the measurement running
+        return _key(engine) in self._known
 
     async def aclose(self) -> None:
         """Cancel the measurements under way and wait for them (shutdown)."""

@@ -202,14 +202,21 @@ class _Ahead:
 
 
 class Speaker:
-    """Owns the flights; does not own the engines or the cache (the app's lifecycle closes those)."""
+    """Owns the flights; does not own the engines or the cache (the app's lifecycle closes those).
+    `pauses`: the voices' pauses between sentences, its own unless given (e.g. measured ahead)."""
 
-    def __init__(self, primary: Synthesizer, fallback: Synthesizer | None, cache: AudioCache) -> None:
+    def __init__(
+        self,
+        primary: Synthesizer,
+        fallback: Synthesizer | None,
+        cache: AudioCache,
+        pauses: SentencePauses | None = None,
+    ) -> None:
         self._primary = primary
         self._fallback = fallback
         self._cache = cache
         self._identity = primary.identity()
-        self._pauses = SentencePauses(cache)
+        self._pauses = pauses if pauses is not None else SentencePauses(cache)
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -437,7 +444,7 @@ class Speaker:
                     if not received:
                         raise SpeechError(f"{self._primary.name}: no audio")
                     if index + 1 < len(sentences):
-                        out.join(await self._pauses.after(self._primary, sentences[index]))
+                        out.join(self._pauses.after(self._primary, sentences[index]))
                 except SpeechError as err:
                     if ahead is not None:
                         await ahead.cancel()
@@ -478,7 +485,7 @@ class Speaker:
             for rest in range(index, len(sentences)):
                 await self._speak(self._fallback, out, sentences, rest)
                 if rest + 1 < len(sentences):
-                    out.join(await self._pauses.after(self._fallback, sentences[rest]))
+                    out.join(self._pauses.after(self._fallback, sentences[rest]))
         except SpeechError as err:
             flight.event(SpeechEventKind.FALLBACK_FAILED, err.reason)
             raise SpeechError(f"{reason}; fallback: {err.reason}") from err
