@@ -4,7 +4,7 @@ The speaker requests a message sentence by sentence (speaker.py), and engines cu
 espeak-ng ends a clip within 5 ms of its last sound and starts the next within 10 ms, so the
 sentences of a message ran together with ~14 ms between them where the same text spoken in one request
 pauses ~300 ms; other engines pad every clip with silence of their own (some ~800 ms). So at each join
-the quiet on both sides is cut away and the engine's own pause between sentences goes in its place,
+the quiet on both sides is cut away and the engine's own pause after such a sentence goes in its place,
 measured once per engine and voice by `pauses_between` on a probe (pauses.py).
 
 Pure: no I/O. Quiet is judged in 5 ms windows by loudness; only near-silence counts, so soft word endings
