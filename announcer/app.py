@@ -141,7 +141,11 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     renderer = MessageRenderer(settings.announcer_templates_dir)
     greeting = Greeting(
-        renderer, settings.announcer_greeting_template, settings.announcer_org_name, settings.zone
+        renderer,
+        settings.announcer_greeting_template,
+        settings.announcer_org_name,
+        settings.zone,
+        hands_over=settings.greeting_agent,
     )
     greeting.check()
     renderer.render(PROMPT_TEMPLATE, {"repeat_key": None})  # a broken prompt template stops start-up here

@@ -305,6 +305,27 @@ async def test_greeting_line_hands_callers_to_the_agent(greeting_service: Servic
     assert view["kind"] == "greeting" and view["outcome"] == "agent"
 
 
+async def test_a_greeting_that_hands_over_says_no_goodbye(greeting_service: Service) -> None:
+    """The caller is about to talk with the agent: "Goodbye." before the agent's hello would be a lie."""
+    service = greeting_service
+    call = await service.sandbox.call_in("+15550100999")
+    conversation = await opened(service)
+    await say_goodbye(call, conversation)
+    await ended_view(service, call.sid)
+    call_id = await service.store.find_by_sid(call.sid)
+    row = await service.store.get(call_id) if call_id is not None else None
+    assert row is not None and row.text is not None
+    greeting = row.text
+    assert "thank you for calling Acme Clinic" in greeting
+    assert "goodbye" not in greeting.lower() and "call you back" not in greeting
+    assert greeting.endswith("Our assistant will take your call now.")
+    assert conversation.dynamic_variables["announcement"] == greeting
+    # what the caller heard before the agent spoke is that greeting, as synthesized, whole
+    clip = await service.speaker.synthesize(greeting)
+    assert call.heard[: len(clip)] == clip
+    assert call.heard_seconds > len(clip) / 8000 + 1.0  # and then the agent
+
+
 async def test_a_conversation_is_cut_at_the_maximum_length(tmp_path: Path, database_url: str) -> None:
     runner, service = await start_service(make_settings(tmp_path, database_url, agent_max_conversation_s=0.5))
     try:

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from announcer.audio import FRAME_BYTES, cut_frames, rms
-from announcer.sandbox.elevenlabs import SandboxElevenLabs
+from announcer.audio import FRAME_BYTES, FRAME_MS, SAMPLE_RATE, cut_frames, rms
+from announcer.sandbox.elevenlabs import SandboxElevenLabs, TtsRequest
+from announcer.sandbox.voice_activity import VOICED_RMS, window_rms
 from announcer.speech.cache import AudioCache
 from announcer.speech.elevenlabs import ElevenLabsSynthesizer
 from announcer.speech.engine import SpeechError
 from announcer.speech.local import LocalSynthesizer
+from announcer.speech.pauses import PROBE, SentencePauses
 from announcer.speech.speaker import Speaker, SpeechEvent, SpeechUnavailable, split_sentences
 
 API_KEY = "sk-sandbox-test-key"
@@ -56,13 +60,28 @@ def cache(tmp_path: Path) -> AudioCache:
 
 
 @pytest.fixture
+async def twin(sandbox: SandboxElevenLabs) -> AsyncIterator[ElevenLabsSynthesizer]:
+    """An engine with the voice and model of the speakers' primary: pauses are measured per voice."""
+    assert sandbox.base_url is not None
+    engine = ElevenLabsSynthesizer(API_KEY, sandbox.base_url, VOICE, MODEL, 5.0)
+    yield engine
+    await engine.aclose()
+
+
+@pytest.fixture
 async def make_speaker(sandbox: SandboxElevenLabs, cache: AudioCache) -> AsyncIterator[MakeSpeaker]:
     made: list[tuple[Speaker, ElevenLabsSynthesizer]] = []
 
-    def make(*, timeout_s: float = 5.0, fallback: bool = True, cache_: AudioCache | None = None) -> Speaker:
+    def make(
+        *,
+        timeout_s: float = 5.0,
+        fallback: bool = True,
+        cache_: AudioCache | None = None,
+        pauses: SentencePauses | None = None,
+    ) -> Speaker:
         assert sandbox.base_url is not None
         primary = ElevenLabsSynthesizer(API_KEY, sandbox.base_url, VOICE, MODEL, timeout_s)
-        speaker = Speaker(primary, LOCAL if fallback else None, cache_ or cache)
+        speaker = Speaker(primary, LOCAL if fallback else None, cache_ or cache, pauses)
         made.append((speaker, primary))
         return speaker
 
@@ -129,19 +148,92 @@ async def test_cache_hit_makes_no_request(
     assert events.kinds == ["cache_hit"] and len(sandbox.requests) == 1
 
 
+def message_requests(sandbox: SandboxElevenLabs) -> list[TtsRequest]:
+    """The requests for messages, without the probe that measures the voice's pause (once per voice)."""
+    return [r for r in sandbox.requests if r.text != PROBE]
+
+
 async def test_sentences_go_one_request_each_with_their_neighbours(
     sandbox: SandboxElevenLabs, make_speaker: MakeSpeaker
 ) -> None:
     payloads = await consume(make_speaker(), THREE)
     first, second, third = split_sentences(THREE)
-    assert [r.text for r in sandbox.requests] == [first, second, third]
-    assert [(r.previous_text, r.next_text) for r in sandbox.requests] == [
+    requests = message_requests(sandbox)
+    assert [r.text for r in requests] == [first, second, third]
+    assert [(r.previous_text, r.next_text) for r in requests] == [
         (None, f"{second} {third}"),
         (first, third),
         (f"{first} {second}", None),
     ]
-    # each sentence's tail is padded to a whole frame, so the frames add up sentence by sentence
-    assert len(payloads) == sum(-(-r.bytes_sent // FRAME_BYTES) for r in sandbox.requests)
+    # the sentences' audio, with a pause of about 0.3 s (the sandbox voice's) at each of the two joins
+    sentences_s = sum(r.bytes_sent for r in requests) / SAMPLE_RATE
+    assert sentences_s + 2 * 0.2 < len(payloads) * FRAME_MS / 1000 < sentences_s + 2 * 0.4
+
+
+# Texts of sentences that are each requested alone (none shorter than 20 characters) and have no comma,
+# so that a whole synthesis pauses longest at its sentence ends.
+JOINED = [
+    THREE,
+    "Good morning and thank you for calling the Acme office. We see you are calling from one two three "
+    "four. Our team will call you back as soon as possible.",
+    "Your server is down since two o'clock! Can you check it today please? The ticket number is four two "
+    "one seven. That is all for now from the operations team.",
+]
+
+
+def pauses(audio: bytes, n: int) -> list[float]:
+    """Seconds of the `n` longest quiet stretches between sounds of `audio`, in the order they come:
+    in a text without commas, the pauses at its sentence ends."""
+    voiced = np.flatnonzero(window_rms(audio) > VOICED_RMS)
+    gaps = [(int(a), int(b - a - 1)) for a, b in itertools.pairwise(voiced) if b - a > 1]
+    longest = sorted(gaps, key=lambda gap: gap[1], reverse=True)[:n]
+    return [windows * FRAME_MS / 1000 for _, windows in sorted(longest)]
+
+
+@pytest.mark.parametrize("text", JOINED)
+async def test_sentences_requested_one_by_one_pause_as_the_voice_does_in_one_request(
+    sandbox: SandboxElevenLabs,
+    make_speaker: MakeSpeaker,
+    twin: ElevenLabsSynthesizer,
+    cache: AudioCache,
+    tmp_path: Path,
+    text: str,
+) -> None:
+    # As for every message after a voice's first, the voice's pauses are measured (the first takes a
+    # default meanwhile: test_speech_seams)
+    voice = SentencePauses(cache)
+    assert await voice.measured(twin)
+    speaker = make_speaker(pauses=voice)
+    piped = await speaker.synthesize(text)
+    sentences = split_sentences(text)
+    assert [r.text for r in message_requests(sandbox)] == sentences  # one request per sentence
+    # The same text in one request to the same voice (the sandbox's ElevenLabs speaks with the local one)
+    whole = LOCAL.synthesize(text)
+    joins = len(sentences) - 1
+    expected = pauses(whole, joins)
+    assert min(expected) >= 0.2  # the voice pauses at each sentence end: the reference is sound
+    got = pauses(piped, joins)
+    assert all(abs(g - e) <= 0.1 for g, e in zip(got, expected, strict=True)), (got, expected)
+
+    # The cache holds the message as it was spoken, pauses and all: from memory, and from disk
+    assert await speaker.synthesize(text) == piped
+    fresh = make_speaker(cache_=AudioCache(tmp_path / "audio"))
+    events = Events()
+    assert b"".join(base64.b64decode(p) for p in await consume(fresh, text, events)) == piped
+    assert events.kinds == ["cache_hit"]
+
+
+async def test_the_voice_pause_is_measured_once_per_voice(
+    sandbox: SandboxElevenLabs, make_speaker: MakeSpeaker, twin: ElevenLabsSynthesizer, cache: AudioCache
+) -> None:
+    voice = SentencePauses(cache)
+    speaker = make_speaker(pauses=voice)
+    await speaker.synthesize(JOINED[1])  # measured once its second request answers
+    await speaker.synthesize(JOINED[2])
+    assert await voice.measured(twin)
+    await speaker.synthesize(THREE)
+    assert [r.text for r in sandbox.requests].count(PROBE) == 1
+    assert len(message_requests(sandbox)) == sum(len(split_sentences(t)) for t in (*JOINED[1:], THREE))
 
 
 async def test_synthesize_returns_the_whole_clip(
@@ -277,14 +369,17 @@ async def test_a_later_sentence_failing_falls_back_from_that_sentence(
             payloads.append(payload)
 
     _, second, third = split_sentences(THREE)
-    assert [r.status for r in sandbox.requests] == [200, 429]
+    requests = message_requests(sandbox)
+    assert [r.status for r in requests] == [200, 429]
     assert events.kinds == ["tts_failed_midway", "fallback_used"]
     assert events.seen[0].reason == "http 429 too_many_concurrent_requests"
     assert events.seen[0].detail == {"sentence": 1}
-    expected = -(-sandbox.requests[0].bytes_sent // FRAME_BYTES) + sum(
-        len(cut_frames(LOCAL.synthesize(s))) for s in (second, third)
+    # the first sentence from ElevenLabs, the second and third from the local voice, a pause at each join
+    spoken_s = (requests[0].bytes_sent + sum(len(LOCAL.synthesize(s)) for s in (second, third))) / SAMPLE_RATE
+    assert spoken_s + 2 * 0.2 < len(payloads) * FRAME_MS / 1000 < spoken_s + 2 * 0.4
+    assert (
+        len(pauses(b"".join(decode(payloads)), 2)) == 2 and min(pauses(b"".join(decode(payloads)), 2)) > 0.2
     )
-    assert abs(len(payloads) - expected) <= 2
 
 
 async def test_mid_way_without_a_fallback_raises(

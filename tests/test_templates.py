@@ -147,6 +147,25 @@ RENDERED: list[tuple[str, dict[str, Any], str]] = [
         "Good morning, and thank you for calling Acme Clinic. "
         "Our team will call you back as soon as possible. Goodbye.",
     ),
+    (
+        "greeting.j2",
+        {"org_name": "Acme Clinic", "time_of_day": "evening", "caller": "+15550100000", "caller_name": "Ada"},
+        "Good evening, Ada, and thank you for calling Acme Clinic. "
+        "We see you are calling from one five five five zero one zero zero zero zero zero. "
+        "Our team will call you back as soon as possible. Goodbye.",
+    ),
+    (
+        # the line hands the caller to the agent (GREETING_AGENT=1): no goodbye before the agent's hello
+        "greeting.j2",
+        {
+            "org_name": "Acme Clinic",
+            "time_of_day": "morning",
+            "caller": "",
+            "caller_name": "",
+            "hands_over": True,
+        },
+        "Good morning, and thank you for calling Acme Clinic. Our assistant will take your call now.",
+    ),
 ]
 
 
@@ -335,3 +354,114 @@ def test_key_name_digits_and_title() -> None:
         "Drake",
         "Dr.",
     ]
+
+
+# --- every sentence is heard as one --------------------------------------------------------------------
+
+# Per shipped template: the variables it needs, and each optional one with a representative value and how
+# a caller leaves it out (absent, None or ""). Every combination of present and left out is rendered.
+_ABSENT = object()  # the variable is not passed at all
+SENTENCE_CASES: dict[str, tuple[dict[str, Any], dict[str, tuple[Any, Any]]]] = {
+    "alert.j2": (
+        {"system": "the billing server", "summary": "Payments are failing for all customers"},
+        {
+            "name": ("Ada", None),
+            "severity": ("critical", _ABSENT),
+            "since": ("09:30", ""),
+            "ticket": ("INC-4217", _ABSENT),
+        },
+    ),
+    "appointment_reminder.j2": (
+        {"date": "2026-03-03", "time": "10:30"},
+        {
+            "name": ("Ada", ""),
+            "doctor": ("Dr. Weber", _ABSENT),
+            "clinic": ("Acme Clinic", _ABSENT),
+            "address": ("Linden Street twelve, Berlin", None),
+            "phone_back": ("+49 30 1234 5678", _ABSENT),
+        },
+    ),
+    "confirm_prompt.j2": ({}, {"repeat_key": ("3", _ABSENT)}),
+    "reminder_prompt.j2": ({}, {"repeat_key": ("*", None)}),
+    "greeting.j2": (
+        {"org_name": "Acme Clinic", "time_of_day": "morning"},
+        {
+            "caller": ("+15550100000", ""),  # the number the bug was heard with: "...zero zero zero.Our"
+            "caller_name": ("Ada Lovelace", ""),
+            "hands_over": (True, _ABSENT),
+        },
+    ),
+}
+
+# A full stop, question or exclamation mark, maybe behind a closing quote or bracket, with a letter right
+# after it: two sentences the voice runs together ("zero.Our team"). "2.5" (a digit follows) is no
+# sentence end; initials and abbreviations ("a.m.", "e.g.", "U.S.") are told apart by their one letter.
+_GLUED = re.compile(r"(?P<before>\w+)[.!?\u2026]+[\"')\]\u201d\u2019]*(?=(?P<after>[^\W\d_]\w*))")
+_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "st", "no", "vs", "etc"}
+
+
+def glued_sentences(text: str) -> list[str]:
+    """Each place in `text` where a sentence's end runs into the next word with no space."""
+    found = []
+    for match in _GLUED.finditer(text):
+        before = match.group("before")
+        if len(before) == 1 or before.lower() in _ABBREVIATIONS:
+            continue
+        found.append(match.group(0) + match.group("after"))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("text", "glued"),
+    [
+        ("We see you are calling from one two zero.Our team will call.", ["zero.Our"]),
+        ("Goodbye!See you.", ["Goodbye!See"]),
+        ('He said "stop."Then left.', ['stop."Then']),
+        ("It is 2.5 percent. Dr. Weber, at nine a.m. today, e.g. now.", []),
+        ("One sentence. Another one.\nA third one.", []),
+    ],
+)
+def test_glued_sentences_finds_runs_together(text: str, glued: list[str]) -> None:
+    assert glued_sentences(text) == glued
+
+
+def _combinations(name: str) -> list[dict[str, Any]]:
+    required, optional = SENTENCE_CASES[name]
+    combos = []
+    for mask in range(2 ** len(optional)):
+        variables = dict(required)
+        for bit, (key, (present, absent)) in enumerate(optional.items()):
+            value = present if mask >> bit & 1 else absent
+            if value is not _ABSENT:
+                variables[key] = value
+        combos.append(variables)
+    return combos
+
+
+def test_every_shipped_template_has_sentence_cases() -> None:
+    assert sorted(p.name for p in DEFAULT_TEMPLATES_DIR.glob("*.j2")) == sorted(SENTENCE_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(SENTENCE_CASES))
+def test_every_sentence_ends_before_the_next_begins(renderer: MessageRenderer, name: str) -> None:
+    """With and without each optional variable, no sentence of a shipped template runs into the next:
+    the voice would read "zero.Our" as one word, with no pause."""
+    for variables in _combinations(name):
+        text = renderer.render(name, variables)
+        assert glued_sentences(text) == [], (variables, text)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # a condition around one sentence, closed at the end of its line
+        "{% if caller %}We see you are calling from {{ caller }}.{% endif %}\nOur team will call you back.",
+        "Hello.{% if caller %} Caller {{ caller }}.{% endif %}\nGoodbye.",
+        "{% set who = caller %}We see {{ who }}.{% if caller %}{% endif %}\nThat is all.",
+    ],
+)
+def test_a_line_break_after_a_tag_still_parts_the_sentences(renderer: MessageRenderer, source: str) -> None:
+    """A line break in a template is a word break in speech, also right after a block tag: Jinja's
+    `trim_blocks` would eat it and run the two lines' sentences together."""
+    text = renderer.render_text(source, {"caller": "Ada"})
+    assert glued_sentences(text) == [], text

@@ -22,11 +22,22 @@ def e164_or_empty(number: str) -> str:
 
 
 class Greeting:
-    def __init__(self, renderer: MessageRenderer, template: str, org_name: str, zone: ZoneInfo) -> None:
+    """`hands_over`: the line hands every caller to the agent once the greeting has played
+    (GREETING_AGENT), so the greeting must not take its leave: the template is told, as `hands_over`."""
+
+    def __init__(
+        self,
+        renderer: MessageRenderer,
+        template: str,
+        org_name: str,
+        zone: ZoneInfo,
+        hands_over: bool = False,
+    ) -> None:
         self.renderer = renderer
         self.template = template
         self.org_name = org_name
         self.zone = zone
+        self.hands_over = hands_over
 
     def variables(self, caller: str, caller_name: str | None, now: datetime | None = None) -> dict[str, Any]:
         local = (now or datetime.now(UTC)).astimezone(self.zone)
@@ -35,6 +46,7 @@ class Greeting:
             "time_of_day": time_of_day(local.hour),
             "caller": e164_or_empty(caller),
             "caller_name": (caller_name or "").strip(),
+            "hands_over": self.hands_over,
         }
 
     def render(self, caller: str, caller_name: str | None = None, now: datetime | None = None) -> str:

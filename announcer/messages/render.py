@@ -1,7 +1,8 @@
 """Message templates: a bounded, sandboxed Jinja environment, strict about missing variables.
 
 Templates are written for the ear: autoescape is off (the text is spoken, not shown; TwiML escaping
-happens where TwiML is built) and every undefined variable is an error before a call is placed.
+happens where TwiML is built) and every undefined variable is an error before a call is placed. Their
+layout is for reading: every run of whitespace, line breaks included, is spoken as one space.
 
 A template may come from an API request, so no template can cost more than the limits of `limits`: its
 shape is checked before it is compiled, its operations before they run (`sandbox`, `bounds`), its work
@@ -70,7 +71,11 @@ class MessageRenderer:
             loader=jinja2.FileSystemLoader(str(templates_dir)),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
-            trim_blocks=True,
+            # Not `trim_blocks`: it removes the line break after every block tag, so a line that ends
+            # in one ("{% if caller %}We see you.{% endif %}") ran into the next ("you.Our team") and
+            # the voice read the two sentences as one. The text is spoken with its whitespace collapsed
+            # (`normalise`), so the blank lines tags on their own lines leave behind cost nothing.
+            trim_blocks=False,
             lstrip_blocks=True,
         )
         self.env.filters.update(FILTERS)

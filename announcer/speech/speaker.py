@@ -5,7 +5,10 @@ What it adds to the engines (design.md, "Streaming speech", "Audio cache", "Degr
 - **Cache first.** A hit yields stored payloads: no TTS request and no encoding.
 - **Streaming.** On a miss the text is spoken sentence by sentence from the primary engine (each request
   carries its neighbours as `previous_text` / `next_text`, so prosody runs on across requests) and every
-  chunk is re-framed and handed on at once: the first frame leaves long before synthesis ends.
+  chunk is re-framed and handed on at once: the first frame leaves long before synthesis ends. At each
+  join the quiet the engine left at the clips' edges is cut and the voice's own pause between sentences
+  goes in (`seams`, measured once per voice by `pauses`), so the message pauses where and as long as the
+  same text spoken in one request would; the cache keeps it so joined.
 - **Never silent.** A primary failure before the first frame raises `SpeechUnavailable` (the media session
   then has Twilio `<Say>` the text). A failure mid-way cannot be unsaid, so the fallback engine speaks the
   rest, from the start of the sentence that broke. Only audio wholly from the primary is cached.
@@ -29,6 +32,8 @@ from enum import StrEnum
 from announcer.audio import Framer
 from announcer.speech.cache import AudioCache, Payloads, normalise_text
 from announcer.speech.engine import SpeechError, Synthesizer
+from announcer.speech.pauses import SentencePauses
+from announcer.speech.seams import Seams
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +153,15 @@ class _Ahead:
     """One sentence's audio, requested now and read later: the chunks wait in a queue (a sentence is a few
     kilobytes). A failure is raised when the chunks are read, at that sentence's turn."""
 
-    def __init__(self, engine: Synthesizer, sentences: list[str], index: int) -> None:
+    def __init__(
+        self,
+        engine: Synthesizer,
+        sentences: list[str],
+        index: int,
+        on_audio: Callable[[], None] | None = None,
+    ) -> None:
         self._queue: asyncio.Queue[bytes | SpeechError | None] = asyncio.Queue()
+        self._on_audio = on_audio  # called at the first chunk: the engine has answered
         self._task = asyncio.create_task(self._fetch(engine, sentences, index))
 
     async def _fetch(self, engine: Synthesizer, sentences: list[str], index: int) -> None:
@@ -160,6 +172,9 @@ class _Ahead:
         )
         try:
             async for chunk in audio:
+                if self._on_audio is not None:
+                    self._on_audio()
+                    self._on_audio = None
                 self._queue.put_nowait(chunk)
             self._queue.put_nowait(None)
         except SpeechError as err:
@@ -187,13 +202,21 @@ class _Ahead:
 
 
 class Speaker:
-    """Owns the flights; does not own the engines or the cache (the app's lifecycle closes those)."""
+    """Owns the flights; does not own the engines or the cache (the app's lifecycle closes those).
+    `pauses`: the voices' pauses between sentences, its own unless given (e.g. measured ahead)."""
 
-    def __init__(self, primary: Synthesizer, fallback: Synthesizer | None, cache: AudioCache) -> None:
+    def __init__(
+        self,
+        primary: Synthesizer,
+        fallback: Synthesizer | None,
+        cache: AudioCache,
+        pauses: SentencePauses | None = None,
+    ) -> None:
         self._primary = primary
         self._fallback = fallback
         self._cache = cache
         self._identity = primary.identity()
+        self._pauses = pauses if pauses is not None else SentencePauses(cache)
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -305,6 +328,7 @@ class Speaker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._pauses.aclose()
 
     # --- flights ----------------------------------------------------------------------------------
 
@@ -395,6 +419,7 @@ class Speaker:
 
     async def _synthesize(self, flight: _Flight, text: str) -> None:
         sentences = split_sentences(text)
+        out = _Out(flight)
         ahead: _Ahead | None = None  # the next sentence, already requested
         current: _Ahead | None = None
         try:
@@ -402,34 +427,43 @@ class Speaker:
                 current = ahead if ahead is not None else _Ahead(self._primary, sentences, index)
                 ahead = None
                 try:
-                    before = len(flight.payloads)
-                    framer = Framer()
+                    received = 0
                     async for chunk in current.chunks():
                         if ahead is None and index + 1 < len(sentences):
                             # The next request goes out as this one's audio arrives, so its first byte is
-                            # there when this sentence ends: no silence at the join while it is made.
-                            ahead = _Ahead(self._primary, sentences, index + 1)
-                        flight.add(framer.feed(chunk))
-                    flight.add(framer.flush())
-                    if len(flight.payloads) == before:
+                            # there when this sentence ends: no silence at the join while it is made. Once
+                            # it answers, the engine's pause between sentences is measured (pauses.py).
+                            ahead = _Ahead(
+                                self._primary,
+                                sentences,
+                                index + 1,
+                                on_audio=functools.partial(self._pauses.measure, self._primary),
+                            )
+                        received += len(chunk)
+                        out.feed(chunk)
+                    if not received:
                         raise SpeechError(f"{self._primary.name}: no audio")
+                    if index + 1 < len(sentences):
+                        out.join(self._pauses.after(self._primary, sentences[index]))
                 except SpeechError as err:
                     if ahead is not None:
                         await ahead.cancel()
                         ahead = None
                     if not flight.payloads:
                         raise  # nothing said yet: the caller speaks the text another way
+                    out.end()  # what was said stays as it was said
                     flight.primary_failure = err.reason
                     flight.event(SpeechEventKind.TTS_FAILED_MIDWAY, err.reason, sentence=index)
                     if self._fallback is None:
                         raise
-                    await self._fall_back(flight, sentences, index, err.reason)
+                    await self._fall_back(flight, out, sentences, index, err.reason)
                     return  # mixed audio is not cached: the next call tries the primary again
         finally:
             # Cancelled (nobody listens) or done: no request of this flight may go on downloading.
             for stream in (current, ahead):
                 if stream is not None:
                     await stream.cancel()
+        out.finish()
         try:
             await self._cache.store(flight.key, flight.frames, tuple(flight.payloads))
         except OSError as err:  # the cache is an optimisation: the call has its audio anyway
@@ -437,25 +471,30 @@ class Speaker:
             return
         flight.event(SpeechEventKind.CACHE_STORE, frames=len(flight.payloads))
 
-    async def _fall_back(self, flight: _Flight, sentences: list[str], index: int, reason: str) -> None:
+    async def _fall_back(
+        self, flight: _Flight, out: _Out, sentences: list[str], index: int, reason: str
+    ) -> None:
         assert self._fallback is not None
         log.warning(
             "speech %s: %s failed mid-way (%s); %s speaks the rest from sentence %d",
             *(flight.key[:12], self._primary.name, reason, self._fallback.name, index),
         )
         flight.event(SpeechEventKind.FALLBACK_USED, self._fallback.name, sentence=index)
+        self._pauses.measure(self._fallback)
         try:
             for rest in range(index, len(sentences)):
-                await self._speak(self._fallback, flight, sentences, rest)
+                await self._speak(self._fallback, out, sentences, rest)
+                if rest + 1 < len(sentences):
+                    out.join(self._pauses.after(self._fallback, sentences[rest]))
         except SpeechError as err:
             flight.event(SpeechEventKind.FALLBACK_FAILED, err.reason)
             raise SpeechError(f"{reason}; fallback: {err.reason}") from err
+        out.finish()
 
     @staticmethod
-    async def _speak(engine: Synthesizer, flight: _Flight, sentences: list[str], index: int) -> None:
-        """One sentence from `engine` into the flight, re-framed as it arrives; its tail padded."""
-        before = len(flight.payloads)
-        framer = Framer()
+    async def _speak(engine: Synthesizer, out: _Out, sentences: list[str], index: int) -> None:
+        """One sentence from `engine` into the flight, re-framed as it arrives."""
+        received = 0
         audio = engine.stream(
             sentences[index],
             previous_text=" ".join(sentences[:index]) or None,
@@ -463,11 +502,36 @@ class Speaker:
         )
         try:
             async for chunk in audio:
-                flight.add(framer.feed(chunk))
+                received += len(chunk)
+                out.feed(chunk)
         finally:
             # Close the engine's stream now (its HTTP response), also when this task is cancelled.
             if isinstance(audio, AsyncGenerator):
                 await audio.aclose()
-        flight.add(framer.flush())
-        if len(flight.payloads) == before:
+        if not received:
             raise SpeechError(f"{engine.name}: no audio")
+
+
+class _Out:
+    """A flight's audio on its way out: sentences joined at their seams, cut into frames."""
+
+    __slots__ = ("_flight", "_framer", "_seams")
+
+    def __init__(self, flight: _Flight) -> None:
+        self._flight = flight
+        self._framer = Framer()
+        self._seams = Seams()
+
+    def feed(self, chunk: bytes) -> None:
+        self._flight.add(self._framer.feed(self._seams.feed(chunk)))
+
+    def join(self, pause_s: float) -> None:
+        self._flight.add(self._framer.feed(self._seams.join(pause_s)))
+
+    def end(self) -> None:
+        self._flight.add(self._framer.feed(self._seams.end()))
+
+    def finish(self) -> None:
+        """The message has ended: its last sentence's own ending, the last frame padded with silence."""
+        self.end()
+        self._flight.add(self._framer.flush())
