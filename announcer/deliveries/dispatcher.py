@@ -61,6 +61,9 @@ _OUTCOME_STATES = {
     CallOutcome.SAID_BY_TWILIO: DeliveryState.HEARD,
     CallOutcome.FAILED: DeliveryState.FAILED,
     CallOutcome.AGENT: DeliveryState.AGENT,
+    CallOutcome.VOICEMAIL_LEFT: DeliveryState.VOICEMAIL_LEFT,
+    CallOutcome.MACHINE: DeliveryState.MACHINE,
+    CallOutcome.FAX: DeliveryState.FAX,
 }
 
 

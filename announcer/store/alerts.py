@@ -57,6 +57,7 @@ class NewDelivery:
     timezone: str | None
     variables: dict[str, Any]
     text: str
+    voicemail_text: str | None = None  # the template's voicemail block, rendered; None: the text itself
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,7 @@ def _delivery_row(
         "timezone": d.timezone,
         "variables": d.variables,
         "text": d.text,
+        "voicemail_text": d.voicemail_text,
         "state": DeliveryState.OPTED_OUT if opted_out else DeliveryState.PENDING,
         "attempt": 0,
         "max_attempts": max_attempts,

@@ -150,6 +150,7 @@ async def _again(s: AsyncSession, b: Batch, delivery: Delivery, due: datetime, n
         timezone=delivery.timezone,
         variables=delivery.variables,
         text=delivery.text,
+        voicemail_text=delivery.voicemail_text,
         state=DeliveryState.PENDING,
         attempt=0,
         max_attempts=delivery.max_attempts,
