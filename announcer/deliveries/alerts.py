@@ -31,6 +31,7 @@ from announcer.deliveries.plan import (
     RecipientIn,
     agent_problems,
     callback_problems,
+    machine_problems,
     option_key_problems,
     plan,
 )
@@ -149,9 +150,11 @@ class AlertService:
 
     def option_problems(self, options: AlertOptions, *, reminder: bool) -> list[Problem]:
         """What is wrong with an alert's (or a schedule's, `reminder`) options here: an agent where none is
-        configured, keys that clash, a callback URL the outbound policy refuses."""
+        configured, keys that clash, what needs machine detection without it, a callback URL the outbound
+        policy refuses."""
         problems = agent_problems(options.agent is not None, self.limits)
         problems += option_key_problems(options, reminder=reminder)
+        problems += machine_problems(options)
         problems += callback_problems(options.callback_url, self.limits)
         return problems
 

@@ -109,6 +109,22 @@ def option_key_problems(options: AlertOptions, *, reminder: bool) -> list[Proble
     )
 
 
+def machine_problems(options: AlertOptions) -> list[Problem]:
+    """What can only happen with machine detection, asked for without it: an outcome that never comes to
+    retry, a machine to hang up on that is never known."""
+    if options.machine_detection:
+        return []
+    without = "only known with machine detection (options.machine_detection is false)"
+    problems = [
+        Problem("options.retry_on", f'"{outcome}" is {without}')
+        for outcome in ("machine", "voicemail_left")
+        if outcome in options.retry_on
+    ]
+    if options.on_machine == "hang_up":
+        problems.append(Problem("options.on_machine", f"a machine is {without}"))
+    return problems
+
+
 def callback_problems(url: str | None, limits: Limits) -> list[Problem]:
     """A callback_url the outbound policy refuses by its look is refused at acceptance, not found at the
     first outcome; where its host resolves is judged at each send."""

@@ -1,0 +1,139 @@
+"""Who answered, the data side (issue 14): every outbound call asks Twilio for asynchronous machine detection
+with the deployment's tuning (unless the alert turns it off), a template's voicemail block is rendered per
+recipient at acceptance and travels with the delivery, the new outcomes map to delivery states and may be
+retried, and everything a user sees (the API's views, the outcome webhook, the CLI) carries the facts. Through
+the sandbox with the real SDKs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Service, make_settings, start_service
+from tests.test_alerts import alert_body, finished, get, post
+
+HEARER = "+15550140001"
+OTHER = "+15550140002"
+# Not Twilio's defaults, so that the test sees the settings' values travel.
+TUNING = {
+    "announcer_amd_timeout_s": 45,
+    "announcer_amd_speech_threshold_ms": 3000,
+    "announcer_amd_speech_end_threshold_ms": 800,
+    "announcer_amd_silence_timeout_ms": 4000,
+}
+
+
+@pytest.fixture
+async def tuned(tmp_path: Path, database_url: str) -> AsyncIterator[Service]:
+    runner, svc = await start_service(make_settings(tmp_path, database_url, **TUNING))
+    try:
+        yield svc
+    finally:
+        await runner.cleanup()
+
+
+def create_form(service: Service, to: str) -> dict[str, str]:
+    """The create-call request the sandbox received for `to`, as its form."""
+    (entry,) = [
+        r
+        for r in service.sandbox.rest_log
+        if r.method == "POST" and r.path.endswith("/Calls.json") and dict(r.form).get("To") == to
+    ]
+    return dict(entry.form)
+
+
+async def test_every_call_asks_for_machine_detection_unless_turned_off(tuned: Service) -> None:
+    status, on = await post(tuned, "/v1/alerts", alert_body(HEARER))
+    assert status == 202, on
+    status, off = await post(tuned, "/v1/alerts", alert_body(OTHER, machine_detection=False))
+    assert status == 202, off
+    await finished(tuned, on["id"])
+    await finished(tuned, off["id"])
+    form = create_form(tuned, HEARER)
+    call = next(c for c in tuned.sandbox.calls.values() if c.to == HEARER)
+    (delivery,) = (await get(tuned, f"/v1/alerts/{on['id']}/deliveries"))[1]["deliveries"]
+    call_row = (await get(tuned, f"/v1/deliveries/{delivery['id']}/call"))[1]
+    assert call_row["call_sid"] == call.sid
+    amd_url = form["AsyncAmdStatusCallback"]
+    assert amd_url.startswith(tuned.base_url + "/twilio/amd?call=")
+    assert {k: v for k, v in form.items() if "Amd" in k or k.startswith("MachineDetection")} == {
+        "MachineDetection": "DetectMessageEnd",
+        "AsyncAmd": "true",
+        "AsyncAmdStatusCallback": amd_url,
+        "AsyncAmdStatusCallbackMethod": "POST",
+        "MachineDetectionTimeout": "45",
+        "MachineDetectionSpeechThreshold": "3000",
+        "MachineDetectionSpeechEndThreshold": "800",
+        "MachineDetectionSilenceTimeout": "4000",
+    }
+    # the sandbox read it as Twilio would (its detector ran with these values)
+    assert call.amd_request is not None and call.amd_request.async_amd
+    settings = call.amd_request.settings
+    assert (settings.timeout_s, settings.speech_threshold_ms) == (45, 3000)
+    assert (settings.speech_end_threshold_ms, settings.silence_timeout_ms) == (800, 4000)
+    # options.machine_detection: false asks for none of it
+    off_form = create_form(tuned, OTHER)
+    assert not [k for k in off_form if "Amd" in k or k.startswith("MachineDetection")]
+    off_call = next(c for c in tuned.sandbox.calls.values() if c.to == OTHER)
+    assert off_call.amd_request is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("ANNOUNCER_AMD_TIMEOUT_S", "2", "greater than or equal to 3"),
+        ("ANNOUNCER_AMD_TIMEOUT_S", "60", "less than or equal to 59"),
+        ("ANNOUNCER_AMD_SPEECH_THRESHOLD_MS", "999", "greater than or equal to 1000"),
+        ("ANNOUNCER_AMD_SPEECH_END_THRESHOLD_MS", "5001", "less than or equal to 5000"),
+        ("ANNOUNCER_AMD_SILENCE_TIMEOUT_MS", "1999", "greater than or equal to 2000"),
+    ],
+)
+def test_tuning_outside_twilios_ranges_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, reason: str
+) -> None:
+    from announcer.config import ConfigError, load_settings
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"{name}: .*{reason}"):
+        load_settings(_env_file=None)
+
+
+def test_the_settings_default_to_twilios_defaults() -> None:
+    from announcer.config import load_settings
+    from announcer.telephony.calls import MachineDetection
+
+    assert MachineDetection.from_settings(load_settings(_env_file=None)) == MachineDetection(
+        30, 2400, 1200, 5000
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "fields"),
+    [
+        ({"machine_detection": False, "retry_on": ["machine"]}, ["options.retry_on"]),
+        ({"machine_detection": False, "retry_on": ["busy", "voicemail_left"]}, ["options.retry_on"]),
+        ({"machine_detection": False, "on_machine": "hang_up"}, ["options.on_machine"]),
+        ({"retry_on": ["fax"]}, ["options.retry_on[0]"]),  # never retried: a fax answers again
+        ({"hello_timeout_ms": 200}, ["options.hello_timeout_ms"]),
+        ({"start": "whenever"}, ["options.start"]),
+    ],
+)
+async def test_options_that_cannot_happen_are_refused_before_any_call(
+    service: Service, options: dict[str, Any], fields: list[str]
+) -> None:
+    status, answer = await post(service, "/v1/alerts", alert_body(HEARER, **options))
+    assert status == 422, answer
+    assert [p["field"] for p in answer["problems"]] == fields
+    schedule = {
+        "template_text": "Hello.",
+        "recipients": [{"phone": HEARER}],
+        "when": {"cron": "0 8 * * *", "timezone": "UTC"},
+        "options": options,
+    }
+    status, answer = await post(service, "/v1/schedules", schedule)
+    assert status == 422, answer
+    assert [p["field"] for p in answer["problems"]] == fields
+    assert not service.sandbox.calls
