@@ -107,7 +107,24 @@ def _default_retry_on() -> list[RetryOn]:
     return ["busy", "no_answer"]
 
 
+# Without machine detection no machine is ever known: a machine's outcome to retry, or to hang up on, is
+# refused (deliveries/plan.py machine_problems), and the document states it.
+MACHINE_ONLY: dict[str, Any] = {
+    "anyOf": [
+        {"properties": {"machine_detection": {"const": True}}},
+        {
+            "properties": {
+                "retry_on": {"items": {"not": {"enum": ["machine", "voicemail_left"]}}},
+                "on_machine": {"not": {"const": "hang_up"}},
+            }
+        },
+    ]
+}
+
+
 class AlertOptions(Strict):
+    model_config = ConfigDict(json_schema_extra=MACHINE_ONLY)
+
     max_attempts: WholeNumber = Field(default=1, ge=1, le=10, description="calls per recipient at most")
     retry_on: list[RetryOn] = Field(
         default_factory=_default_retry_on,

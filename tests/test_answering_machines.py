@@ -7,11 +7,13 @@ the sandbox with the real SDKs."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.clock import Clock
 from tests.conftest import Service, make_settings, start_service
 from tests.test_alerts import alert_body, finished, get, post
 
@@ -137,3 +139,115 @@ async def test_options_that_cannot_happen_are_refused_before_any_call(
     assert status == 422, answer
     assert [p["field"] for p in answer["problems"]] == fields
     assert not service.sandbox.calls
+
+
+VOICEMAIL_TEMPLATE = (
+    "Hello {{ name }}, the {{ system }} is down."
+    "{% block voicemail %}This is a message for {{ name }} from operations: the {{ system }} is down, "
+    "please call back {{ callback }}.{% endblock %}"
+    " Press one to confirm."
+)
+
+
+def voicemail_alert(*phones: str, **options: Any) -> dict[str, Any]:
+    return {
+        "template_text": VOICEMAIL_TEMPLATE,
+        "variables": {"system": "billing server"},
+        "recipients": [
+            {"phone": p, "name": f"Person {i}", "variables": {"callback": f"extension {i + 40}"}}
+            for i, p in enumerate(phones)
+        ],
+        "options": options,
+    }
+
+
+def synthesized(service: Service, words: str) -> bool:
+    return any(words in r.text for r in service.tts.requests)
+
+
+async def test_a_voicemail_block_is_rendered_per_recipient_kept_apart_and_made_while_ringing(
+    service: Service,
+) -> None:
+    status, preview = await post(
+        service,
+        "/v1/preview",
+        {
+            "template_text": VOICEMAIL_TEMPLATE,
+            "variables": {"system": "billing server", "callback": "extension 7"},
+            "recipient": {"phone": HEARER, "name": "Ada"},
+        },
+    )
+    assert status == 200, preview
+    assert preview["text"] == "Hello Ada, the billing server is down. Press one to confirm."
+    assert preview["voicemail_text"] == (
+        "This is a message for Ada from operations: the billing server is down, please call back extension 7."
+    )
+    status, accepted = await post(service, "/v1/alerts", voicemail_alert(HEARER, OTHER))
+    assert status == 202, accepted
+    await finished(service, accepted["id"])
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    for i, d in enumerate(page["deliveries"]):
+        assert d["text"] == f"Hello Person {i}, the billing server is down. Press one to confirm."
+        assert d["voicemail_text"] == (
+            f"This is a message for Person {i} from operations: the billing server is down, "
+            f"please call back extension {i + 40}."
+        )
+    # a person heard the message, never the voicemail; the voicemail was made while the phone rang
+    hearer_call = next(c for c in service.sandbox.calls.values() if c.to == HEARER)
+    assert hearer_call.marks_echoed
+    assert synthesized(service, "please call back extension 40.")
+    assert synthesized(service, "please call back extension 41.")
+
+
+async def test_a_voicemail_nobody_will_hear_is_not_made(service: Service) -> None:
+    for phone, options in ((HEARER, {"on_machine": "hang_up"}), (OTHER, {"machine_detection": False})):
+        status, accepted = await post(service, "/v1/alerts", voicemail_alert(phone, **options))
+        assert status == 202, accepted
+        await finished(service, accepted["id"])
+        _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+        (delivery,) = page["deliveries"]
+        assert delivery["voicemail_text"] is not None  # rendered and kept, as the alert was accepted
+    assert synthesized(service, "Press one to confirm.")  # the messages were spoken
+    assert not synthesized(service, "please call back extension")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        VOICEMAIL_TEMPLATE,
+        # a block in a branch the message never takes is checked all the same: a machine would be told it
+        "Hello {{ name }}.{% if false %}{% block voicemail %}Call {{ callback }}.{% endblock %}{% endif %}",
+    ],
+)
+async def test_a_missing_variable_in_the_voicemail_block_is_refused_before_any_call(
+    service: Service, template: str
+) -> None:
+    body = {**voicemail_alert(HEARER, OTHER), "template_text": template}
+    del body["recipients"][1]["variables"]["callback"]
+    status, answer = await post(service, "/v1/alerts", body)
+    assert status == 422, answer
+    assert [(p["field"], p.get("index")) for p in answer["problems"]] == [("recipients[1].variables", 1)]
+    assert "callback" in answer["problems"][0]["reason"]
+    assert not service.sandbox.calls
+
+
+async def test_a_schedules_voicemails_are_made_ahead_with_its_messages(clock: Clock) -> None:
+    service = await clock.start(datetime(2027, 6, 10, 12, tzinfo=UTC))
+    fires = {}
+    for phone, on_machine, hour in ((HEARER, "leave_message", "09"), (OTHER, "hang_up", "10")):
+        body = {
+            **voicemail_alert(phone, on_machine=on_machine, presynthesize_s=300),
+            "when": {"at": f"2027-06-11T{hour}:00", "timezone": "Europe/Berlin"},
+        }
+        if phone == OTHER:
+            body["recipients"][0] |= {"name": "Bob", "variables": {"callback": "extension 99"}}
+        status, created = await post(service, "/v1/schedules", body)
+        assert status == 201, created
+        fires[phone] = datetime.fromisoformat(f"2027-06-11T{hour}:00+02:00")
+    await clock.advance_to(fires[HEARER] - timedelta(seconds=300))
+    assert synthesized(service, "Hello Person 0, the billing server is down.")
+    assert synthesized(service, "please call back extension 40.")  # made ahead, before anyone is dialed
+    assert not [c for c in service.sandbox.calls.values() if c.to == HEARER]
+    await clock.advance_to(fires[OTHER] - timedelta(seconds=300))
+    assert synthesized(service, "Hello Bob, the billing server is down.")
+    assert not synthesized(service, "extension 99")  # with on_machine: hang_up nothing would speak it

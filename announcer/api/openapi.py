@@ -103,6 +103,11 @@ _ALERT = _object(
         "options": {"type": "object"},
     }
 )
+_VOICEMAIL = {
+    **_nullable(_TEXT),
+    "description": "what an answering machine is told: the template's `{% block voicemail %}` (left out of "
+    "`text`); null: the text itself",
+}
 _EVENT = {
     "type": "object",
     "required": ["at", "kind"],
@@ -122,6 +127,7 @@ _DELIVERY = _object(
         "outcome_reason": _nullable(_TEXT),
         "call_sid": _nullable(_TEXT),
         "text": _TEXT,
+        "voicemail_text": _VOICEMAIL,
         "updated_at": _MOMENT,
         "history": {"type": "array", "items": _EVENT},
     }
@@ -231,7 +237,14 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                     "description": "the text (JSON), or the audio (audio/wav)",
                     "content": {
                         "application/json": {
-                            "schema": _object({"text": _TEXT, "phone": _TEXT, "characters": _INT})
+                            "schema": _object(
+                                {
+                                    "text": _TEXT,
+                                    "voicemail_text": _VOICEMAIL,
+                                    "phone": _TEXT,
+                                    "characters": _INT,
+                                }
+                            )
                         },
                         "audio/wav": {"schema": {"type": "string", "format": "binary"}},
                     },

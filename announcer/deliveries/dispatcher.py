@@ -67,6 +67,18 @@ _OUTCOME_STATES = {
 }
 
 
+def voicemail_to_prefetch(claim: Claim) -> str | None:
+    """The voicemail to synthesize while the phone rings, beside the message: only a template's own voicemail
+    (without one a machine is told the message, made already) that a machine may be told (detection on, a
+    message left on a machine). Its cost is a second synthesis per distinct text whoever answers, most
+    often a person: paid so that a voicemail starts at the beep rather than a TTS round trip after it. The
+    cache makes a text shared by many recipients cost one synthesis."""
+    options = claim.options
+    if claim.voicemail_text is None or not options.machine_detection or options.on_machine != "leave_message":
+        return None
+    return claim.voicemail_text
+
+
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up. One consumer (the dispatcher loop)."""
 
@@ -278,6 +290,8 @@ class Dispatcher:
                 self.wake()
                 return
         self._speaker.prefetch(claim.text)  # synthesized while the phone rings
+        if (voicemail := voicemail_to_prefetch(claim)) is not None:
+            self._speaker.prefetch(voicemail)
         try:
             info = await self._twilio.create(
                 to=claim.phone,

@@ -213,7 +213,7 @@ def plan_deliveries(
         now = time.thread_time()
         cpu_s = min(RENDER_CPU_S, REQUEST_RENDER_CPU_S - (now - started))
         try:
-            text = prepared.render(variables, cpu_s, now)
+            said = prepared.speech(variables, cpu_s, now)
         except RenderError as err:
             if err.limit == "cpu time" and cpu_s < RENDER_CPU_S:
                 spent = f"rendering every recipient takes more than {REQUEST_RENDER_CPU_S:g} s of CPU"
@@ -225,14 +225,14 @@ def plan_deliveries(
             problems.append(Problem(f"{where}.variables", str(err), index))
             continue
         rendered = True
-        if len(text) > limits.max_text_chars:
-            problems.append(
-                Problem(
-                    f"{where}.variables",
-                    f"the message is {len(text)} characters; at most {limits.max_text_chars}",
-                    index,
-                )
-            )
+        text, voicemail = said.text, said.voicemail
+        too_long = [
+            f"the {what} is {len(words)} characters; at most {limits.max_text_chars}"
+            for what, words in (("message", text), ("voicemail", voicemail or ""))
+            if len(words) > limits.max_text_chars
+        ]
+        if too_long:
+            problems += [Problem(f"{where}.variables", reason, index) for reason in too_long]
             continue
         if phone is not None:
             planned.append(
@@ -243,6 +243,7 @@ def plan_deliveries(
                     timezone=recipient.timezone,
                     variables=dict(recipient.variables),
                     text=text,
+                    voicemail_text=voicemail,
                 )
             )
     if problems:

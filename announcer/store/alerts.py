@@ -87,6 +87,7 @@ class DeliveryView:
     text: str
     updated_at: datetime
     history: list[dict[str, Any]]
+    voicemail_text: str | None = None
 
 
 class AlertRecords(DeliveryRecords):
@@ -233,6 +234,7 @@ class AlertRecords(DeliveryRecords):
                 text=d.text,
                 updated_at=d.updated_at,
                 history=history[d.id],
+                voicemail_text=d.voicemail_text,
             )
             for d in rows
         ]
