@@ -6,6 +6,7 @@ the sandbox with the real SDKs."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,8 +14,11 @@ from typing import Any
 
 import pytest
 
+from announcer.app import DISPATCHER
+from announcer.sandbox.twilio_call import PhoneBehavior
+from announcer.store.models import CallOutcome
 from tests.clock import Clock
-from tests.conftest import Service, make_settings, start_service
+from tests.conftest import Service, eventually, make_settings, start_service
 from tests.test_alerts import alert_body, finished, get, post
 
 HEARER = "+15550140001"
@@ -251,3 +255,76 @@ async def test_a_schedules_voicemails_are_made_ahead_with_its_messages(clock: Cl
     await clock.advance_to(fires[OTHER] - timedelta(seconds=300))
     assert synthesized(service, "Hello Bob, the billing server is down.")
     assert not synthesized(service, "extension 99")  # with on_machine: hang_up nothing would speak it
+
+
+RINGING = PhoneBehavior(ring_s=3600)  # rings until the test is done with it
+
+
+async def ringing_call(service: Service, alert_id: str, attempt: int) -> int:
+    """The row id of the call of `alert_id`'s one delivery's attempt `attempt`, once Twilio rings it."""
+    found: list[int] = []
+
+    async def rings() -> bool:
+        _, page = await get(service, f"/v1/alerts/{alert_id}/deliveries")
+        (d,) = page["deliveries"]
+        if d["state"] != "ringing" or d["attempt"] != attempt:
+            return False
+        call_id = await service.store.find_by_sid(d["call_sid"])
+        found.append(call_id or 0)
+        return call_id is not None
+
+    await eventually(rings, timeout=30)
+    return found[-1]
+
+
+async def test_a_machine_is_called_again_per_the_backoff_and_a_voicemail_is_final(service: Service) -> None:
+    # The media session reports what answered (telephony/, issue 14's call flow); here its report is
+    # made directly to the dispatcher, for calls the sandbox keeps ringing.
+    dispatcher = service.app[DISPATCHER]
+    service.sandbox.set_behavior(HEARER, RINGING)
+    body = alert_body(HEARER, max_attempts=3, retry_on=["machine", "busy"], retry_backoff_s=1.0)
+    status, accepted = await post(service, "/v1/alerts", body)
+    assert status == 202, accepted
+    first = await ringing_call(service, accepted["id"], 1)
+    reported = time.monotonic()
+    await dispatcher.on_call_outcome(first, CallOutcome.MACHINE, "a full mailbox hung up")
+    second = await ringing_call(service, accepted["id"], 2)
+    dials = sorted(
+        r.at for r in service.sandbox.rest_log if r.path.endswith("/Calls.json") and r.method == "POST"
+    )
+    assert len(dials) == 2
+    # retry_backoff_s for the first retry, drawn up to a tenth early (deliveries/policy.py)
+    assert dials[1] - reported >= 0.9
+    await dispatcher.on_call_outcome(second, CallOutcome.VOICEMAIL_LEFT, "after the beep")
+    alert = await finished(service, accepted["id"])
+    assert alert["counts"] == {"voicemail_left": 1}  # final: not in retry_on
+    _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+    (delivery,) = page["deliveries"]
+    assert (delivery["state"], delivery["outcome"], delivery["attempt"]) == (
+        "voicemail_left",
+        "voicemail_left",
+        2,
+    )
+    retries = [h for h in delivery["history"] if h["kind"] == "retry_scheduled"]
+    assert [(h["after"], h["next_attempt"]) for h in retries] == [("machine", 2)]
+    assert len([c for c in service.sandbox.calls.values() if c.to == HEARER]) == 2
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state"),
+    [
+        (CallOutcome.FAX, "fax"),
+        (CallOutcome.MACHINE, "machine"),
+        (CallOutcome.VOICEMAIL_LEFT, "voicemail_left"),
+    ],
+)
+async def test_each_answering_outcome_is_the_deliverys_final_state(
+    service: Service, outcome: CallOutcome, state: str
+) -> None:
+    service.sandbox.set_behavior(OTHER, RINGING)
+    status, accepted = await post(service, "/v1/alerts", alert_body(OTHER))  # retry_on: busy, no_answer
+    assert status == 202, accepted
+    call_id = await ringing_call(service, accepted["id"], 1)
+    await service.app[DISPATCHER].on_call_outcome(call_id, outcome, "reported")
+    alert = await finished(service, accepted["id"])
+    assert alert["counts"] == {state: 1}
