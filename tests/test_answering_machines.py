@@ -6,6 +6,7 @@ the sandbox with the real SDKs."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,8 +19,9 @@ from announcer.app import DISPATCHER
 from announcer.sandbox.twilio_call import PhoneBehavior
 from announcer.store.models import CallOutcome
 from tests.clock import Clock
-from tests.conftest import Service, eventually, make_settings, start_service
-from tests.test_alerts import alert_body, finished, get, post
+from tests.conftest import Service, eventually, make_settings, run_cli, start_service
+from tests.test_alerts import RECEIVER_ALLOWED, Receiver, alert_body, finished, get, post, receiver
+from tests.test_cli_send import ALERT_ID
 
 HEARER = "+15550140001"
 OTHER = "+15550140002"
@@ -30,6 +32,19 @@ TUNING = {
     "announcer_amd_speech_end_threshold_ms": 800,
     "announcer_amd_silence_timeout_ms": 4000,
 }
+
+
+__all__ = ["receiver"]  # the fixture, shared with test_alerts
+
+
+@pytest.fixture
+async def hooked_service(tmp_path: Path, database_url: str) -> AsyncIterator[Service]:
+    """A service that may post outcome webhooks to the receiver (127.0.0.1, http)."""
+    runner, svc = await start_service(make_settings(tmp_path, database_url, **RECEIVER_ALLOWED))
+    try:
+        yield svc
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture
@@ -328,3 +343,88 @@ async def test_each_answering_outcome_is_the_deliverys_final_state(
     await service.app[DISPATCHER].on_call_outcome(call_id, outcome, "reported")
     alert = await finished(service, accepted["id"])
     assert alert["counts"] == {state: 1}
+
+
+async def test_the_views_the_webhook_and_the_cli_say_who_answered_and_what_played(
+    hooked_service: Service, receiver: Receiver, tmp_path: Path
+) -> None:
+    service = hooked_service
+    service.sandbox.set_behavior(HEARER, RINGING)
+    service.sandbox.set_behavior(OTHER, PhoneBehavior(answer="busy"))
+    # `announcer send`, following the alert to its end in its own process
+    message = "Hello {{ name }}. The billing server is down."
+    args = ("--text", message, "--to", HEARER, "--to", OTHER, "--callback-url", receiver.url)
+    cli = asyncio.create_task(run_cli(tmp_path, service.base_url, "send", *args))
+    sid = ""
+
+    async def ringing() -> bool:
+        nonlocal sid
+        sid = next((c.sid for c in service.sandbox.calls.values() if c.to == HEARER), "")
+        return bool(sid) and await service.store.find_by_sid(sid) is not None
+
+    await eventually(ringing, timeout=30)
+    call_id = await service.store.find_by_sid(sid)
+    assert call_id is not None
+    # what the media session records (telephony/, issue 14's call flow) before it reports the outcome
+    service.store.record_amd(call_id, "machine_end_beep", 4120)
+    service.store.record_facts(call_id, played_ms=5340, message_ms=5340, keys="19")
+    service.store.record_outcome(call_id, CallOutcome.VOICEMAIL_LEFT, reason="a beep was heard")
+    await service.app[DISPATCHER].on_call_outcome(call_id, CallOutcome.VOICEMAIL_LEFT, "a beep was heard")
+    code, out, err = await asyncio.wait_for(cli, 60)
+    facts = {"answered_by": "machine_end_beep", "amd_ms": 4120, "played_ms": 5340, "message_ms": 5340}
+    facts["keys"] = "19"
+    nothing = dict.fromkeys(facts)
+
+    def of(view: dict[str, Any]) -> dict[str, Any]:
+        return {k: view[k] for k in facts}
+
+    # the call views
+    _, call_view = await get(service, f"/v1/calls/{sid}")
+    assert of(call_view) == facts and call_view["outcome"] == "voicemail_left"
+    _, same = await get(service, f"/v1/deliveries/{call_view['delivery_id']}/call")
+    assert same == call_view
+    # the deliveries and the alert
+    match = ALERT_ID.search(out)
+    assert match is not None, (out, err)
+    _, page = await get(service, f"/v1/alerts/{match.group(1)}/deliveries")
+    by_phone = {d["phone"]: d for d in page["deliveries"]}
+    assert of(by_phone[HEARER]) == facts and by_phone[HEARER]["outcome"] == "voicemail_left"
+    assert of(by_phone[OTHER]) == nothing and by_phone[OTHER]["outcome"] == "busy"  # never answered
+    _, alert = await get(service, f"/v1/alerts/{match.group(1)}")
+    assert alert["counts"] == {"voicemail_left": 1, "busy": 1}
+    # the signed webhook
+    async with asyncio.timeout(30):
+        await receiver.completed.wait()
+    assert all(signed for _, signed in receiver.received)
+    hooks = {
+        b["delivery"]["phone"]: b["delivery"]
+        for b, _ in receiver.received
+        if b["type"] == "delivery.finished"
+    }
+    assert of(hooks[HEARER]) == facts and hooks[HEARER]["outcome"] == "voicemail_left"
+    assert of(hooks[OTHER]) == nothing
+    # the CLI: a voicemail is not a person hearing it (exit 1), said in words, with what played
+    assert code == 1, (out, err)
+    assert "voicemail left 1, busy 1" in out, out
+    (line,) = [x for x in out.splitlines() if HEARER in x and x.startswith("  #")]
+    assert ": voicemail left (a beep was heard, answered by an answering machine (after its beep)" in line, (
+        line
+    )
+    assert "played 5.3 s of 5.3 s, pressed 1 9" in line, line
+
+
+def test_announcer_render_shows_the_voicemail_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from announcer.cli import main
+
+    (tmp_path / "pickup.j2").write_text(
+        "Your order is ready, {{ name }}.\n{% block voicemail %}Order ready for {{ name }}.{% endblock %}\n"
+    )
+    monkeypatch.setenv("ANNOUNCER_TEMPLATES_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    assert main(["render", "pickup.j2", "--var", "name=Ada"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "Your order is ready, Ada.",
+        "voicemail: Order ready for Ada.",
+    ]

@@ -249,6 +249,8 @@ async def test_migration_0008_keeps_the_rows_written_before_it(own_database_url:
             assert (call.answered_by, call.amd_ms, call.played_ms, call.message_ms, call.keys) == (None,) * 5
             (view,) = await deliveries.deliveries(ids["alert"], after=-1, limit=1)
             assert (view.state, view.outcome, view.text) == ("heard", "heard", "Hello.")
+            assert (view.voicemail_text, view.answered_by, view.amd_ms, view.played_ms) == (None,) * 4
+            assert (view.message_ms, view.keys) == (None, None)
             alert = await deliveries.alert(ids["alert"])
             assert alert is not None and alert.counts == {"heard": 1}
             assert alert.options.retry_on == ["busy"] and alert.options.machine_detection

@@ -111,6 +111,11 @@ async def list_deliveries(request: web.Request, deps: AlertsDeps) -> web.Respons
             "call_sid": d.call_sid,
             "text": d.text,
             "voicemail_text": d.voicemail_text,
+            "answered_by": d.answered_by,
+            "amd_ms": d.amd_ms,
+            "played_ms": d.played_ms,
+            "message_ms": d.message_ms,
+            "keys": d.keys,
             "updated_at": d.updated_at.isoformat(),
             "history": d.history,
         }

@@ -142,6 +142,19 @@ class CallOutcome(StrEnum):
     FAX = "fax"  # a fax answered
 
 
+class AnsweredBy(StrEnum):
+    """Twilio's AnsweredBy values (protocols.md, "Answering machine detection"). With `DetectMessageEnd` a
+    machine is reported when its greeting ends (`machine_end_*`); `machine_start` only with `Enable`."""
+
+    HUMAN = "human"
+    MACHINE_START = "machine_start"
+    MACHINE_END_BEEP = "machine_end_beep"
+    MACHINE_END_SILENCE = "machine_end_silence"
+    MACHINE_END_OTHER = "machine_end_other"
+    FAX = "fax"
+    UNKNOWN = "unknown"  # Twilio could not tell; treated as a person, as Twilio advises
+
+
 class Call(Base):
     __tablename__ = "calls"
     # The dispatcher counts open calls before every claim, and the reconciler looks for quiet ones: both
