@@ -52,7 +52,7 @@ from announcer.store.calls import CallStore
 from announcer.store.db import Database
 from announcer.store.deliveries import DeliveryStore
 from announcer.store.schedules import ScheduleStore
-from announcer.telephony.calls import TwilioCalls
+from announcer.telephony.calls import MachineDetection, TwilioCalls
 from announcer.telephony.handoff import After, AgentOffer
 from announcer.telephony.media import MediaDeps, media_websocket
 from announcer.telephony.playout import PlayoutClock
@@ -399,6 +399,8 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         lease=timedelta(seconds=max(settings.announcer_claim_lease_s, 2 * settings.twilio_timeout_s)),
         destinations=destinations,
         policy=policy,
+        amd=MachineDetection.from_settings(settings),
+        amd_url=public_url(settings) + "/twilio/amd",
     )
     app[DELIVERIES] = store
     app[WEBHOOKS] = sender

@@ -134,7 +134,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(*err.lines, sep="\n", file=sys.stderr)
         return err.code
     try:
-        print(MessageRenderer(settings.announcer_templates_dir).render(args.template, variables))
+        said = MessageRenderer(settings.announcer_templates_dir).prepare(name=args.template).speech(variables)
+        print(said.text)
+        if said.voicemail is not None:  # the template's voicemail block: what an answering machine is told
+            print(f"voicemail: {said.voicemail}")
     except RenderError as err:
         print(f"error: template {err}", file=sys.stderr)
         return 2
@@ -147,17 +150,35 @@ def cmd_render(args: argparse.Namespace) -> int:
 # than imported from announcer.store.models so that a client printing progress does not load SQLAlchemy.
 IN_FLIGHT = frozenset({"pending", "queued", "dialing", "ringing", "in_progress"})
 CALLING = frozenset({"dialing", "ringing", "in_progress"})
-SUCCESS = frozenset({"heard", "confirmed"})
+SUCCESS = frozenset({"heard", "confirmed"})  # a person heard it (a voicemail is not a person)
 OUTCOME_ORDER = (
     "heard",
     "confirmed",
+    "voicemail_left",
     "hung_up_early",
+    "machine",
+    "fax",
     "no_answer",
     "busy",
     "failed",
     "canceled",
     "opted_out",
 )
+# Who or what answered, in words (the API's names: voicemail_left, machine, fax)
+OUTCOME_WORDS = {
+    "voicemail_left": "voicemail left",
+    "machine": "answering machine, no message left",
+    "fax": "fax machine",
+}
+ANSWERED_BY_WORDS = {
+    "human": "a person",
+    "unknown": "unknown (taken for a person)",
+    "machine_start": "an answering machine",
+    "machine_end_beep": "an answering machine (after its beep)",
+    "machine_end_silence": "an answering machine (no beep)",
+    "machine_end_other": "an answering machine (no beep)",
+    "fax": "a fax machine",
+}
 CSV_COLUMNS = ("phone", "name", "timezone")  # every other column is a variable of that row's recipient
 MAX_LISTED_PROBLEMS = 20
 POLL_S = 0.5
@@ -183,6 +204,8 @@ SCHEDULE_FLAGS = {
     "options.retry_on": "--retry-on",
     "options.retry_backoff_s": "--retry-backoff",
     "options.callback_url": "--callback-url",
+    "options.machine_detection": "--no-machine-detection",
+    "options.on_machine": "--on-machine",
 }
 
 
@@ -318,6 +341,10 @@ def _alert_body(args: argparse.Namespace, recipients: list[Recipient]) -> dict[s
         given["retry_backoff_s"] = args.retry_backoff
     if args.callback_url is not None:
         given["callback_url"] = args.callback_url
+    if args.no_machine_detection:
+        given["machine_detection"] = False
+    if args.on_machine is not None:
+        given["on_machine"] = args.on_machine.replace("-", "_")
     template = {"template": args.template} if args.template is not None else {"template_text": args.text}
     return {
         **template,
@@ -504,7 +531,24 @@ def _outcomes(counts: dict[str, int]) -> str:
     done = sorted(
         (s for s, n in counts.items() if n and s not in IN_FLIGHT), key=lambda s: (order.get(s, 99), s)
     )
-    return ", ".join(f"{state} {counts[state]}" for state in done)
+    return ", ".join(f"{_word(state)} {counts[state]}" for state in done)
+
+
+def _word(state: str) -> str:
+    return OUTCOME_WORDS.get(state, state)
+
+
+def _facts(d: dict[str, Any]) -> list[str]:
+    """A delivery's call facts in words: who answered, how much of the message played, the keys."""
+    parts = []
+    if d.get("answered_by"):
+        parts.append("answered by " + ANSWERED_BY_WORDS.get(d["answered_by"], d["answered_by"]))
+    played, length = d.get("played_ms"), d.get("message_ms")
+    if played is not None:
+        parts.append(f"played {played / 1000:.1f} s" + (f" of {length / 1000:.1f} s" if length else ""))
+    if d.get("keys"):
+        parts.append("pressed " + " ".join(d["keys"]))
+    return parts
 
 
 class Progress:
@@ -541,7 +585,9 @@ class Progress:
         if state and state != self.last:
             self.last = state
             who = recipient.phone + (f" ({recipient.name})" if recipient.name else "")
-            print(f"{time.monotonic() - self.started:6.1f}s  {who}: {state}", file=self.out, flush=True)
+            print(
+                f"{time.monotonic() - self.started:6.1f}s  {who}: {_word(state)}", file=self.out, flush=True
+            )
 
     def _done(self, counts: dict[str, int]) -> str:
         done = sum(n for s, n in counts.items() if s not in IN_FLIGHT)
@@ -592,10 +638,12 @@ def _delivery_line(d: dict[str, Any], recipients: list[Recipient]) -> str:
         for part in (
             f"code {d['outcome_code']}" if d.get("outcome_code") is not None else "",
             str(d.get("outcome_reason") or ""),
+            *_facts(d),
         )
         if part
     )
-    line = f"  #{d['index']} {who}: {d.get('outcome') or d.get('state')}" + (f" ({detail})" if detail else "")
+    outcome = _word(str(d.get("outcome") or d.get("state")))
+    line = f"  #{d['index']} {who}: {outcome}" + (f" ({detail})" if detail else "")
     index = d["index"]
     if isinstance(index, int) and 0 <= index < len(recipients) and recipients[index].file_line:
         line += f"  [{recipients[index].file_line}]"
@@ -950,9 +998,23 @@ def _add_message_arguments(parser: argparse.ArgumentParser, name_flag: str) -> N
     parser.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="shared by everyone")
     parser.add_argument("--confirm", action="store_true", help='ask "press 1 to confirm"')
     parser.add_argument("--max-attempts", type=int, metavar="N", help="calls per recipient at most")
-    parser.add_argument("--retry-on", metavar="OUTCOMES", help="comma-separated: busy,no_answer,failed")
+    parser.add_argument(
+        "--retry-on",
+        metavar="OUTCOMES",
+        help="comma-separated: busy,no_answer,failed,machine,voicemail_left (default busy,no_answer)",
+    )
     parser.add_argument("--retry-backoff", type=float, metavar="S", help="seconds before the first retry")
     parser.add_argument("--callback-url", metavar="URL", help="signed outcome webhooks go here")
+    parser.add_argument(
+        "--no-machine-detection",
+        action="store_true",
+        help="do not ask Twilio whether a person or an answering machine answered",
+    )
+    parser.add_argument(
+        "--on-machine",
+        choices=["leave-message", "hang-up"],
+        help="an answering machine: leave the message after its beep (default), or hang up",
+    )
 
 
 def _add_service_arguments(parser: argparse.ArgumentParser) -> None:
@@ -968,7 +1030,8 @@ def _add_send_parser(sub: Any) -> None:
         "send",
         help="phone an alert through the running service and follow it to the end",
         description="Exit status: 0 every recipient heard (or confirmed) the message; 1 the alert ended and "
-        "some did not; 2 a usage error, a bad CSV, a request the service refused, or no service at the URL; "
+        "some did not (a voicemail left is not a person hearing it); 2 a usage error, a bad CSV, a request "
+        "the service refused, or no service at the URL; "
         f"{EXIT_STILL_ACTIVE} still active when --timeout passed.",
     )
     _add_message_arguments(send, "--name")

@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     # (loopback, private, link-local...) unless its host name or a CIDR holding it is listed here.
     announcer_callback_allow_http: bool = False
     announcer_callback_allow_hosts: str = ""
+    # Twilio's answering machine detection tuning, with Twilio's defaults and allowed ranges (a value outside
+    # them would make Twilio refuse every call with error 21234): how long it may take to decide (then
+    # `unknown`), speech longer than this is a machine's, silence that ends speech, initial silence before
+    # `unknown`. Asked for on every outbound call unless its options say machine_detection: false.
+    announcer_amd_timeout_s: Annotated[int, Field(ge=3, le=59)] = 30
+    announcer_amd_speech_threshold_ms: Annotated[int, Field(ge=1000, le=6000)] = 2400
+    announcer_amd_speech_end_threshold_ms: Annotated[int, Field(ge=500, le=5000)] = 1200
+    announcer_amd_silence_timeout_ms: Annotated[int, Field(ge=2000, le=10_000)] = 5000
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
 

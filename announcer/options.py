@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -33,12 +33,19 @@ from pydantic import (
     ValidationInfo,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 log = logging.getLogger(__name__)
 
 Digit = Annotated[str, Field(pattern=r"^[0-9*#]$")]
-RetryOn = Literal["busy", "no_answer", "failed"]
+# The outcomes an alert may call again. Not `fax` (a fax line answers as a fax again), nor the outcomes a
+# person chose (heard, confirmed, hung up early, opted out...). `machine`: an answering machine took the call
+# and no message was left (`on_machine: hang_up`, a full mailbox); `voicemail_left`: for an alert that
+# must reach a person, whose message on a machine does not count.
+RetryOn = Literal["busy", "no_answer", "failed", "machine", "voicemail_left"]
+Start = Literal["after_hello", "on_answer"]
+OnMachine = Literal["leave_message", "hang_up"]
 TIME_OF_DAY = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 # The keys 1 (confirm) and 9 (opt out) are never another option's (deliveries/plan.py key_problems).
 NOT_RESERVED_KEY: dict[str, Any] = {"not": {"enum": ["1", "9"]}}
@@ -100,11 +107,28 @@ def _default_retry_on() -> list[RetryOn]:
     return ["busy", "no_answer"]
 
 
+# Without machine detection no machine is ever known: a machine's outcome to retry, or to hang up on, is
+# refused (deliveries/plan.py machine_problems), and the document states it.
+MACHINE_ONLY: dict[str, Any] = {
+    "anyOf": [
+        {"properties": {"machine_detection": {"const": True}}},
+        {
+            "properties": {
+                "retry_on": {"items": {"not": {"enum": ["machine", "voicemail_left"]}}},
+                "on_machine": {"not": {"const": "hang_up"}},
+            }
+        },
+    ]
+}
+
+
 class AlertOptions(Strict):
+    model_config = ConfigDict(json_schema_extra=MACHINE_ONLY)
+
     max_attempts: WholeNumber = Field(default=1, ge=1, le=10, description="calls per recipient at most")
     retry_on: list[RetryOn] = Field(
         default_factory=_default_retry_on,
-        max_length=3,
+        max_length=len(get_args(RetryOn)),
         json_schema_extra={"uniqueItems": True},
         description="the outcomes that are called again (a set: each at most once)",
     )
@@ -121,6 +145,22 @@ class AlertOptions(Strict):
     )
     agent: AgentOption | None = Field(
         default=None, description="hand the call to the conversational agent (agent mode)"
+    )
+    machine_detection: bool = Field(
+        default=True,
+        description="ask Twilio who answered (a person, an answering machine, a fax): the outcome says so",
+    )
+    start: Start = Field(
+        default="after_hello",
+        description="start the message when the callee's hello ends (or after hello_timeout_ms of "
+        "silence), or at once on answer",
+    )
+    hello_timeout_ms: WholeNumber = Field(
+        default=1500, ge=300, le=10_000, description='with start="after_hello": silence that starts it'
+    )
+    on_machine: OnMachine = Field(
+        default="leave_message",
+        description="an answering machine: leave the message after its greeting, or hang up (`machine`)",
     )
 
     @field_validator("retry_on")
@@ -211,9 +251,21 @@ class StoredOptions(ScheduleOptions):
 
     @classmethod
     def outbound(cls, *, prompt: str, first_message: str) -> StoredOptions:
-        """POST /outbound-call: an alert's defaults, and the agent from the first second."""
+        """POST /outbound-call: an alert's defaults, and the agent from the first second: it greets, so the
+        call starts on answer (machine detection stays: the outcome says whether a person took it)."""
         agent = StoredAgent(after="start", prompt=prompt, first_message=first_message)
-        return cls.model_validate({**AlertOptions().model_dump(), "agent": agent})
+        return cls.model_validate({**AlertOptions().model_dump(), "agent": agent, "start": "on_answer"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _agent_from_the_start(cls, data: Any) -> Any:
+        """An /outbound-call's row from before `start` existed started on answer (its agent greets)."""
+        if isinstance(data, Mapping) and "start" not in data:
+            agent = data.get("agent")
+            after = agent.get("after") if isinstance(agent, Mapping) else getattr(agent, "after", None)
+            if after == "start":
+                return {**data, "start": "on_answer"}
+        return data
 
     @property
     def reminder(self) -> bool:

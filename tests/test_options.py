@@ -73,6 +73,15 @@ OUTBOUND: dict[str, Any] = {
         "first_message": "Hello from Acme.",
     },
 }
+# What a row from before machine detection (issue 14) reads as: the defaults of the options added then. An
+# /outbound-call's agent greets, so its call started on answer, and does still.
+AMD: dict[str, Any] = {
+    "machine_detection": True,
+    "start": "after_hello",
+    "hello_timeout_ms": 1500,
+    "on_machine": "leave_message",
+}
+OUTBOUND_AMD = {**AMD, "start": "on_answer"}
 # The tables as the code before wrote them: options a plain JSON column.
 _ALERTS = sa.table("alerts", sa.column("id", sa.String), sa.column("options", sa.JSON))
 _SCHEDULES = sa.table("schedules", sa.column("id", sa.String), sa.column("options", sa.JSON))
@@ -150,7 +159,8 @@ def grant(options: StoredOptions) -> StreamGrant:
 async def test_an_api_alerts_old_row_loads_as_it_behaved(stores: Stores) -> None:
     alert_id = await old_alert(stores, API_ALERT)
     view = await stores.deliveries.alert(alert_id)
-    assert view is not None and view.options.model_dump(mode="json") == API_ALERT  # GET /v1/alerts/{id}
+    # GET /v1/alerts/{id}
+    assert view is not None and view.options.model_dump(mode="json") == {**API_ALERT, **AMD}
     options = await options_of_its_call(stores, alert_id)
     assert options == StoredOptions.accepted(AlertOptions.model_validate(API_ALERT))
     script = await scripts(stores).for_grant(grant(options))
@@ -171,7 +181,7 @@ async def test_an_api_alerts_old_row_loads_as_it_behaved(stores: Stores) -> None
 async def test_a_schedule_fires_old_row_loads_as_it_behaved(stores: Stores) -> None:
     alert_id = await old_alert(stores, FIRE)
     view = await stores.deliveries.alert(alert_id)
-    assert view is not None and view.options.model_dump(mode="json") == FIRE
+    assert view is not None and view.options.model_dump(mode="json") == {**FIRE, **AMD}
     options = view.options
     assert options.schedule_id == FIRE["schedule_id"] and options.timezone == "Europe/Berlin"
     assert options.planned_at == datetime(2027, 6, 10, 8, 0, tzinfo=timezone(timedelta(hours=2)))
@@ -192,7 +202,7 @@ async def test_a_schedule_fires_old_row_loads_as_it_behaved(stores: Stores) -> N
 async def test_an_outbound_calls_old_row_loads_as_it_behaved(stores: Stores) -> None:
     alert_id = await old_alert(stores, OUTBOUND)
     view = await stores.deliveries.alert(alert_id)
-    assert view is not None and view.options.model_dump(mode="json") == OUTBOUND
+    assert view is not None and view.options.model_dump(mode="json") == {**OUTBOUND, **OUTBOUND_AMD}
     options = await options_of_its_call(stores, alert_id)
     assert AgentOffer.from_options(options) == AgentOffer(
         After.START, prompt=OUTBOUND["agent"]["prompt"], first_message=OUTBOUND["agent"]["first_message"]
@@ -217,7 +227,8 @@ async def test_a_schedules_old_row_loads_as_it_behaved(stores: Stores) -> None:
         await s.execute(sa.update(_SCHEDULES).where(_SCHEDULES.c.id == row.id).values(options=SCHEDULE))
         await s.commit()
     loaded = await stores.schedules.get(row.id)
-    assert loaded is not None and loaded.options.model_dump(mode="json") == SCHEDULE  # GET /v1/schedules/{id}
+    # GET /v1/schedules/{id}
+    assert loaded is not None and loaded.options.model_dump(mode="json") == {**SCHEDULE, **AMD}
     assert loaded.options == ScheduleOptions.model_validate(SCHEDULE)
     assert arm_time(NOW, loaded.options) == NOW - timedelta(seconds=600)
     # A fire of it holds the same options and where it came from, as the code before wrote them.
@@ -227,17 +238,47 @@ async def test_a_schedules_old_row_loads_as_it_behaved(stores: Stores) -> None:
         planned_at=datetime.fromisoformat(FIRE["planned_at"]),
         timezone="Europe/Berlin",
     )
-    assert fired.model_dump(mode="json") == FIRE
+    assert fired.model_dump(mode="json") == {**FIRE, **AMD}
 
 
 def test_each_kind_of_alert_writes_the_json_it_always_wrote() -> None:
+    # ... and, since issue 14, the machine detection options, every default written out
     accepted = StoredOptions.accepted(AlertOptions.model_validate(API_ALERT))
-    assert accepted.model_dump(mode="json") == API_ALERT
+    assert accepted.model_dump(mode="json") == {**API_ALERT, **AMD}
     outbound = StoredOptions.outbound(
         prompt=OUTBOUND["agent"]["prompt"], first_message=OUTBOUND["agent"]["first_message"]
     )
-    assert outbound.model_dump(mode="json") == OUTBOUND
-    assert ScheduleOptions.model_validate(SCHEDULE).model_dump(mode="json") == SCHEDULE
+    assert outbound.model_dump(mode="json") == {**OUTBOUND, **OUTBOUND_AMD}
+    assert ScheduleOptions.model_validate(SCHEDULE).model_dump(mode="json") == {**SCHEDULE, **AMD}
+
+
+def test_machine_detection_options_and_their_limits() -> None:
+    chosen = {"machine_detection": False, "start": "on_answer", "hello_timeout_ms": 300}
+    chosen["on_machine"] = "hang_up"
+    stored = StoredOptions.accepted(AlertOptions.model_validate(chosen))
+    assert stored.model_dump(mode="json") == {**AlertOptions().model_dump(), **chosen}
+    assert AlertOptions.model_validate({"retry_on": ["machine", "voicemail_left", "busy"]}).retry_on == [
+        "machine",
+        "voicemail_left",
+        "busy",
+    ]
+    for bad in (
+        {"hello_timeout_ms": 299},
+        {"hello_timeout_ms": 10_001},
+        {"start": "later"},
+        {"on_machine": "leave"},
+        {"machine_detection": "yes"},
+        {"retry_on": ["fax"]},  # a fax line answers as a fax again: never retried
+    ):
+        with pytest.raises(ValueError):
+            AlertOptions.model_validate(bad)
+    # A row written with them reads them back; one whose value no longer reads gets its default.
+    assert load(StoredOptions, {**API_ALERT, **chosen}) == StoredOptions.accepted(
+        AlertOptions.model_validate({**API_ALERT, **chosen})
+    )
+    assert load(StoredOptions, {**API_ALERT, "hello_timeout_ms": 5}).hello_timeout_ms == 1500
+    # An /outbound-call that said how to start is read as it said.
+    assert load(StoredOptions, {**OUTBOUND, "start": "after_hello"}).start == "after_hello"
 
 
 def test_the_documented_defaults_are_the_ones_read() -> None:

@@ -155,6 +155,22 @@ def test_an_outcome_in_retry_on_is_retried_while_attempts_remain() -> None:
     assert after(DeliveryState.BUSY, stored(retry_on=[])) == FollowUp()  # nothing retried unless asked
 
 
+def test_a_machine_is_retried_when_asked_and_a_voicemail_or_a_fax_is_final() -> None:
+    # the defaults: whoever or whatever answered, the outcome stands
+    for state in (DeliveryState.MACHINE, DeliveryState.VOICEMAIL_LEFT, DeliveryState.FAX):
+        assert after(state) == FollowUp()
+    machine = stored(retry_on=["machine"], retry_backoff_s=60)
+    assert after(DeliveryState.MACHINE, machine) == FollowUp(retry_at=NOW + timedelta(seconds=60))
+    assert after(DeliveryState.MACHINE, machine, attempt=2) == FollowUp(retry_at=NOW + timedelta(seconds=120))
+    assert after(DeliveryState.MACHINE, machine, attempt=3) == FollowUp()  # no attempts left
+    assert after(DeliveryState.VOICEMAIL_LEFT, machine) == FollowUp()  # a message was left: not asked
+    # an alert that must reach a person may call again after leaving a voicemail
+    person = stored(retry_on=["voicemail_left"], retry_backoff_s=60)
+    assert after(DeliveryState.VOICEMAIL_LEFT, person) == FollowUp(retry_at=NOW + timedelta(seconds=60))
+    # a fax is never retried: no request may ask for it, and a row that says so reads as the default
+    assert after(DeliveryState.FAX, load(StoredOptions, {"retry_on": ["fax"]})) == FollowUp()
+
+
 def test_outcome_retries_double_with_a_little_jitter_and_a_cap() -> None:
     early = DeliveryPolicy(MinRandom()).after_final(
         DeliveryState.BUSY, RETRY, attempt=2, max_attempts=3, alert_active=True, now=NOW

@@ -110,6 +110,12 @@ async def list_deliveries(request: web.Request, deps: AlertsDeps) -> web.Respons
             "outcome_reason": d.outcome_reason,
             "call_sid": d.call_sid,
             "text": d.text,
+            "voicemail_text": d.voicemail_text,
+            "answered_by": d.answered_by,
+            "amd_ms": d.amd_ms,
+            "played_ms": d.played_ms,
+            "message_ms": d.message_ms,
+            "keys": d.keys,
             "updated_at": d.updated_at.isoformat(),
             "history": d.history,
         }
@@ -165,7 +171,14 @@ async def preview(request: web.Request, deps: AlertsDeps) -> web.StreamResponse:
         except SpeechError as err:
             raise error(502, "speech_failed", f"the text could not be synthesized: {err.reason}") from None
         return web.Response(body=wav_bytes(audio), content_type="audio/wav")
-    return web.json_response({"text": planned.text, "phone": planned.phone, "characters": len(planned.text)})
+    return web.json_response(
+        {
+            "text": planned.text,
+            "voicemail_text": planned.voicemail_text,
+            "phone": planned.phone,
+            "characters": len(planned.text),
+        }
+    )
 
 
 async def delete_opt_out(request: web.Request, deps: AlertsDeps) -> web.Response:

@@ -23,10 +23,13 @@ from announcer.api.schemas import (
     SchedulePatch,
 )
 from announcer.store.models import (
+    FINAL_DELIVERY_STATES,
     MAX_INT,
     AlertStatus,
+    AnsweredBy,
     CallDirection,
     CallKind,
+    CallOutcome,
     CallStatus,
     DeliveryState,
     OccurrenceStatus,
@@ -91,7 +94,22 @@ _IDEMPOTENCY_KEY = {
 # Alert and schedule ids ("al_...", "sc_..."): anything else names nothing (404).
 _KEY = {"type": "string", "pattern": STRING_ID.pattern}
 _ALERT_ID = {"name": "alert_id", "in": "path", "required": True, "schema": _KEY}
-_COUNTS = {"type": "object", "additionalProperties": _INT, "description": "deliveries by state"}
+_COUNTS = {
+    "type": "object",
+    "propertyNames": {"enum": [s.value for s in DeliveryState]},
+    "additionalProperties": _INT,
+    "description": "deliveries by state: those still on their way, and each final outcome (`heard`: a "
+    "person heard the message to its end; `voicemail_left`: an answering machine took all of it; "
+    "`machine`: a machine, no message left; `fax`)",
+}
+# A delivery's final state (a final outcome), and a call's outcome: null until there is one.
+_DELIVERY_OUTCOME = {
+    "anyOf": [
+        {"type": "string", "enum": sorted(s.value for s in FINAL_DELIVERY_STATES)},
+        {"type": "null"},
+    ]
+}
+_OUTCOME = {"anyOf": [{"type": "string", "enum": [o.value for o in CallOutcome]}, {"type": "null"}]}
 _ALERT = _object(
     {
         "id": _TEXT,
@@ -103,6 +121,26 @@ _ALERT = _object(
         "options": {"type": "object"},
     }
 )
+_VOICEMAIL = {
+    **_nullable(_TEXT),
+    "description": "what an answering machine is told: the template's `{% block voicemail %}` (left out of "
+    "`text`); null: the text itself",
+}
+# What a call came to (store/models.py Call), on every delivery (its latest attempt's call) and call view.
+_FACTS: dict[str, Any] = {
+    "answered_by": {
+        "anyOf": [{"type": "string", "enum": [a.value for a in AnsweredBy]}, {"type": "null"}],
+        "description": "who answered, as Twilio's machine detection said (AnsweredBy); null: not asked, "
+        "not answered, or not known yet",
+    },
+    "amd_ms": {
+        **_nullable(_INT),
+        "description": "how long machine detection took (MachineDetectionDuration)",
+    },
+    "played_ms": {**_nullable(_INT), "description": "how much of the message played (from Twilio's marks)"},
+    "message_ms": {**_nullable(_INT), "description": "how long the message is"},
+    "keys": {**_nullable(_TEXT), "description": "the keys pressed, in order"},
+}
 _EVENT = {
     "type": "object",
     "required": ["at", "kind"],
@@ -117,11 +155,13 @@ _DELIVERY = _object(
         "name": _nullable(_TEXT),
         "state": {"type": "string", "enum": [s.value for s in DeliveryState]},
         "attempt": _INT,
-        "outcome": _nullable(_TEXT),
+        "outcome": _DELIVERY_OUTCOME,
         "outcome_code": _nullable(_INT),
         "outcome_reason": _nullable(_TEXT),
         "call_sid": _nullable(_TEXT),
         "text": _TEXT,
+        "voicemail_text": _VOICEMAIL,
+        **_FACTS,
         "updated_at": _MOMENT,
         "history": {"type": "array", "items": _EVENT},
     }
@@ -231,7 +271,14 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                     "description": "the text (JSON), or the audio (audio/wav)",
                     "content": {
                         "application/json": {
-                            "schema": _object({"text": _TEXT, "phone": _TEXT, "characters": _INT})
+                            "schema": _object(
+                                {
+                                    "text": _TEXT,
+                                    "voicemail_text": _VOICEMAIL,
+                                    "phone": _TEXT,
+                                    "characters": _INT,
+                                }
+                            )
                         },
                         "audio/wav": {"schema": {"type": "string", "format": "binary"}},
                     },
@@ -385,7 +432,8 @@ _CALL = _object(
         "to": _nullable(_TEXT),
         "from": _nullable(_TEXT),
         "status": {"type": "string", "enum": [s.value for s in CallStatus]},
-        "outcome": _nullable(_TEXT),
+        "outcome": _OUTCOME,
+        **_FACTS,
         "delivery_id": _nullable(_INT),
         "created_at": _MOMENT,
         "answered_at": _nullable(_MOMENT),

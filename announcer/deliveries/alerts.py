@@ -31,6 +31,7 @@ from announcer.deliveries.plan import (
     RecipientIn,
     agent_problems,
     callback_problems,
+    machine_problems,
     option_key_problems,
     plan,
 )
@@ -38,7 +39,7 @@ from announcer.deliveries.policy import NO_JITTER, Backoff
 from announcer.messages.phones import BadNumber
 from announcer.messages.render import MessageRenderer
 from announcer.messages.workers import RenderPool
-from announcer.options import AlertOptions, StoredOptions
+from announcer.options import AlertOptions, ScheduleOptions, StoredOptions
 from announcer.speech.speaker import Speaker
 from announcer.store.deliveries import AlertFinished, AlertView, DeliveryStore, NewDelivery
 from announcer.store.schedules import ScheduleRow
@@ -118,6 +119,15 @@ class AgentUnavailable(Exception):
     """Agent mode is not configured here (no ElevenLabs agent)."""
 
 
+def voicemails_to_presynthesize(options: ScheduleOptions, deliveries: Sequence[NewDelivery]) -> set[str]:
+    """A schedule's voicemails (its template's voicemail block) that a machine may be told: made ahead like
+    its messages, so that a voicemail starts at the beep and a TTS failure shows before anyone is dialed.
+    None without machine detection or with `on_machine: hang_up`: nothing would speak them."""
+    if not options.machine_detection or options.on_machine != "leave_message":
+        return set()
+    return {d.voicemail_text for d in deliveries if d.voicemail_text is not None}
+
+
 def recipients_of(items: Sequence[Mapping[str, Any]]) -> list[RecipientIn]:
     """A schedule's recipients as stored (each a request's recipient, as JSON)."""
     return [
@@ -149,9 +159,11 @@ class AlertService:
 
     def option_problems(self, options: AlertOptions, *, reminder: bool) -> list[Problem]:
         """What is wrong with an alert's (or a schedule's, `reminder`) options here: an agent where none is
-        configured, keys that clash, a callback URL the outbound policy refuses."""
+        configured, keys that clash, what needs machine detection without it, a callback URL the outbound
+        policy refuses."""
         problems = agent_problems(options.agent is not None, self.limits)
         problems += option_key_problems(options, reminder=reminder)
+        problems += machine_problems(options)
         problems += callback_problems(options.callback_url, self.limits)
         return problems
 
@@ -223,12 +235,15 @@ class AlertService:
         return alert_id
 
     async def presynthesize(self, schedule: ScheduleRow) -> int:
-        """Render `schedule` and make every distinct text's speech into the cache; how many texts. Raises
-        SpeechError (the first failure) when one could not be made by the primary voice."""
+        """Render `schedule` and make every distinct text's speech into the cache (the voicemails too, when
+        a machine may be told them); how many texts. Raises SpeechError (the first failure) when one could
+        not be made by the primary voice."""
         deliveries = await self.plan(
             schedule.template, schedule.template_text, schedule.variables, recipients_of(schedule.recipients)
         )
-        texts = sorted({d.text for d in deliveries})
+        texts = sorted(
+            {d.text for d in deliveries} | voicemails_to_presynthesize(schedule.options, deliveries)
+        )
         gate = asyncio.Semaphore(_PRESYNTH_AT_ONCE)
 
         async def one(text: str) -> None:

@@ -35,7 +35,7 @@ from announcer.store.deliveries import Claim, DeliveryStore, ExpiredClaim, Move
 from announcer.store.delivery_states import state_for_call_status
 from announcer.store.models import TERMINAL_STATUSES, CallOutcome, CallStatus, DeliveryState, utcnow
 from announcer.telephony import twiml
-from announcer.telephony.calls import TwilioCalls, TwilioError
+from announcer.telephony.calls import MachineDetection, TwilioCalls, TwilioError
 from announcer.telephony.status import StatusReport
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,22 @@ _OUTCOME_STATES = {
     CallOutcome.SAID_BY_TWILIO: DeliveryState.HEARD,
     CallOutcome.FAILED: DeliveryState.FAILED,
     CallOutcome.AGENT: DeliveryState.AGENT,
+    CallOutcome.VOICEMAIL_LEFT: DeliveryState.VOICEMAIL_LEFT,
+    CallOutcome.MACHINE: DeliveryState.MACHINE,
+    CallOutcome.FAX: DeliveryState.FAX,
 }
+
+
+def voicemail_to_prefetch(claim: Claim) -> str | None:
+    """The voicemail to synthesize while the phone rings, beside the message: only a template's own voicemail
+    (without one a machine is told the message, made already) that a machine may be told (detection on, a
+    message left on a machine). Its cost is a second synthesis per distinct text whoever answers, most
+    often a person: paid so that a voicemail starts at the beep rather than a TTS round trip after it. The
+    cache makes a text shared by many recipients cost one synthesis."""
+    options = claim.options
+    if claim.voicemail_text is None or not options.machine_detection or options.on_machine != "leave_message":
+        return None
+    return claim.voicemail_text
 
 
 class TokenBucket:
@@ -107,6 +122,8 @@ class Dispatcher:
         lease: timedelta = timedelta(seconds=60),
         destinations: DestinationPolicy | None = None,
         policy: DeliveryPolicy | None = None,
+        amd: MachineDetection | None = None,
+        amd_url: str | None = None,
     ) -> None:
         self._destinations = destinations
         self._policy = policy if policy is not None else DeliveryPolicy()
@@ -122,6 +139,9 @@ class Dispatcher:
         self._from = from_number
         self._media_url = media_url
         self._status_url = status_url
+        # Machine detection on every call whose alert does not turn it off; its verdicts go to `amd_url`.
+        self._amd = amd if amd_url is not None else None
+        self._amd_url = amd_url
         self._on_move = on_move
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -270,6 +290,8 @@ class Dispatcher:
                 self.wake()
                 return
         self._speaker.prefetch(claim.text)  # synthesized while the phone rings
+        if (voicemail := voicemail_to_prefetch(claim)) is not None:
+            self._speaker.prefetch(voicemail)
         try:
             info = await self._twilio.create(
                 to=claim.phone,
@@ -279,6 +301,7 @@ class Dispatcher:
                 # `initiated` tells nothing the create answer did not: one webhook fewer per call.
                 status_callback_event=["ringing", "answered", "completed"],
                 timeout=RING_TIMEOUT_S,
+                **self._machine_detection(claim),
             )
         except TwilioError as err:
             log.warning("call for delivery %s refused: %s", claim.delivery_id, err)
@@ -293,6 +316,13 @@ class Dispatcher:
                 await self._twilio.cancel(info.sid)
             except TwilioError as err:
                 log.warning("could not cancel call %s of a canceled alert: %s", info.sid, err)
+
+    def _machine_detection(self, claim: Claim) -> dict[str, object]:
+        """The create request's machine detection parameters: none when the alert turned it off. The
+        verdict's URL names the call row, as the status callback's does (signed like it)."""
+        if self._amd is None or not claim.options.machine_detection:
+            return {}
+        return self._amd.params(f"{self._amd_url}?call={claim.call_id}")
 
     async def _refused(self, claim: Claim, err: TwilioError) -> Move | None:
         """Twilio refused to place the call: dialed again later (a retryable refusal, the policy's backoff

@@ -8,9 +8,13 @@ import logging
 
 from announcer.deliveries.callbacks import WebhookSender
 from announcer.store.deliveries import DeliveryStore, Move
+from announcer.store.delivery_rows import FACT_NAMES
 from announcer.store.models import utcnow
 
 log = logging.getLogger(__name__)
+
+# Every webhook names every fact, null when unknown (a call never answered, a row from before them).
+_FACTS_UNKNOWN = dict.fromkeys(FACT_NAMES)
 
 
 class OutcomeNotifier:
@@ -36,6 +40,8 @@ class OutcomeNotifier:
                     "outcome_code": move.outcome_code,
                     "outcome_reason": move.outcome_reason,
                     "attempts": move.attempt,
+                    **_FACTS_UNKNOWN,
+                    **move.facts,  # who answered, how much of the message played: its latest call's
                 },
                 "at": utcnow().isoformat(),
             },

@@ -109,6 +109,22 @@ def option_key_problems(options: AlertOptions, *, reminder: bool) -> list[Proble
     )
 
 
+def machine_problems(options: AlertOptions) -> list[Problem]:
+    """What can only happen with machine detection, asked for without it: an outcome that never comes to
+    retry, a machine to hang up on that is never known."""
+    if options.machine_detection:
+        return []
+    without = "only known with machine detection (options.machine_detection is false)"
+    problems = [
+        Problem("options.retry_on", f'"{outcome}" is {without}')
+        for outcome in ("machine", "voicemail_left")
+        if outcome in options.retry_on
+    ]
+    if options.on_machine == "hang_up":
+        problems.append(Problem("options.on_machine", f"a machine is {without}"))
+    return problems
+
+
 def callback_problems(url: str | None, limits: Limits) -> list[Problem]:
     """A callback_url the outbound policy refuses by its look is refused at acceptance, not found at the
     first outcome; where its host resolves is judged at each send."""
@@ -197,7 +213,7 @@ def plan_deliveries(
         now = time.thread_time()
         cpu_s = min(RENDER_CPU_S, REQUEST_RENDER_CPU_S - (now - started))
         try:
-            text = prepared.render(variables, cpu_s, now)
+            said = prepared.speech(variables, cpu_s, now)
         except RenderError as err:
             if err.limit == "cpu time" and cpu_s < RENDER_CPU_S:
                 spent = f"rendering every recipient takes more than {REQUEST_RENDER_CPU_S:g} s of CPU"
@@ -209,14 +225,14 @@ def plan_deliveries(
             problems.append(Problem(f"{where}.variables", str(err), index))
             continue
         rendered = True
-        if len(text) > limits.max_text_chars:
-            problems.append(
-                Problem(
-                    f"{where}.variables",
-                    f"the message is {len(text)} characters; at most {limits.max_text_chars}",
-                    index,
-                )
-            )
+        text, voicemail = said.text, said.voicemail
+        too_long = [
+            f"the {what} is {len(words)} characters; at most {limits.max_text_chars}"
+            for what, words in (("message", text), ("voicemail", voicemail or ""))
+            if len(words) > limits.max_text_chars
+        ]
+        if too_long:
+            problems += [Problem(f"{where}.variables", reason, index) for reason in too_long]
             continue
         if phone is not None:
             planned.append(
@@ -227,6 +243,7 @@ def plan_deliveries(
                     timezone=recipient.timezone,
                     variables=dict(recipient.variables),
                     text=text,
+                    voicemail_text=voicemail,
                 )
             )
     if problems:

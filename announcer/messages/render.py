@@ -4,6 +4,13 @@ Templates are written for the ear: autoescape is off (the text is spoken, not sh
 happens where TwiML is built) and every undefined variable is an error before a call is placed. Their
 layout is for reading: every run of whitespace, line breaks included, is spoken as one space.
 
+A template may say what an answering machine is told instead of the message: `{% block voicemail %}...{%
+endblock %}`. Without inheritance Jinja renders a block where it stands, so the message would speak it;
+here its output is set aside in the same render as the message: the message never holds it, the voicemail
+is what it rendered (with the variables and the `{% set %}`s in force there). A block the render never
+reached (inside a false `{% if %}`) is rendered on its own after it, so its missing variables are errors
+like the message's. No block, or one that renders nothing: the machine is told the message itself.
+
 A template may come from an API request, so no template can cost more than the limits of `limits`: its
 shape is checked before it is compiled, its operations before they run (`sandbox`, `bounds`), its work
 against a budget while it runs (`budget`), and its output while it is produced. Over a limit, or on any
@@ -15,11 +22,13 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.runtime import Context
 
 from announcer.messages.budget import Budget, swap
 from announcer.messages.limits import MAX_OUTPUT_CHARS, RENDER_CPU_S, LimitExceeded
@@ -28,6 +37,7 @@ from announcer.messages.shape import ShapeError
 from announcer.messages.speakable import FILTERS
 
 _SPACES = re.compile(r"\s+")
+VOICEMAIL_BLOCK = "voicemail"
 INLINE = "<inline>"  # the name a template given as text goes by in errors
 _COMPILED_INLINE = 64  # inline templates kept compiled (a schedule's fires, a repeated request)
 
@@ -44,6 +54,14 @@ class RenderError(Exception):
         where = f"{template}, line {line}" if line else template
         named = f" (limit: {limit})" if limit else ""
         super().__init__(f"{where}: {reason}{named}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A message as rendered: what is said to a person, and what a machine is told (None: `text`)."""
+
+    text: str
+    voicemail: str | None = None
 
 
 def normalise(text: str) -> str:
@@ -125,6 +143,7 @@ class MessageRenderer:
         return template
 
     def render(self, name: str, variables: Mapping[str, Any]) -> str:
+        """The message (a voicemail block left out)."""
         return self.prepare(name=name).render(variables)
 
     def render_text(self, source: str, variables: Mapping[str, Any]) -> str:
@@ -137,11 +156,11 @@ class MessageRenderer:
         variables: Mapping[str, Any],
         cpu_s: float,
         cpu_now: float | None,
-    ) -> str:
+    ) -> Rendered:
         try:
             outer = swap(Budget(cpu_s, cpu_now))
             try:
-                text = _output(template, variables)
+                text, voicemail = _output(template, variables)
             finally:
                 swap(outer)
         except LimitExceeded as err:
@@ -169,8 +188,9 @@ class MessageRenderer:
             raise RenderError(name, reason, _line_of(err, name)) from err
         text = normalise(text)
         if not text:
-            raise RenderError(name, "renders to empty text")
-        return text
+            aside = " (a voicemail block is not part of the message)" if voicemail else ""
+            raise RenderError(name, f"renders to empty text{aside}")
+        return Rendered(text, normalise(voicemail) or None if voicemail is not None else None)
 
     def _scrub(self, message: str) -> str:
         for path in self._paths:
@@ -178,14 +198,33 @@ class MessageRenderer:
         return message
 
 
-def _output(template: jinja2.Template, variables: Mapping[str, Any]) -> str:
-    """The template's output, refused as soon as it is longer than a render may output. As
-    `Template.render` does, without its join: an error is raised again with the template's lines."""
+def _output(template: jinja2.Template, variables: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The template's output and its voicemail block's (None: it has none; see the module docstring), each
+    refused as soon as it is longer than a render may output. As `Template.render` does, without its join:
+    an error is raised again with the template's lines."""
     context = template.new_context(dict(variables))
+    aside: list[str] = []
+
+    def voicemail(ctx: Context) -> Iterator[str]:
+        # In the block's place: the block (the next in the chain, a parent's when a child has none) is
+        # rendered into `aside`, and the message gets nothing. `super()` inside it still finds its parent.
+        chain = ctx.blocks[VOICEMAIL_BLOCK]
+        aside.append(bounded_join(chain[chain.index(voicemail) + 1](ctx), MAX_OUTPUT_CHARS))
+        return iter(())
+
+    # First in the chain before the render starts: `{% extends %}` appends the parents' blocks after it.
+    chain = context.blocks.setdefault(VOICEMAIL_BLOCK, [])
+    chain.insert(0, voicemail)
     try:
-        return bounded_join(template.root_render_func(context), MAX_OUTPUT_CHARS)
+        text = bounded_join(template.root_render_func(context), MAX_OUTPUT_CHARS)
+        if len(chain) == 1:
+            return text, None  # no voicemail block in the template or its parents
+        if not aside:  # never reached: rendered on its own, with what the render left in force
+            voicemail(context)
     except Exception:
         template.environment.handle_exception()  # raises it again
+    # each time the block was rendered (a loop), a word apart
+    return text, bounded_join([piece + " " for piece in aside], MAX_OUTPUT_CHARS + len(aside))
 
 
 class PreparedTemplate:
@@ -200,6 +239,13 @@ class PreparedTemplate:
     def render(
         self, variables: Mapping[str, Any], cpu_s: float = RENDER_CPU_S, cpu_now: float | None = None
     ) -> str:
-        """The message for `variables`; at most `cpu_s` of this thread's CPU time. `cpu_now`: this
-        thread's CPU time now, when the caller has just read it (it saves reading it again)."""
+        """The message for `variables` (a voicemail block left out); at most `cpu_s` of this thread's CPU
+        time. `cpu_now`: this thread's CPU time now, when the caller has just read it (it saves reading it
+        again)."""
+        return self.speech(variables, cpu_s, cpu_now).text
+
+    def speech(
+        self, variables: Mapping[str, Any], cpu_s: float = RENDER_CPU_S, cpu_now: float | None = None
+    ) -> Rendered:
+        """The message and the voicemail for `variables`, in one render (as `render`)."""
         return self._renderer._run(self.name, self._template, variables, cpu_s, cpu_now)

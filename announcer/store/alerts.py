@@ -19,12 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from announcer.options import StoredOptions
 from announcer.store.claims import Claim
 from announcer.store.delivery_rows import (
+    CALL_FACTS,
     CANCELED_UNPLACED,
     CHUNK,
     DELIVERIES,
     EVENTS,
     WAITING,
     DeliveryRecords,
+    call_facts,
     event,
 )
 from announcer.store.models import (
@@ -57,6 +59,7 @@ class NewDelivery:
     timezone: str | None
     variables: dict[str, Any]
     text: str
+    voicemail_text: str | None = None  # the template's voicemail block, rendered; None: the text itself
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,14 @@ class DeliveryView:
     text: str
     updated_at: datetime
     history: list[dict[str, Any]]
+    voicemail_text: str | None = None
+    # The facts of its latest attempt's call (store/models.py Call; null when unknown, and for rows from
+    # before migration 0008)
+    answered_by: str | None = None
+    amd_ms: int | None = None
+    played_ms: int | None = None
+    message_ms: int | None = None
+    keys: str | None = None
 
 
 class AlertRecords(DeliveryRecords):
@@ -186,16 +197,17 @@ class AlertRecords(DeliveryRecords):
     async def deliveries(self, alert_id: str, *, after: int, limit: int) -> list[DeliveryView]:
         """Page through an alert's deliveries by recipient index (positions after `after`)."""
         async with self.sessions() as s:
-            rows = list(
-                (
-                    await s.execute(
-                        select(Delivery)
-                        .where(Delivery.alert_id == alert_id, Delivery.position > after)
-                        .order_by(Delivery.position)
-                        .limit(limit)
-                    )
-                ).scalars()
-            )
+            found = (
+                await s.execute(
+                    select(Delivery, *CALL_FACTS)
+                    .outerjoin(Call, Call.id == Delivery.call_id)
+                    .where(Delivery.alert_id == alert_id, Delivery.position > after)
+                    .order_by(Delivery.position)
+                    .limit(limit)
+                )
+            ).all()
+            rows = [row[0] for row in found]
+            facts = {row[0].id: call_facts(row[1:]) for row in found}
             history: dict[int, list[dict[str, Any]]] = {
                 d.id: [
                     {
@@ -232,6 +244,8 @@ class AlertRecords(DeliveryRecords):
                 text=d.text,
                 updated_at=d.updated_at,
                 history=history[d.id],
+                voicemail_text=d.voicemail_text,
+                **facts[d.id],
             )
             for d in rows
         ]
@@ -364,6 +378,7 @@ def _delivery_row(
         "timezone": d.timezone,
         "variables": d.variables,
         "text": d.text,
+        "voicemail_text": d.voicemail_text,
         "state": DeliveryState.OPTED_OUT if opted_out else DeliveryState.PENDING,
         "attempt": 0,
         "max_attempts": max_attempts,

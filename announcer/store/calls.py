@@ -35,6 +35,8 @@ from announcer.store.models import (
 
 TOKEN_TTL = timedelta(minutes=10)
 _SID_CACHE = 50_000
+_FACTS = frozenset({"played_ms", "message_ms", "keys"})  # what `record_facts` may set
+_KEYS_CHARS = 32  # the column's width: the first keys pressed are kept
 
 
 def hash_token(token: str) -> str:
@@ -52,6 +54,9 @@ class StreamGrant:
     # An announcement's alert options (what happens after the message), read with the token: no query
     # of its own per call. None for the greeting line, and for grants this process issued itself.
     options: StoredOptions | None = None
+    # What an answering machine is told (the template's voicemail block, rendered with the message); None:
+    # the message itself.
+    voicemail_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +149,22 @@ class CallStore:
     def record_outcome(self, call_id: int, outcome: str, **detail: Any) -> None:
         """`set_outcome` without waiting."""
         self.journal.post(partial(_set_outcome, call_id, outcome, detail, utcnow()))
+
+    def record_amd(self, call_id: int, answered_by: str, amd_ms: int | None) -> None:
+        """Twilio's machine detection verdict (AnsweredBy, MachineDetectionDuration), without waiting. The
+        first verdict is the call's (Twilio posts one; a repeat is only noted in the trail)."""
+        self.journal.post(partial(_record_amd, call_id, answered_by, amd_ms, utcnow()))
+
+    def record_facts(self, call_id: int, **facts: Any) -> None:
+        """How much of the message played (`played_ms`) of how long it is (`message_ms`), and the keys
+        pressed in order (`keys`), without waiting. Each given fact replaces the one stored."""
+        unknown = facts.keys() - _FACTS
+        if unknown:
+            raise TypeError(f"not call facts: {', '.join(sorted(unknown))}")
+        if "keys" in facts and facts["keys"] is not None:
+            facts["keys"] = str(facts["keys"])[:_KEYS_CHARS]
+        if facts:
+            self.journal.post(partial(_record_facts, call_id, facts, utcnow()))
 
     def record_in_progress(self, call_id: int) -> None:
         """The media stream started, so the call is answered (without waiting)."""
@@ -267,7 +288,12 @@ async def _consume_token(token_hash: str, call_sid: str, now: datetime, b: Batch
     if CallStatus(call.status) in TERMINAL_STATUSES:
         return None  # the call has ended: a stream on it would speak to nobody and write into its record
     return StreamGrant(
-        call_id=row[0], call_sid=call.call_sid, text=call.text, kind=call.kind, options=call.options
+        call_id=row[0],
+        call_sid=call.call_sid,
+        text=call.text,
+        kind=call.kind,
+        options=call.options,
+        voicemail_text=call.voicemail_text,
     )
 
 
@@ -278,6 +304,16 @@ async def _add_event(call_id: int, kind: str, detail: dict[str, Any], at: dateti
 async def _set_outcome(call_id: int, outcome: str, detail: dict[str, Any], at: datetime, b: Batch) -> None:
     await b.session.execute(_SET_OUTCOME, {"call_id": call_id, "outcome": outcome, "updated_at": at})
     b.insert(_EVENTS, _event(call_id, "outcome", {"outcome": outcome, **detail}, at))
+
+
+async def _record_amd(call_id: int, answered_by: str, amd_ms: int | None, at: datetime, b: Batch) -> None:
+    values = {"call_id": call_id, "answered_by": answered_by[:24], "amd_ms": amd_ms, "updated_at": at}
+    await b.session.execute(_SET_AMD, values)
+    b.insert(_EVENTS, _event(call_id, "amd", {"answered_by": answered_by, "amd_ms": amd_ms}, at))
+
+
+async def _record_facts(call_id: int, facts: dict[str, Any], at: datetime, b: Batch) -> None:
+    await b.session.execute(_UPDATE_CALL, {"call_id": call_id, **facts, "updated_at": at})
 
 
 async def _apply_status(
@@ -340,6 +376,7 @@ _CALL_FOR_STATUS = (
     .with_for_update()
 )
 _UPDATE_CALL = update(_CALLS).where(_CALLS.c.id == bindparam("call_id"))
+_SET_AMD = update(_CALLS).where(_CALLS.c.id == bindparam("call_id"), _CALLS.c.answered_by.is_(None))
 _SET_OUTCOME = update(_CALLS).where(_CALLS.c.id == bindparam("call_id"), _CALLS.c.outcome.is_(None))
 _USE_TOKEN = (
     update(_TOKENS)
@@ -351,9 +388,17 @@ _USE_TOKEN = (
     .values(used_at=bindparam("now"))
     .returning(_TOKENS.c.call_id)
 )
-# An announcement's alert options come with the call (what happens after the message): one query.
+# An announcement's alert options and voicemail come with the call (what happens after the message, and
+# on a machine): one query.
 _CALL_FOR_GRANT = (
-    select(_CALLS.c.call_sid, _CALLS.c.text, _CALLS.c.kind, _CALLS.c.status, _ALERTS.c.options)
+    select(
+        _CALLS.c.call_sid,
+        _CALLS.c.text,
+        _CALLS.c.kind,
+        _CALLS.c.status,
+        _ALERTS.c.options,
+        _DELIVERIES.c.voicemail_text,
+    )
     .select_from(
         _CALLS.outerjoin(_DELIVERIES, _DELIVERIES.c.id == _CALLS.c.delivery_id).outerjoin(
             _ALERTS, _ALERTS.c.id == _DELIVERIES.c.alert_id

@@ -69,6 +69,7 @@ class Claim:
     phone: str
     text: str
     options: StoredOptions
+    voicemail_text: str | None = None  # what a machine is told; None: the text
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ async def _take(
                 phone=delivery.phone,
                 text=delivery.text,
                 options=options,
+                voicemail_text=delivery.voicemail_text,
             )
         )
     await s.execute(insert(StreamToken), tokens)

@@ -8,6 +8,7 @@ one, is a `delivery_events` row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -36,11 +37,19 @@ OPEN_DELIVERY = [s for s in DeliveryState if s not in FINAL_DELIVERY_STATES]
 WAITING = [DeliveryState.PENDING, DeliveryState.QUEUED]
 OPEN_CALL = [CallStatus.QUEUED, CallStatus.INITIATED, CallStatus.RINGING, CallStatus.IN_PROGRESS]
 CANCELED_UNPLACED = "the alert was canceled before this call was placed"
+# What a call came to (migration 0008), as every view of a delivery shows its latest attempt's.
+CALL_FACTS = (Call.answered_by, Call.amd_ms, Call.played_ms, Call.message_ms, Call.keys)
+FACT_NAMES = ("answered_by", "amd_ms", "played_ms", "message_ms", "keys")
 
 
 def event(delivery_id: int, kind: str, at: datetime, **detail: Any) -> dict[str, Any]:
     """A `delivery_events` row, for a bulk insert or the journal's `Batch.insert`."""
     return {"delivery_id": delivery_id, "kind": kind, "at": at, "detail": detail}
+
+
+def call_facts(values: Sequence[Any]) -> dict[str, Any]:
+    """CALL_FACTS' values by name (all None: no call yet, or a row from before)."""
+    return dict(zip(FACT_NAMES, values, strict=True))
 
 
 class DeliveryRecords:

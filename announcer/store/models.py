@@ -124,6 +124,10 @@ def status_rank(status: CallStatus) -> int:
 
 
 class CallOutcome(StrEnum):
+    """What an answered call came to (the media session decides). Since machine detection (migration 0008)
+    `heard` means a person (or Twilio's `unknown`, treated as one) heard the message to its end mark; an
+    older row's `heard` may have been an answering machine that let the message play."""
+
     HEARD = "heard"
     CONFIRMED = "confirmed"  # pressed 1
     OPTED_OUT = "opted_out"  # pressed 9
@@ -133,6 +137,22 @@ class CallOutcome(StrEnum):
     SAID_BY_TWILIO = "said_by_twilio"
     AGENT = "agent"  # handed over to the conversational agent, which took the call
     FAILED = "failed"
+    VOICEMAIL_LEFT = "voicemail_left"  # a machine: the whole voicemail message played after its greeting
+    MACHINE = "machine"  # a machine, no message left (on_machine=hang_up, a full mailbox, it hung up)
+    FAX = "fax"  # a fax answered
+
+
+class AnsweredBy(StrEnum):
+    """Twilio's AnsweredBy values (protocols.md, "Answering machine detection"). With `DetectMessageEnd` a
+    machine is reported when its greeting ends (`machine_end_*`); `machine_start` only with `Enable`."""
+
+    HUMAN = "human"
+    MACHINE_START = "machine_start"
+    MACHINE_END_BEEP = "machine_end_beep"
+    MACHINE_END_SILENCE = "machine_end_silence"
+    MACHINE_END_OTHER = "machine_end_other"
+    FAX = "fax"
+    UNKNOWN = "unknown"  # Twilio could not tell; treated as a person, as Twilio advises
 
 
 class Call(Base):
@@ -151,6 +171,15 @@ class Call(Base):
     outcome: Mapped[str | None] = mapped_column(String(24))
     # The rendered message stays here, keyed by call; URLs and TwiML carry only ids and tokens.
     text: Mapped[str] = mapped_column(Text, default="")
+    # What the call came to, in facts (migration 0008; null when unknown, and in rows from before): who
+    # answered as Twilio's machine detection said (AnsweredBy) and how long it took to say so
+    # (MachineDetectionDuration), how much of the message played (from the marks Twilio echoed) of how
+    # long it is, and the keys pressed, in order.
+    answered_by: Mapped[str | None] = mapped_column(String(24))
+    amd_ms: Mapped[int | None]
+    played_ms: Mapped[int | None]
+    message_ms: Mapped[int | None]
+    keys: Mapped[str | None] = mapped_column(String(32))
     last_sequence: Mapped[int] = mapped_column(Integer, default=-1)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -239,6 +268,9 @@ class DeliveryState(StrEnum):
     DECLINED = "declined"  # a reminder the recipient canceled (key 2)
     SNOOZED = "snoozed"  # a reminder to be repeated later (key 3): a new delivery follows after snooze_s
     AGENT = "agent"  # the call was handed to the conversational agent (after the message, if any)
+    VOICEMAIL_LEFT = "voicemail_left"  # an answering machine took the whole message (CallOutcome)
+    MACHINE = "machine"  # an answering machine, no message left
+    FAX = "fax"
 
 
 FINAL_DELIVERY_STATES = frozenset(
@@ -254,6 +286,9 @@ FINAL_DELIVERY_STATES = frozenset(
         DeliveryState.DECLINED,
         DeliveryState.SNOOZED,
         DeliveryState.AGENT,
+        DeliveryState.VOICEMAIL_LEFT,
+        DeliveryState.MACHINE,
+        DeliveryState.FAX,
     }
 )
 
@@ -299,6 +334,9 @@ class Delivery(Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
     text: Mapped[str] = mapped_column(Text)  # rendered before the alert was accepted
+    # The template's `{% block voicemail %}`, rendered with the message; null: a machine gets the message
+    # itself (no such block, and rows from before migration 0008).
+    voicemail_text: Mapped[str | None] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # attempts dialed (or claimed) so far
     max_attempts: Mapped[int] = mapped_column(Integer, default=1)

@@ -15,16 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from announcer.options import StoredOptions
 from announcer.store.delivery_rows import (
+    CALL_FACTS,
     CALLS,
     DELIVERIES,
     EVENTS,
     OPEN_DELIVERY,
     DeliveryRecords,
+    call_facts,
     event,
 )
 from announcer.store.delivery_states import is_final, moves_forward
 from announcer.store.journal import Batch
-from announcer.store.models import Alert, AlertStatus, Delivery, DeliveryState, utcnow
+from announcer.store.models import Alert, AlertStatus, Call, Delivery, DeliveryState, utcnow
 from announcer.store.opt_outs import record_opt_out
 
 # The statements every call runs, built once on the tables (see calls.py for why). Parameters named
@@ -54,6 +56,8 @@ class Move:
     phone: str = ""
     outcome_code: int | None = None
     outcome_reason: str | None = None
+    # A final move of an alert with a callback URL: its call's facts (CALL_FACTS by name), for the webhook
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 class TransitionRecords(DeliveryRecords):
@@ -150,6 +154,7 @@ async def _again(s: AsyncSession, b: Batch, delivery: Delivery, due: datetime, n
         timezone=delivery.timezone,
         variables=delivery.variables,
         text=delivery.text,
+        voicemail_text=delivery.voicemail_text,
         state=DeliveryState.PENDING,
         attempt=0,
         max_attempts=delivery.max_attempts,
@@ -204,18 +209,26 @@ async def after_final(s: AsyncSession, delivery: Delivery, now: datetime) -> Mov
     alert_done = open_one is None and alert is not None and alert.status == AlertStatus.ACTIVE
     if alert_done:
         await complete_alert(s, delivery.alert_id, now)
+    callback_url = alert.callback_url if alert is not None else None
+    facts: dict[str, Any] = {}
+    if callback_url is not None:
+        # Read only for a webhook. The media session records them before it reports the outcome, through
+        # the same journal, so they are written by now.
+        found = (await s.execute(select(*CALL_FACTS).where(Call.id == delivery.call_id))).first()
+        facts = call_facts(found if found is not None else (None,) * len(CALL_FACTS))
     return Move(
         delivery.id,
         delivery.alert_id,
         DeliveryState(delivery.state),
         delivery.attempt,
         final=True,
-        callback_url=alert.callback_url if alert is not None else None,
+        callback_url=callback_url,
         detail={"alert_completed": alert_done},
         position=delivery.position,
         phone=delivery.phone,
         outcome_code=delivery.outcome_code,
         outcome_reason=delivery.outcome_reason,
+        facts=facts,
     )
 
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from twilio.http.async_http_client import AsyncTwilioHttpClient
     from twilio.rest import Client
 
+    from announcer.config import Settings
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -62,6 +64,42 @@ def _http_client(base_url: str) -> AsyncTwilioHttpClient:
             return await super().request(method, url, **kwargs)
 
     return BaseUrlHttpClient()
+
+
+@dataclass(frozen=True)
+class MachineDetection:
+    """Twilio's answering machine detection as a create-call request asks for it (protocols.md, "Answering
+    machine detection"): asynchronous (the call connects at once, our stream runs while Twilio listens)
+    and to the end of a machine's greeting (`DetectMessageEnd`: a machine is reported at its beep, the
+    moment a voicemail message can start). The tuning is the deployment's (config.py: Twilio's defaults
+    and ranges)."""
+
+    timeout_s: int = 30
+    speech_threshold_ms: int = 2400
+    speech_end_threshold_ms: int = 1200
+    silence_timeout_ms: int = 5000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MachineDetection:
+        return cls(
+            timeout_s=settings.announcer_amd_timeout_s,
+            speech_threshold_ms=settings.announcer_amd_speech_threshold_ms,
+            speech_end_threshold_ms=settings.announcer_amd_speech_end_threshold_ms,
+            silence_timeout_ms=settings.announcer_amd_silence_timeout_ms,
+        )
+
+    def params(self, callback_url: str) -> dict[str, Any]:
+        """The SDK's `calls.create` keyword arguments; the verdict is POSTed to `callback_url`."""
+        return {
+            "machine_detection": "DetectMessageEnd",
+            "async_amd": "true",
+            "async_amd_status_callback": callback_url,
+            "async_amd_status_callback_method": "POST",
+            "machine_detection_timeout": self.timeout_s,
+            "machine_detection_speech_threshold": self.speech_threshold_ms,
+            "machine_detection_speech_end_threshold": self.speech_end_threshold_ms,
+            "machine_detection_silence_timeout": self.silence_timeout_ms,
+        }
 
 
 @dataclass(frozen=True)
