@@ -312,8 +312,14 @@ async def test_calls_per_second_and_concurrency_are_never_exceeded(slow_service:
         r.at for r in slow_service.sandbox.rest_log if r.method == "POST" and r.path.endswith("/Calls.json")
     )
     assert len(creates) == 12
+    # 5 a second, measured where Twilio would measure it: as the sandbox handles each create. The sandbox
+    # shares the service's event loop, so on a loaded machine one request is handled up to ~20 ms late and
+    # the gap after it is that much shorter; a late request does not make the next one later, so two gaps
+    # in a row always span two intervals.
     gaps = [b - a for a, b in itertools.pairwise(creates)]
-    assert min(gaps) >= 0.2 * 0.95  # 5 a second, measured where Twilio would measure it
+    jitter = 0.025
+    assert min(gaps) >= 0.2 - jitter, gaps
+    assert min(a + b for a, b in itertools.pairwise(gaps)) >= 0.4 - jitter, gaps
     # never more than 2 calls alive at once (from the sandbox's own call records)
     events = sorted(
         [(c.placed_at, 1) for c in slow_service.sandbox.calls.values()]
