@@ -52,8 +52,10 @@ from announcer.store.calls import CallStore
 from announcer.store.db import Database
 from announcer.store.deliveries import DeliveryStore
 from announcer.store.schedules import ScheduleStore
+from announcer.telephony.amd import amd_webhook
 from announcer.telephony.calls import MachineDetection, TwilioCalls
 from announcer.telephony.handoff import After, AgentOffer
+from announcer.telephony.live import LiveCalls
 from announcer.telephony.media import MediaDeps, media_websocket
 from announcer.telephony.playout import PlayoutClock
 from announcer.telephony.signature import SignatureChecker
@@ -170,6 +172,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_close_sockets)
     app.router.add_post("/twilio/voice", _voice)
     app.router.add_post("/twilio/status", _status)
+    app.router.add_post("/twilio/amd", _amd)
     app.router.add_get("/twilio/media", _media)
     app.router.add_get("/healthz", _healthz)
     app.router.add_post("/v1/alerts", _with_alerts(alerts.create_alert))
@@ -536,6 +539,8 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         script=CallScripts(app[DELIVERIES], app[RENDERER]).for_grant,
         start_agent=line,
         greeting_agent=AgentOffer(After.ANNOUNCEMENT) if settings.greeting_agent else None,
+        amd=MachineDetection.from_settings(settings),
+        live=LiveCalls(),
     )
     app[CALLS] = calls.CallsDeps(store=app[STORE], deliveries=app[DELIVERIES], alerts=app[ALERT_SERVICE])
     yield
@@ -550,6 +555,13 @@ async def _status(request: web.Request) -> web.Response:
     return await status_webhook(
         request, app[SIGNATURE], app[STORE], app[DISPATCHER].on_status, app[VOICE].tokens
     )
+
+
+async def _amd(request: web.Request) -> web.Response:
+    app = request.app
+    live = app[MEDIA].live
+    assert live is not None
+    return await amd_webhook(request, app[SIGNATURE], app[STORE], live)
 
 
 def _with_schedules(

@@ -6,15 +6,25 @@ knows no socket, task or clock: `telephony/media.py` reads the media socket, tur
 carries the actions out (frames, marks and `clear` on the socket, timers, the agent, REST calls, the
 store). The outcome of a call is decided here, and only here.
 
-    connecting -> speaking -> prompting -> awaiting key -> ended
-                     |  (the agent after the message, or on its key)   ^
-                     v                                                 |
-                  with the agent -> saying goodbye --------------------+
+    connecting -> listening for hello -> speaking -> prompting -> awaiting key -> ended
+                    |  (long speech)          |  (the agent after the message, or on its key)  ^
+                    v                         v                                                |
+               holding for AMD          with the agent -> saying goodbye ---------------------+
+                    |  machine_end_* (from any phase before the message was heard)             |
+                    +-----------------> leaving voicemail ---------------------------------------+
 
 Every mark we send carries the round it was sent in (`end:<call id>.<round>`): a `clear` makes Twilio
 echo every pending mark at once (protocols.md), so a `clear` starts a new round and the echoes of the old
-one count as not played. The next issue (who answered) adds the phases named at the end of `Phase`
-(design.md, "The next stage"); nothing enters them yet.
+one count as not played. While the message or a voicemail plays, `played:<ms>:<call id>.<round>` marks
+every half second tell how much of it has played (`played_ms`).
+
+Who answered (design.md, "Who answered"): an announcement that starts after hello listens first. The
+session's ear (`telephony/hello.py`) reports a short utterance's end, the silence of `hello_timeout_ms`, or
+an utterance that reached Twilio's speech threshold (a machine's greeting in the making: hold for the
+verdict). Twilio's asynchronous machine detection (`POST /twilio/amd`) gives the verdict: `human` and
+`unknown` (a person, as Twilio advises) start the message if it has not started; `machine_end_*` stops
+whatever plays and leaves the voicemail message from its first word (or hangs up, `on_machine: hang_up`);
+`fax` ends the call.
 """
 
 from __future__ import annotations
@@ -39,6 +49,15 @@ OPT_OUT_KEY = "9"  # always: do not call this number again
 END_MARK_PREFIX = "end:"  # the message; its echo means "heard"
 PROMPT_MARK_PREFIX = "prompt:"
 BYE_MARK_PREFIX = "bye:"  # the last words after an agent conversation (or instead of one)
+VOICEMAIL_MARK_PREFIX = "vm:"  # the voicemail message; its echo means "voicemail left"
+PLAYED_MARK_PREFIX = "played:"  # `played:<ms>:<call id>.<round>`: that much of the message has played
+PLAYED_EVERY_FRAMES = 25  # a progress mark every 500 ms of the message (2 more messages a second each way)
+
+# Twilio's AnsweredBy values (protocols.md, "Answering machine detection")
+HUMAN, UNKNOWN, MACHINE_START, FAX = "human", "unknown", "machine_start", "fax"
+MACHINE_END_BEEP = "machine_end_beep"
+MACHINE_ENDS = frozenset({MACHINE_END_BEEP, "machine_end_silence", "machine_end_other"})
+ANSWERED_BY = frozenset({HUMAN, UNKNOWN, MACHINE_START, FAX, *MACHINE_ENDS})
 
 BYE_GRACE_S = 60.0  # the longest the agent's last words may take to play before the call is hung up
 # How long a key is waited for once everything has played: long enough to find the key, short enough
@@ -56,16 +75,20 @@ class Phase(StrEnum):
     WITH_AGENT = "with_agent"  # handed to the agent: the caller's audio and keys are the agent's
     SAYING_GOODBYE = "saying_goodbye"  # the last words play (or the agent's do), then the call is hung up
     ENDED = "ended"  # hung up, stopped, given to Twilio's <Say>, or not ours (a reused token)
-    # The next issue's (who answered): entered by nothing yet; only the endings apply in them.
-    LISTENING_FOR_HELLO = "listening_for_hello"
-    HOLDING_FOR_AMD = "holding_for_amd"
-    LEAVING_VOICEMAIL = "leaving_voicemail"
+    LISTENING_FOR_HELLO = "listening_for_hello"  # the callee's audio is heard; nothing of ours plays
+    HOLDING_FOR_AMD = "holding_for_amd"  # a long greeting: machine detection's verdict is awaited
+    LEAVING_VOICEMAIL = "leaving_voicemail"  # a machine's greeting ended: the voicemail message plays
 
 
 # A hang-up in these is no longer "hung up early", and a broken socket no longer calls for <Say>.
 HEARD = frozenset({Phase.PROMPTING, Phase.AWAITING_KEY, Phase.WITH_AGENT, Phase.SAYING_GOODBYE})
 MENU = frozenset({Phase.SPEAKING, Phase.PROMPTING, Phase.AWAITING_KEY})  # where keys do what the menu says
-SPEAKS = frozenset({Phase.SPEAKING, Phase.PROMPTING, Phase.SAYING_GOODBYE})  # where our own speech plays
+# where our own speech plays
+SPEAKS = frozenset({Phase.SPEAKING, Phase.PROMPTING, Phase.SAYING_GOODBYE, Phase.LEAVING_VOICEMAIL})
+WAITING = frozenset({Phase.LISTENING_FOR_HELLO, Phase.HOLDING_FOR_AMD})  # the message waits for the callee
+# Where a machine's verdict still changes the call: its outcome is not decided yet (a prompt plays, or the
+# key window runs, to a machine as well as to a person).
+UNDECIDED = frozenset({*WAITING, Phase.SPEAKING, Phase.PROMPTING, Phase.AWAITING_KEY})
 
 
 class Choice(StrEnum):
@@ -104,6 +127,13 @@ class Setup:
     script: bool = False  # a script is being loaded (announcements); keys and the end mark wait for it
     apology: str = APOLOGY  # said when the agent cannot be reached, or fails
     time_limit: str = TIME_LIMIT  # said when the conversation reached its longest
+    # Who answered (an announcement's options): listen for the callee's hello before the message...
+    listen: bool = False
+    listen_s: float = 3.0  # ... at most this long should no audio of theirs arrive (a backstop)
+    amd: bool = False  # Twilio's machine detection was asked for: a long greeting waits for its verdict
+    hold_s: float = 35.0  # the longest wait for that verdict (Twilio's detection timeout and a margin)
+    voicemail: str | None = None  # what a machine is told (None: the message itself)
+    hang_up_on_machine: bool = False  # on_machine: hang_up
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +182,30 @@ class DeadlinePassed:
     timer: int  # StartDeadline's
 
 
+class Hearing(StrEnum):
+    """What the session's ear heard of the callee while the message waits (telephony/hello.py)."""
+
+    HELLO_ENDED = "hello_ended"  # an utterance ended (a short one: their hello)
+    SILENCE = "silence"  # nothing said for hello_timeout_ms
+    LONG_SPEECH = "long_speech"  # an utterance reached the speech threshold: a greeting in the making
+    TONE = "tone"  # a steady tone: a fax's, or a machine's beep (machine detection will name it)
+    SPEECH_STARTED = "speech_started"  # the first utterance began: the ear decides from here on
+
+
+@dataclass(frozen=True, slots=True)
+class CalleeHeard:
+    hearing: Hearing
+    speech_ms: int = 0  # how long the utterance was (so far)
+
+
+@dataclass(frozen=True, slots=True)
+class MachineVerdict:
+    """Twilio's asynchronous machine detection verdict (`AnsweredBy`, `MachineDetectionDuration`)."""
+
+    answered_by: str
+    amd_ms: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class StreamStopped:
     """Twilio's `stop`: the caller hung up."""
@@ -196,6 +250,8 @@ Event = (
     | SpeechFailed
     | SaidByTwilio
     | TokenRefused
+    | CalleeHeard
+    | MachineVerdict
 )
 
 # --- actions out --------------------------------------------------------------------------------------
@@ -284,6 +340,13 @@ class ReportOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Played:
+    """How much of the message (or the voicemail message) has played: `ms`, or all of it (None)."""
+
+    ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class HangUp:
     """End the call through REST (`Status=completed`; an already ended call is fine)."""
 
@@ -308,6 +371,7 @@ Action = (
     | RedirectToSay
     | Record
     | ReportOutcome
+    | Played
     | HangUp
     | CloseSocket
 )
@@ -329,6 +393,7 @@ class CallState:
     ending: Ending | None = None  # what the deadline, or the goodbye's mark, ends the call with
     handed_over: bool = False  # an agent was given the call
     heard_before_agent: bool = False  # the caller heard the message before the agent (or its apology)
+    answered_by: str | None = None  # machine detection's verdict, once it came
 
     @property
     def heard(self) -> bool:
@@ -391,9 +456,19 @@ def step(call: CallState, event: Event) -> Step:
         case AgentEnded(end):
             return _agent_ended(call, end)
         case DeadlinePassed(timer):
-            if not call.armed or timer != call.timer or call.ending is None:
+            if not call.armed or timer != call.timer:
+                return call, []
+            if call.phase == Phase.LISTENING_FOR_HELLO:
+                return _begin(replace(call, armed=False), "no audio from the callee in time")
+            if call.phase == Phase.HOLDING_FOR_AMD:
+                return _begin(replace(call, armed=False), "no verdict from machine detection in time")
+            if call.ending is None:
                 return call, []
             return _end(replace(call, armed=False), call.ending.outcome, call.ending.why)
+        case CalleeHeard(hearing, speech_ms):
+            return _heard(call, hearing, speech_ms)
+        case MachineVerdict(answered_by):
+            return _verdict(call, answered_by)
         case StreamStopped():
             return _stopped(call)
         case SocketClosed(reason):
@@ -434,7 +509,96 @@ def _started(call: CallState, setup: Setup) -> Step:
     )
     if setup.offer is not None and setup.offer.after == After.START:
         return _hand_over(call, setup.offer, heard=False, actions=[])  # POST /outbound-call
+    if setup.listen:
+        call = replace(call, phase=Phase.LISTENING_FOR_HELLO, timer=1, armed=True)
+        return call, [StartDeadline(1, setup.listen_s)]
     return call, [Speak(setup.text, call.mark(END_MARK_PREFIX))]
+
+
+def _begin(call: CallState, why: str) -> Step:
+    """The callee's hello is over (or never came, or a person was named): the message starts."""
+    setup = call.setup
+    assert setup is not None
+    actions: list[Action] = [CancelDeadline()] if call.armed else []
+    call = replace(call, phase=Phase.SPEAKING, armed=False)
+    return call, [
+        *actions,
+        Speak(setup.text, call.mark(END_MARK_PREFIX)),
+        Record("message_started", {"after": why}),
+    ]
+
+
+def _heard(call: CallState, hearing: Hearing, speech_ms: int) -> Step:
+    if call.phase != Phase.LISTENING_FOR_HELLO:
+        return call, []  # holding: only the verdict (or its deadline) moves the call on
+    assert call.setup is not None
+    match hearing:
+        case Hearing.HELLO_ENDED:
+            return _begin(call, f"the callee's hello ({speech_ms} ms)")
+        case Hearing.SILENCE:
+            return _begin(call, "silence: no hello")
+        case Hearing.LONG_SPEECH:
+            if not call.setup.amd:
+                return call, []  # no verdict will come: the message starts when the speech ends
+            return _hold(call, f"speech of {speech_ms} ms")
+        case Hearing.SPEECH_STARTED:
+            # The backstop is for audio that never comes; from here the utterance's end (or its length)
+            # decides, however long it takes.
+            return (replace(call, armed=False), [CancelDeadline()]) if call.armed else (call, [])
+        case Hearing.TONE:
+            if not call.setup.amd:
+                return call, []  # no verdict will come: the silence (or a hello) starts the message
+            return _hold(call, "a steady tone")
+        case _:
+            assert_never(hearing)
+
+
+def _hold(call: CallState, why: str) -> Step:
+    setup = call.setup
+    assert setup is not None
+    timer = call.timer + 1
+    call = replace(call, phase=Phase.HOLDING_FOR_AMD, timer=timer, armed=True)
+    return call, [StartDeadline(timer, setup.hold_s), Record("holding_for_amd", {"after": why})]
+
+
+def _verdict(call: CallState, answered_by: str) -> Step:
+    """Machine detection's verdict. The first final one is the call's (`machine_start` is not final: the
+    greeting's end is still to be reported); the endings take no notice of it."""
+    setup = call.setup
+    if setup is None or call.phase == Phase.ENDED or call.answered_by is not None:
+        return call, []
+    if answered_by == MACHINE_START:
+        if call.phase != Phase.LISTENING_FOR_HELLO:
+            return call, []
+        return _hold(call, "machine detection heard a machine start")
+    call = replace(call, answered_by=answered_by)
+    if call.phase not in UNDECIDED:
+        return call, []  # with the agent, or saying goodbye: noted only
+    if answered_by == FAX:
+        return _end(call, CallOutcome.FAX, "a fax machine answered")
+    if answered_by in MACHINE_ENDS:
+        if setup.hang_up_on_machine:
+            return _end(
+                call, CallOutcome.MACHINE, f"an answering machine ({answered_by}): on_machine is hang_up"
+            )
+        return _leave_voicemail(call)
+    if call.phase in WAITING and answered_by in (HUMAN, UNKNOWN):
+        return _begin(call, f"machine detection said {answered_by}")
+    return call, []
+
+
+def _leave_voicemail(call: CallState) -> Step:
+    """Stop whatever plays (Twilio drops its buffer) and speak the voicemail message from its first word."""
+    setup = call.setup
+    assert setup is not None
+    if call.phase in WAITING:
+        actions: list[Action] = [CancelDeadline()] if call.armed else []
+        call = replace(call, armed=False)
+    else:
+        call, actions = _silence(call)
+    call = replace(call, phase=Phase.LEAVING_VOICEMAIL, ending=None)
+    text = setup.voicemail if setup.voicemail is not None else setup.text
+    return call, [*actions, Speak(text, call.mark(VOICEMAIL_MARK_PREFIX))]
 
 
 def _mark(call: CallState, name: str, event: MarkEchoed) -> Step:
@@ -443,6 +607,8 @@ def _mark(call: CallState, name: str, event: MarkEchoed) -> Step:
         return call, []
     if name.startswith(AGENT_MARK_PREFIX):
         return call, [ForwardMark(name)] if phase == Phase.WITH_AGENT else []
+    if name.startswith(PLAYED_MARK_PREFIX):
+        return _progress(call, name)
     if not name.endswith(f".{call.round}"):
         return call, [Record("mark_cleared", {"mark": name[:64]})]  # flushed by our `clear`, not played
     if phase == Phase.SPEAKING and name.startswith(END_MARK_PREFIX):
@@ -455,11 +621,31 @@ def _mark(call: CallState, name: str, event: MarkEchoed) -> Step:
         return _await_key(call, call.script.window_s if call.script is not None else 0.0)
     if phase == Phase.SAYING_GOODBYE and name.startswith(BYE_MARK_PREFIX) and call.ending is not None:
         return _end(call, call.ending.outcome, call.ending.why)
+    if phase == Phase.LEAVING_VOICEMAIL and name.startswith(VOICEMAIL_MARK_PREFIX):
+        after = (
+            "after the beep" if call.answered_by == MACHINE_END_BEEP else "after the greeting (no beep heard)"
+        )
+        call, actions = _end(call, CallOutcome.VOICEMAIL_LEFT, f"the whole message was left {after}")
+        return call, [Played(None), *actions]
     return call, []
+
+
+def _progress(call: CallState, name: str) -> Step:
+    """A progress mark of the message or the voicemail message: this round's, while it plays."""
+    if call.phase not in (Phase.SPEAKING, Phase.LEAVING_VOICEMAIL) or not name.endswith(f".{call.round}"):
+        return call, []
+    ms = name[len(PLAYED_MARK_PREFIX) :].split(":", 1)[0]
+    return call, [Played(int(ms))] if ms.isascii() and ms.isdigit() and len(ms) <= 9 else []
 
 
 def _message_played(call: CallState) -> Step:
     """The message's end mark came back: it was heard. Then the agent, the prompt, or the end."""
+    assert call.setup is not None
+    call, actions = _message_over(call)
+    return call, [Played(None), *actions]
+
+
+def _message_over(call: CallState) -> Step:
     assert call.setup is not None
     script = call.script
     offer = _offer(call.setup, script)
@@ -476,6 +662,8 @@ def _message_played(call: CallState) -> Step:
 def _key(call: CallState, digit: str, event: KeyPressed) -> Step:
     """One switch over this call's menu. Keys mean nothing before the start, to the agent's caller (they
     are the agent's business), while the call says goodbye, and after the end."""
+    if call.phase in WAITING:
+        return _begin(call, f"key {digit}: a person")  # a machine presses no keys
     if call.phase not in MENU:
         return call, []
     if not call.script_known:
@@ -551,12 +739,27 @@ def _stopped(call: CallState) -> Step:
     ended, actions = _leave(call, "the caller hung up")
     actions.append(closing)
     if not call.heard:
-        actions += [
-            ReportOutcome(CallOutcome.HUNG_UP_EARLY, "stream stopped before the message ended"),
-            HangUp(),
-        ]
+        actions += [_hung_up(call), HangUp()]
     # Else heard (or with the agent, whose outcome was recorded when it took the call): nothing to record.
     return ended, actions
+
+
+def _hung_up(call: CallState) -> ReportOutcome:
+    """The outcome of a call the other end hung up before the message (or the voicemail) was over."""
+    match call.phase:
+        case Phase.LISTENING_FOR_HELLO:
+            return ReportOutcome(CallOutcome.HUNG_UP_EARLY, "stream stopped before the message started")
+        case Phase.HOLDING_FOR_AMD:
+            # What Twilio's verdict says of such a call too (machine_end_other): a greeting longer than
+            # its speech threshold, then the line closed (a full mailbox).
+            why = "hung up after a greeting longer than the speech threshold: a machine, no message left"
+            return ReportOutcome(CallOutcome.MACHINE, why)
+        case Phase.LEAVING_VOICEMAIL:
+            return ReportOutcome(
+                CallOutcome.MACHINE, "the machine hung up before the voicemail message ended"
+            )
+        case _:
+            return ReportOutcome(CallOutcome.HUNG_UP_EARLY, "stream stopped before the message ended")
 
 
 def _closed(call: CallState, reason: str) -> Step:
@@ -628,8 +831,11 @@ def _await_key(call: CallState, seconds: float) -> Step:
 
 def _redirect(call: CallState, reason: str) -> list[Action]:
     """TTS failed before any audio, or the socket broke: let Twilio speak the message (never silent)."""
-    assert call.setup is not None
-    return [Record("speech_redirect_to_say", {"reason": reason}), RedirectToSay(call.setup.text, reason)]
+    setup = call.setup
+    assert setup is not None
+    voicemail = call.phase == Phase.LEAVING_VOICEMAIL and setup.voicemail is not None
+    text = setup.voicemail if voicemail and setup.voicemail is not None else setup.text
+    return [Record("speech_redirect_to_say", {"reason": reason}), RedirectToSay(text, reason)]
 
 
 def _wait_for_script(call: CallState, event: Event) -> Step:

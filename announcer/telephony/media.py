@@ -25,14 +25,25 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from sqlalchemy.exc import SQLAlchemyError
 
 from announcer import logs
+from announcer.audio import FRAME_MS
 from announcer.speech.speaker import Speaker, SpeechEvent, SpeechUnavailable
 from announcer.store.calls import CallStore, StreamGrant
 from announcer.store.models import CallKind, CallOutcome
 from announcer.telephony import callflow as flow
 from announcer.telephony import codec, twiml
 from announcer.telephony.callflow import CallScript
-from announcer.telephony.calls import TwilioCalls, TwilioError
-from announcer.telephony.handoff import AgentEnd, AgentOffer, Conversation, EndKind, Handoff, StartAgent
+from announcer.telephony.calls import MachineDetection, TwilioCalls, TwilioError
+from announcer.telephony.handoff import (
+    After,
+    AgentEnd,
+    AgentOffer,
+    Conversation,
+    EndKind,
+    Handoff,
+    StartAgent,
+)
+from announcer.telephony.hello import HelloEar
+from announcer.telephony.live import LiveCalls
 from announcer.telephony.playout import PlayoutClock
 from announcer.telephony.signature import HEADER as SIGNATURE_HEADER
 from announcer.telephony.signature import SignatureChecker
@@ -42,6 +53,10 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
 MAX_BAD_MESSAGES = 20
+# Listening for a hello ends on the callee's audio (telephony/hello.py); this much more is the backstop
+# should their audio not come at all.
+LISTEN_BACKSTOP_MS = 1500
+HOLD_MARGIN_S = 5.0  # after Twilio's detection timeout, the verdict is not coming: speak the message
 
 
 @dataclass
@@ -64,6 +79,10 @@ class MediaDeps:
     greeting_agent: AgentOffer | None = None
     agent_apology: str = flow.APOLOGY
     agent_time_limit: str = flow.TIME_LIMIT
+    # Who answered: machine detection's tuning (its speech threshold and timeout shape the wait for a
+    # hello), and where its verdicts reach the live sessions.
+    amd: MachineDetection | None = None
+    live: LiveCalls | None = None
 
 
 class MediaSession:
@@ -86,6 +105,11 @@ class MediaSession:
         self._deadline: asyncio.Task[None] | None = None
         self._script: asyncio.Task[CallScript | None] | None = None
         self._confirming: asyncio.Task[None] | None = None
+        self._verdicts: asyncio.Task[None] | None = None  # machine detection's, fed as they come
+        self._ear: HelloEar | None = None  # while the message waits for the callee's hello
+        self._keys = ""  # every key pressed, in order (a call fact)
+        self.played_ms: int | None = None  # of the message (or the voicemail message), from its marks
+        self.message_ms: int | None = None
 
     # --- reader ---------------------------------------------------------------------------------
 
@@ -102,6 +126,8 @@ class MediaSession:
                                 self.media_in += 1
                                 if self._agent is not None:
                                     await self._agent.user_audio(raw)
+                                elif self._ear is not None:
+                                    await self._listen(raw)
                                 continue
                             # Before `start` nothing is admitted: it counts against the limit below.
                             self._protocol_problem("media before start")
@@ -159,6 +185,7 @@ class MediaSession:
         if isinstance(event, codec.Mark):
             await self._feed(flow.MarkEchoed(event.name))
         elif isinstance(event, codec.Dtmf):
+            self._keys += event.digit
             self._record("dtmf", digit=event.digit)  # every key is on the trail, whatever it does
             await self._feed(flow.KeyPressed(event.digit))
         elif isinstance(event, codec.Stop):
@@ -194,26 +221,72 @@ class MediaSession:
         self.started_at = time.monotonic()
         announcement = grant.kind == CallKind.ANNOUNCEMENT
         load = self.deps.script if announcement else None
-        setup = flow.Setup(
-            call_id=grant.call_id,
-            kind=grant.kind,
-            text=grant.text,
-            offer=AgentOffer.from_options(grant.options) if announcement else None,
-            line_offer=self.deps.greeting_agent if grant.kind == CallKind.GREETING else None,
-            agent=self.deps.start_agent is not None,
-            script=load is not None,
-            apology=self.deps.agent_apology,
-            time_limit=self.deps.agent_time_limit,
-        )
+        setup = self._setup(grant, load is not None)
+        if setup.listen:
+            threshold = self.deps.amd.speech_threshold_ms if self.deps.amd is not None else 2400
+            self._ear = HelloEar(round(setup.listen_s * 1000 - LISTEN_BACKSTOP_MS), threshold)
+        early = self.deps.live.join(start.call_sid, self._verdict) if self.deps.live is not None else None
         # Speaking is scheduled before the database writes, so its first step (a cache hit's first
         # frames, or the TTS request) runs ahead of theirs.
         await self._feed(flow.StreamStarted(setup))
+        if early is not None:
+            await self._feed(early)
         if load is not None:
             self._script = asyncio.create_task(load(grant))
         if confirm:
             self._confirming = asyncio.create_task(self._confirm_token(token, start.call_sid))
         self.deps.store.record_in_progress(grant.call_id)
         self._record("stream_started", stream_sid=start.stream_sid)
+
+    def _setup(self, grant: StreamGrant, script: bool) -> flow.Setup:
+        """What the grant (an announcement's options) and the configuration say about this call."""
+        deps = self.deps
+        options = grant.options if grant.kind == CallKind.ANNOUNCEMENT else None
+        offer = AgentOffer.from_options(options) if options is not None else None
+        listen = options is not None and options.start == "after_hello"
+        amd = deps.amd is not None and options is not None and options.machine_detection
+        return flow.Setup(
+            call_id=grant.call_id,
+            kind=grant.kind,
+            text=grant.text,
+            offer=offer,
+            line_offer=deps.greeting_agent if grant.kind == CallKind.GREETING else None,
+            agent=deps.start_agent is not None,
+            script=script,
+            apology=deps.agent_apology,
+            time_limit=deps.agent_time_limit,
+            listen=listen and not (offer is not None and offer.after == After.START),
+            listen_s=(options.hello_timeout_ms + LISTEN_BACKSTOP_MS) / 1000 if options is not None else 0.0,
+            amd=amd,
+            hold_s=(deps.amd.timeout_s if deps.amd is not None else 30) + HOLD_MARGIN_S,
+            voicemail=grant.voicemail_text,
+            hang_up_on_machine=options is not None and options.on_machine == "hang_up",
+        )
+
+    async def _listen(self, raw: str) -> None:
+        """One inbound frame while the message waits for the callee's hello."""
+        assert self._ear is not None
+        payload = codec.media_payload(raw)
+        heard = self._ear.hear(payload) if payload is not None else None
+        if heard is not None:
+            self._record("callee_heard", hearing=heard.hearing.value, speech_ms=heard.speech_ms)
+            await self._feed(heard)
+        if self.call.phase != flow.Phase.LISTENING_FOR_HELLO:
+            # The message started, or it holds for the verdict (which the ear cannot change), or the call
+            # moved on: back to the hot path.
+            self._ear = None
+
+    def _verdict(self, verdict: flow.MachineVerdict) -> None:
+        """Machine detection's verdict, from the webhook's task: fed from a task of the session's own, so
+        the webhook is answered at once whatever the flow then does (a REST hang-up, say)."""
+        previous = self._verdicts
+
+        async def feed() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])  # in the order they came
+            await self._feed(verdict)
+
+        self._verdicts = asyncio.create_task(feed())
 
     async def _confirm_token(self, token: str, call_sid: str) -> None:
         try:
@@ -267,6 +340,8 @@ class MediaSession:
                 await self._redirect(text, reason)
             case flow.Record(kind, detail):
                 self._record(kind, **detail)
+            case flow.Played(ms):
+                self.played_ms = self.message_ms if ms is None else ms
             case flow.ReportOutcome(outcome, why, told):
                 self.deps.store.record_outcome(self.grant.call_id, outcome, reason=why)
                 await self._report(outcome, why if told is None else told)
@@ -291,20 +366,32 @@ class MediaSession:
         send = self.ws.send_str
         media_message = codec.media_message
         t0 = self.started_at
+        # The message and the voicemail message tell how much of them has played (played_ms).
+        prefix, _, rest = mark.partition(":")
+        measured = f"{prefix}:" in (flow.END_MARK_PREFIX, flow.VOICEMAIL_MARK_PREFIX)
+        every = flow.PLAYED_EVERY_FRAMES if measured else 0
+        sent = 0
         try:
             async with aclosing(self.deps.speaker.frames(text, self._on_speech_event)) as frames:
                 async for payload in frames:
                     await playout.room()
                     await send(media_message(sid, payload))
                     playout.sent()
+                    sent += 1
+                    if every and sent % every == 0:
+                        await send(
+                            codec.mark_message(sid, f"{flow.PLAYED_MARK_PREFIX}{sent * FRAME_MS}:{rest}")
+                        )
                     if self.first_frame_at is None:
                         self.first_frame_at = time.monotonic()
                         # `start` -> first frame on the socket, as the service saw it
                         self._record(
                             "speech_started", first_frame_ms=round((self.first_frame_at - t0) * 1000, 3)
                         )
+            if measured:
+                self.message_ms = sent * FRAME_MS
             await send(codec.mark_message(sid, mark))
-            self._record("speech_sent", frames=playout.frames_sent, mark=mark.split(":", 1)[0])
+            self._record("speech_sent", frames=playout.frames_sent, mark=prefix)
         except SpeechUnavailable as err:
             await self._feed(flow.SpeechFailed(err.reason))
         except ConnectionResetError:
@@ -424,8 +511,19 @@ class MediaSession:
             elif not self._script.cancelled() and self._script.exception() is not None:
                 log.error("loading the call's script failed", exc_info=self._script.exception())
         self._script = None
+        self._ear = None
+        if self._verdicts is not None:
+            self._verdicts.cancel()  # the flow has ended: a verdict now changes nothing
+            self._verdicts = None
+        if self.start is not None and self.deps.live is not None:
+            self.deps.live.leave(self.start.call_sid, self._verdict)
         if self.grant is not None:
             self._record("stream_closed", media_frames_in=self.media_in, malformed=self.bad)
+            facts: dict[str, Any] = {"played_ms": self.played_ms, "message_ms": self.message_ms}
+            facts = {k: v for k, v in facts.items() if v is not None}
+            if self._keys:
+                facts["keys"] = self._keys
+            self.deps.store.record_facts(self.grant.call_id, **facts)
         if self._confirming is not None:
             await asyncio.wait([self._confirming])
             self._confirming = None

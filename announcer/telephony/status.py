@@ -14,24 +14,14 @@ from aiohttp import web
 
 from announcer import logs
 from announcer.store.calls import CallStore
-from announcer.store.models import MAX_INT, TERMINAL_STATUSES, CallStatus
+from announcer.store.models import TERMINAL_STATUSES, CallStatus
 from announcer.telephony.signature import SignatureChecker
 from announcer.telephony.tokens import TokenBook
-from announcer.telephony.voice import CALL_SID, bad_request, require
+from announcer.telephony.voice import CALL_SID, bad_request, int_field, named_call, require
 
 log = logging.getLogger(__name__)
 # A "failed" call with this SIP code was not answered (protocols.md): recorded as no-answer, once, here.
 SIP_TEMPORARILY_UNAVAILABLE = 480
-
-
-def _int_field(form: dict[str, str], field: str) -> int | None:
-    value = form.get(field)
-    if value is None or value == "":
-        return None
-    # ASCII digits only ("²" is a digit to str.isdigit), and within the database's INTEGER columns.
-    if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) > MAX_INT:
-        raise bad_request(field, f"must be an integer from 0 to {MAX_INT}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -63,20 +53,15 @@ async def status_webhook(
         status = CallStatus(require(form, "CallStatus"))
     except ValueError:
         raise bad_request("CallStatus", "unknown status") from None
-    sequence = _int_field(form, "SequenceNumber")
-    duration = _int_field(form, "CallDuration")
-    sip = _int_field(form, "SipResponseCode")
+    sequence = int_field(form, "SequenceNumber")
+    duration = int_field(form, "CallDuration")
+    sip = int_field(form, "SipResponseCode")
     if status == CallStatus.FAILED and sip == SIP_TEMPORARILY_UNAVAILABLE:
         status = CallStatus.NO_ANSWER
-    error_code = _int_field(form, "ErrorCode")
-    attempt = request.query.get("call", "")
+    error_code = int_field(form, "ErrorCode")
     named_sid: str | None = None
-    if attempt:
-        if not (attempt.isascii() and attempt.isdigit()) or len(attempt) > 10 or int(attempt) > MAX_INT:
-            raise bad_request("call", "the status URL's call id is not one of ours")
-        # Our status URL names the attempt's call row (the URL is signed, so the id is ours): no lookup
-        # by SID, whose row may not have it yet (the create request's answer may still be on its way).
-        call_id: int | None = int(attempt)
+    call_id = named_call(request)
+    if call_id is not None:
         carries_delivery, named_sid = True, call_sid
     else:
         found = await store.find_call(call_sid)

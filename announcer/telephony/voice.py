@@ -19,7 +19,7 @@ from announcer.messages.phones import mask
 from announcer.messages.render import RenderError
 from announcer.speech.speaker import Speaker
 from announcer.store.calls import CallStore
-from announcer.store.models import CallKind, CallStatus
+from announcer.store.models import MAX_INT, CallKind, CallStatus
 from announcer.telephony import twiml
 from announcer.telephony.signature import SignatureChecker
 from announcer.telephony.tokens import TokenBook
@@ -46,6 +46,29 @@ def bad_request(field: str, reason: str) -> web.HTTPBadRequest:
         text=f'{{"error": "invalid_field", "field": "{field}", "reason": "{reason}"}}',
         content_type="application/json",
     )
+
+
+def int_field(form: dict[str, str], field: str) -> int | None:
+    """A webhook's integer field (absent or empty: None)."""
+    value = form.get(field)
+    if value is None or value == "":
+        return None
+    # ASCII digits only ("²" is a digit to str.isdigit), and within the database's INTEGER columns.
+    if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) > MAX_INT:
+        raise bad_request(field, f"must be an integer from 0 to {MAX_INT}")
+    return int(value)
+
+
+def named_call(request: web.Request) -> int | None:
+    """The call row our callback URL names (`?call=<id>`), if it names one. The URL is signed, so the id
+    is ours: no lookup by SID, whose row may not have it yet (the create request's answer may still be
+    on its way)."""
+    attempt = request.query.get("call", "")
+    if not attempt:
+        return None
+    if not (attempt.isascii() and attempt.isdigit()) or len(attempt) > 10 or int(attempt) > MAX_INT:
+        raise bad_request("call", "the callback URL's call id is not one of ours")
+    return int(attempt)
 
 
 def xml(body: str) -> web.Response:
