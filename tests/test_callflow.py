@@ -17,6 +17,7 @@ from announcer.telephony.callflow import (
     AgentConnected,
     AgentEnded,
     AwaitScript,
+    AwaitVerdict,
     CalleeHeard,
     CallScript,
     CallState,
@@ -209,7 +210,7 @@ def started(after: str, *, cancel: bool = True) -> list[Action]:
 
 def held(after: str) -> list[Action]:
     """The wait for machine detection's verdict (its deadline replaces the listening one)."""
-    return [StartDeadline(2, HOLD_S), Record("holding_for_amd", {"after": after})]
+    return [StartDeadline(2, HOLD_S), Record("holding_for_amd", {"after": after}), AwaitVerdict()]
 
 
 def noted(phase: Phase) -> Expected:

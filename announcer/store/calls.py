@@ -239,6 +239,12 @@ class CallStore:
             self._ids.pop(next(iter(self._ids)))
         self._ids[call_sid] = found
 
+    async def machine_verdict(self, call_id: int) -> tuple[str, int | None] | None:
+        """The call's machine detection verdict (`answered_by`, `amd_ms`), once one is stored."""
+        async with self.sessions() as s:
+            row = (await s.execute(select(Call.answered_by, Call.amd_ms).where(Call.id == call_id))).first()
+        return (row[0], row[1]) if row is not None and row[0] is not None else None
+
     async def get(self, call_id: int) -> Call | None:
         async with self.sessions() as s:
             return await s.get(Call, call_id)

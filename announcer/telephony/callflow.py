@@ -312,6 +312,11 @@ class ForwardMark:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitVerdict:
+    """Look for the verdict in the store while the call holds: Twilio may post it to another process."""
+
+
+@dataclass(frozen=True, slots=True)
 class AwaitScript:
     """Feed ScriptLoaded once the call's script is in; the events that needed it wait in the state."""
 
@@ -368,6 +373,7 @@ Action = (
     | CloseAgent
     | ForwardMark
     | AwaitScript
+    | AwaitVerdict
     | RedirectToSay
     | Record
     | ReportOutcome
@@ -558,7 +564,8 @@ def _hold(call: CallState, why: str) -> Step:
     assert setup is not None
     timer = call.timer + 1
     call = replace(call, phase=Phase.HOLDING_FOR_AMD, timer=timer, armed=True)
-    return call, [StartDeadline(timer, setup.hold_s), Record("holding_for_amd", {"after": why})]
+    actions: list[Action] = [StartDeadline(timer, setup.hold_s), Record("holding_for_amd", {"after": why})]
+    return call, [*actions, AwaitVerdict()]
 
 
 def _verdict(call: CallState, answered_by: str) -> Step:

@@ -56,6 +56,7 @@ MAX_BAD_MESSAGES = 20
 # Listening for a hello ends on the callee's audio (telephony/hello.py); this much more is the backstop
 # should their audio not come at all.
 LISTEN_BACKSTOP_MS = 1500
+VERDICT_POLL_S = 0.2  # real seconds between looks for a verdict posted to another process
 HOLD_MARGIN_S = 5.0  # after Twilio's detection timeout, the verdict is not coming: speak the message
 
 
@@ -106,6 +107,7 @@ class MediaSession:
         self._script: asyncio.Task[CallScript | None] | None = None
         self._confirming: asyncio.Task[None] | None = None
         self._verdicts: asyncio.Task[None] | None = None  # machine detection's, fed as they come
+        self._polling: asyncio.Task[None] | None = None  # ... or found in the store while holding
         self._ear: HelloEar | None = None  # while the message waits for the callee's hello
         self._keys = ""  # every key pressed, in order (a call fact)
         self.played_ms: int | None = None  # of the message (or the voicemail message), from its marks
@@ -288,6 +290,21 @@ class MediaSession:
 
         self._verdicts = asyncio.create_task(feed())
 
+    async def _poll_verdict(self, call_id: int) -> None:
+        """While the call holds, the verdict may reach another process (any process serves any webhook):
+        it is in the store then. Looked for a few times a second, only for the seconds a hold lasts."""
+        found: tuple[str, int | None] | None = None
+        while found is None and self.call.phase == flow.Phase.HOLDING_FOR_AMD:
+            await asyncio.sleep(VERDICT_POLL_S)
+            try:
+                found = await self.deps.store.machine_verdict(call_id)
+            except SQLAlchemyError as err:
+                log.warning("could not look for the machine detection verdict: %r", err)
+        # From here on an ordinary feed, which the session's finish lets complete (a hang-up under way).
+        self._polling = None
+        if found is not None:
+            await self._feed(flow.MachineVerdict(*found))
+
     async def _confirm_token(self, token: str, call_sid: str) -> None:
         try:
             grant = await self.deps.store.consume_token(token, call_sid)
@@ -334,6 +351,9 @@ class MediaSession:
             case flow.ForwardMark(name):
                 if self._agent is not None:
                     self._agent.mark_played(name)
+            case flow.AwaitVerdict():
+                if self._polling is None:
+                    self._polling = asyncio.create_task(self._poll_verdict(self.grant.call_id))
             case flow.AwaitScript():
                 await self._feed(flow.ScriptLoaded(await self._get_script()))
             case flow.RedirectToSay(text, reason):
@@ -512,9 +532,11 @@ class MediaSession:
                 log.error("loading the call's script failed", exc_info=self._script.exception())
         self._script = None
         self._ear = None
-        if self._verdicts is not None:
-            self._verdicts.cancel()  # the flow has ended: a verdict now changes nothing
-            self._verdicts = None
+        if self._polling is not None:
+            self._polling.cancel()
+            self._polling = None
+        # A verdict being fed completes (the flow has ended: one fed now changes nothing).
+        self._verdicts = None
         if self.start is not None and self.deps.live is not None:
             self.deps.live.leave(self.start.call_sid, self._verdict)
         if self.grant is not None:
