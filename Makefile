@@ -22,15 +22,16 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/announcer serve
 
-## lint, type-check and run the whole suite (SQLite, then PostgreSQL when one answers)
+## lint, type-check and run the whole suite (SQLite, then PostgreSQL when one answers); -rs lists each
+## skipped test and why (the PostgreSQL-only ones on SQLite, the nginx ones without nginx)
 test: $(STAMP)
 	$(BIN)/ruff check announcer tests benchmarks
 	$(BIN)/ruff format --check announcer tests benchmarks
 	$(BIN)/mypy announcer
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 	@if $(BIN)/python -m tests.pg_available; then \
 		echo "== the same suite on PostgreSQL =="; \
-		ANNOUNCER_TEST_DATABASE=postgresql $(BIN)/python -m pytest -q -p no:cacheprovider; \
+		ANNOUNCER_TEST_DATABASE=postgresql $(BIN)/python -m pytest -q -rs -p no:cacheprovider; \
 	elif [ -n "$$CI" ]; then echo "error: CI needs PostgreSQL at 127.0.0.1:5432"; exit 1; \
 	else echo "== PostgreSQL not reachable: skipped the PostgreSQL run =="; fi
 

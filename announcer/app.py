@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -605,5 +606,7 @@ async def _healthz(request: web.Request) -> web.Response:
         # "running": this process runs the reminders' clock (caught up and armed); "standby": another
         # process on the same database does (PostgreSQL), or this one has not started it yet.
         "scheduler": "running" if request.app[SCHEDULES].scheduler.started.is_set() else "standby",
+        # Which process answered: behind a load balancer, one of several (`serve --workers N`).
+        "pid": os.getpid(),
     }
     return web.json_response(body, status=200 if ok else 503)

@@ -71,6 +71,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Whatever the shell's umask: what the service writes (database, cache, recordings, token) is the
     # owner's only. The writers set 0600 themselves too; this covers what a library creates.
     os.umask(0o077)
+    if args.workers is not None and args.workers != 1:
+        from announcer.workers import supervise  # N processes of this command (workers.py)
+
+        logs.setup(settings.announcer_log_level, settings.announcer_log_format)
+        return supervise(settings, args.workers)
     try:
         held = claim(settings.host, settings.port, settings.announcer_data_dir)
     except InstanceError as err:
@@ -1108,6 +1113,12 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the service (sandbox mode without credentials)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="N processes on ports PORT..PORT+N-1, for a load balancer in front (PostgreSQL only)",
+    )
     serve.set_defaults(func=cmd_serve)
     render = sub.add_parser("render", help="render a template to text")
     render.add_argument("template")
