@@ -159,6 +159,9 @@ class Supervisor:
                 return
             worker.restarts += 1
             await self._spawn(worker)
+            if self._stopping.is_set():  # the stop came while it was starting: `run` did not see it
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.terminate()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
