@@ -399,7 +399,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     sender.start()
     notifier = OutcomeNotifier(
         sender,
-        OutboxStore(app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite),
+        OutboxStore(app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite, journal=app[STORE].journal),
         timeout_s=settings.announcer_webhook_timeout_s,
         retention=timedelta(seconds=settings.announcer_webhook_retention_s),
         single_process=app[DATABASE].is_sqlite,

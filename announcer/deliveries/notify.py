@@ -32,7 +32,7 @@ POLL_S = 5.0
 PRUNE_EVERY_S = 3600.0
 # A claim outlives its attempt (the sender's timeout bounds the request) by this much: the write-back
 # and a loaded machine's delays. Until then nobody else sends the row.
-LEASE_MARGIN_S = 30.0
+LEASE_MARGIN_S = 10.0
 
 
 class OutcomeNotifier:

@@ -17,6 +17,7 @@ changes nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -24,6 +25,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from announcer.store.journal import Batch, Journal
 from announcer.store.models import OutboxEvent, OutboxState, utcnow
 
 OUTBOX = cast(Table, OutboxEvent.__table__)
@@ -81,11 +83,16 @@ _MINE = (OUTBOX.c.id == bindparam("n_id")) & (OUTBOX.c.attempts == bindparam("n_
 
 
 class OutboxStore:
-    """Claims and write-backs, each one short transaction (never one held across an HTTP request)."""
+    """Claims and write-backs, each short (never a transaction held across an HTTP request). With a
+    `journal` (the service's group commit, store/journal.py) the write-backs share the transactions of
+    the calls' bookkeeping instead of one each: SQLite has one connection for all of it."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, postgres: bool) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, postgres: bool, journal: Journal | None = None
+    ) -> None:
         self.sessions = sessions
         self._skip_locked = postgres
+        self._journal = journal
 
     async def claim(self, *, limit: int, lease: timedelta) -> list[Notice]:
         """Take up to `limit` due rows for one attempt each, oldest first; each is due again after `lease`
@@ -130,28 +137,31 @@ class OutboxStore:
 
     async def retry(self, notice: Notice, at: datetime, error: str) -> bool:
         """Not taken this time (`error`): due again at `at`."""
-        async with self.sessions() as s:
-            done = await s.execute(
-                update(OUTBOX)
-                .where(_MINE, OUTBOX.c.state == OutboxState.PENDING)
-                .values(next_attempt_at=at, lease_expires_at=None, last_error=error[:LAST_ERROR_CHARS]),
-                {"n_id": notice.id, "n_attempt": notice.attempt},
-            )
-            await s.commit()
-        return bool(done.rowcount)  # type: ignore[attr-defined]
+        values = {"next_attempt_at": at, "lease_expires_at": None, "last_error": error[:LAST_ERROR_CHARS]}
+        return await self._write_back(notice, values)
 
     async def _finish(self, notice: Notice, state: OutboxState, error: str | None) -> bool:
-        now = utcnow()
-        values: dict[str, Any] = {"state": state, "lease_expires_at": None, "finished_at": now}
+        values: dict[str, Any] = {"state": state, "lease_expires_at": None, "finished_at": utcnow()}
         if error is not None:
             values["last_error"] = error[:LAST_ERROR_CHARS]
+        return await self._write_back(notice, values)
+
+    async def _write_back(self, notice: Notice, values: dict[str, Any]) -> bool:
+        statement = update(OUTBOX).where(_MINE, OUTBOX.c.state == OutboxState.PENDING).values(**values)
+
+        async def write_back(b: Batch) -> bool:
+            done = await b.session.execute(statement, {"n_id": notice.id, "n_attempt": notice.attempt})
+            return bool(done.rowcount)  # type: ignore[attr-defined]
+
+        return await self._run(write_back)
+
+    async def _run(self, op: Callable[[Batch], Awaitable[bool]]) -> bool:
+        if self._journal is not None:
+            return await self._journal.submit(op)
         async with self.sessions() as s:
-            done = await s.execute(
-                update(OUTBOX).where(_MINE, OUTBOX.c.state == OutboxState.PENDING).values(**values),
-                {"n_id": notice.id, "n_attempt": notice.attempt},
-            )
+            result = await op(Batch(s))
             await s.commit()
-        return bool(done.rowcount)  # type: ignore[attr-defined]
+        return result
 
     async def next_due(self) -> datetime | None:
         """When the earliest pending row falls due (a retry's time, or a lease's end); None: none pending."""
