@@ -109,7 +109,9 @@ class OutcomeNotifier:
             try:
                 await self._prune()
                 free = self._sender.concurrency - len(self._sending)
-                if free > 0:
+                # Claimed in batches: with attempts in flight, wait until half the slots are free (each
+                # finished attempt wakes us) rather than a claim transaction per freed slot.
+                if free > 0 and (not self._sending or free * 2 >= self._sender.concurrency):
                     # No more than can be attempted at once: a claimed row must not wait for a slot while
                     # its lease runs.
                     claimed = await self._outbox.claim(limit=free, lease=self._lease)
