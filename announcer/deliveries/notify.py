@@ -117,7 +117,8 @@ class OutcomeNotifier:
                     claimed = await self._outbox.claim(limit=free, lease=self._lease)
                     for notice in claimed:
                         self._spawn(notice)
-                    # All slots taken: more may be due, and a finished attempt wakes us.
+                    # Every slot taken: more may be due, and a finished attempt wakes us. Fewer than
+                    # asked: sleep until the next row falls due (a retry's time, a lease's end).
                     if len(claimed) < free:
                         due = await self._outbox.next_due()
                         if due is not None:
