@@ -52,6 +52,7 @@ from announcer.speech.speaker import Speaker
 from announcer.store.calls import CallStore
 from announcer.store.db import Database
 from announcer.store.deliveries import DeliveryStore
+from announcer.store.outbox import OutboxStore
 from announcer.store.schedules import ScheduleStore
 from announcer.telephony.amd import amd_webhook
 from announcer.telephony.calls import MachineDetection, TwilioCalls
@@ -108,6 +109,7 @@ ALERT_SERVICE = web.AppKey("alert_service", AlertService)
 ALERTS = web.AppKey("alerts", AlertsDeps)
 SCHEDULES = web.AppKey("schedules", SchedulesDeps)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
+OUTBOX = web.AppKey("outbox", OutcomeNotifier)  # the outcome webhooks' outbox, sent from this process
 API_TOKEN = web.AppKey("api_token", str)
 
 
@@ -386,9 +388,24 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     destinations = DestinationPolicy.from_settings(settings)  # planning and dialing check the same one
     secret = settings.announcer_webhook_secret or settings.announcer_api_token
     egress = EgressPolicy.from_settings(settings)
-    sender = WebhookSender(secret.get_secret_value() if secret else app[API_TOKEN], egress=egress)
+    # The secret stays here, in memory: the outbox holds bodies and URLs, signed at each attempt.
+    sender = WebhookSender(
+        secret.get_secret_value() if secret else app[API_TOKEN],
+        egress=egress,
+        timeout_s=settings.announcer_webhook_timeout_s,
+        max_attempts=settings.announcer_webhook_max_attempts,
+        backoff_s=settings.announcer_webhook_backoff_s,
+        max_backoff_s=settings.announcer_webhook_max_backoff_s,
+    )
     sender.start()
-    notifier = OutcomeNotifier(sender, store)
+    notifier = OutcomeNotifier(
+        sender,
+        OutboxStore(app[DATABASE].sessions, postgres=not app[DATABASE].is_sqlite, journal=app[STORE].journal),
+        timeout_s=settings.announcer_webhook_timeout_s,
+        retention=timedelta(seconds=settings.announcer_webhook_retention_s),
+        single_process=app[DATABASE].is_sqlite,
+    )
+    notifier.start()
     dispatcher = Dispatcher(
         store,
         app[TWILIO],
@@ -408,6 +425,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     )
     app[DELIVERIES] = store
     app[WEBHOOKS] = sender
+    app[OUTBOX] = notifier
     app[DISPATCHER] = dispatcher
     app[ALERT_SERVICE] = service = AlertService(
         store=store,

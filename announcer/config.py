@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     # (loopback, private, link-local...) unless its host name or a CIDR holding it is listed here.
     announcer_callback_allow_http: bool = False
     announcer_callback_allow_hosts: str = ""
+    # Outcome webhook delivery (deliveries/callbacks.py, sent from the outbox): the time one attempt may
+    # take, attempts in all, the backoff's first wait and its cap (full jitter), and how long sent and
+    # failed events stay in the outbox table before they are deleted.
+    announcer_webhook_timeout_s: PositiveFloat = 10.0
+    announcer_webhook_max_attempts: PositiveInt = 8
+    announcer_webhook_backoff_s: Annotated[float, Field(ge=0)] = 1.0
+    announcer_webhook_max_backoff_s: Annotated[float, Field(ge=0)] = 300.0
+    announcer_webhook_retention_s: PositiveFloat = 7 * 86_400.0
     # Twilio's answering machine detection tuning, with Twilio's defaults and allowed ranges (a value outside
     # them would make Twilio refuse every call with error 21234): how long it may take to decide (then
     # `unknown`), speech longer than this is a machine's, silence that ends speech, initial silence before

@@ -34,8 +34,16 @@ Retry policy
 * Anything else (3xx, which are not followed, and other 4xx): a permanent failure, not retried.
 
 An event is attempted sequentially; different events go out concurrently, at most `concurrency` requests
-at a time. `send` never waits: it queues and returns, and drops (with an error log) when `max_queue`
-events are already outstanding, counting queued ones and ones in delivery or waiting to retry.
+at a time.
+
+Where events come from
+----------------------
+The service's outcome webhooks come from the outbox (store/outbox.py, sent by deliveries/notify.py): each
+is a database row written with the outcome it reports, and this sender makes one `attempt` per claim of
+it; the waits between attempts are kept in the row, so a stop or a crash loses none and the outbox has no
+bound. `send` is the in-memory way in (no database): it never waits, it queues and returns, and drops
+(with an error log) when `max_queue` events are already outstanding, counting queued ones and ones in
+delivery or waiting to retry; a stop drops what it still holds.
 """
 
 from __future__ import annotations
@@ -45,7 +53,6 @@ import email.utils
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import random
 import re
@@ -60,6 +67,7 @@ from aiohttp.abc import AbstractResolver
 
 from announcer.deliveries.egress import EgressPolicy, EgressRefused, GuardedResolver
 from announcer.deliveries.policy import FULL_JITTER, Backoff
+from announcer.store.outbox import encode
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +146,7 @@ def _retry_after_s(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _host(url: str) -> str:
+def host_of(url: str) -> str:
     # Only the host is logged: a callback URL's path or query may carry the user's own token.
     try:
         return urlsplit(url).hostname or "?"
@@ -166,10 +174,14 @@ class _Job:
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class Outcome:
+    """What one attempt came to. `error` says why it was not delivered ("status 503", "timeout", the
+    exception's class name, REFUSED_BY_POLICY): what an outbox row keeps as its last error."""
+
     done: bool  # delivered or permanently refused: no further attempt
     delivered: bool
     retry_after_s: float | None = None
+    error: str | None = None
 
 
 class WebhookSender:
@@ -213,6 +225,7 @@ class WebhookSender:
         self._rng = rng if rng is not None else random.Random()
         # Taken per attempt, not per event, so events sleeping before a retry hold no slot.
         self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
@@ -235,6 +248,14 @@ class WebhookSender:
     def outstanding(self) -> int:
         return self._outstanding
 
+    @property
+    def max_attempts(self) -> int:
+        return self._max_attempts
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
     def start(self) -> None:
         """Start the worker; call from inside the running event loop."""
         if self._closed:
@@ -255,18 +276,17 @@ class WebhookSender:
         Raises only for a payload that is not JSON (a bug in the caller); a full queue or a closed sender
         drops the event with an error log and counts it in `dropped`.
         """
-        # allow_nan=False: NaN/Infinity are not JSON, and a receiver's parser would reject the body.
-        body = json.dumps(payload, separators=(",", ":"), sort_keys=True, allow_nan=False).encode("utf-8")
+        body = encode(payload)
         if self._closed:
             self.dropped += 1
-            log.error("webhook %s to %s dropped: the sender is closed", event_id, _host(url))
+            log.error("webhook %s to %s dropped: the sender is closed", event_id, host_of(url))
             return
         if self._outstanding >= self._max_queue:
             self.dropped += 1
             log.error(
                 "webhook %s to %s dropped: %d events already outstanding",
                 event_id,
-                _host(url),
+                host_of(url),
                 self._outstanding,
             )
             return
@@ -304,7 +324,7 @@ class WebhookSender:
         # Jobs the worker never picked up (or that were queued with no worker started).
         while not self._queue.empty():
             job = self._queue.get_nowait()
-            log.error("webhook %s to %s dropped: the sender closed first", job.event_id, _host(job.url))
+            log.error("webhook %s to %s dropped: the sender closed first", job.event_id, host_of(job.url))
             self.dropped += 1
             self._finished()
         if self._session is not None:
@@ -312,6 +332,36 @@ class WebhookSender:
         if self._guarded is not None:
             # A connector leaves open a resolver it was given rather than made.
             await self._guarded.close()
+
+    async def attempt(self, url: str, event_id: str, body: bytes) -> Outcome:
+        """One attempt of one event, now (the outbox's unit: it keeps the waits between attempts). The URL
+        is judged by the policy first; a delivery or a permanent failure is counted here, a retryable
+        failure is the caller's to retry (`retry_delay_s`) or give up on (`gave_up`). Needs `start`."""
+        job = _Job(url=url, event_id=event_id, body=body)
+        host = host_of(url)
+        if (problem := self._egress.url_problem(url)) is not None:
+            self._refused(job, host, problem)
+            self.failed += 1
+            return Outcome(done=True, delivered=False, error=REFUSED_BY_POLICY)
+        async with self._slots:
+            outcome = await self._attempt(job, host)
+        if outcome.delivered:
+            self.delivered += 1
+        elif outcome.done:
+            self.failed += 1
+        return outcome
+
+    def retry_delay_s(self, number: int, outcome: Outcome) -> float:
+        """The wait after failed attempt `number` (1 for the first): the receiver's Retry-After, capped,
+        else the backoff's draw."""
+        if outcome.retry_after_s is not None:
+            return min(outcome.retry_after_s, self.backoff.cap_s)
+        return self.backoff.delay_s(number, self._rng)
+
+    def gave_up(self, event_id: str, url: str, attempts: int) -> None:
+        """The caller's retries of an event are spent: counted and logged as `send`'s are."""
+        self.failed += 1
+        log.error("webhook %s to %s: gave up after %d attempts", event_id, host_of(url), attempts)
 
     async def _run(self) -> None:
         while True:
@@ -326,13 +376,13 @@ class WebhookSender:
         self._tasks.discard(task)
         if task.cancelled():
             self.dropped += 1
-            log.error("webhook %s to %s dropped: cancelled at shutdown", job.event_id, _host(job.url))
+            log.error("webhook %s to %s dropped: cancelled at shutdown", job.event_id, host_of(job.url))
         elif (exc := task.exception()) is not None:
             self.failed += 1
             log.error(
                 "webhook %s to %s failed: unexpected %s",
                 job.event_id,
-                _host(job.url),
+                host_of(job.url),
                 type(exc).__name__,
                 exc_info=exc,
             )
@@ -344,7 +394,7 @@ class WebhookSender:
             self._idle.set()
 
     async def _deliver(self, job: _Job) -> None:
-        host = _host(job.url)
+        host = host_of(job.url)
         # Judged again at send time: the URL was accepted under the settings of that moment (a schedule's,
         # maybe months ago), and an IP literal never reaches the resolver that guards host names.
         if (problem := self._egress.url_problem(job.url)) is not None:
@@ -362,16 +412,13 @@ class WebhookSender:
                 return
             if number == self._max_attempts:
                 break
-            if outcome.retry_after_s is not None:
-                delay = min(outcome.retry_after_s, self.backoff.cap_s)
-            else:
-                delay = self.backoff.delay_s(number, self._rng)
+            delay = self.retry_delay_s(number, outcome)
             log.info("webhook %s to %s: retry %d in %.2f s", job.event_id, host, number, delay)
             await asyncio.sleep(delay)
         self.failed += 1
         log.error("webhook %s to %s: gave up after %d attempts", job.event_id, host, self._max_attempts)
 
-    async def _attempt(self, job: _Job, host: str) -> _Outcome:
+    async def _attempt(self, job: _Job, host: str) -> Outcome:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
@@ -391,31 +438,34 @@ class WebhookSender:
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             self._record(job, None, type(exc).__name__)
             log.error("webhook %s to %s failed: the callback URL is not usable", job.event_id, host)
-            return _Outcome(done=True, delivered=False)
+            return Outcome(done=True, delivered=False, error=type(exc).__name__)
         except TimeoutError:
             # Before ClientError: aiohttp's timeout exceptions are both.
             self._record(job, None, "timeout")
             log.warning("webhook %s to %s: timed out", job.event_id, host)
-            return _Outcome(done=False, delivered=False)
+            return Outcome(done=False, delivered=False, error="timeout")
         except aiohttp.ClientError as exc:
             # The guarded resolver's refusal arrives as the connector's error (its os_error).
             if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, EgressRefused):
                 self._refused(job, host, str(exc.os_error))
-                return _Outcome(done=True, delivered=False)
+                return Outcome(done=True, delivered=False, error=REFUSED_BY_POLICY)
             self._record(job, None, type(exc).__name__)
             log.warning("webhook %s to %s: %s", job.event_id, host, type(exc).__name__)
-            return _Outcome(done=False, delivered=False)
+            return Outcome(done=False, delivered=False, error=type(exc).__name__)
         self._record(job, status, None)
         if 200 <= status < 300:
             log.info("webhook %s to %s: delivered (%d)", job.event_id, host, status)
-            return _Outcome(done=True, delivered=True)
+            return Outcome(done=True, delivered=True)
         if status in RETRYABLE_STATUSES or status >= 500:
             log.warning("webhook %s to %s: status %d", job.event_id, host, status)
-            return _Outcome(
-                done=False, delivered=False, retry_after_s=_retry_after_s(retry_after, time.time())
+            return Outcome(
+                done=False,
+                delivered=False,
+                retry_after_s=_retry_after_s(retry_after, time.time()),
+                error=f"status {status}",
             )
         log.error("webhook %s to %s failed: status %d, not retried", job.event_id, host, status)
-        return _Outcome(done=True, delivered=False)
+        return Outcome(done=True, delivered=False, error=f"status {status}")
 
     def _refused(self, job: _Job, host: str, reason: str) -> None:
         self._record(job, None, REFUSED_BY_POLICY)

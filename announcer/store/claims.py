@@ -190,7 +190,7 @@ class ClaimRecords(DeliveryRecords):
             finish(delivery, DeliveryState.FAILED, now, code=code, reason=reason)
             detail = {"state": "failed", "code": code}
             s.add(DeliveryEvent(delivery_id=delivery.id, kind="state", at=now, detail=detail))
-            move = await after_final(s, delivery, now)
+            move = await after_final(s, delivery, now)  # its webhooks, in this transaction
             await s.commit()
             return move
 

@@ -431,3 +431,36 @@ class Occurrence(Base):
     alert_id: Mapped[str | None] = mapped_column(String(40))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OutboxState(StrEnum):
+    PENDING = "pending"  # to be sent: due at next_attempt_at (claimed while lease_expires_at is set)
+    SENT = "sent"  # the receiver answered 2xx
+    FAILED = "failed"  # refused for good, or out of attempts: last_error says why
+
+
+class OutboxEvent(Base):
+    """One outcome webhook, written in the transaction of the outcome it reports (store/outbox.py) and
+    sent from here: the exact body (signed at each attempt; the secret is never stored), its target and
+    where its retries stand."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (
+        # the senders' question: what is due, oldest first
+        Index("ix_webhook_outbox_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # X-Announcer-Event-Id: one row per event, whoever writes it and however often it is sent
+    event_id: Mapped[str] = mapped_column(String(120), unique=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    body: Mapped[str] = mapped_column(Text)  # the JSON as sent, byte for byte (ASCII)
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # made or begun (a claim counts one)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set while a sender holds the row (an attempt in flight); the row is due again at next_attempt_at,
+    # which the claim moved to the lease's end: a sender that dies gives its rows back by then.
+    lease_expires_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

@@ -10,7 +10,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from announcer.options import StoredOptions
@@ -19,6 +19,7 @@ from announcer.store.delivery_rows import (
     CALLS,
     DELIVERIES,
     EVENTS,
+    FACT_NAMES,
     OPEN_DELIVERY,
     DeliveryRecords,
     call_facts,
@@ -28,6 +29,9 @@ from announcer.store.delivery_states import is_final, moves_forward
 from announcer.store.journal import Batch
 from announcer.store.models import Alert, AlertStatus, Call, Delivery, DeliveryState, utcnow
 from announcer.store.opt_outs import record_opt_out
+from announcer.store.outbox import OUTBOX, completed_event_id, delivery_event_id
+from announcer.store.outbox import row as outbox_row
+from announcer.store.outbox import write as write_outbox
 
 # The statements every call runs, built once on the tables (see calls.py for why). Parameters named
 # after a column set it; `d_*` names avoid the deliveries table's own `call_id` column.
@@ -141,7 +145,7 @@ class TransitionRecords(DeliveryRecords):
             await _again(s, b, delivery, follow.again_at, now)
         if new == DeliveryState.OPTED_OUT:
             await record_opt_out(s, delivery.phone, delivery.id, now)
-        return await after_final(s, delivery, now)
+        return await after_final(s, delivery, now, b)
 
 
 async def _again(s: AsyncSession, b: Batch, delivery: Delivery, due: datetime, now: datetime) -> None:
@@ -193,8 +197,11 @@ def finish(
     delivery.finished_at = now
 
 
-async def after_final(s: AsyncSession, delivery: Delivery, now: datetime) -> Move:
-    """The delivery just reached its outcome: complete the alert when it was the last one."""
+async def after_final(s: AsyncSession, delivery: Delivery, now: datetime, b: Batch | None = None) -> Move:
+    """The delivery just reached its outcome: complete the alert when it was the last one, and write the
+    outcome webhooks (delivery.finished, then alert.completed) to the outbox in this same transaction
+    (store/outbox.py): the outcome and its notification commit together or not at all. `b`: the journal
+    batch the move is part of (its rows are written with the batch's), else written here."""
     await s.flush()
     alert = await s.get(Alert, delivery.alert_id)
     # "Is any delivery still open?": an index probe on (alert_id, state), not a count of the whole alert
@@ -208,7 +215,9 @@ async def after_final(s: AsyncSession, delivery: Delivery, now: datetime) -> Mov
     ).first()
     alert_done = open_one is None and alert is not None and alert.status == AlertStatus.ACTIVE
     if alert_done:
-        await complete_alert(s, delivery.alert_id, now)
+        # The database says whether this transaction completed it (the alert object may be stale within a
+        # journal batch): one alert.completed event, ever.
+        alert_done = await complete_alert(s, delivery.alert_id, now)
     callback_url = alert.callback_url if alert is not None else None
     facts: dict[str, Any] = {}
     if callback_url is not None:
@@ -216,7 +225,7 @@ async def after_final(s: AsyncSession, delivery: Delivery, now: datetime) -> Mov
         # the same journal, so they are written by now.
         found = (await s.execute(select(*CALL_FACTS).where(Call.id == delivery.call_id))).first()
         facts = call_facts(found if found is not None else (None,) * len(CALL_FACTS))
-    return Move(
+    move = Move(
         delivery.id,
         delivery.alert_id,
         DeliveryState(delivery.state),
@@ -230,11 +239,66 @@ async def after_final(s: AsyncSession, delivery: Delivery, now: datetime) -> Mov
         outcome_reason=delivery.outcome_reason,
         facts=facts,
     )
+    if callback_url is None:
+        return move
+    rows = [
+        outbox_row(delivery_event_id(move.alert_id, move.delivery_id), callback_url, finished(move, now), now)
+    ]
+    if alert_done:
+        assert alert is not None
+        counts = (
+            await s.execute(
+                select(Delivery.state, func.count())
+                .where(Delivery.alert_id == alert.id)
+                .group_by(Delivery.state)
+            )
+        ).all()
+        payload = {
+            "type": "alert.completed",
+            "alert_id": alert.id,
+            "status": AlertStatus.COMPLETED.value,
+            "recipients": alert.recipients,
+            "counts": {str(k): int(v) for k, v in counts},
+            "at": now.isoformat(),
+        }
+        rows.append(outbox_row(completed_event_id(alert.id), callback_url, payload, now))
+    if b is not None:
+        for r in rows:
+            b.insert(OUTBOX, r)
+    else:
+        await write_outbox(s, rows)
+    return move
 
 
-async def complete_alert(s: AsyncSession, alert_id: str, now: datetime) -> None:
-    await s.execute(
+# Every webhook names every fact, null when unknown (a call never answered, a row from before them).
+_FACTS_UNKNOWN = dict.fromkeys(FACT_NAMES)
+
+
+def finished(move: Move, now: datetime) -> dict[str, Any]:
+    """The delivery.finished webhook's payload (README, "Outcome webhooks")."""
+    return {
+        "type": "delivery.finished",
+        "alert_id": move.alert_id,
+        "delivery": {
+            "id": move.delivery_id,
+            "index": move.position,
+            "phone": move.phone,
+            "outcome": move.state.value,
+            "outcome_code": move.outcome_code,
+            "outcome_reason": move.outcome_reason,
+            "attempts": move.attempt,
+            **_FACTS_UNKNOWN,
+            **move.facts,  # who answered, how much of the message played: its latest call's
+        },
+        "at": now.isoformat(),
+    }
+
+
+async def complete_alert(s: AsyncSession, alert_id: str, now: datetime) -> bool:
+    """Mark the alert completed if it is still active; whether this call did."""
+    done = await s.execute(
         update(Alert)
         .where(Alert.id == alert_id, Alert.status == AlertStatus.ACTIVE)
         .values(status=AlertStatus.COMPLETED, finished_at=now)
     )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
