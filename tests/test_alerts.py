@@ -291,6 +291,44 @@ async def test_outcomes_are_posted_signed_to_the_callback_url(
     assert done["alert_id"] == accepted["id"] and done["counts"] == {"heard": 1, "busy": 1}
 
 
+async def test_a_number_that_opts_out_before_its_retry_ends_its_delivery_and_completes_the_alert(
+    hooked_service: Service, receiver: Receiver
+) -> None:
+    """Found opted out when its retry is claimed: an outcome like any other (the alert completes, the
+    webhook goes out), not a delivery left out of its alert's end."""
+    service = hooked_service
+    leaver = "+15550100031"
+    service.sandbox.set_behavior(leaver, PhoneBehavior(answer="busy"))
+    body = alert_body(leaver, callback_url=receiver.url, max_attempts=2, retry_on=["busy"], retry_backoff_s=5)
+    status, first = await post(service, "/v1/alerts", body)
+    assert status == 202, first
+    await placed_call(service, leaver)
+
+    async def retry_waits() -> bool:
+        page = (await get(service, f"/v1/alerts/{first['id']}/deliveries"))[1]["deliveries"]
+        return [h["kind"] for h in page[0]["history"]].count("retry_scheduled") == 1
+
+    await eventually(retry_waits, timeout=20)
+    # Meanwhile another alert reaches them, and they press 9.
+    service.sandbox.set_behavior(leaver, PhoneBehavior())
+    status, second = await post(service, "/v1/alerts", alert_body(leaver))
+    call = await placed_call(service, leaver, 2)
+    await call.wait_for_media(20)
+    await call.press("9")
+    assert (await finished(service, second["id"]))["counts"] == {"opted_out": 1}
+    # The retry is claimed: not dialed, finished opted out, and the alert with it.
+    done = await finished(service, first["id"])
+    assert done["status"] == "completed" and done["counts"] == {"opted_out": 1}
+    assert len([c for c in service.sandbox.calls.values() if c.to == leaver]) == 2
+    async with asyncio.timeout(30):
+        await receiver.completed.wait()
+    mine = [b for b, _ in receiver.received if b["alert_id"] == first["id"]]
+    assert [(b["type"], b.get("delivery", {}).get("outcome")) for b in mine] == [
+        ("delivery.finished", "opted_out"),
+        ("alert.completed", None),
+    ]
+
+
 @pytest.fixture
 async def slow_service(tmp_path: Path, database_url: str) -> AsyncIterator[Service]:
     """Twilio's default account limit: 1 call a second, and at most 2 calls at once."""

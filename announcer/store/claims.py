@@ -130,6 +130,8 @@ class ClaimRecords(DeliveryRecords):
             if delivery.phone in opted:  # opted out after the alert was accepted
                 finish(delivery, DeliveryState.OPTED_OUT, now, reason="this number opted out")
                 events.append(event(delivery.id, "state", now, state="opted_out"))
+                # An outcome like any other: it may complete the alert, and its webhook goes out with it.
+                await after_final(s, delivery, now)
                 continue
             resume = self._rules.deferral(options, delivery.timezone, now)
             if resume is not None:  # inside the recipient's quiet hours: due again at their end
