@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from sqlalchemy import select
 
 from announcer.app import ADMISSION, DATABASE
 from announcer.deliveries.admission import (
     BACKLOG_HIGH_S,
+    CUT_EVERY,
+    DECREASE,
     LAG_HIGH_S,
     LAG_LOW_S,
     MIN_RATE,
@@ -29,7 +34,7 @@ from announcer.deliveries.admission import (
 )
 from announcer.store.models import CallEvent
 from announcer.telephony.playout import LATE_RELEASE_S, PlayoutClock
-from tests.conftest import AUTH, eventually, make_settings, start_service
+from tests.conftest import AUTH, USE_PG, eventually, make_settings, start_service
 
 CALM = Sample(lag_s=0.002, late_frames=0, pending_starts=0)
 LAGGING = Sample(lag_s=LAG_HIGH_S * 3, late_frames=0, pending_starts=0)
@@ -58,9 +63,10 @@ def test_lag_brings_the_rate_down_and_it_recovers_when_the_lag_goes() -> None:
         controller.step(CALM)
     high = controller.rate
     assert high > 5 * START_RATE
-    down = [controller.step(LAGGING).rate for _ in range(5)]
-    assert all(b < a for a, b in zip([high, *down], down, strict=False))
-    assert down[-1] < high / 4
+    down = [controller.step(LAGGING).rate for _ in range(4 * CUT_EVERY)]
+    # cut at once, then once every CUT_EVERY windows while the lag lasts; never up meanwhile
+    assert down[0] == pytest.approx(high * DECREASE) and down == sorted(down, reverse=True)
+    assert down[-1] == pytest.approx(high * DECREASE**4)
     d = controller.decision
     assert d.limited_by == "headroom" and "event loop" in d.why and "ms late" in d.why
     for _ in range(200):
@@ -82,6 +88,8 @@ def test_late_frames_and_a_write_backlog_bring_it_down_and_waiting_streams_hold_
     before = controller.rate
     assert controller.step(Sample(0.001, late_frames=3, pending_starts=0)).rate < before
     assert "late" in controller.decision.why
+    for _ in range(CUT_EVERY):
+        controller.step(Sample(0.03, 0, 0))  # held: room for the next cut
     before = controller.rate
     assert controller.step(Sample(0.001, 0, 0, backlog_s=BACKLOG_HIGH_S * 2)).rate < before
     assert "database writes" in controller.decision.why
@@ -134,7 +142,10 @@ async def test_the_playout_clock_counts_starting_streams_and_late_releases() -> 
 
 # --- the whole service, dialing far above what it can serve -------------------------------------------
 
-RECIPIENTS = 100  # the current code without admission: 58 of 100 hung up early, the rest 7 s late
+# The fewest found to overload the code without admission control (at 200 on PostgreSQL it still kept up,
+# 1.8 s late): on SQLite 34-58 of 100 hung up early and the rest heard 5-7 s of silence first; on
+# PostgreSQL 275 of 300 hung up early (10 s of silence at the median).
+RECIPIENTS = 300 if USE_PG else 100
 TEXT = "The billing server is down since 09:30 today. Please check it."
 
 
@@ -192,6 +203,7 @@ async def test_far_above_capacity_every_call_is_heard_and_none_hangs_up_early(
         # What the phone heard: silence from its answer to the first frame of the message.
         silence_s = [c.first_media_at - c.answered_at for c in calls if c.first_media_at and c.answered_at]
         headroom = [h for h in healths if h["limited_by"] == "headroom"]
+        whys = Counter(re.sub(r"[\d.]+", "N", h["why"]) for h in healths)
         rates = [h["rate_per_s"] for h in healths]
         print(
             f"\nadmission at TWILIO_CPS=1000, {RECIPIENTS} recipients: {final['counts']} in {wall:.1f} s, "
@@ -201,14 +213,14 @@ async def test_far_above_capacity_every_call_is_heard_and_none_hangs_up_early(
             f"start -> first frame (service) p50 {percentile(first_frame_ms, 0.5):.1f} ms, p99 "
             f"{percentile(first_frame_ms, 0.99):.1f} ms; answer -> first frame (phone) p50 "
             f"{percentile(silence_s, 0.5) * 1000:.0f} ms, p99 {percentile(silence_s, 0.99) * 1000:.0f} ms, "
-            f"max {max(silence_s) * 1000:.0f} ms"
+            f"max {max(silence_s) * 1000:.0f} ms\nwhy, at each look: {dict(whys.most_common())}"
         )
         assert final["counts"] == {"heard": RECIPIENTS}  # every call heard, none hung up early
         assert len(creates) == RECIPIENTS and sorted(c.to for c in calls) == phones  # each called once
         assert len(first_frame_ms) == len(silence_s) == RECIPIENTS
         # The rate found is this process's, not Twilio's: well below TWILIO_CPS, and headroom said so.
         assert headroom and max(rates) < 1000
-        # Without admission the heard calls' first frame came 7 s after the answer at the median.
+        # Without admission the calls heard had 5-10 s of silence first at the median.
         assert percentile(silence_s, 0.5) < 1.0
     finally:
         await runner.cleanup()

@@ -15,13 +15,13 @@ dispatcher dials at follows the process's measured headroom:
   trail goes there: a backlog is a first frame that much later, or a stream that never starts.
 
 `Controller` (pure: samples in, a rate out) is additive-increase / multiplicative-decrease: each
-window of WINDOW_S it cuts the rate by DECREASE when the loop lagged more than LAG_HIGH_S, a frame went
-out late or the writes waited more than BACKLOG_HIGH_S, holds it when the lag was over LAG_LOW_S, the
-writes waited more than BACKLOG_LOW_S or too many streams wait for their first frame,
-and otherwise raises it by INCREASE of itself (at least MIN_STEP). It never goes above `TWILIO_CPS`
-(the account's limit) nor below MIN_RATE (a process that dials nothing learns nothing). A cut halves
-the remaining room quickly; the slow rise finds the edge again without overshooting far, since a call's
-cost arrives over the seconds after it is placed (ringing, then the stream).
+window of WINDOW_S it cuts the rate by DECREASE (at most once in CUT_EVERY windows) when the loop lagged
+more than LAG_HIGH_S, a frame went out late or the writes waited more than BACKLOG_HIGH_S, holds it when
+the lag was over LAG_LOW_S, the writes waited more than BACKLOG_LOW_S or too many streams wait for their
+first frame, and otherwise raises it by INCREASE of itself (at least MIN_STEP). It never goes above
+`TWILIO_CPS` (the account's limit) nor below MIN_RATE (a process that dials nothing learns nothing). A
+cut halves the remaining room quickly; the slow rise finds the edge again without overshooting far,
+since a call's cost arrives over the seconds after it is placed (ringing, then the stream).
 
 `Admission` runs the sampler, feeds the controller, and is the dispatcher's gate: `admit()` returns when a
 call may be placed at the allowed rate. `MAX_CONCURRENT_CALLS` stays the dispatcher's (it counts calls in
@@ -47,10 +47,12 @@ log = logging.getLogger(__name__)
 SAMPLE_S = 0.02  # the lag sampler's period
 WINDOW_S = 0.25  # the controller decides once per window, on the window's worst lag
 LAG_HIGH_S = 0.05  # a loop this late is overloaded: a 20 ms frame waits longer than two frames
-LAG_LOW_S = 0.015  # below this the process has room for more calls
-BACKLOG_HIGH_S = 0.25  # writes committed this late: a stream's start waits as long for its token
-BACKLOG_LOW_S = 0.08
+LAG_LOW_S = 0.02  # below this the process has room for more calls
+BACKLOG_HIGH_S = 0.4  # writes committed this late: a stream's start waits as long for its token
+BACKLOG_LOW_S = 0.15
 DECREASE = 0.7
+CUT_EVERY = 4  # windows: a cut shows in the measures only after the calls already placed have been
+# served, so one overload is cut for once a second, not four times (as TCP cuts once a round trip)
 INCREASE = 0.05  # of the current rate per window (~+20 % a second), at least MIN_STEP
 MIN_STEP = 1.0
 MIN_RATE = 1.0
@@ -86,6 +88,7 @@ class Controller:
     def __init__(self, ceiling: float, *, start: float = START_RATE) -> None:
         self.ceiling = ceiling
         self.rate = max(min(start, ceiling), min(MIN_RATE, ceiling))
+        self._since_cut = CUT_EVERY
         self.decision = self._decide("starting")
 
     def _decide(self, why: str) -> Decision:
@@ -96,14 +99,20 @@ class Controller:
 
     def step(self, sample: Sample) -> Decision:
         floor = min(MIN_RATE, self.ceiling)
+        self._since_cut += 1
         if sample.lag_s > LAG_HIGH_S or sample.late_frames or sample.backlog_s > BACKLOG_HIGH_S:
-            self.rate = max(floor, self.rate * DECREASE)
+            cut = self._since_cut >= CUT_EVERY
+            if cut:
+                self.rate = max(floor, self.rate * DECREASE)
+                self._since_cut = 0
             if sample.late_frames:
                 why = f"{sample.late_frames} frame waits released late"
             elif sample.backlog_s > BACKLOG_HIGH_S:
                 why = f"database writes {sample.backlog_s * 1000:.0f} ms behind"
             else:
                 why = f"event loop {sample.lag_s * 1000:.0f} ms late"
+            if not cut:
+                why += " (cut already)"
         elif sample.lag_s > LAG_LOW_S:
             why = f"event loop {sample.lag_s * 1000:.0f} ms late (holding)"
         elif sample.backlog_s > BACKLOG_LOW_S:
