@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import statistics
 import time
@@ -19,7 +20,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from announcer.app import ADMISSION, DATABASE
+from announcer.app import DATABASE
 from announcer.deliveries.admission import (
     BACKLOG_HIGH_S,
     CUT_EVERY,
@@ -32,6 +33,7 @@ from announcer.deliveries.admission import (
     LagSampler,
     Sample,
 )
+from announcer.sandbox.twilio_call import PhoneBehavior
 from announcer.store.models import CallEvent
 from announcer.telephony.playout import LATE_RELEASE_S, PlayoutClock
 from tests.conftest import AUTH, USE_PG, eventually, make_settings, start_service
@@ -155,8 +157,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def test_far_above_capacity_every_call_is_heard_and_none_hangs_up_early(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="announcer.deliveries.admission")
     # Speed 1: each call streams in real time, as on a real line (the tests' 25x would make every call's
     # audio 25 times as dense). The set-up cost per call is what overloads.
     settings = make_settings(
@@ -220,6 +223,8 @@ async def test_far_above_capacity_every_call_is_heard_and_none_hangs_up_early(
         assert len(first_frame_ms) == len(silence_s) == RECIPIENTS
         # The rate found is this process's, not Twilio's: well below TWILIO_CPS, and headroom said so.
         assert headroom and max(rates) < 1000
+        said = [r.getMessage() for r in caplog.records if r.name == "announcer.deliveries.admission"]
+        assert any(m.startswith("dialing at") and "limited by headroom" in m for m in said), said
         # Without admission the calls heard had 5-10 s of silence first at the median.
         assert percentile(silence_s, 0.5) < 1.0
     finally:
@@ -227,13 +232,46 @@ async def test_far_above_capacity_every_call_is_heard_and_none_hangs_up_early(
 
 
 async def test_healthz_says_at_what_rate_it_dials_and_why(tmp_path: Path, database_url: str) -> None:
-    runner, service = await start_service(make_settings(tmp_path, database_url, twilio_cps=5.0))
+    runner, service = await start_service(
+        make_settings(tmp_path, database_url, twilio_cps=5.0, max_concurrent_calls=1)
+    )
     try:
-        async with aiohttp.ClientSession() as http, http.get(service.base_url + "/healthz") as resp:
-            dialing = (await resp.json())["dialing"]
-        assert dialing["rate_per_s"] == 5.0 and dialing["limited_by"] == "twilio_cps"
-        assert dialing["twilio_cps"] == 5.0 and dialing["in_flight"] == 0
-        assert {"loop_lag_ms", "db_backlog_ms", "pending_starts", "late_frame_waits", "why"} <= dialing.keys()
-        assert service.app[ADMISSION].rate == 5.0
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+
+            async def dialing() -> dict[str, Any]:
+                async with http.get(service.base_url + "/healthz") as resp:
+                    return dict((await resp.json())["dialing"])
+
+            idle: dict[str, Any] = {}
+
+            async def at_cps() -> bool:
+                # Start-up's own work (the SDKs' imports) may lag the loop and cut the rate for a moment.
+                idle.update(await dialing())
+                return bool(idle["limited_by"] == "twilio_cps")
+
+            await eventually(at_cps)
+            assert idle["rate_per_s"] == 5.0
+            assert idle["twilio_cps"] == 5.0 and idle["in_flight"] == 0 and idle["max_concurrent_calls"] == 1
+            assert {
+                "loop_lag_ms",
+                "db_backlog_ms",
+                "pending_starts",
+                "late_frame_waits",
+                "why",
+            } <= idle.keys()
+            # One call ringing (10 s at the test's speed) fills MAX_CONCURRENT_CALLS: that is the limit now.
+            ringing = "+15550300999"
+            service.sandbox.set_behavior(ringing, PhoneBehavior(ring_s=250))
+            body = {"template_text": TEXT, "recipients": [{"phone": ringing}]}
+            async with http.post(service.base_url + "/v1/alerts", json=body) as resp:
+                alert = await resp.json()
+
+            async def full() -> bool:
+                return (await dialing())["limited_by"] == "concurrency"
+
+            await eventually(full)
+            assert (await dialing())["in_flight"] == 1
+            async with http.post(service.base_url + f"/v1/alerts/{alert['id']}/cancel") as resp:
+                assert resp.status < 300
     finally:
         await runner.cleanup()
