@@ -60,16 +60,21 @@ class PlayoutClock:
 
     def stream(self) -> Playout:
         playout = Playout(self)
-        self._starting.append((time.monotonic(), playout))
+        now = time.monotonic()
+        self._prune(now)  # here too: a clock nobody asks about keeps no more than STARTING_FOR_S of streams
+        self._starting.append((now, playout))
         return playout
 
-    def pending_starts(self) -> int:
-        """Streams opened in the last STARTING_FOR_S that have not sent a frame yet."""
-        since = time.monotonic() - STARTING_FOR_S
+    def _prune(self, now: float) -> None:
+        since = now - STARTING_FOR_S
         starting = self._starting
         while starting and (starting[0][0] < since or starting[0][1].frames_sent):
             starting.popleft()
-        return sum(1 for _, p in starting if not p.frames_sent)
+
+    def pending_starts(self) -> int:
+        """Streams opened in the last STARTING_FOR_S that have not sent a frame yet."""
+        self._prune(time.monotonic())
+        return sum(1 for _, p in self._starting if not p.frames_sent)
 
     def _wait_until(self, when: float) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
