@@ -144,9 +144,10 @@ async def test_the_playout_clock_counts_starting_streams_and_late_releases() -> 
 
 # --- the whole service, dialing far above what it can serve -------------------------------------------
 
-# The fewest found to overload the code without admission control (at 200 on PostgreSQL it still kept up,
-# 1.8 s late): on SQLite 34-58 of 100 hung up early and the rest heard 5-7 s of silence first; on
-# PostgreSQL 275 of 300 hung up early (10 s of silence at the median).
+# Enough to overload the code without admission control, measured on this 2-core machine: on SQLite
+# (whose single writer slows the creates themselves) 0-58 of 100 hung up early, depending on the machine's
+# other load, and the median call heard 3.4-7 s of silence after answering (300 still all answered, 2.7 s
+# late); on PostgreSQL 200 were all heard 1.8 s late, and 275-289 of 300 hung up early.
 RECIPIENTS = 300 if USE_PG else 100
 TEXT = "The billing server is down since 09:30 today. Please check it."
 
@@ -225,7 +226,7 @@ async def test_far_above_capacity_every_call_is_heard_and_none_hangs_up_early(
         assert headroom and max(rates) < 1000
         said = [r.getMessage() for r in caplog.records if r.name == "announcer.deliveries.admission"]
         assert any(m.startswith("dialing at") and "limited by headroom" in m for m in said), said
-        # Without admission the calls heard had 5-10 s of silence first at the median.
+        # Without admission the calls heard had 1.5-10 s of silence first at the median.
         assert percentile(silence_s, 0.5) < 1.0
     finally:
         await runner.cleanup()
