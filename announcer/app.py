@@ -1,9 +1,10 @@
 """The aiohttp application: every client and engine is opened and closed here, in `cleanup_ctx`.
 
 Order of the lifecycle (reverse on the way down): database -> sandbox (only without credentials) ->
-Twilio REST client -> speech engines -> playout clock -> render thread -> dispatcher (and the alert
-service over it) -> scheduler (whose fires the alert service makes alerts) -> handlers -> warm-up
-(the SDKs, loaded once the server listens). Routes are registered here and nowhere else.
+Twilio REST client -> speech engines -> playout clock -> admission control (reads the clock) -> render
+thread -> dispatcher (and the alert service over it) -> scheduler (whose fires the alert service makes
+alerts) -> handlers -> warm-up (the SDKs, loaded once the server listens). Routes are registered here
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from announcer.api.http import json_errors, make_middleware
 from announcer.api.openapi import document_json as openapi_document_json
 from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
+from announcer.deliveries.admission import Admission
 from announcer.deliveries.alerts import AlertService
 from announcer.deliveries.callbacks import WebhookSender
 from announcer.deliveries.dispatcher import Dispatcher
@@ -96,6 +98,7 @@ SPEAKER = web.AppKey("speaker", Speaker)
 ELEVENLABS = web.AppKey("elevenlabs", ElevenLabsSynthesizer)
 LOCAL_VOICE = web.AppKey("local_voice", LocalSynthesizer)
 CLOCK = web.AppKey("clock", PlayoutClock)
+ADMISSION = web.AppKey("admission", Admission)
 SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
 GREETING = web.AppKey("greeting", Greeting)
 SIGNATURE = web.AppKey("signature", SignatureChecker)
@@ -165,6 +168,7 @@ def create_app(settings: Settings) -> web.Application:
             _speech,
             _agent,
             _clock,
+            _admission,
             _renders,
             _dispatcher,
             _scheduler,
@@ -371,6 +375,15 @@ async def _clock(app: web.Application) -> AsyncIterator[None]:
     await clock.stop()
 
 
+async def _admission(app: web.Application) -> AsyncIterator[None]:
+    """Admission control: the dialing rate follows what this process can serve (deliveries/admission.py)."""
+    admission = Admission(app[SETTINGS].twilio_cps, app[CLOCK], app[STORE].journal)
+    admission.start()
+    app[ADMISSION] = admission
+    yield
+    await admission.close()
+
+
 async def _renders(app: web.Application) -> AsyncIterator[None]:
     """The render thread: every render of a request or a schedule's fire runs there, off the loop."""
     renders = RenderPool()
@@ -422,6 +435,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         policy=policy,
         amd=MachineDetection.from_settings(settings),
         amd_url=public_url(settings) + "/twilio/amd",
+        admission=app[ADMISSION],
     )
     app[DELIVERIES] = store
     app[WEBHOOKS] = sender
@@ -617,7 +631,7 @@ async def _media(request: web.Request) -> web.StreamResponse:
 
 async def _healthz(request: web.Request) -> web.Response:
     ok = await request.app[DATABASE].ping()
-    body = {
+    body: dict[str, object] = {
         "status": "ok" if ok else "unavailable",
         "database": "ok" if ok else "unreachable",
         "sandbox": request.app[SANDBOX] is not None,
@@ -627,4 +641,18 @@ async def _healthz(request: web.Request) -> web.Response:
         # Which process answered: behind a load balancer, one of several (`serve --workers N`).
         "pid": os.getpid(),
     }
+    body["dialing"] = await _dialing(request.app, ok)
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def _dialing(app: web.Application, database_ok: bool) -> dict[str, object]:
+    """The rate the dispatcher may dial at now, and which limit holds it: TWILIO_CPS, this process's
+    headroom, or MAX_CONCURRENT_CALLS (the calls in flight, counted in the database like the dispatcher)."""
+    dialing = app[ADMISSION].status()
+    if database_ok:
+        in_flight = await app[DELIVERIES].in_flight()
+        dialing["in_flight"] = in_flight
+        dialing["max_concurrent_calls"] = app[SETTINGS].max_concurrent_calls
+        if in_flight >= app[SETTINGS].max_concurrent_calls:
+            dialing["limited_by"] = "concurrency"
+    return dialing

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from announcer import logs
+from announcer.deliveries.admission import Admission
 from announcer.deliveries.policy import REFUSALS_GIVE_UP_AFTER, DeliveryPolicy
 from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.phones import BadNumber
@@ -124,7 +125,9 @@ class Dispatcher:
         policy: DeliveryPolicy | None = None,
         amd: MachineDetection | None = None,
         amd_url: str | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        self._admission = admission  # deliveries/admission.py: the rate this process can serve
         self._destinations = destinations
         self._policy = policy if policy is not None else DeliveryPolicy()
         self._lease = lease  # a claim must have its SID by then, or it is reconciled before any redial
@@ -267,6 +270,11 @@ class Dispatcher:
             if wait > 0:
                 await asyncio.sleep(wait)  # the rate limit itself: nothing to wait on but time
                 continue
+            if self._admission is not None:
+                # Admission control: also no faster than this process can serve (its headroom).
+                await self._admission.admit()
+                if not self._ready or self._stopping.is_set():
+                    continue
             self._sent.append(time.monotonic())
             claim = self._ready.popleft()
             if len(self._ready) * 2 < self._ahead():

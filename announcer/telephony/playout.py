@@ -14,10 +14,16 @@ import contextlib
 import heapq
 import itertools
 import time
+from collections import deque
 
 from announcer.audio import FRAME_MS
 
 FRAME_S = FRAME_MS / 1000
+# What admission control reads (deliveries/admission.py): a wait released this late means the process is
+# behind its calls' audio; a stream not speaking this long after it opened no longer counts as starting
+# (it was refused, or handed to an agent, or its call ended first).
+LATE_RELEASE_S = 0.1
+STARTING_FOR_S = 10.0
 
 
 class PlayoutClock:
@@ -36,6 +42,8 @@ class PlayoutClock:
         self._seq = itertools.count()
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.late_releases = 0  # waits released LATE_RELEASE_S or more after they fell due
+        self._starting: deque[tuple[float, Playout]] = deque()  # streams opened, in order
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="playout-clock")
@@ -51,7 +59,22 @@ class PlayoutClock:
         self._due.clear()
 
     def stream(self) -> Playout:
-        return Playout(self)
+        playout = Playout(self)
+        now = time.monotonic()
+        self._prune(now)  # here too: a clock nobody asks about keeps no more than STARTING_FOR_S of streams
+        self._starting.append((now, playout))
+        return playout
+
+    def _prune(self, now: float) -> None:
+        since = now - STARTING_FOR_S
+        starting = self._starting
+        while starting and (starting[0][0] < since or starting[0][1].frames_sent):
+            starting.popleft()
+
+    def pending_starts(self) -> int:
+        """Streams opened in the last STARTING_FOR_S that have not sent a frame yet."""
+        self._prune(time.monotonic())
+        return sum(1 for _, p in self._starting if not p.frames_sent)
 
     def _wait_until(self, when: float) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -66,7 +89,9 @@ class PlayoutClock:
                 await self._pending.wait()
             now = time.monotonic()
             while self._due and self._due[0][0] <= now:
-                _, _, fut = heapq.heappop(self._due)
+                when, _, fut = heapq.heappop(self._due)
+                if now - when >= LATE_RELEASE_S:
+                    self.late_releases += 1
                 if not fut.done():
                     fut.set_result(None)
             if self._due:
