@@ -31,6 +31,7 @@ from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
 from announcer.deliveries.alerts import AlertService
 from announcer.deliveries.callbacks import WebhookSender
+from announcer.deliveries.dial_rate import AccountRate
 from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.egress import EgressPolicy
 from announcer.deliveries.notify import OutcomeNotifier
@@ -388,6 +389,10 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     sender = WebhookSender(secret.get_secret_value() if secret else app[API_TOKEN], egress=egress)
     sender.start()
     notifier = OutcomeNotifier(sender, store)
+    # One rate for the account across the processes sharing the database; SQLite is one process.
+    account_rate = None
+    if not app[DATABASE].is_sqlite:
+        account_rate = AccountRate(app[DATABASE].engine, p.account_sid, settings.twilio_cps)
     dispatcher = Dispatcher(
         store,
         app[TWILIO],
@@ -404,6 +409,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         policy=policy,
         amd=MachineDetection.from_settings(settings),
         amd_url=public_url(settings) + "/twilio/amd",
+        account_rate=account_rate,
     )
     app[DELIVERIES] = store
     app[WEBHOOKS] = sender
@@ -427,6 +433,8 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     dispatcher.start()
     yield
     await dispatcher.close()
+    if account_rate is not None:
+        await account_rate.close()
     await notifier.close()
     await sender.close()
 

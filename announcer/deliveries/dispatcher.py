@@ -27,6 +27,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from announcer import logs
+from announcer.deliveries.dial_rate import AccountRate
 from announcer.deliveries.policy import REFUSALS_GIVE_UP_AFTER, DeliveryPolicy
 from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.phones import BadNumber
@@ -124,8 +125,11 @@ class Dispatcher:
         policy: DeliveryPolicy | None = None,
         amd: MachineDetection | None = None,
         amd_url: str | None = None,
+        account_rate: AccountRate | None = None,
     ) -> None:
         self._destinations = destinations
+        # PostgreSQL: the account's rate across every process (dial_rate.py), on top of this one's bucket
+        self._account_rate = account_rate
         self._policy = policy if policy is not None else DeliveryPolicy()
         self._lease = lease  # a claim must have its SID by then, or it is reconciled before any redial
         self._store = store
@@ -266,6 +270,11 @@ class Dispatcher:
             wait = max(self._bucket.wait_s(), self._window_wait_s())
             if wait > 0:
                 await asyncio.sleep(wait)  # the rate limit itself: nothing to wait on but time
+                continue
+            # A slot of the account's rate, asked for only now that a claim is ready. Not dialed: stopping,
+            # no slot (the database failed), or the claim withdrawn meanwhile.
+            rate = self._account_rate
+            if rate is not None and (not await rate.wait_turn(self._stopping) or not self._ready):
                 continue
             self._sent.append(time.monotonic())
             claim = self._ready.popleft()
