@@ -171,7 +171,7 @@ async def test_three_processes_keep_the_account_to_its_rate(tmp_path: Path, data
         # printed (sustained: CPS over the median span of CPS + 1 slots in a row; overall: first to last)
         # and held only to 90 % of CPS: the three processes, the sandbox and the test share one event
         # loop on a machine shared with other work, whose stalls (hundreds of ms at a load of 7 on 2
-        # cores) cost the rate their length. On a quieter run both came within 2 % of CPS (the report).
+        # cores) cost the rate their length. On a quiet machine both came within 2 % of CPS (9.85).
         n = int(CPS)
         mine = [list(rate.slots)[before:] for rate, before in zip(rates, slots_before, strict=True)]
         slots = sorted(s.db_at for own in mine for s in own)
