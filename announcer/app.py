@@ -34,6 +34,7 @@ from announcer.config import Settings
 from announcer.deliveries.admission import Admission
 from announcer.deliveries.alerts import AlertService
 from announcer.deliveries.callbacks import WebhookSender
+from announcer.deliveries.dial_rate import AccountRate
 from announcer.deliveries.dispatcher import Dispatcher
 from announcer.deliveries.egress import EgressPolicy
 from announcer.deliveries.notify import OutcomeNotifier
@@ -419,6 +420,10 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         single_process=app[DATABASE].is_sqlite,
     )
     notifier.start()
+    # One rate for the account across the processes sharing the database; SQLite is one process.
+    account_rate = None
+    if not app[DATABASE].is_sqlite:
+        account_rate = AccountRate(app[DATABASE].engine, p.account_sid, settings.twilio_cps)
     dispatcher = Dispatcher(
         store,
         app[TWILIO],
@@ -436,6 +441,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         amd=MachineDetection.from_settings(settings),
         amd_url=public_url(settings) + "/twilio/amd",
         admission=app[ADMISSION],
+        account_rate=account_rate,
     )
     app[DELIVERIES] = store
     app[WEBHOOKS] = sender
@@ -460,6 +466,8 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     dispatcher.start()
     yield
     await dispatcher.close()
+    if account_rate is not None:
+        await account_rate.close()
     await notifier.close()
     await sender.close()
 

@@ -28,6 +28,7 @@ from datetime import timedelta
 
 from announcer import logs
 from announcer.deliveries.admission import Admission
+from announcer.deliveries.dial_rate import AccountRate
 from announcer.deliveries.policy import REFUSALS_GIVE_UP_AFTER, DeliveryPolicy
 from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.phones import BadNumber
@@ -126,9 +127,12 @@ class Dispatcher:
         amd: MachineDetection | None = None,
         amd_url: str | None = None,
         admission: Admission | None = None,
+        account_rate: AccountRate | None = None,
     ) -> None:
         self._admission = admission  # deliveries/admission.py: the rate this process can serve
         self._destinations = destinations
+        # PostgreSQL: the account's rate across every process (dial_rate.py), on top of this one's bucket
+        self._account_rate = account_rate
         self._policy = policy if policy is not None else DeliveryPolicy()
         self._lease = lease  # a claim must have its SID by then, or it is reconciled before any redial
         self._store = store
@@ -275,6 +279,11 @@ class Dispatcher:
                 await self._admission.admit()
                 if not self._ready or self._stopping.is_set():
                     continue
+            # A slot of the account's rate, asked for only now that a claim is ready. Not dialed: stopping,
+            # no slot (the database failed), or the claim withdrawn meanwhile.
+            rate = self._account_rate
+            if rate is not None and (not await rate.wait_turn(self._stopping) or not self._ready):
+                continue
             self._sent.append(time.monotonic())
             claim = self._ready.popleft()
             if len(self._ready) * 2 < self._ahead():
