@@ -100,3 +100,19 @@ def test_speech_is_never_a_tone(voice: LocalSynthesizer) -> None:
     for text in texts:
         frames = [f for f in cut_frames(voice.synthesize(text)) if rms(f) > 200]
         assert all(tone_bin(f) is None for f in frames), text
+
+
+def test_a_stream_that_opens_mid_greeting_never_takes_its_tail_for_a_hello(voice: LocalSynthesizer) -> None:
+    """Twilio may open the stream after a machine's greeting began: whatever part of it is heard first,
+    nothing but the beep (a tone: the verdict's to name) or the greeting's length comes before its end."""
+    greeting = cut_frames(voice.synthesize(DEFAULT_GREETINGS[Callee.MACHINE]))
+    beep = cut_frames(tones.tone(tones.BEEP_HZ, 0.5))
+    pause = silence(300)  # the machine's pause before its beep (PhoneBehavior.beep_after_s)
+    early = []
+    for offset in range(0, len(greeting), 2):
+        rest = greeting[offset:]
+        told = hear([*rest, *pause, *beep, *silence(2000)])
+        first = next(h for _, h in told if h.hearing != Hearing.SPEECH_STARTED)
+        if first.hearing == Hearing.HELLO_ENDED:
+            early.append(offset * 20)
+    assert early == []

@@ -22,6 +22,7 @@ from announcer.deliveries.policy import (
 )
 from announcer.deliveries.quiet_hours import parse_quiet_hours
 from announcer.options import StoredOptions, load
+from announcer.store.delivery_states import moves_forward
 from announcer.store.models import DeliveryState
 from announcer.store.rules import FollowUp
 
@@ -211,3 +212,15 @@ def test_refused_dials_back_off_with_a_cap_then_give_up_after_an_hour() -> None:
     edge = first + REFUSALS_GIVE_UP_AFTER - timedelta(seconds=REFUSAL_BACKOFF.cap_s)
     assert slowest.after_refusal(70, first, edge) == first + REFUSALS_GIVE_UP_AFTER
     assert slowest.after_refusal(70, first, edge + timedelta(seconds=1)) is None
+
+
+def test_a_delivery_waiting_for_its_retry_is_moved_by_nothing_of_that_attempt() -> None:
+    """Requeued (pending) within its attempt: that attempt is over. A late status of its call (`completed`
+    after the media stream reported `machine`) must not turn the waiting retry into a final outcome; the
+    next attempt's call still moves it."""
+    pending, hung_up = DeliveryState.PENDING, DeliveryState.HUNG_UP_EARLY
+    assert not moves_forward(pending, 1, hung_up, 1)
+    assert not moves_forward(pending, 1, DeliveryState.IN_PROGRESS, 1)
+    assert moves_forward(pending, 1, DeliveryState.RINGING, 2)
+    assert moves_forward(DeliveryState.RINGING, 1, hung_up, 1)
+    assert not moves_forward(DeliveryState.HEARD, 1, hung_up, 2)  # final is final

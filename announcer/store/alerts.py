@@ -228,7 +228,10 @@ class AlertRecords(DeliveryRecords):
                     .order_by(DeliveryEvent.id)
                 )
                 for e in events.scalars():
-                    history[e.delivery_id].append({"at": e.at.isoformat(), "kind": e.kind, **e.detail})
+                    detail = dict(e.detail)
+                    if "at" in detail:  # older retry_scheduled rows named their retry time "at"
+                        detail["retry_at"] = detail.pop("at")
+                    history[e.delivery_id].append({**detail, "at": e.at.isoformat(), "kind": e.kind})
         return [
             DeliveryView(
                 id=d.id,

@@ -30,6 +30,10 @@ def is_final(state: DeliveryState | str) -> bool:
 def moves_forward(current: DeliveryState, current_attempt: int, new: DeliveryState, attempt: int) -> bool:
     if attempt != current_attempt:
         return attempt > current_attempt and not is_final(current)
+    if current == DeliveryState.PENDING:
+        # Pending again within its attempt: that attempt's outcome was decided and a retry waits (a late
+        # `completed` of its call must not turn a retried `machine` into a final `hung_up_early`).
+        return False
     return not is_final(current) and rank(new) > rank(current)
 
 

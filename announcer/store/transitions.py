@@ -134,7 +134,7 @@ class TransitionRecords(DeliveryRecords):
             detail = {
                 "after": new.value,
                 "next_attempt": delivery.attempt + 1,
-                "at": follow.retry_at.isoformat(),
+                "retry_at": follow.retry_at.isoformat(),
             }
             b.insert(EVENTS, {**event(delivery.id, "retry_scheduled", now), "detail": detail})
             return Move(

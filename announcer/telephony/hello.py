@@ -10,7 +10,8 @@ message then starts about as fast as a person would answer. A longer utterance n
 than the pause after a sentence (~300 ms): "Hi, you have reached Sam. I can't..." is not a hello that
 ended after its first sentence, and talking into a machine's greeting would be talking over it. An
 utterance that reaches Twilio's speech threshold is a greeting in the making (`LONG_SPEECH`): the call
-holds for machine detection's verdict.
+holds for machine detection's verdict. An utterance already under way when the stream opened (its start
+unheard) is never taken for a short hello: it may be the last words of a machine's greeting.
 
 A steady tone is not a hello: a fax's calling tone (1,100 Hz) or a machine's beep puts nearly all of a
 frame's energy in one frequency (measured: tones 1.00 of it in 5 FFT bins; the sandbox voice's most tonal
@@ -63,6 +64,7 @@ class HelloEar:
         self._spoke = False  # anything was said at all (the silence timeout is for saying nothing)
         self._tone: tuple[int, int] | None = None  # (bin, frames) of the tone being heard
         self._toned = False  # TONE told
+        self._joined = False  # the utterance was under way when the stream opened
 
     def hear(self, payload: str) -> CalleeHeard | None:
         try:
@@ -86,6 +88,9 @@ class HelloEar:
             first = not self._spoke and self._start is None
             if self._start is None:
                 self._start, self._long = start, False
+                # Under way when the stream opened: its start is unknown, so it is no short hello (it may
+                # be a greeting's last words); it ends only after the longer silence.
+                self._joined = start < SHORT_END_MS
             self._voiced_end = now
             speech = now - self._start
             if not self._long and speech >= self._threshold_ms:
@@ -101,7 +106,8 @@ class HelloEar:
         if speech < MIN_SPEECH_MS:
             self._start = None  # a click: not an utterance, and the silence goes on counting
             return None
-        if now - self._voiced_end >= (SHORT_END_MS if speech <= SHORT_HELLO_MS else LONG_END_MS):
+        short = speech <= SHORT_HELLO_MS and not self._joined
+        if now - self._voiced_end >= (SHORT_END_MS if short else LONG_END_MS):
             self._start, self._spoke = None, True
             return CalleeHeard(Hearing.HELLO_ENDED, speech)
         return None

@@ -112,6 +112,7 @@ class MediaSession:
         self._keys = ""  # every key pressed, in order (a call fact)
         self.played_ms: int | None = None  # of the message (or the voicemail message), from its marks
         self.message_ms: int | None = None
+        self._measured: str | None = None  # the text whose played_ms / message_ms these are
 
     # --- reader ---------------------------------------------------------------------------------
 
@@ -363,6 +364,9 @@ class MediaSession:
             case flow.Played(ms):
                 self.played_ms = self.message_ms if ms is None else ms
             case flow.ReportOutcome(outcome, why, told):
+                # The facts first, through the same journal: the delivery's outcome (and its webhook) is
+                # written with them.
+                self._record_facts()
                 self.deps.store.record_outcome(self.grant.call_id, outcome, reason=why)
                 await self._report(outcome, why if told is None else told)
             case flow.HangUp():
@@ -390,6 +394,10 @@ class MediaSession:
         prefix, _, rest = mark.partition(":")
         measured = f"{prefix}:" in (flow.END_MARK_PREFIX, flow.VOICEMAIL_MARK_PREFIX)
         every = flow.PLAYED_EVERY_FRAMES if measured else 0
+        if measured:
+            self._measured = text
+            clip = self.deps.speaker.cached(text)  # known at once when cached (a repeat, a prefetch)
+            self.message_ms = len(clip) * FRAME_MS if clip is not None else None
         sent = 0
         try:
             async with aclosing(self.deps.speaker.frames(text, self._on_speech_event)) as frames:
@@ -541,11 +549,7 @@ class MediaSession:
             self.deps.live.leave(self.start.call_sid, self._verdict)
         if self.grant is not None:
             self._record("stream_closed", media_frames_in=self.media_in, malformed=self.bad)
-            facts: dict[str, Any] = {"played_ms": self.played_ms, "message_ms": self.message_ms}
-            facts = {k: v for k, v in facts.items() if v is not None}
-            if self._keys:
-                facts["keys"] = self._keys
-            self.deps.store.record_facts(self.grant.call_id, **facts)
+            self._record_facts()
         if self._confirming is not None:
             await asyncio.wait([self._confirming])
             self._confirming = None
@@ -565,6 +569,21 @@ class MediaSession:
             await self.deps.on_outcome(self.grant.call_id, outcome, why)
         except Exception:  # the call itself must still end cleanly
             log.exception("recording the outcome of call %s failed", self.grant.call_id)
+
+    def _record_facts(self) -> None:
+        """How much of the message played, of how long it is, and the keys, as known now."""
+        assert self.grant is not None
+        if self.message_ms is None and self._measured is not None:
+            # Cut off before its last frame was sent: the length from the cache, once the clip is whole.
+            clip = self.deps.speaker.cached(self._measured)
+            if clip is not None:
+                self.message_ms = len(clip) * FRAME_MS
+        facts: dict[str, Any] = {"played_ms": self.played_ms, "message_ms": self.message_ms}
+        facts = {k: v for k, v in facts.items() if v is not None}
+        if self._keys:
+            facts["keys"] = self._keys
+        if facts:
+            self.deps.store.record_facts(self.grant.call_id, **facts)
 
     def _record(self, kind: str, **detail: Any) -> None:
         if self.grant is not None:
