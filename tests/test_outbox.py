@@ -33,8 +33,8 @@ from announcer.sandbox import SandboxElevenLabs, SandboxTwilio
 from announcer.speech.local import LocalSynthesizer
 from announcer.store.calls import CallStore
 from announcer.store.db import Database
-from announcer.store.deliveries import DeliveryStore, NewDelivery
-from announcer.store.models import DeliveryState
+from announcer.store.deliveries import DeliveryStore, ExpiredClaim, NewDelivery
+from announcer.store.models import Delivery, DeliveryState, utcnow
 from announcer.store.outbox import OUTBOX, OutboxStore, row, write
 from tests.conftest import API_TOKEN, AUTH, USE_PG, eventually, free_port
 
@@ -582,3 +582,29 @@ async def test_sigkill_with_notifications_pending_then_each_arrives_with_its_eve
         await outside.close()
         await hooks.stop()
         await db.dispose()
+
+
+# --- a late release never takes a newer claim of the same attempt ------------------------------------------
+
+
+async def test_a_late_release_leaves_the_claim_made_after_it_alone(stores: Stores) -> None:
+    """Released (no call was placed), then claimed again by another process: the attempt number is the same
+    again. A second, late release of the first claim (a dispatcher giving back a claim it held too long,
+    a reconciler's) must not take the new claim from the process that holds it: it would be dialed twice."""
+    _, (first,) = await claimed_alert(stores, ["+15550100071"], None)
+
+    def expired(claim: Any) -> ExpiredClaim:
+        return ExpiredClaim(claim.delivery_id, claim.attempt, claim.call_id, claim.phone, utcnow(), None)
+
+    await stores.deliveries.release(expired(first))
+    (second,) = await stores.deliveries.claim(limit=5, lease=timedelta(minutes=5), from_number="+15550100000")
+    assert (second.delivery_id, second.attempt) == (first.delivery_id, first.attempt)
+    assert second.call_id != first.call_id
+    await stores.deliveries.release(expired(first))  # the late one
+    assert (
+        await stores.deliveries.claim(limit=5, lease=timedelta(minutes=5), from_number="+15550100000") == []
+    )
+    async with stores.db.sessions() as s:
+        delivery = await s.get(Delivery, first.delivery_id)
+        assert delivery is not None
+        assert (delivery.state, delivery.call_id) == (DeliveryState.DIALING, second.call_id)

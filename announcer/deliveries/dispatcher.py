@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_S = 5.0
 CLAIM_AHEAD_S = 1.0  # calls kept claimed ahead of the pacer, in seconds of the rate
+# A claim queued longer than this share of its lease is not dialed but released: once its lease ends
+# another process reconciles it (no SID: asks Twilio, finds no call yet, dials it again) while this
+# process's create may still be on its way. The lease is at least twice the create's timeout.
+STALE_CLAIM_SHARE = 0.5
 MAX_BATCH = 100
 IDLE_POLL_S = 5.0  # re-check the table this often even without a wake-up (another process' work)
 RING_TIMEOUT_S = 30
@@ -184,11 +188,14 @@ class Dispatcher:
             await asyncio.wait(self._dials, timeout=10)
         # Claimed but not dialed: due again at once (no call exists), not after the lease.
         while self._ready:
-            claim = self._ready.popleft()
-            with contextlib.suppress(Exception):
-                await self._store.release(
-                    ExpiredClaim(claim.delivery_id, claim.attempt, claim.call_id, claim.phone, utcnow(), None)
-                )
+            await self._release_unsent(self._ready.popleft())
+
+    async def _release_unsent(self, claim: Claim) -> None:
+        """A claim this process will not dial: due again at once (no call exists), not after its lease."""
+        with contextlib.suppress(Exception):
+            await self._store.release(
+                ExpiredClaim(claim.delivery_id, claim.attempt, claim.call_id, claim.phone, utcnow(), None)
+            )
 
     def withdraw(self, alert_id: str) -> list[Claim]:
         """Take the claims of `alert_id` that are not dialed yet out of the queue (the alert is being
@@ -218,7 +225,11 @@ class Dispatcher:
     # keeps about CLAIM_AHEAD_S of calls ready; the pacer takes them at the bucket's rate.
 
     def _ahead(self) -> int:
-        return max(1, min(int(self._bucket.rate * CLAIM_AHEAD_S), MAX_BATCH))
+        # At the rate this process actually dials: below TWILIO_CPS when admission control holds it back.
+        rate = self._bucket.rate
+        if self._admission is not None:
+            rate = min(rate, self._admission.rate)
+        return max(1, min(int(rate * CLAIM_AHEAD_S), MAX_BATCH))
 
     async def _claim_forever(self) -> None:
         while not self._stopping.is_set():
@@ -284,10 +295,16 @@ class Dispatcher:
             rate = self._account_rate
             if rate is not None and (not await rate.wait_turn(self._stopping) or not self._ready):
                 continue
-            self._sent.append(time.monotonic())
             claim = self._ready.popleft()
             if len(self._ready) * 2 < self._ahead():
                 self.wake()  # the claimer tops the queue up while these are dialed
+            if time.monotonic() - claim.claimed_mono > self._lease.total_seconds() * STALE_CLAIM_SHARE:
+                # Waited too long (the account's rate shared by many processes, a held-back rate): too
+                # close to its lease's end to be dialed safely. Due again at once, claimed afresh.
+                log.info("claim for delivery %s waited too long to be dialed; released", claim.delivery_id)
+                await self._release_unsent(claim)
+                continue
+            self._sent.append(time.monotonic())
             self._bucket.take()
             task = asyncio.create_task(self._dial(claim), name=f"dial-{claim.delivery_id}")
             self._dials.add(task)

@@ -10,7 +10,8 @@ again (reconcile.py).
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -70,6 +71,7 @@ class Claim:
     text: str
     options: StoredOptions
     voicemail_text: str | None = None  # what a machine is told; None: the text
+    claimed_mono: float = field(default_factory=time.monotonic)  # when claimed (this process's clock)
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,9 @@ class ReconcileRecords(DeliveryRecords):
                 .where(
                     Delivery.id == claim.delivery_id,
                     Delivery.attempt == claim.attempt,
+                    # This claim's own call row: once released and claimed again the attempt number is the
+                    # same, and a late release must not take the new claim from the process holding it.
+                    Delivery.call_id == claim.call_id,
                     Delivery.call_sid.is_(None),
                     Delivery.state == DeliveryState.DIALING,
                 )
