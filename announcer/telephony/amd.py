@@ -14,7 +14,8 @@ from aiohttp import web
 
 from announcer import logs
 from announcer.store.calls import CallStore
-from announcer.telephony.callflow import ANSWERED_BY, MachineVerdict
+from announcer.store.models import AnsweredBy
+from announcer.telephony.callflow import MachineVerdict
 from announcer.telephony.live import LiveCalls
 from announcer.telephony.signature import SignatureChecker
 from announcer.telephony.voice import CALL_SID, bad_request, int_field, named_call, require
@@ -30,8 +31,8 @@ async def amd_webhook(
     call_sid = require(form, "CallSid", CALL_SID)
     logs.bind(call_sid=call_sid)
     answered_by = require(form, "AnsweredBy")
-    if answered_by not in ANSWERED_BY:
-        raise bad_request("AnsweredBy", f"must be one of {', '.join(sorted(ANSWERED_BY))}")
+    if answered_by not in set(AnsweredBy):
+        raise bad_request("AnsweredBy", f"must be one of {', '.join(sorted(AnsweredBy))}")
     amd_ms = int_field(form, "MachineDetectionDuration")
     call_id = named_call(request)
     if call_id is None:

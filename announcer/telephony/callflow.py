@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, assert_never
 
-from announcer.store.models import CallKind, CallOutcome
+from announcer.store.models import AnsweredBy, CallKind, CallOutcome
 from announcer.telephony.handoff import MARK_PREFIX as AGENT_MARK_PREFIX
 from announcer.telephony.handoff import After, AgentEnd, AgentOffer, EndKind
 
@@ -53,11 +53,10 @@ VOICEMAIL_MARK_PREFIX = "vm:"  # the voicemail message; its echo means "voicemai
 PLAYED_MARK_PREFIX = "played:"  # `played:<ms>:<call id>.<round>`: that much of the message has played
 PLAYED_EVERY_FRAMES = 25  # a progress mark every 500 ms of the message (2 more messages a second each way)
 
-# Twilio's AnsweredBy values (protocols.md, "Answering machine detection")
-HUMAN, UNKNOWN, MACHINE_START, FAX = "human", "unknown", "machine_start", "fax"
-MACHINE_END_BEEP = "machine_end_beep"
-MACHINE_ENDS = frozenset({MACHINE_END_BEEP, "machine_end_silence", "machine_end_other"})
-ANSWERED_BY = frozenset({HUMAN, UNKNOWN, MACHINE_START, FAX, *MACHINE_ENDS})
+# The verdicts that mean a machine's greeting ended (Twilio's AnsweredBy: store/models.py)
+MACHINE_ENDS = frozenset(
+    {AnsweredBy.MACHINE_END_BEEP, AnsweredBy.MACHINE_END_SILENCE, AnsweredBy.MACHINE_END_OTHER}
+)
 
 BYE_GRACE_S = 60.0  # the longest the agent's last words may take to play before the call is hung up
 # How long a key is waited for once everything has played: long enough to find the key, short enough
@@ -574,14 +573,14 @@ def _verdict(call: CallState, answered_by: str) -> Step:
     setup = call.setup
     if setup is None or call.phase == Phase.ENDED or call.answered_by is not None:
         return call, []
-    if answered_by == MACHINE_START:
+    if answered_by == AnsweredBy.MACHINE_START:
         if call.phase != Phase.LISTENING_FOR_HELLO:
             return call, []
         return _hold(call, "machine detection heard a machine start")
     call = replace(call, answered_by=answered_by)
     if call.phase not in UNDECIDED:
         return call, []  # with the agent, or saying goodbye: noted only
-    if answered_by == FAX:
+    if answered_by == AnsweredBy.FAX:
         return _end(call, CallOutcome.FAX, "a fax machine answered")
     if answered_by in MACHINE_ENDS:
         if setup.hang_up_on_machine:
@@ -589,7 +588,7 @@ def _verdict(call: CallState, answered_by: str) -> Step:
                 call, CallOutcome.MACHINE, f"an answering machine ({answered_by}): on_machine is hang_up"
             )
         return _leave_voicemail(call)
-    if call.phase in WAITING and answered_by in (HUMAN, UNKNOWN):
+    if call.phase in WAITING and answered_by in (AnsweredBy.HUMAN, AnsweredBy.UNKNOWN):
         return _begin(call, f"machine detection said {answered_by}")
     return call, []
 
@@ -630,7 +629,9 @@ def _mark(call: CallState, name: str, event: MarkEchoed) -> Step:
         return _end(call, call.ending.outcome, call.ending.why)
     if phase == Phase.LEAVING_VOICEMAIL and name.startswith(VOICEMAIL_MARK_PREFIX):
         after = (
-            "after the beep" if call.answered_by == MACHINE_END_BEEP else "after the greeting (no beep heard)"
+            "after the beep"
+            if call.answered_by == AnsweredBy.MACHINE_END_BEEP
+            else "after the greeting (no beep heard)"
         )
         call, actions = _end(call, CallOutcome.VOICEMAIL_LEFT, f"the whole message was left {after}")
         return call, [Played(None), *actions]

@@ -227,7 +227,8 @@ class MediaSession:
         setup = self._setup(grant, load is not None)
         if setup.listen:
             threshold = self.deps.amd.speech_threshold_ms if self.deps.amd is not None else 2400
-            self._ear = HelloEar(round(setup.listen_s * 1000 - LISTEN_BACKSTOP_MS), threshold)
+            assert grant.options is not None  # listening is an announcement's option
+            self._ear = HelloEar(grant.options.hello_timeout_ms, threshold)
         early = self.deps.live.join(start.call_sid, self._verdict) if self.deps.live is not None else None
         # Speaking is scheduled before the database writes, so its first step (a cache hit's first
         # frames, or the TTS request) runs ahead of theirs.
