@@ -5,23 +5,17 @@ lives in this process like the real Twilio would, outside the service)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import signal
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from announcer.sandbox import SandboxElevenLabs, SandboxTwilio
-from announcer.speech.local import LocalSynthesizer
-from tests.conftest import API_TOKEN, AUTH, eventually, free_port
+from tests.conftest import eventually, free_port
+from tests.outside import Loopback, api, kill, running, spawn, stop, wait_healthy
 
-ROOT = Path(__file__).resolve().parent.parent
 RECIPIENTS = 50
 
 
@@ -31,96 +25,47 @@ class Outside:
     def __init__(self, tmp_path: Path, database_url: str) -> None:
         self.port = free_port()
         self.public = f"http://127.0.0.1:{self.port}"
-        self.account_sid = "AC" + secrets.token_hex(16)
-        self.auth_token = secrets.token_hex(16)
         self.tmp_path = tmp_path
         self.database_url = database_url
-        local = LocalSynthesizer()
-        self.el_key = secrets.token_hex(16)
-        self.tts = SandboxElevenLabs(api_key=self.el_key, synthesize=local.synthesize)
-        self.twilio = SandboxTwilio(
-            account_sid=self.account_sid,
-            auth_token=self.auth_token,
-            phone_number="+15550100000",
-            voice_url=self.public + "/twilio/voice",
-            status_callback_url=None,
-            recordings_dir=tmp_path / "recordings",
-            say_synthesize=local.synthesize,
-            speed=20.0,
-        )
+        self.loopback = Loopback(tmp_path, self.public)
+        self.twilio = self.loopback.twilio
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self.el_base = await self.tts.start()
-        self.tw_base = await self.twilio.start()
+        await self.loopback.start()
 
     async def serve(self) -> None:
         self.proc = await self.spawn(self.port)
 
     async def spawn(self, port: int) -> asyncio.subprocess.Process:
         """A service process on `port` against this sandbox and database (several may share them)."""
-        public = f"http://127.0.0.1:{port}"
-        env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))
-            },
-            "PUBLIC_URL": public,
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "TWILIO_ACCOUNT_SID": self.account_sid,
-            "TWILIO_AUTH_TOKEN": self.auth_token,
-            "TWILIO_PHONE_NUMBER": "+15550100000",
-            "TWILIO_API_BASE_URL": self.tw_base,
-            "TWILIO_CPS": "25",
-            "TWILIO_TIMEOUT_S": "2",
-            "MAX_CONCURRENT_CALLS": "8",
-            "ELEVENLABS_API_KEY": self.el_key,
-            "ELEVENLABS_BASE_URL": self.el_base,
-            "DATABASE_URL": self.database_url,
-            "ANNOUNCER_DATA_DIR": str(self.tmp_path / f"data-{port}"),
-            "ANNOUNCER_API_TOKEN": API_TOKEN,
-            "ANNOUNCER_CLAIM_LEASE_S": "4",
-            "ANNOUNCER_LOG_LEVEL": "WARNING",
-        }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "announcer.cli", "serve", env=env, cwd=ROOT
+        env = self.loopback.env(
+            port=port,
+            database_url=self.database_url,
+            data_dir=self.tmp_path / f"data-{port}",
+            PUBLIC_URL=f"http://127.0.0.1:{port}",
+            TWILIO_CPS="25",
+            TWILIO_TIMEOUT_S="2",
+            MAX_CONCURRENT_CALLS="8",
+            ANNOUNCER_CLAIM_LEASE_S="4",
         )
-
-        async def up() -> bool:
-            assert proc.returncode is None, "the service exited"
-            try:
-                async with aiohttp.ClientSession() as http, http.get(public + "/healthz") as resp:
-                    return resp.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await eventually(up, timeout=60)
+        proc = await spawn(env)
+        await wait_healthy(f"http://127.0.0.1:{port}", running(proc))
         return proc
 
     async def kill(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
+        await kill(self.proc)
 
     async def close(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
-        await self.twilio.close()
-        await self.tts.close()
+        await stop(self.proc)
+        await self.loopback.close()
 
     def placed(self) -> Counter[str]:
-        return Counter(c.to for c in self.twilio.calls.values() if c.direction.value == "outbound-api")
+        return self.loopback.placed()
 
     async def api(self, method: str, path: str, body: Any = None, port: int | None = None) -> Any:
-        base = self.public if port is None else f"http://127.0.0.1:{port}"
-        async with (
-            aiohttp.ClientSession() as http,
-            http.request(method, base + path, json=body, headers=AUTH) as resp,
-        ):
-            return resp.status, await resp.json()
+        return await api(self.public if port is None else f"http://127.0.0.1:{port}", method, path, body)
 
 
 @pytest.fixture

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import signal
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +16,6 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
@@ -29,16 +25,14 @@ from announcer.deliveries.egress import EgressPolicy
 from announcer.deliveries.notify import OutcomeNotifier
 from announcer.deliveries.policy import DeliveryPolicy
 from announcer.options import StoredOptions
-from announcer.sandbox import SandboxElevenLabs, SandboxTwilio
-from announcer.speech.local import LocalSynthesizer
 from announcer.store.calls import CallStore
 from announcer.store.db import Database
 from announcer.store.deliveries import DeliveryStore, ExpiredClaim, NewDelivery
 from announcer.store.models import Delivery, DeliveryState, utcnow
 from announcer.store.outbox import OUTBOX, OutboxStore, row, write
-from tests.conftest import API_TOKEN, AUTH, USE_PG, eventually, free_port
+from tests.conftest import API_TOKEN, USE_PG, eventually, free_port
+from tests.outside import Loopback, api, kill, running, spawn, stop, wait_healthy
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_outbox_test"
 LOCAL_RECEIVER = EgressPolicy(allow_http=True, allow_networks=(IPv4Network("127.0.0.1/32"),))
 
@@ -433,93 +427,44 @@ class Outside:
     def __init__(self, tmp_path: Path, database_url: str, hook_port: int) -> None:
         self.port = free_port()
         self.public = f"http://127.0.0.1:{self.port}"
-        self.account_sid = "AC" + secrets.token_hex(16)
-        self.auth_token = secrets.token_hex(16)
         self.tmp_path = tmp_path
         self.database_url = database_url
         self.hook_port = hook_port
-        local = LocalSynthesizer()
-        self.el_key = secrets.token_hex(16)
-        self.tts = SandboxElevenLabs(api_key=self.el_key, synthesize=local.synthesize)
-        self.twilio = SandboxTwilio(
-            account_sid=self.account_sid,
-            auth_token=self.auth_token,
-            phone_number="+15550100000",
-            voice_url=self.public + "/twilio/voice",
-            status_callback_url=None,
-            recordings_dir=tmp_path / "recordings",
-            say_synthesize=local.synthesize,
-            speed=20.0,
-        )
+        self.loopback = Loopback(tmp_path, self.public)
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self.el_base = await self.tts.start()
-        self.tw_base = await self.twilio.start()
+        await self.loopback.start()
 
     async def serve(self) -> None:
-        env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))
-            },
-            "PUBLIC_URL": self.public,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "TWILIO_ACCOUNT_SID": self.account_sid,
-            "TWILIO_AUTH_TOKEN": self.auth_token,
-            "TWILIO_PHONE_NUMBER": "+15550100000",
-            "TWILIO_API_BASE_URL": self.tw_base,
-            "TWILIO_CPS": "25",
-            "TWILIO_TIMEOUT_S": "2",
-            "ELEVENLABS_API_KEY": self.el_key,
-            "ELEVENLABS_BASE_URL": self.el_base,
-            "DATABASE_URL": self.database_url,
-            "ANNOUNCER_DATA_DIR": str(self.tmp_path / "data"),
-            "ANNOUNCER_API_TOKEN": API_TOKEN,
-            "ANNOUNCER_LOG_LEVEL": "WARNING",
-            "ANNOUNCER_CALLBACK_ALLOW_HTTP": "1",
-            "ANNOUNCER_CALLBACK_ALLOW_HOSTS": "127.0.0.1",
+        env = self.loopback.env(
+            port=self.port,
+            database_url=self.database_url,
+            data_dir=self.tmp_path / "data",
+            TWILIO_CPS="25",
+            TWILIO_TIMEOUT_S="2",
+            ANNOUNCER_CALLBACK_ALLOW_HTTP="1",
+            ANNOUNCER_CALLBACK_ALLOW_HOSTS="127.0.0.1",
             # A receiver that is down is tried again and again, quickly: the rows stay pending, and one
             # is due within half a second of the receiver coming back.
-            "ANNOUNCER_WEBHOOK_BACKOFF_S": "0.05",
-            "ANNOUNCER_WEBHOOK_MAX_BACKOFF_S": "0.5",
-            "ANNOUNCER_WEBHOOK_MAX_ATTEMPTS": "100000",
-            "ANNOUNCER_WEBHOOK_TIMEOUT_S": "2",
-        }
-        self.proc = proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "announcer.cli", "serve", env=env, cwd=ROOT
+            ANNOUNCER_WEBHOOK_BACKOFF_S="0.05",
+            ANNOUNCER_WEBHOOK_MAX_BACKOFF_S="0.5",
+            ANNOUNCER_WEBHOOK_MAX_ATTEMPTS="100000",
+            ANNOUNCER_WEBHOOK_TIMEOUT_S="2",
         )
-
-        async def up() -> bool:
-            assert proc.returncode is None, "the service exited"
-            try:
-                async with aiohttp.ClientSession() as http, http.get(self.public + "/healthz") as resp:
-                    return resp.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await eventually(up, timeout=60)
+        self.proc = await spawn(env)
+        await wait_healthy(self.public, running(self.proc))
 
     async def kill(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
+        await kill(self.proc)
 
     async def close(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
-        await self.twilio.close()
-        await self.tts.close()
+        await stop(self.proc)
+        await self.loopback.close()
 
     async def api(self, method: str, path: str, body: Any = None) -> Any:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.request(method, self.public + path, json=body, headers=AUTH) as resp,
-        ):
-            return resp.status, await resp.json()
+        return await api(self.public, method, path, body)
 
 
 async def test_sigkill_with_notifications_pending_then_each_arrives_with_its_event_id(

@@ -14,11 +14,9 @@ import asyncio
 import os
 import pwd
 import re
-import secrets
 import shutil
 import signal
 import socket
-import sys
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,10 +26,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from announcer.sandbox import SandboxElevenLabs, SandboxTwilio
-from announcer.speech.local import LocalSynthesizer
 from announcer.store.models import FINAL_DELIVERY_STATES
-from tests.conftest import API_TOKEN, AUTH, eventually, free_port
+from tests.conftest import eventually, free_port
+from tests.outside import Loopback, api, spawn, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
@@ -86,23 +83,10 @@ class Farm:
         self.database_url = database_url
         self.nginx_port = free_port()
         self.public = f"http://127.0.0.1:{self.nginx_port}"
-        self.account_sid = "AC" + secrets.token_hex(16)
-        self.auth_token = secrets.token_hex(16)
-        local = LocalSynthesizer()
-        self.el_key = secrets.token_hex(16)
-        self.tts = SandboxElevenLabs(api_key=self.el_key, synthesize=local.synthesize)
-        self.twilio = SandboxTwilio(
-            account_sid=self.account_sid,
-            auth_token=self.auth_token,
-            phone_number="+15550100000",
-            voice_url=self.public + "/twilio/voice",
-            status_callback_url=None,
-            recordings_dir=tmp_path / "recordings",
-            say_synthesize=local.synthesize,
-            # Short calls (the phones' clock: rings, hellos); faster sends more microphone frames per
-            # call, a load of this process's that slows everything on a 2-core machine.
-            speed=10.0,
-        )
+        # Short calls (the phones' clock: rings, hellos); faster sends more microphone frames per call, a
+        # load of this process's that slows everything on a 2-core machine.
+        self.loopback = Loopback(tmp_path, self.public, speed=10.0)
+        self.twilio = self.loopback.twilio
         self.nginx: asyncio.subprocess.Process | None = None
         self.service: asyncio.subprocess.Process | None = None
         self.ports: list[int] = []
@@ -110,8 +94,7 @@ class Farm:
         self.service_log = tmp_path / "service.log"
 
     async def start(self, workers: int) -> None:
-        self.el_base = await self.tts.start()
-        self.tw_base = await self.twilio.start()
+        await self.loopback.start()
         base = consecutive_free_ports(workers)
         self.ports = list(range(base, base + workers))
         await self._start_nginx()
@@ -147,61 +130,31 @@ http {{
         )
 
     async def _start_service(self, workers: int) -> None:
-        env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))
-            },
-            "PUBLIC_URL": self.public,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.ports[0]),
-            "TWILIO_ACCOUNT_SID": self.account_sid,
-            "TWILIO_AUTH_TOKEN": self.auth_token,
-            "TWILIO_PHONE_NUMBER": "+15550100000",
-            "TWILIO_API_BASE_URL": self.tw_base,
-            "TWILIO_CPS": "20",  # per process until the account-wide rate
-            "TWILIO_TIMEOUT_S": "3",
-            "MAX_CONCURRENT_CALLS": "150",  # counted in the database: all processes together
-            "ELEVENLABS_API_KEY": self.el_key,
-            "ELEVENLABS_BASE_URL": self.el_base,
-            "DATABASE_URL": self.database_url,
-            "ANNOUNCER_DATA_DIR": str(self.tmp_path / "data"),
-            "ANNOUNCER_API_TOKEN": API_TOKEN,
+        env = self.loopback.env(
+            port=self.ports[0],
+            database_url=self.database_url,
+            data_dir=self.tmp_path / "data",
+            TWILIO_CPS="20",
+            TWILIO_TIMEOUT_S="3",
+            MAX_CONCURRENT_CALLS="150",  # counted in the database: all processes together
             # A killed process's claims are reconciled by the others this soon after their claim. Not
             # shorter: a claim must be dialed and its SID recorded within the lease (the create's time
             # limit above included, on a loaded machine), or a living process's claim is reconciled too.
-            "ANNOUNCER_CLAIM_LEASE_S": "10",
-            "ANNOUNCER_LOG_LEVEL": "WARNING",
-        }
+            ANNOUNCER_CLAIM_LEASE_S="10",
+        )
         with self.service_log.open("wb") as sink:
-            self.service = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "announcer.cli",
-                "serve",
-                "--workers",
-                str(len(self.ports)),
-                env=env,
-                cwd=self.tmp_path,  # no .env of the developer's
-                stdout=sink,
-                stderr=sink,
-            )
+            # cwd: no .env of the developer's
+            self.service = await spawn(env, "--workers", str(len(self.ports)), cwd=self.tmp_path, log=sink)
         for port in self.ports:
             await self.wait_up(f"http://127.0.0.1:{port}")
         await self.wait_up(self.public)
 
     async def wait_up(self, url: str) -> None:
-        async def up() -> bool:
+        def alive() -> None:
             assert self.service is not None and self.service.returncode is None, self.log_tail()
             assert self.nginx is not None and self.nginx.returncode is None, self.nginx_errors()
-            try:
-                async with aiohttp.ClientSession() as http, http.get(url + "/healthz") as resp:
-                    return resp.status == 200
-            except aiohttp.ClientError:
-                return False
 
-        await eventually(up, timeout=90)
+        await wait_healthy(url, alive, timeout=90)
 
     def log_tail(self) -> str:
         return self.service_log.read_text(errors="replace")[-3000:]
@@ -215,11 +168,7 @@ http {{
             return int((await resp.json())["pid"])
 
     async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.request(method, self.public + path, json=body, headers=AUTH) as resp,
-        ):
-            return resp.status, await resp.json()
+        return await api(self.public, method, path, body)
 
     def creates(self) -> Counter[str]:
         """Create-call requests per number, as the sandbox received them (whatever it answered)."""
@@ -246,15 +195,8 @@ http {{
 
     async def close(self) -> None:
         for proc in (self.service, self.nginx):
-            if proc is not None and proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 60)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-        await self.twilio.close()
-        await self.tts.close()
+            await stop(proc)
+        await self.loopback.close()
 
 
 @pytest.fixture
