@@ -314,8 +314,25 @@ def _check_header(label: str, line: int, columns: list[str]) -> None:
         raise CommandError(f"error: {label}: bad header; nothing was sent", *problems)
 
 
-def _recipients_of_args(args: argparse.Namespace, name_flag: str) -> list[Recipient]:
-    """--file and --to (with their names: `name_flag`, one per --to) as recipients."""
+def _take_old_names(args: argparse.Namespace) -> None:
+    """`send --name`, the first spelling of `--recipient-name`: still read (scripts use it), with a line
+    saying so, since `schedule add --name` names the schedule."""
+    old: list[str] = args.old_recipient_names
+    if not old:
+        return
+    if args.recipient_names:
+        raise CommandError("error: name the recipients with --recipient-name only (not with --name too)")
+    print(
+        "warning: `send --name` is deprecated, use --recipient-name (the same meaning; in `schedule add`, "
+        "--name names the schedule)",
+        file=sys.stderr,
+    )
+    args.recipient_names = old
+
+
+def _recipients_of_args(args: argparse.Namespace) -> list[Recipient]:
+    """--file and --to (with their names: --recipient-name, one per --to) as recipients."""
+    name_flag = "--recipient-name"
     recipients = read_recipients_csv(args.file) if args.file is not None else []
     names: list[str] = args.recipient_names
     if names and len(names) != len(args.to):
@@ -710,7 +727,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     try:
         if args.timeout is not None and args.timeout <= 0:
             raise CommandError("error: --timeout must be more than 0 seconds")
-        recipients = _recipients_of_args(args, "--name")
+        _take_old_names(args)
+        recipients = _recipients_of_args(args)
         body = _alert_body(args, recipients)
         url, token = _url_and_token(args)
         return asyncio.run(_send(args, body, recipients, url, token))
@@ -829,7 +847,7 @@ def cmd_schedule_add(args: argparse.Namespace) -> int:
                 "error: --cron needs --timezone ZONE (an IANA zone, e.g. Europe/Berlin): "
                 "8 o'clock is not the same moment everywhere"
             )
-        recipients = _recipients_of_args(args, "--recipient-name")
+        recipients = _recipients_of_args(args)
         body = _schedule_body(args, recipients)
     except CommandError as err:
         return _failed(err)
@@ -978,15 +996,15 @@ async def _call_in(info: dict[str, Any], from_number: str, timeout: float, lines
     return 1
 
 
-def _add_message_arguments(parser: argparse.ArgumentParser, name_flag: str) -> None:
+def _add_message_arguments(parser: argparse.ArgumentParser) -> None:
     """What an alert says and to whom, and how it calls: the arguments `send` and `schedule add` share
-    (read by _recipients_of_args and _alert_body)."""
+    (read by _recipients_of_args and _alert_body). `--recipient-name` names a recipient in both."""
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--template", metavar="NAME", help="a template of the service (templates/NAME)")
     what.add_argument("--text", metavar="JINJA", help="the message as inline Jinja text")
     parser.add_argument("--to", action="append", default=[], metavar="PHONE", help="a recipient (repeatable)")
     parser.add_argument(
-        name_flag,
+        "--recipient-name",
         dest="recipient_names",
         action="append",
         default=[],
@@ -1039,7 +1057,15 @@ def _add_send_parser(sub: Any) -> None:
         "the service refused, or no service at the URL; "
         f"{EXIT_STILL_ACTIVE} still active when --timeout passed.",
     )
-    _add_message_arguments(send, "--name")
+    _add_message_arguments(send)
+    send.add_argument(
+        "--name",
+        dest="old_recipient_names",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="deprecated: the same as --recipient-name (in `schedule add`, --name names the schedule)",
+    )
     send.add_argument(
         "--idempotency-key", metavar="KEY", help="sending again with it replays, never re-calls"
     )
@@ -1065,7 +1091,7 @@ def _add_schedule_parser(sub: Any) -> None:
         description="Every recipient is rendered when the schedule is made: a missing variable, a bad time "
         f"or zone is refused now, not at 8 am. {exit_status}",
     )
-    _add_message_arguments(add, "--recipient-name")
+    _add_message_arguments(add)
     when = add.add_mutually_exclusive_group(required=True)
     when.add_argument(
         "--at",
@@ -1105,14 +1131,20 @@ def _add_schedule_parser(sub: Any) -> None:
         command.set_defaults(func=func)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option, each with its help text (a test holds them to that)."""
     parser = argparse.ArgumentParser(
         prog="announcer", description="Phone announcements with generated speech."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the service (sandbox mode without credentials)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve = sub.add_parser(
+        "serve",
+        help="run the service (sandbox mode without credentials)",
+        description='Settings come from the environment and .env (README, "Going live"); a bad one stops '
+        "the start with one line naming it.",
+    )
+    serve.add_argument("--host", help="the address to listen on (default: HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="the port to listen on (default: PORT, else 8080)")
     serve.add_argument(
         "--workers",
         type=int,
@@ -1121,19 +1153,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.set_defaults(func=cmd_serve)
     render = sub.add_parser("render", help="render a template to text")
-    render.add_argument("template")
-    render.add_argument("--var", action="append", default=[], metavar="KEY=VALUE")
+    render.add_argument(
+        "template", help="a template in ANNOUNCER_TEMPLATES_DIR (templates/), e.g. alert.j2 or alert"
+    )
+    render.add_argument(
+        "--var", action="append", default=[], metavar="KEY=VALUE", help="a template variable (repeatable)"
+    )
     render.set_defaults(func=cmd_render)
     _add_send_parser(sub)
     _add_schedule_parser(sub)
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
-    db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    db.add_parser(
+        "upgrade",
+        help="apply migrations to DATABASE_URL's database (also done at start)",
+        description="Applies the database migrations up to the newest (DATABASE_URL, else the SQLite file "
+        "in ANNOUNCER_DATA_DIR).",
+    ).set_defaults(func=cmd_db_upgrade)
     sandbox = sub.add_parser("sandbox", help="the loopback phone network").add_subparsers(
         dest="sandbox_command", required=True
     )
-    call_in = sandbox.add_parser("call-in", help="call the running sandbox greeting line")
-    call_in.add_argument("--from", dest="from_number", default="+15550123456")
-    call_in.add_argument("--timeout", type=float, default=120.0)
+    call_in = sandbox.add_parser(
+        "call-in",
+        help="call the running sandbox greeting line",
+        description="Places a call from the sandbox phone to the greeting line of the service at --url "
+        "(which must run in sandbox mode) and prints the recording's path.",
+    )
+    call_in.add_argument(
+        "--from", dest="from_number", default="+15550123456", help="the caller's number (default %(default)s)"
+    )
+    call_in.add_argument(
+        "--timeout", type=float, default=120.0, help="give up after this many seconds (default %(default)s)"
+    )
     call_in.add_argument(
         "--agent", action="store_true", help="talk with the agent (the service runs with GREETING_AGENT=1)"
     )
@@ -1142,7 +1192,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_service_arguments(call_in)  # --agent reads the transcript from the service
     call_in.set_defaults(func=cmd_sandbox_call_in)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 
