@@ -222,7 +222,8 @@ def _api_token(settings: Settings) -> str:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    db = Database(app[SETTINGS].resolved_database_url)
+    settings = app[SETTINGS]
+    db = Database(settings.resolved_database_url, setting=settings.database_setting)
     await db.upgrade()
     app[DATABASE] = db
     app[STORE] = store = CallStore(db.sessions)

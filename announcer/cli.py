@@ -104,9 +104,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         public_url(settings),
     )
     app.on_startup.append(_freeze_startup_heap)  # after the lifecycle contexts have opened everything
+    from announcer.store.reachable import DatabaseUnavailable
+
     try:
         # The socket bound by `claim`: the port was ours before anything was opened or written.
         web.run_app(app, sock=held.sock, print=None, access_log=None, loop=_new_loop())
+    except DatabaseUnavailable as err:  # raised by the lifecycle's first step, before anything else opened
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         held.release()
     return 0
@@ -906,15 +911,20 @@ def cmd_schedule_rm(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(_: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     from announcer.store.db import Database
+    from announcer.store.reachable import DatabaseUnavailable
 
     async def run() -> None:
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, setting=settings.database_setting)
         try:
             await db.upgrade()
         finally:
             await db.dispose()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except DatabaseUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print("database is up to date")
     return 0
 
