@@ -930,16 +930,10 @@ def cmd_db_upgrade(_: argparse.Namespace) -> int:
 
 
 def cmd_sandbox_call_in(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit()
-    info_path = settings.announcer_data_dir / "sandbox.json"
-    if not info_path.exists():
-        print(
-            f"error: no running sandbox found ({info_path} is missing): start `announcer serve` without "
-            "Twilio credentials first",
-            file=sys.stderr,
-        )
-        return 2
-    info = json.loads(info_path.read_text())
+    try:
+        info = _sandbox_info(args)
+    except CommandError as err:
+        return _failed(err)
     lines: list[str] = []
     if args.agent:
         if not info.get("greeting_agent"):
@@ -955,6 +949,39 @@ def cmd_sandbox_call_in(args: argparse.Namespace) -> int:
         return code
     sid = info["last_sid"]
     return _on_service(args, lambda api: _print_transcript(sid, api))
+
+
+def _sandbox_info(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the running sandbox is: asked of the service at --url (or with --token), whatever its data
+    directory; else read from this machine's `<ANNOUNCER_DATA_DIR>/sandbox.json`."""
+    if args.url is None and args.token is None:
+        settings = _settings_or_exit()
+        info_path = settings.announcer_data_dir / "sandbox.json"
+        if info_path.exists():
+            found: dict[str, Any] = json.loads(info_path.read_text())
+            return found
+        raise CommandError(
+            f"error: no running sandbox found ({info_path} is missing): start `announcer serve` without "
+            "Twilio credentials first, or point --url and --token at the service"
+        )
+
+    async def ask(api: Api) -> dict[str, Any]:
+        status, answer = await api.request("GET", "/v1/sandbox")
+        if status == 404:
+            raise CommandError(
+                f"error: the service at {api.base_url} runs no sandbox (it calls through Twilio)"
+            )
+        if status != 200 or not isinstance(answer, dict):
+            raise CommandError(*_refusal(status, answer))
+        return answer
+
+    url, token = _url_and_token(args)
+
+    async def asked() -> dict[str, Any]:
+        async with _client(token) as http:
+            return await ask(Api(http, url))
+
+    return asyncio.run(asked())
 
 
 # What the sandbox caller says to the agent, one line per reply, unless `--say` gives others.
