@@ -9,15 +9,17 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 from aiohttp import web
@@ -753,7 +755,8 @@ def _schedule_body(args: argparse.Namespace, recipients: list[Recipient]) -> dic
     """The POST /v1/schedules body: an alert's body (template, variables, recipients, options) with a
     `when`, the schedule's name and its own options; what the user did not give is left to the service."""
     body = _alert_body(args, recipients)
-    when: dict[str, Any] = {"at": args.at} if args.at is not None else {"cron": args.cron}
+    at = None if args.at is None else _at(args.at, args.timezone)
+    when: dict[str, Any] = {"at": at} if at is not None else {"cron": args.cron}
     for key in ("timezone", "start", "end"):
         if getattr(args, key) is not None:
             when[key] = getattr(args, key)
@@ -763,6 +766,29 @@ def _schedule_body(args: argparse.Namespace, recipients: list[Recipient]) -> dic
     if args.misfire is not None:
         body["options"]["misfire"] = args.misfire
     return body
+
+
+_RELATIVE_DAY = re.compile(r"(today|tomorrow)[ T]+([0-9]{1,2}):([0-9]{2})", re.IGNORECASE)
+
+
+def _at(value: str, timezone: str | None, today: date | None = None) -> str:
+    """--at as the API reads it: `today HH:MM` and `tomorrow HH:MM` become that day's date in --timezone
+    (read there by the service), or with this machine's offset without one; anything else is sent as
+    given (ISO-8601)."""
+    relative = _RELATIVE_DAY.fullmatch(value.strip())
+    if relative is None:
+        return value
+    word, hour, minute = relative.group(1).lower(), int(relative.group(2)), int(relative.group(3))
+    if hour > 23 or minute > 59:
+        raise CommandError(f"error: --at {value!r}: no such time of day")
+    try:
+        zone = ZoneInfo(timezone) if timezone else None
+    except (ZoneInfoNotFoundError, ValueError):
+        raise CommandError(f"error: --timezone {timezone!r}: unknown time zone") from None
+    day = (today or datetime.now(zone).date()) + timedelta(days=1 if word == "tomorrow" else 0)
+    if zone is not None:
+        return f"{day.isoformat()}T{hour:02d}:{minute:02d}"
+    return datetime(day.year, day.month, day.day, hour, minute).astimezone().isoformat(timespec="minutes")
 
 
 def _moment_text(value: Any) -> str:
@@ -1133,7 +1159,8 @@ def _add_schedule_parser(sub: Any) -> None:
     when.add_argument(
         "--at",
         metavar="ISO",
-        help="once, at this time: 2026-11-30T09:00 (read in --timezone) or with an offset (+01:00)",
+        help='once, at this time: "tomorrow 09:00", "today 17:30" or 2026-11-30T09:00 (read in --timezone, '
+        "else this machine's zone) or ISO with an offset (+01:00)",
     )
     when.add_argument(
         "--cron",
