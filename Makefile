@@ -9,9 +9,11 @@ BIN := $(VENV)/bin
 # again when pyproject.toml changes; `make run` after `make test` installs nothing.
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
-# pip's own output is ~150 lines; this keeps one line per package it fetches and a count when it installs.
-# Errors and warnings go to stderr and are shown whole.
-PIP_LINES := awk '/^Collecting /{print "   " $$2; fflush()} \
+# pip's own output is ~150 lines; this keeps one line per package it fetches (its name: "Collecting" from an
+# index, "Processing" from a local wheel) and a count when it installs. Errors and warnings go to stderr
+# and are shown whole.
+PIP_LINES := awk '/^Collecting /{n = $$2; sub(/[<>=!~;[].*/, "", n); print "   " n; fflush()} \
+	/^Processing .*\.whl/{n = $$2; sub(/.*\//, "", n); split(n, part, "-"); print "   " part[1]; fflush()} \
 	/^Installing collected packages:/{print "   installing " split($$0, _, ",") " packages..."; fflush()}'
 
 .PHONY: run test lint install clean
