@@ -27,7 +27,7 @@ from announcer.agent.connect import AgentConnector
 from announcer.agent.line import AgentLine
 from announcer.api import alerts, calls, schedules
 from announcer.api.alerts import AlertsDeps
-from announcer.api.http import json_errors, make_middleware
+from announcer.api.http import error, json_errors, make_middleware
 from announcer.api.openapi import document_json as openapi_document_json
 from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
@@ -198,6 +198,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/deliveries/{delivery_id}/call", _with_calls(calls.get_delivery_call))
     app.router.add_post("/outbound-call", _with_calls(calls.outbound_call))
     app.router.add_get("/v1/openapi.json", _openapi)
+    app.router.add_get("/v1/sandbox", _sandbox_info)
     return app
 
 
@@ -222,7 +223,8 @@ def _api_token(settings: Settings) -> str:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    db = Database(app[SETTINGS].resolved_database_url)
+    settings = app[SETTINGS]
+    db = Database(settings.resolved_database_url, setting=settings.database_setting)
     await db.upgrade()
     app[DATABASE] = db
     app[STORE] = store = CallStore(db.sessions)
@@ -635,6 +637,25 @@ def _with_alerts(
 async def _media(request: web.Request) -> web.StreamResponse:
     app = request.app
     return await media_websocket(request, app[MEDIA], app[SIGNATURE], app[VOICE].media_url, app[SOCKETS])
+
+
+async def _sandbox_info(request: web.Request) -> web.Response:
+    """Where this service's loopback Twilio is, as `sandbox.json` says: `announcer sandbox call-in --url`
+    finds it through the service, wherever its data directory is. Its credentials are throwaway ones made
+    for this run; a service with Twilio credentials has no sandbox and answers 404."""
+    app = request.app
+    if app[SANDBOX] is None:
+        raise error(404, "not_found", "this service calls through Twilio: it runs no sandbox")
+    p = app[PROVIDERS]
+    return web.json_response(
+        {
+            "base_url": p.twilio_base_url,
+            "account_sid": p.account_sid,
+            "auth_token": p.auth_token,
+            "phone_number": p.phone_number,
+            "greeting_agent": app[SETTINGS].greeting_agent,
+        }
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:

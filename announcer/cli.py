@@ -9,15 +9,17 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 from aiohttp import web
@@ -104,9 +106,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         public_url(settings),
     )
     app.on_startup.append(_freeze_startup_heap)  # after the lifecycle contexts have opened everything
+    from announcer.store.reachable import DatabaseUnavailable
+
     try:
         # The socket bound by `claim`: the port was ours before anything was opened or written.
         web.run_app(app, sock=held.sock, print=None, access_log=None, loop=_new_loop())
+    except DatabaseUnavailable as err:  # raised by the lifecycle's first step, before anything else opened
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         held.release()
     return 0
@@ -314,8 +321,25 @@ def _check_header(label: str, line: int, columns: list[str]) -> None:
         raise CommandError(f"error: {label}: bad header; nothing was sent", *problems)
 
 
-def _recipients_of_args(args: argparse.Namespace, name_flag: str) -> list[Recipient]:
-    """--file and --to (with their names: `name_flag`, one per --to) as recipients."""
+def _take_old_names(args: argparse.Namespace) -> None:
+    """`send --name`, the first spelling of `--recipient-name`: still read (scripts use it), with a line
+    saying so, since `schedule add --name` names the schedule."""
+    old: list[str] = args.old_recipient_names
+    if not old:
+        return
+    if args.recipient_names:
+        raise CommandError("error: name the recipients with --recipient-name only (not with --name too)")
+    print(
+        "warning: `send --name` is deprecated, use --recipient-name (the same meaning; in `schedule add`, "
+        "--name names the schedule)",
+        file=sys.stderr,
+    )
+    args.recipient_names = old
+
+
+def _recipients_of_args(args: argparse.Namespace) -> list[Recipient]:
+    """--file and --to (with their names: --recipient-name, one per --to) as recipients."""
+    name_flag = "--recipient-name"
     recipients = read_recipients_csv(args.file) if args.file is not None else []
     names: list[str] = args.recipient_names
     if names and len(names) != len(args.to):
@@ -710,7 +734,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     try:
         if args.timeout is not None and args.timeout <= 0:
             raise CommandError("error: --timeout must be more than 0 seconds")
-        recipients = _recipients_of_args(args, "--name")
+        _take_old_names(args)
+        recipients = _recipients_of_args(args)
         body = _alert_body(args, recipients)
         url, token = _url_and_token(args)
         return asyncio.run(_send(args, body, recipients, url, token))
@@ -730,7 +755,8 @@ def _schedule_body(args: argparse.Namespace, recipients: list[Recipient]) -> dic
     """The POST /v1/schedules body: an alert's body (template, variables, recipients, options) with a
     `when`, the schedule's name and its own options; what the user did not give is left to the service."""
     body = _alert_body(args, recipients)
-    when: dict[str, Any] = {"at": args.at} if args.at is not None else {"cron": args.cron}
+    at = None if args.at is None else _at(args.at, args.timezone)
+    when: dict[str, Any] = {"at": at} if at is not None else {"cron": args.cron}
     for key in ("timezone", "start", "end"):
         if getattr(args, key) is not None:
             when[key] = getattr(args, key)
@@ -740,6 +766,29 @@ def _schedule_body(args: argparse.Namespace, recipients: list[Recipient]) -> dic
     if args.misfire is not None:
         body["options"]["misfire"] = args.misfire
     return body
+
+
+_RELATIVE_DAY = re.compile(r"(today|tomorrow)[ T]+([0-9]{1,2}):([0-9]{2})", re.IGNORECASE)
+
+
+def _at(value: str, timezone: str | None, today: date | None = None) -> str:
+    """--at as the API reads it: `today HH:MM` and `tomorrow HH:MM` become that day's date in --timezone
+    (read there by the service), or with this machine's offset without one; anything else is sent as
+    given (ISO-8601)."""
+    relative = _RELATIVE_DAY.fullmatch(value.strip())
+    if relative is None:
+        return value
+    word, hour, minute = relative.group(1).lower(), int(relative.group(2)), int(relative.group(3))
+    if hour > 23 or minute > 59:
+        raise CommandError(f"error: --at {value!r}: no such time of day")
+    try:
+        zone = ZoneInfo(timezone) if timezone else None
+    except (ZoneInfoNotFoundError, ValueError):
+        raise CommandError(f"error: --timezone {timezone!r}: unknown time zone") from None
+    day = (today or datetime.now(zone).date()) + timedelta(days=1 if word == "tomorrow" else 0)
+    if zone is not None:
+        return f"{day.isoformat()}T{hour:02d}:{minute:02d}"
+    return datetime(day.year, day.month, day.day, hour, minute).astimezone().isoformat(timespec="minutes")
 
 
 def _moment_text(value: Any) -> str:
@@ -829,7 +878,7 @@ def cmd_schedule_add(args: argparse.Namespace) -> int:
                 "error: --cron needs --timezone ZONE (an IANA zone, e.g. Europe/Berlin): "
                 "8 o'clock is not the same moment everywhere"
             )
-        recipients = _recipients_of_args(args, "--recipient-name")
+        recipients = _recipients_of_args(args)
         body = _schedule_body(args, recipients)
     except CommandError as err:
         return _failed(err)
@@ -888,30 +937,29 @@ def cmd_schedule_rm(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(_: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     from announcer.store.db import Database
+    from announcer.store.reachable import DatabaseUnavailable
 
     async def run() -> None:
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, setting=settings.database_setting)
         try:
             await db.upgrade()
         finally:
             await db.dispose()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except DatabaseUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print("database is up to date")
     return 0
 
 
 def cmd_sandbox_call_in(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit()
-    info_path = settings.announcer_data_dir / "sandbox.json"
-    if not info_path.exists():
-        print(
-            f"error: no running sandbox found ({info_path} is missing): start `announcer serve` without "
-            "Twilio credentials first",
-            file=sys.stderr,
-        )
-        return 2
-    info = json.loads(info_path.read_text())
+    try:
+        info = _sandbox_info(args)
+    except CommandError as err:
+        return _failed(err)
     lines: list[str] = []
     if args.agent:
         if not info.get("greeting_agent"):
@@ -927,6 +975,39 @@ def cmd_sandbox_call_in(args: argparse.Namespace) -> int:
         return code
     sid = info["last_sid"]
     return _on_service(args, lambda api: _print_transcript(sid, api))
+
+
+def _sandbox_info(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the running sandbox is: asked of the service at --url (or with --token), whatever its data
+    directory; else read from this machine's `<ANNOUNCER_DATA_DIR>/sandbox.json`."""
+    if args.url is None and args.token is None:
+        settings = _settings_or_exit()
+        info_path = settings.announcer_data_dir / "sandbox.json"
+        if info_path.exists():
+            found: dict[str, Any] = json.loads(info_path.read_text())
+            return found
+        raise CommandError(
+            f"error: no running sandbox found ({info_path} is missing): start `announcer serve` without "
+            "Twilio credentials first, or point --url and --token at the service"
+        )
+
+    async def ask(api: Api) -> dict[str, Any]:
+        status, answer = await api.request("GET", "/v1/sandbox")
+        if status == 404:
+            raise CommandError(
+                f"error: the service at {api.base_url} runs no sandbox (it calls through Twilio)"
+            )
+        if status != 200 or not isinstance(answer, dict):
+            raise CommandError(*_refusal(status, answer))
+        return answer
+
+    url, token = _url_and_token(args)
+
+    async def asked() -> dict[str, Any]:
+        async with _client(token) as http:
+            return await ask(Api(http, url))
+
+    return asyncio.run(asked())
 
 
 # What the sandbox caller says to the agent, one line per reply, unless `--say` gives others.
@@ -978,15 +1059,15 @@ async def _call_in(info: dict[str, Any], from_number: str, timeout: float, lines
     return 1
 
 
-def _add_message_arguments(parser: argparse.ArgumentParser, name_flag: str) -> None:
+def _add_message_arguments(parser: argparse.ArgumentParser) -> None:
     """What an alert says and to whom, and how it calls: the arguments `send` and `schedule add` share
-    (read by _recipients_of_args and _alert_body)."""
+    (read by _recipients_of_args and _alert_body). `--recipient-name` names a recipient in both."""
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--template", metavar="NAME", help="a template of the service (templates/NAME)")
     what.add_argument("--text", metavar="JINJA", help="the message as inline Jinja text")
     parser.add_argument("--to", action="append", default=[], metavar="PHONE", help="a recipient (repeatable)")
     parser.add_argument(
-        name_flag,
+        "--recipient-name",
         dest="recipient_names",
         action="append",
         default=[],
@@ -1039,7 +1120,15 @@ def _add_send_parser(sub: Any) -> None:
         "the service refused, or no service at the URL; "
         f"{EXIT_STILL_ACTIVE} still active when --timeout passed.",
     )
-    _add_message_arguments(send, "--name")
+    _add_message_arguments(send)
+    send.add_argument(
+        "--name",
+        dest="old_recipient_names",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="deprecated: the same as --recipient-name (in `schedule add`, --name names the schedule)",
+    )
     send.add_argument(
         "--idempotency-key", metavar="KEY", help="sending again with it replays, never re-calls"
     )
@@ -1065,12 +1154,13 @@ def _add_schedule_parser(sub: Any) -> None:
         description="Every recipient is rendered when the schedule is made: a missing variable, a bad time "
         f"or zone is refused now, not at 8 am. {exit_status}",
     )
-    _add_message_arguments(add, "--recipient-name")
+    _add_message_arguments(add)
     when = add.add_mutually_exclusive_group(required=True)
     when.add_argument(
         "--at",
         metavar="ISO",
-        help="once, at this time: 2026-11-30T09:00 (read in --timezone) or with an offset (+01:00)",
+        help='once, at this time: "tomorrow 09:00", "today 17:30" or 2026-11-30T09:00 (read in --timezone, '
+        "else this machine's zone) or ISO with an offset (+01:00)",
     )
     when.add_argument(
         "--cron",
@@ -1105,14 +1195,20 @@ def _add_schedule_parser(sub: Any) -> None:
         command.set_defaults(func=func)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option, each with its help text (a test holds them to that)."""
     parser = argparse.ArgumentParser(
         prog="announcer", description="Phone announcements with generated speech."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the service (sandbox mode without credentials)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve = sub.add_parser(
+        "serve",
+        help="run the service (sandbox mode without credentials)",
+        description='Settings come from the environment and .env (README, "Going live"); a bad one stops '
+        "the start with one line naming it.",
+    )
+    serve.add_argument("--host", help="the address to listen on (default: HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="the port to listen on (default: PORT, else 8080)")
     serve.add_argument(
         "--workers",
         type=int,
@@ -1121,19 +1217,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.set_defaults(func=cmd_serve)
     render = sub.add_parser("render", help="render a template to text")
-    render.add_argument("template")
-    render.add_argument("--var", action="append", default=[], metavar="KEY=VALUE")
+    render.add_argument(
+        "template", help="a template in ANNOUNCER_TEMPLATES_DIR (templates/), e.g. alert.j2 or alert"
+    )
+    render.add_argument(
+        "--var", action="append", default=[], metavar="KEY=VALUE", help="a template variable (repeatable)"
+    )
     render.set_defaults(func=cmd_render)
     _add_send_parser(sub)
     _add_schedule_parser(sub)
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
-    db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    db.add_parser(
+        "upgrade",
+        help="apply migrations to DATABASE_URL's database (also done at start)",
+        description="Applies the database migrations up to the newest (DATABASE_URL, else the SQLite file "
+        "in ANNOUNCER_DATA_DIR).",
+    ).set_defaults(func=cmd_db_upgrade)
     sandbox = sub.add_parser("sandbox", help="the loopback phone network").add_subparsers(
         dest="sandbox_command", required=True
     )
-    call_in = sandbox.add_parser("call-in", help="call the running sandbox greeting line")
-    call_in.add_argument("--from", dest="from_number", default="+15550123456")
-    call_in.add_argument("--timeout", type=float, default=120.0)
+    call_in = sandbox.add_parser(
+        "call-in",
+        help="call the running sandbox greeting line",
+        description="Places a call from the sandbox phone to the greeting line of the service at --url "
+        "(which must run in sandbox mode) and prints the recording's path.",
+    )
+    call_in.add_argument(
+        "--from", dest="from_number", default="+15550123456", help="the caller's number (default %(default)s)"
+    )
+    call_in.add_argument(
+        "--timeout", type=float, default=120.0, help="give up after this many seconds (default %(default)s)"
+    )
     call_in.add_argument(
         "--agent", action="store_true", help="talk with the agent (the service runs with GREETING_AGENT=1)"
     )
@@ -1142,7 +1256,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_service_arguments(call_in)  # --agent reads the transcript from the service
     call_in.set_defaults(func=cmd_sandbox_call_in)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 

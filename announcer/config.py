@@ -51,6 +51,43 @@ def _http_url(value: str | None, *, name: str) -> str | None:
     return value
 
 
+# DATABASE_URL's schemes as written (Heroku, Render, libpq, SQLAlchemy) and the driver the service uses
+_DATABASE_SCHEMES = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+_DATABASE_EXAMPLE = (
+    "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE or sqlite:////absolute/path/announcer.db"
+)
+
+
+def database_url(value: str) -> str:
+    """DATABASE_URL as SQLAlchemy opens it with our drivers: `postgres://` and `postgresql://` (as hosting
+    providers and libpq write it) mean asyncpg, `sqlite://` aiosqlite, and libpq's `sslmode` is asyncpg's
+    `ssl`. ValueError for anything else; its message never repeats the URL (it may hold a password)."""
+    value = value.strip()
+    scheme, sep, rest = value.partition("://")
+    if not sep or not scheme:
+        raise ValueError(f"expected a URL such as {_DATABASE_EXAMPLE}")
+    driver = _DATABASE_SCHEMES.get(scheme.lower())
+    if driver is None:
+        base = scheme.lower().split("+", 1)[0]
+        if base in ("postgres", "postgresql", "sqlite"):
+            raise ValueError(
+                f"the driver {scheme.split('+', 1)[1]!r} is not one announcer installs: write "
+                f"{_DATABASE_SCHEMES[base]}:// or {base}:// (e.g. {_DATABASE_EXAMPLE})"
+            )
+        raise ValueError(f"{scheme!r} databases are not supported: use {_DATABASE_EXAMPLE}")
+    if driver.startswith("postgresql"):
+        if not rest.split("?", 1)[0].split("@")[-1].split("/", 1)[0]:
+            raise ValueError(f"no host: expected {_DATABASE_EXAMPLE}")
+        rest = re.sub(r"([?&])sslmode=", r"\1ssl=", rest)
+    return f"{driver}://{rest}"
+
+
 def split_allow_hosts(
     value: str,
 ) -> tuple[frozenset[str], tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
@@ -153,6 +190,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_public_url(cls, v: str | None) -> str | None:
         return _http_url(v, name="PUBLIC_URL")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: str | None) -> str | None:
+        return None if v is None else database_url(v)
 
     @field_validator("twilio_api_base_url", "elevenlabs_base_url")
     @classmethod
@@ -257,6 +299,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.announcer_data_dir / 'announcer.db').resolve()}"
+
+    @property
+    def database_setting(self) -> str:
+        """The setting that chose the database, for messages about it."""
+        return "DATABASE_URL" if self.database_url else "ANNOUNCER_DATA_DIR"
 
     @property
     def zone(self) -> ZoneInfo:

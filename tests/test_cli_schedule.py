@@ -6,12 +6,13 @@ Fires are a few seconds ahead of real time and waited for as conditions, never w
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from announcer.cli import _moment_text, _schedule_table
+from announcer.cli import CommandError, _at, _moment_text, _schedule_table
 from tests.conftest import Service, eventually, free_port, run_cli
 from tests.test_alerts import finished, get
 
@@ -250,3 +251,39 @@ def test_list_table_columns_line_up() -> None:
         "sc_22  -            paused  -                       "
         "cron 0 8 * * mon-fri (Europe/Berlin) until 2027-01-01 00:00+01:00",
     ]
+
+
+def test_at_today_or_tomorrow_is_that_days_date_in_the_zone() -> None:
+    day = date(2026, 12, 31)
+    assert _at("tomorrow 09:00", "Europe/Berlin", day) == "2027-01-01T09:00"
+    assert _at("Today 7:05", "Europe/Berlin", day) == "2026-12-31T07:05"
+    assert _at("2026-11-30T09:00", "Europe/Berlin", day) == "2026-11-30T09:00"  # ISO: as given
+    # without a zone: the time on this machine's clock, with its offset
+    local = datetime.fromisoformat(_at("tomorrow 09:00", None, day))
+    assert (local.date(), local.hour, local.minute) == (
+        date(2027, 1, 1),
+        9,
+        0,
+    ) and local.utcoffset() is not None
+    with pytest.raises(CommandError, match="no such time of day"):
+        _at("tomorrow 25:00", "Europe/Berlin", day)
+
+
+async def test_add_at_tomorrow_is_accepted(service: Service, tmp_path: Path) -> None:
+    code, out, err = await run_cli(
+        tmp_path,
+        service.base_url,
+        "schedule",
+        "add",
+        "--text",
+        "Hello.",
+        "--to",
+        HEARER,
+        "--at",
+        "tomorrow 09:00",
+        "--timezone",
+        "Europe/Berlin",
+    )
+    assert code == 0, (out, err)
+    tomorrow = (datetime.now(ZoneInfo("Europe/Berlin")) + timedelta(days=1)).date().isoformat()
+    assert f"next run {tomorrow} 09:00+01:00" in out or f"next run {tomorrow} 09:00+02:00" in out, out

@@ -14,7 +14,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from announcer.cli import CommandError, _url_and_token, read_recipients_csv
+from announcer.cli import (
+    CommandError,
+    _alert_body,
+    _recipients_of_args,
+    _take_old_names,
+    _url_and_token,
+    build_parser,
+    read_recipients_csv,
+)
 from announcer.sandbox.twilio_call import PhoneBehavior
 from tests.conftest import AUTH, Service, free_port, run_cli
 
@@ -65,7 +73,7 @@ async def test_one_recipient_hears_the_message(service: Service, tmp_path: Path)
         "Hello {{ name }}. The {{ system }} is down.",
         "--to",
         HEARER,
-        "--name",
+        "--recipient-name",
         "Alice",
         "--var",
         "system=billing server",
@@ -211,3 +219,23 @@ def test_url_and_token_default_to_what_the_service_uses(
     monkeypatch.setenv("PUBLIC_URL", "https://alerts.example.com/")
     assert _url_and_token(flags) == ("https://alerts.example.com", "from-the-env")
     assert _url_and_token(argparse.Namespace(url="http://h:1/", token="t")) == ("http://h:1", "t")
+
+
+def _send_body(*argv: str) -> dict[str, Any]:
+    args = build_parser().parse_args(["send", "--text", "Hi {{ name }}.", *argv])
+    _take_old_names(args)
+    return _alert_body(args, _recipients_of_args(args))
+
+
+def test_send_names_recipients_with_recipient_name_as_schedule_add_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    body = _send_body("--to", HEARER, "--recipient-name", "Alice", "--to", BUSY, "--recipient-name", "Bob")
+    assert [r.get("name") for r in body["recipients"]] == ["Alice", "Bob"]
+    assert capsys.readouterr().err == ""
+    # the first spelling still works, and says which one to use
+    body = _send_body("--to", HEARER, "--name", "Alice")
+    assert body["recipients"][0]["name"] == "Alice"
+    assert "`send --name` is deprecated, use --recipient-name" in capsys.readouterr().err
+    with pytest.raises(CommandError, match="--recipient-name only"):
+        _send_body("--to", HEARER, "--name", "Alice", "--recipient-name", "Alice")

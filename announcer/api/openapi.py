@@ -478,6 +478,32 @@ OPERATIONS += [
     ),
 ]
 
+OPERATIONS += [
+    (
+        "get",
+        "/v1/sandbox",
+        {
+            "summary": "Sandbox mode only: where the loopback Twilio is (`announcer sandbox call-in --url`)",
+            "description": "Its account SID and auth token are throwaway ones made for this run.",
+            "responses": {
+                "200": _json(
+                    _object(
+                        {
+                            "base_url": _TEXT,
+                            "account_sid": _TEXT,
+                            "auth_token": _TEXT,
+                            "phone_number": _TEXT,
+                            "greeting_agent": {"type": "boolean"},
+                        }
+                    ),
+                    "the loopback Twilio",
+                ),
+                **_errors(401, 404),
+            },
+        },
+    ),
+]
+
 # Outside /v1, kept where the reference example had it; documented all the same.
 OPERATIONS += [
     (

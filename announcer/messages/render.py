@@ -19,6 +19,7 @@ other failure, rendering raises RenderError: never a stray exception, never a se
 
 from __future__ import annotations
 
+import difflib
 import re
 import threading
 from collections import OrderedDict
@@ -103,16 +104,18 @@ class MessageRenderer:
         self._inline: OrderedDict[str, jinja2.Template] = OrderedDict()
         self._inline_lock = threading.Lock()
         # Errors never show where the server keeps its templates (a message may carry a file name).
-        self._paths = sorted({str(templates_dir), str(templates_dir.resolve())}, key=len, reverse=True)
+        # A bare relative name ("templates") says nothing of where it is, and would scrub the word itself.
+        paths = {str(templates_dir), str(templates_dir.resolve())}
+        self._paths = sorted((p for p in paths if "/" in p), key=len, reverse=True)
 
     def prepare(self, name: str | None = None, source: str | None = None) -> PreparedTemplate:
         """A template loaded (or compiled) once, for rendering many recipients."""
         label = INLINE if source is not None else name
         assert label is not None, "a template name or source"
         try:
-            template = self._compiled(source) if source is not None else self.env.get_template(label)
+            template = self._compiled(source) if source is not None else self._named(label)
         except jinja2.TemplateNotFound as err:
-            raise RenderError(label, self._scrub(f"no such template: {err.name}")) from None
+            raise RenderError(label, self._scrub(f"no such template: {err.message or err.name}")) from None
         except jinja2.TemplateSyntaxError as err:
             # its message only: str(err) names the file
             raise RenderError(label, self._scrub(f"syntax error: {err.message}"), err.lineno) from None
@@ -127,7 +130,24 @@ class MessageRenderer:
             raise RenderError(label, self._scrub(f"syntax error: {str(err).split(':')[0]}")) from None
         except OSError:
             raise RenderError(label, "the template could not be read") from None
-        return PreparedTemplate(self, label, template, inline=source is not None)
+        return PreparedTemplate(self, template.name or label, template, inline=source is not None)
+
+    def _named(self, name: str) -> jinja2.Template:
+        """The template of that name; without its extension (`alert`) when one template alone has that
+        stem. Else TemplateNotFound whose message offers the nearest name and lists the templates."""
+        try:
+            return self.env.get_template(name)
+        except jinja2.TemplateNotFound as err:
+            if err.name != name:  # a template it extends or imports at compile time is missing
+                raise
+        try:
+            names = sorted(self.env.list_templates())
+        except OSError:
+            raise jinja2.TemplateNotFound(name) from None
+        same_stem = [n for n in names if n.rsplit(".", 1)[0] == name]
+        if len(same_stem) == 1:
+            return self.env.get_template(same_stem[0])
+        raise jinja2.TemplateNotFound(name, _not_found(name, names)) from None
 
     def _compiled(self, source: str) -> jinja2.Template:
         with self._inline_lock:
@@ -196,6 +216,17 @@ class MessageRenderer:
         for path in self._paths:
             message = message.replace(path, "<templates>")
         return message
+
+
+def _not_found(name: str, names: list[str]) -> str:
+    """`alrt (did you mean alert.j2? the templates are alert.j2, greeting.j2)`."""
+    stems = {n.rsplit(".", 1)[0]: n for n in names}
+    near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    if not near:  # `alrt` is nearer `alert` than `alert.j2`
+        near = [stems[s] for s in difflib.get_close_matches(name.rsplit(".", 1)[0], stems, n=1, cutoff=0.6)]
+    hint = f"did you mean {near[0]}? " if near else ""
+    listed = f"the templates are {', '.join(names)}" if names else "there are no templates"
+    return f"{name} ({hint}{listed})"
 
 
 def _output(template: jinja2.Template, variables: Mapping[str, Any]) -> tuple[str, str | None]:

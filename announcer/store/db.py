@@ -21,6 +21,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from announcer.files import create_private, make_private, private_dir
+from announcer.store.reachable import (
+    CONNECT_TIMEOUT_S,
+    DatabaseUnavailable,
+    sqlite_file_problem,
+    why_unreachable,
+)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # An arbitrary constant: every process of one deployment takes the same lock to migrate one at a time.
@@ -43,18 +49,23 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Database:
-    """Owns the engine; opened and closed by the app's lifecycle."""
+    """Owns the engine; opened and closed by the app's lifecycle. `setting` names where the URL came from
+    (DATABASE_URL, or ANNOUNCER_DATA_DIR for the default SQLite file) in DatabaseUnavailable's line."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, setting: str = "DATABASE_URL") -> None:
         self.url = make_url(url)
+        self.setting = setting
         if self._sqlite_file and self.url.database:
             path = Path(self.url.database)
-            private_dir(path.parent)
-            # Made 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database file's
-            # mode, so the three stay private whatever the umask. Older ones are tightened.
-            create_private(path)
-            for companion in ("-wal", "-shm", "-journal"):
-                make_private(path.with_name(path.name + companion))
+            try:
+                private_dir(path.parent)
+                # Made 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database file's
+                # mode, so the three stay private whatever the umask. Older ones are tightened.
+                create_private(path)
+                for companion in ("-wal", "-shm", "-journal"):
+                    make_private(path.with_name(path.name + companion))
+            except OSError as err:
+                raise DatabaseUnavailable(setting, sqlite_file_problem(path, err)) from None
         options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0} if self._sqlite_file else {}
         self.engine: AsyncEngine = create_async_engine(
             self.url,
@@ -81,7 +92,9 @@ class Database:
     async def upgrade(self) -> None:
         """Apply the Alembic migrations up to head (serialised across processes on PostgreSQL). A database
         at head already (every start but the first after an upgrade) is told by one query, without
-        loading Alembic: its imports cost a tenth of a second of every start."""
+        loading Alembic: its imports cost a tenth of a second of every start. DatabaseUnavailable when the
+        database cannot be reached at all."""
+        await self.reachable()
         if await self.at_head():
             return
         from alembic import command
@@ -98,6 +111,14 @@ class Database:
             if not self.is_sqlite:
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
             await conn.run_sync(run)
+
+    async def reachable(self) -> None:
+        """Connect once; DatabaseUnavailable saying why not (no such database, refused, unknown host...)."""
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S), self.engine.connect():
+                pass
+        except (DBAPIError, OSError, TimeoutError) as err:
+            raise DatabaseUnavailable(self.setting, why_unreachable(self.url, err)) from None
 
     async def at_head(self) -> bool:
         """Whether the database's Alembic revision is the newest migration's."""
