@@ -3,8 +3,9 @@
 Order of the lifecycle (reverse on the way down): database -> sandbox (only without credentials) ->
 Twilio REST client -> speech engines -> playout clock -> admission control (reads the clock) -> render
 thread -> dispatcher (and the alert service over it) -> scheduler (whose fires the alert service makes
-alerts) -> handlers -> warm-up (the SDKs, loaded once the server listens). Routes are registered here
-and nowhere else.
+alerts) -> handlers -> what /metrics reads at scrape time (the handlers' live calls among it) -> warm-up
+(the SDKs, loaded once the server listens). Routes are registered here and nowhere else. The metrics'
+registry is the app's own, made with it: the hooks that count are handed to each piece as it is built.
 """
 
 from __future__ import annotations

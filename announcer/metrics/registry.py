@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
 from announcer.store.models import FINAL_DELIVERY_STATES, TERMINAL_STATUSES, CallStatus, DeliveryState
+from announcer.store.schedules import ScheduleRow
 from announcer.store.transitions import Move
 
 INBOUND = "inbound"  # the greeting line: someone called us
@@ -25,7 +25,8 @@ TTS_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 # up after a restart.
 SCHEDULER_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
-Fire = TypeVar("Fire", bound=Callable[..., Awaitable[Any]])
+# A schedule's fire: (schedule, planned time, idempotency key) -> alert id (scheduling/scheduler.py).
+Fire = Callable[[ScheduleRow, datetime, str], Awaitable[str]]
 
 
 class Metrics:
@@ -122,13 +123,13 @@ class Metrics:
         return moved
 
     def timed_fire(self, fire: Fire) -> Fire:
-        """A schedule's fire `(schedule, planned, key)`, its lag behind `planned` observed as it starts."""
+        """A schedule's fire, its lag behind the planned time observed as it starts."""
 
-        async def timed(schedule: Any, planned: datetime, *args: Any) -> Any:
+        async def timed(schedule: ScheduleRow, planned: datetime, key: str) -> str:
             self.scheduler_lag.observe(max(0.0, (datetime.now(UTC) - planned).total_seconds()))
-            return await fire(schedule, planned, *args)
+            return await fire(schedule, planned, key)
 
-        return timed  # type: ignore[return-value]
+        return timed
 
 
 METRICS = web.AppKey("metrics", Metrics)
