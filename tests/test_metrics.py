@@ -14,10 +14,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from announcer.sandbox.twilio_call import PhoneBehavior
-from tests.conftest import AUTH, Service, eventually, make_settings, start_service
+from tests.conftest import AUTH, Service, eventually, free_port, make_settings, start_service
 from tests.test_alerts import (
     RECEIVER_ALLOWED,
     Receiver,
@@ -297,6 +298,46 @@ async def test_a_schedule_fire_observes_its_lag(service: Service) -> None:
     assert 0 <= lag < 10  # armed: it fired at its time, give or take a loaded machine
     assert value(after, "announcer_scheduler_lag_seconds_bucket", le="+Inf") == 1
     await (await placed_call(service, HEARER)).wait_ended(30)  # the reminder's call, before the teardown
+
+
+async def test_webhooks_retried_and_given_up_are_counted(tmp_path: Path, database_url: str) -> None:
+    """A receiver that is unavailable once (503: retried), then gone (410: not retried)."""
+    answers: list[int] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        answers.append(503 if not answers else 410)
+        return web.Response(status=answers[-1])
+
+    port = free_port()
+    hooks = web.Application()
+    hooks.router.add_post("/hook", hook)
+    hooks_runner = web.AppRunner(hooks)
+    await hooks_runner.setup()
+    await web.TCPSite(hooks_runner, "127.0.0.1", port).start()
+    settings = make_settings(tmp_path, database_url, announcer_webhook_backoff_s=0.01, **RECEIVER_ALLOWED)
+    runner, service = await start_service(settings)
+    try:
+        before = await scrape(service)
+        body = alert_body(HEARER, callback_url=f"http://127.0.0.1:{port}/hook")
+        status, accepted = await post(service, "/v1/alerts", body)
+        assert status == 202, accepted
+        await finished(service, accepted["id"])
+
+        async def given_up() -> bool:  # delivery.finished and alert.completed, each refused for good
+            return value(await scrape(service), "announcer_outcome_webhooks_failed_total") == 2
+
+        await eventually(given_up, timeout=30)
+        await quiet(service)
+        after = await scrape(service)
+        assert answers == [503, 410, 410]
+        assert moved(before, after, "announcer_outcome_webhook") == {
+            series("announcer_outcome_webhook_retries_total"): 1,
+            series("announcer_outcome_webhooks_failed_total"): 2,
+        }
+    finally:
+        await runner.cleanup()
+        await hooks_runner.cleanup()
 
 
 async def test_tts_failures_are_counted_by_reason(service: Service) -> None:
