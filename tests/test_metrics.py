@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from announcer.metrics.speech import reason_label
 from announcer.sandbox.twilio_call import PhoneBehavior
 from tests.conftest import AUTH, Service, eventually, free_port, make_settings, start_service
 from tests.test_alerts import (
@@ -452,3 +453,22 @@ async def test_the_grafana_dashboard_asks_only_for_what_is_exposed(service: Serv
     for panel in dashboard["panels"]:
         if panel.get("type") != "row":
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+
+
+@pytest.mark.parametrize(
+    ("reason", "label"),
+    [
+        ("http 429 too_many_concurrent_requests", "http_429"),
+        ("http 401 quota_exceeded", "http_401"),
+        ("http 422 body.text: field required", "http_422"),
+        ("http 500", "http_500"),
+        ("timeout", "timeout"),
+        ("connect failed", "connect_failed"),
+        ("stream cut", "stream_cut"),
+        ("http error DecodingError", "http_error"),
+        ("elevenlabs: no audio", "no_audio"),
+        ("local voice: espeak_Synth failed (2)", "other"),
+    ],
+)
+def test_a_speech_error_reason_becomes_one_of_a_few_labels(reason: str, label: str) -> None:
+    assert reason_label(reason) == label
