@@ -301,6 +301,33 @@ async def test_a_schedule_fire_observes_its_lag(service: Service) -> None:
     await (await placed_call(service, HEARER)).wait_ended(30)  # the reminder's call, before the teardown
 
 
+async def test_opt_outs_are_counted_when_pressed_and_when_accepted(service: Service) -> None:
+    opter, other = "+15550190300", "+15550190301"
+    before = await scrape(service)
+    status, first = await post(service, "/v1/alerts", alert_body(opter))
+    assert status == 202, first
+    call = await placed_call(service, opter)
+    await call.wait_for_media(20)
+    await call.press("9")  # opts out during the message (a move the dispatcher reports)
+    assert (await finished(service, first["id"]))["counts"] == {"opted_out": 1}
+    # The number is finished at acceptance in the next alert, without a call.
+    status, second = await post(service, "/v1/alerts", alert_body(opter, other))
+    assert status == 202, second
+    assert (await finished(service, second["id"]))["counts"] == {"opted_out": 1, "heard": 1}
+    await quiet(service)
+
+    async def counted() -> bool:
+        return value(await scrape(service), "announcer_deliveries_total", outcome="heard") == 1
+
+    await eventually(counted, timeout=30)
+    after = await scrape(service)
+    assert moved(before, after, "announcer_deliveries_total") == {
+        series("announcer_deliveries_total", outcome="opted_out"): 2,
+        series("announcer_deliveries_total", outcome="heard"): 1,
+    }
+    assert moved(before, after, "announcer_calls_placed_total") == {series("announcer_calls_placed_total"): 2}
+
+
 async def test_webhooks_retried_and_given_up_are_counted(tmp_path: Path, database_url: str) -> None:
     """A receiver that is unavailable once (503: retried), then gone (410: not retried)."""
     answers: list[int] = []

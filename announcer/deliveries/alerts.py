@@ -315,6 +315,9 @@ class AlertService:
         )
         if created:
             self._dispatcher.wake()
+            if self._finished is not None:  # numbers that opted out earlier: finished at acceptance
+                opted_out = (await self._view(alert_id)).counts.get(DeliveryState.OPTED_OUT, 0)
+                self._finished(DeliveryState.OPTED_OUT, opted_out)
         return alert_id, created
 
     async def _wait_for_sid(self, delivery_id: int) -> str | None:
