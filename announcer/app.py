@@ -3,8 +3,9 @@
 Order of the lifecycle (reverse on the way down): database -> sandbox (only without credentials) ->
 Twilio REST client -> speech engines -> playout clock -> admission control (reads the clock) -> render
 thread -> dispatcher (and the alert service over it) -> scheduler (whose fires the alert service makes
-alerts) -> handlers -> warm-up (the SDKs, loaded once the server listens). Routes are registered here
-and nowhere else.
+alerts) -> handlers -> what /metrics reads at scrape time (the handlers' live calls among it) -> warm-up
+(the SDKs, loaded once the server listens). Routes are registered here and nowhere else. The metrics'
+registry is the app's own, made with it: the hooks that count are handed to each piece as it is built.
 """
 
 from __future__ import annotations
@@ -46,10 +47,20 @@ from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.greeting import Greeting
 from announcer.messages.render import MessageRenderer
 from announcer.messages.workers import RenderPool
+from announcer.metrics import (
+    METRICS,
+    MeteredSynthesizer,
+    Metrics,
+    Scrape,
+    Sources,
+    StateCollector,
+    metrics_handler,
+)
 from announcer.scheduling.leader import Leadership
 from announcer.scheduling.scheduler import Scheduler
 from announcer.speech.cache import AudioCache
 from announcer.speech.elevenlabs import ElevenLabsSynthesizer
+from announcer.speech.engine import Synthesizer
 from announcer.speech.local import LocalSynthesizer
 from announcer.speech.speaker import Speaker
 from announcer.store.calls import CallStore
@@ -161,6 +172,7 @@ def create_app(settings: Settings) -> web.Application:
     app[GREETING] = greeting
     app[SOCKETS] = set()
     app[RENDERER] = renderer
+    app[METRICS] = Metrics()  # this app's own registry (tests run many apps in one process)
     app.cleanup_ctx.extend(
         [
             _database,
@@ -174,6 +186,7 @@ def create_app(settings: Settings) -> web.Application:
             _dispatcher,
             _scheduler,
             _wiring,
+            _metrics,
             _warm_up,
         ]
     )
@@ -199,6 +212,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/outbound-call", _with_calls(calls.outbound_call))
     app.router.add_get("/v1/openapi.json", _openapi)
     app.router.add_get("/v1/sandbox", _sandbox_info)
+    app.router.add_get("/metrics", _metrics_page)
     return app
 
 
@@ -346,7 +360,7 @@ async def _speech(app: web.Application) -> AsyncIterator[None]:
         timeout_s=settings.elevenlabs_timeout_s,
     )
     cache = AudioCache(settings.announcer_data_dir / "audio-cache")
-    speaker = Speaker(primary, app[LOCAL_VOICE], cache)
+    speaker = Speaker(_metered(app, primary), _metered(app, app[LOCAL_VOICE]), cache)
     app[SPEAKER] = speaker
     app[ELEVENLABS] = primary
     yield
@@ -435,7 +449,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         from_number=p.phone_number,
         media_url=media_url(settings),
         status_url=public_url(settings) + "/twilio/status",
-        on_move=notifier.moved,
+        on_move=app[METRICS].on_move(notifier.moved),
         # longer than a create request may take, or a slow answer would look like a lost one
         lease=timedelta(seconds=max(settings.announcer_claim_lease_s, 2 * settings.twilio_timeout_s)),
         destinations=destinations,
@@ -463,6 +477,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
             agent=app[AGENT] is not None,
             callbacks=egress,
         ),
+        finished=app[METRICS].deliveries_finished,
     )
     app[ALERTS] = AlertsDeps(alerts=service, store=store, speaker=app[SPEAKER])
     dispatcher.start()
@@ -479,7 +494,10 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     store = ScheduleStore(app[DATABASE].sessions)
     service = app[ALERT_SERVICE]
     scheduler = Scheduler(
-        store, service.fire, service.presynthesize, horizon_s=app[SETTINGS].announcer_schedule_horizon_s
+        store,
+        app[METRICS].timed_fire(service.fire),
+        service.presynthesize,
+        horizon_s=app[SETTINGS].announcer_schedule_horizon_s,
     )
     app[SCHEDULES] = SchedulesDeps(store=store, scheduler=scheduler, alerts=service)
     database = app[DATABASE]
@@ -584,9 +602,40 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         greeting_agent=AgentOffer(After.ANNOUNCEMENT) if settings.greeting_agent else None,
         amd=MachineDetection.from_settings(settings),
         live=LiveCalls(),
+        first_audio=app[METRICS].audio_started,
     )
     app[CALLS] = calls.CallsDeps(store=app[STORE], deliveries=app[DELIVERIES], alerts=app[ALERT_SERVICE])
     yield
+
+
+async def _metrics(app: web.Application) -> AsyncIterator[None]:
+    """What /metrics reads at scrape time, once everything that keeps it is open (metrics/state.py)."""
+    media = app[MEDIA]
+    assert media.live is not None
+    sources = Sources(
+        live=media.live,
+        clock=app[CLOCK],
+        admission=app[ADMISSION],
+        speaker=app[SPEAKER],
+        twilio=app[TWILIO],
+        outbox=app[OUTBOX],
+    )
+    collector = StateCollector(sources)
+    registry = app[METRICS].registry
+    registry.register(collector)
+    yield
+    registry.unregister(collector)
+
+
+async def _metrics_page(request: web.Request) -> web.Response:
+    app = request.app
+    token = app[API_TOKEN] if app[SETTINGS].announcer_metrics_auth else None
+    return await metrics_handler(request, Scrape(app[METRICS], app[DELIVERIES].due, token))
+
+
+def _metered(app: web.Application, engine: Synthesizer) -> MeteredSynthesizer:
+    m = app[METRICS]
+    return MeteredSynthesizer(engine, latency=m.tts_latency, errors=m.tts_errors, characters=m.tts_characters)
 
 
 async def _voice(request: web.Request) -> web.Response:
@@ -596,7 +645,12 @@ async def _voice(request: web.Request) -> web.Response:
 async def _status(request: web.Request) -> web.Response:
     app = request.app
     return await status_webhook(
-        request, app[SIGNATURE], app[STORE], app[DISPATCHER].on_status, app[VOICE].tokens
+        request,
+        app[SIGNATURE],
+        app[STORE],
+        app[DISPATCHER].on_status,
+        app[VOICE].tokens,
+        app[METRICS].call_ended,
     )
 
 

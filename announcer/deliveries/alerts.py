@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,6 +42,7 @@ from announcer.messages.workers import RenderPool
 from announcer.options import AlertOptions, ScheduleOptions, StoredOptions
 from announcer.speech.speaker import Speaker
 from announcer.store.deliveries import AlertFinished, AlertView, DeliveryStore, NewDelivery
+from announcer.store.models import DeliveryState
 from announcer.store.schedules import ScheduleRow
 from announcer.telephony.calls import TwilioCalls, TwilioError
 
@@ -146,7 +147,9 @@ class AlertService:
         renderer: MessageRenderer,
         renders: RenderPool,
         limits: Limits,
+        finished: Callable[[DeliveryState, int], None] | None = None,  # (outcome, how many): the metrics
     ) -> None:
+        self._finished = finished  # told of deliveries finished here, without a call
         self._store = store
         self._dispatcher = dispatcher
         self._twilio = twilio
@@ -312,6 +315,9 @@ class AlertService:
         )
         if created:
             self._dispatcher.wake()
+            if self._finished is not None:  # numbers that opted out earlier: finished at acceptance
+                opted_out = (await self._view(alert_id)).counts.get(DeliveryState.OPTED_OUT, 0)
+                self._finished(DeliveryState.OPTED_OUT, opted_out)
         return alert_id, created
 
     async def _wait_for_sid(self, delivery_id: int) -> str | None:
@@ -341,6 +347,8 @@ class AlertService:
         except (LookupError, AlertFinished):
             self._dispatcher.give_back(unplaced)
             raise
+        if self._finished is not None:
+            self._finished(DeliveryState.CANCELED, canceled)
         stopped = 0
         for _, sid in live:
             try:

@@ -64,6 +64,8 @@ class OutcomeNotifier:
         self._sending: set[asyncio.Task[None]] = set()
         self._pruned_at: float | None = None
         self.claimed = 0  # attempts claimed (a gauge for tests)
+        # Read by /metrics: events delivered, given up (refused for good or out of attempts), retried.
+        self.webhooks_sent = self.webhooks_failed = self.webhook_retries = 0
 
     def moved(self, move: Move) -> None:
         """A delivery moved (the dispatcher's hook): a final one of an alert with a callback URL has its
@@ -149,13 +151,17 @@ class OutcomeNotifier:
         outcome = await self._sender.attempt(notice.url, notice.event_id, notice.body)
         error = outcome.error or "not delivered"
         if outcome.delivered:
+            self.webhooks_sent += 1
             mine = await self._outbox.sent(notice)
         elif outcome.done:
+            self.webhooks_failed += 1
             mine = await self._outbox.failed(notice, error)
         elif notice.attempt >= self._sender.max_attempts:
+            self.webhooks_failed += 1
             self._sender.gave_up(notice.event_id, notice.url, notice.attempt)
             mine = await self._outbox.failed(notice, error)
         else:
+            self.webhook_retries += 1
             delay = self._sender.retry_delay_s(notice.attempt, outcome)
             log.info(
                 "webhook %s to %s: retry %d in %.2f s",

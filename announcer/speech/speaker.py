@@ -220,6 +220,10 @@ class Speaker:
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Read by /metrics: audio asked for (`frames`, `presynthesize`) and found in the cache, and
+        # syntheses started (a `prefetch` counts when it starts one; `cached` is a peek, not counted).
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     def key(self, text: str) -> str:
         """The cache key of `text` spoken by the primary engine."""
@@ -246,6 +250,7 @@ class Speaker:
         key = self.key(text)
         payloads = await self._lookup(key)
         if payloads is not None:
+            self.cache_hits += 1
             if on_event is not None:
                 on_event(SpeechEvent(SpeechEventKind.CACHE_HIT, detail={"frames": len(payloads)}))
             for payload in payloads:
@@ -301,6 +306,7 @@ class Speaker:
         """
         key = self.key(text)
         if await self._lookup(key) is not None:
+            self.cache_hits += 1
             return
         flight = self._join(key, text)
         try:
@@ -348,6 +354,7 @@ class Speaker:
             if self._closed:
                 raise SpeechUnavailable("shutting down")
             flight = _Flight(key)
+            self.cache_misses += 1
             self._flights[key] = flight
             task = asyncio.create_task(self._fly(flight, text), name=f"speech-{key[:12]}")
             flight.task = task

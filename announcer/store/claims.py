@@ -218,6 +218,15 @@ class ClaimRecords(DeliveryRecords):
                 ).scalar_one()
             )
 
+    async def due(self) -> int:
+        """Deliveries due to be dialed now and not claimed yet: the dial queue's depth (one count over the
+        `ix_deliveries_due` index)."""
+        async with self.sessions() as s:
+            found = await s.execute(
+                select(func.count()).where(Delivery.state.in_(WAITING), Delivery.next_attempt_at <= utcnow())
+            )
+            return int(found.scalar_one())
+
 
 async def _take(
     s: AsyncSession,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -121,6 +122,8 @@ class TwilioCalls:
         self._client: Client | None = None
         self._warming: asyncio.Future[None] | None = None
         self._connected = False
+        self.placed = 0  # calls created (read by /metrics)
+        self.refusals: Counter[int] = Counter()  # creates refused, by Twilio code (read by /metrics)
 
         def connect() -> Client:  # the credentials live in this closure until then: in no repr
             from twilio.rest import Client
@@ -193,7 +196,12 @@ class TwilioCalls:
             raise TwilioError(0, 0, f"{what}: {type(err).__name__}: {err}") from err
 
     async def create(self, **params: Any) -> CallInfo:
-        call = await self._call("create call", lambda: self._sdk().calls.create_async(**params))
+        try:
+            call = await self._call("create call", lambda: self._sdk().calls.create_async(**params))
+        except TwilioError as err:
+            self.refusals[err.code] += 1
+            raise
+        self.placed += 1
         return _info(call)
 
     async def fetch(self, call_sid: str) -> CallInfo:

@@ -35,7 +35,9 @@ class LiveCalls:
         return early[1] if early is not None and early[0] >= time.monotonic() else None
 
     def leave(self, call_sid: str, deliver: Deliver) -> None:
-        if self._sessions.get(call_sid) is deliver:  # not a later session's (a second stream on the call)
+        # `==`, not `is`: `deliver` is a bound method, a new object at each access (`session._verdict is
+        # session._verdict` is False), so `is` never matched and every call's session stayed here for good.
+        if self._sessions.get(call_sid) == deliver:  # not a later session's (a second stream on the call)
             del self._sessions[call_sid]
 
     def verdict(self, call_sid: str, verdict: MachineVerdict) -> bool:

@@ -84,6 +84,7 @@ class MediaDeps:
     # hello), and where its verdicts reach the live sessions.
     amd: MachineDetection | None = None
     live: LiveCalls | None = None
+    first_audio: Callable[[float], None] | None = None  # seconds from the stream's start (the metrics)
 
 
 class MediaSession:
@@ -417,6 +418,8 @@ class MediaSession:
                         self._record(
                             "speech_started", first_frame_ms=round((self.first_frame_at - t0) * 1000, 3)
                         )
+                        if self.deps.first_audio is not None:
+                            self.deps.first_audio(self.first_frame_at - t0)
             if measured:
                 self.message_ms = sent * FRAME_MS
             await send(codec.mark_message(sid, mark))

@@ -44,6 +44,7 @@ async def status_webhook(
     store: CallStore,
     observer: StatusObserver | None = None,
     tokens: TokenBook | None = None,
+    on_end: Callable[[bool, CallStatus], None] | None = None,  # (outbound, final status): the metrics
 ) -> web.Response:
     fields = await signature.verified_form(request)
     form = {k: fields[k] for k in fields}
@@ -83,6 +84,8 @@ async def status_webhook(
     )
     if applied.moved and status in TERMINAL_STATUSES and tokens is not None:
         tokens.call_ended(call_sid)  # a stream that comes after the end admits nothing
+    if applied.moved and status in TERMINAL_STATUSES and on_end is not None:
+        on_end(carries_delivery, status)
     if applied.moved and observer is not None and carries_delivery:  # the greeting line: no one to tell
         await observer(StatusReport(call_id, status, applied.answered, sip, error_code))
     return web.Response(status=204)
