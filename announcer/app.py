@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from announcer import dashboard
 from announcer.agent.connect import AgentConnector
 from announcer.agent.line import AgentLine
 from announcer.api import alerts, calls, schedules
@@ -31,6 +32,7 @@ from announcer.api.http import json_errors, make_middleware
 from announcer.api.openapi import document_json as openapi_document_json
 from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
+from announcer.dashboard.auth import token_mark
 from announcer.deliveries.admission import Admission
 from announcer.deliveries.alerts import AlertService
 from announcer.deliveries.callbacks import WebhookSender
@@ -53,6 +55,7 @@ from announcer.speech.elevenlabs import ElevenLabsSynthesizer
 from announcer.speech.local import LocalSynthesizer
 from announcer.speech.speaker import Speaker
 from announcer.store.calls import CallStore
+from announcer.store.dashboard_sessions import DashboardSessions
 from announcer.store.db import Database
 from announcer.store.deliveries import DeliveryStore
 from announcer.store.outbox import OutboxStore
@@ -198,6 +201,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/deliveries/{delivery_id}/call", _with_calls(calls.get_delivery_call))
     app.router.add_post("/outbound-call", _with_calls(calls.outbound_call))
     app.router.add_get("/v1/openapi.json", _openapi)
+    dashboard.setup(app)  # the operator's console at `/`
     return app
 
 
@@ -584,6 +588,20 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         live=LiveCalls(),
     )
     app[CALLS] = calls.CallsDeps(store=app[STORE], deliveries=app[DELIVERIES], alerts=app[ALERT_SERVICE])
+    sandbox = app[SANDBOX]
+    app[dashboard.SERVICES] = dashboard.Services(
+        settings=settings,
+        alerts=app[ALERTS],
+        schedules=app[SCHEDULES],
+        calls=app[CALLS],
+        sessions=DashboardSessions(app[DATABASE].sessions, token_mark(app[API_TOKEN])),
+        dialing=functools.partial(_dialing_now, app),
+        sandbox=sandbox is not None,
+        recordings_dir=(settings.announcer_data_dir / "recordings").resolve()
+        if sandbox is not None
+        else None,
+        api_token=app[API_TOKEN],
+    )
     yield
 
 
@@ -651,6 +669,10 @@ async def _healthz(request: web.Request) -> web.Response:
     }
     body["dialing"] = await _dialing(request.app, ok)
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def _dialing_now(app: web.Application) -> dict[str, object]:
+    return await _dialing(app, await app[DATABASE].ping())
 
 
 async def _dialing(app: web.Application, database_ok: bool) -> dict[str, object]:

@@ -464,3 +464,16 @@ class OutboxEvent(Base):
     last_error: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+
+
+class DashboardSession(Base):
+    """A signed-in dashboard browser (store/dashboard_sessions.py). The cookie holds a random id; the row
+    holds only its SHA-256, so the table read by someone else signs nobody in."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # A digest of the API token it was opened with: a new ANNOUNCER_API_TOKEN signs every browser out.
+    token_mark: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
