@@ -11,7 +11,8 @@ check on state-changing methods, the security headers, and HTML error pages.
         return page.render("alert.html", alert=view)
 
 Every module in announcer/dashboard/pages/ with a module-level `routes = Routes()` is registered by
-`dashboard.setup` (see /work/notes/dash-framework.md for the whole contract).
+`dashboard.setup`. A GET answers HEAD too; a POST/PATCH/DELETE is refused (403, handler not run) without
+the session's CSRF token; a route not `public` sends a browser without a session to the sign-in page.
 """
 
 from __future__ import annotations
