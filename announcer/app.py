@@ -191,6 +191,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/alerts/{alert_id}/deliveries", _with_alerts(alerts.list_deliveries))
     app.router.add_post("/v1/alerts/{alert_id}/cancel", _with_alerts(alerts.cancel_alert))
     app.router.add_post("/v1/preview", _with_alerts(alerts.preview))
+    app.router.add_get("/v1/opt-outs", _with_alerts(alerts.list_opt_outs))
     app.router.add_delete("/v1/opt-outs/{phone}", _with_alerts(alerts.delete_opt_out))
     app.router.add_post("/v1/schedules", _with_schedules(schedules.create_schedule))
     app.router.add_get("/v1/schedules", _with_schedules(schedules.list_schedules))

@@ -17,6 +17,13 @@ def when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def clock(value: datetime | None) -> str:
+    """A moment within a call: UTC time of day to the millisecond."""
+    if value is None:
+        return "—"
+    return value.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
 def seconds(ms: int | None) -> str:
     """Milliseconds as seconds with one decimal ("12.3 s")."""
     if ms is None:
@@ -35,6 +42,7 @@ def make_environment() -> Environment:
     )
     env.filters["when"] = when
     env.filters["seconds"] = seconds
+    env.filters["clock"] = clock
     return env
 
 

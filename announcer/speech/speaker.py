@@ -220,6 +220,10 @@ class Speaker:
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Each ask for a text's audio (a call's stream, a pre-synthesis, a preview): found in the cache,
+        # or not (synthesized, or tailing a synthesis under way). This process's, since it started.
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     def key(self, text: str) -> str:
         """The cache key of `text` spoken by the primary engine."""
@@ -245,6 +249,7 @@ class Speaker:
             raise ValueError("nothing to say: the text is empty")
         key = self.key(text)
         payloads = await self._lookup(key)
+        self._count(payloads)
         if payloads is not None:
             if on_event is not None:
                 on_event(SpeechEvent(SpeechEventKind.CACHE_HIT, detail={"frames": len(payloads)}))
@@ -300,7 +305,9 @@ class Speaker:
         events once it has ended. Audio finished by the fallback is not cached: that raises too.
         """
         key = self.key(text)
-        if await self._lookup(key) is not None:
+        found = await self._lookup(key)
+        self._count(found)
+        if found is not None:
             return
         flight = self._join(key, text)
         try:
@@ -320,6 +327,20 @@ class Speaker:
         """The whole clip as mu-law (previews): cached, or made and cached like `frames()`."""
         async with contextlib.aclosing(self.frames(text)) as frames:
             return b"".join([base64.b64decode(payload) async for payload in frames])
+
+    async def cached_audio(self, text: str) -> bytes | None:
+        """The clip of `text` as mu-law if the cache has it, else None: never a TTS request (a page
+        showing what a call said must not wait on the provider). Not counted as a hit or a miss."""
+        if not normalise_text(text):
+            return None
+        payloads = await self._cache.load(self.key(text))
+        return None if payloads is None else b"".join(base64.b64decode(p) for p in payloads)
+
+    def _count(self, found: Payloads | None) -> None:
+        if found is None:
+            self.cache_misses += 1
+        else:
+            self.cache_hits += 1
 
     async def aclose(self) -> None:
         """Cancel every running synthesis and wait for it (shutdown)."""

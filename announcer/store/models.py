@@ -297,6 +297,8 @@ class Alert(Base):
     """One accepted announcement: the request as given, and its recipients as deliveries."""
 
     __tablename__ = "alerts"
+    # the dashboard's list: newest first, a page at a time (migration 0011)
+    __table_args__ = (Index("ix_alerts_created", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     # Idempotency-Key with a hash of the request body: the same key and body is the same alert.
@@ -324,6 +326,8 @@ class Delivery(Base):
         Index("ix_deliveries_due", "state", "next_attempt_at"),
         # "does this alert still have an open delivery?", asked at every outcome
         Index("ix_deliveries_alert_state", "alert_id", "state"),
+        # the dashboard's overview: today's outcomes (migration 0011)
+        Index("ix_deliveries_finished", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

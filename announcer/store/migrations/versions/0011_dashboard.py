@@ -1,4 +1,5 @@
-"""dashboard_sessions: the signed-in dashboard browsers, shared by every process (`serve --workers N`)
+"""dashboard_sessions: the signed-in dashboard browsers, shared by every process (`serve --workers N`);
+and the indexes the dashboard's pages read by: alerts newest first, deliveries finished today
 
 Revision ID: 0011
 Revises: 0010
@@ -25,8 +26,12 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_dashboard_sessions_expires_at", "dashboard_sessions", ["expires_at"])
+    op.create_index("ix_alerts_created", "alerts", ["created_at", "id"])
+    op.create_index("ix_deliveries_finished", "deliveries", ["finished_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_deliveries_finished", table_name="deliveries")
+    op.drop_index("ix_alerts_created", table_name="alerts")
     op.drop_index("ix_dashboard_sessions_expires_at", table_name="dashboard_sessions")
     op.drop_table("dashboard_sessions")
