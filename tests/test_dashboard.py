@@ -7,8 +7,10 @@ import aiohttp
 from yarl import URL
 
 from announcer.dashboard.auth import COOKIE
+from announcer.sandbox.twilio_call import PhoneBehavior
 from tests.conftest import AUTH, Service
 from tests.dashboard import HTML, browser_session, csrf_of, signed_in
+from tests.test_alerts import alert_body, finished, get, post
 
 
 async def test_the_sign_in_page_is_the_way_in(service: Service) -> None:
@@ -147,3 +149,142 @@ async def test_the_vendored_htmx_and_stylesheet_are_served(service: Service) -> 
                 assert resp.status == 200, url
                 body = await resp.read()
             assert len(body) > 1000
+
+
+# --- the pages ---------------------------------------------------------------------------------------
+
+
+async def _alert(service: Service, *phones: str, name: str | None = None) -> str:
+    body = alert_body(*phones)
+    if name is not None:
+        body["recipients"][0]["name"] = name
+    status, accepted = await post(service, "/v1/alerts", body)
+    assert status == 202, accepted
+    return str(accepted["id"])
+
+
+async def test_user_data_is_escaped_on_every_page(service: Service) -> None:
+    evil = "<script>alert(1)</script>"
+    alert_id = await _alert(service, "+15550170001", name=evil)
+    await finished(service, alert_id)
+    async with signed_in(service) as (http, _):
+        for path in (f"/alerts/{alert_id}", f"/alerts/{alert_id}/progress", "/alerts"):
+            async with http.get(path) as resp:
+                assert resp.status == 200, path
+                page = await resp.text()
+            assert "<script>alert(1)" not in page, path
+        async with http.get(f"/alerts/{alert_id}") as resp:
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in await resp.text()
+
+
+async def test_unknown_ids_are_404_pages(service: Service) -> None:
+    async with signed_in(service) as (http, _):
+        for path in (
+            "/alerts/al_nothing",
+            "/alerts/al_nothing/progress",
+            "/alerts/not%20an%20id",
+            "/calls/CA" + "0" * 32,
+            "/calls/CA" + "0" * 32 + "/recording.wav",
+            "/calls/CA" + "0" * 32 + "/message.wav",
+            "/calls/nonsense",
+        ):
+            async with http.get(path) as resp:
+                assert resp.status == 404, path
+                assert resp.content_type == "text/html", path
+        async with http.get("/alerts?before=al_nothing") as resp:
+            assert resp.status == 200
+            assert "No older alerts" in await resp.text()
+
+
+async def test_cancel_without_csrf_changes_nothing_and_with_it_cancels(service: Service) -> None:
+    ringer = "+15550170002"
+    service.sandbox.set_behavior(ringer, PhoneBehavior(answer="no-answer", ring_s=600))
+    alert_id = await _alert(service, ringer)
+    async with signed_in(service) as (http, csrf):
+        async with http.post(f"/alerts/{alert_id}/cancel", data={}, allow_redirects=False) as resp:
+            assert resp.status == 403
+        _, view = await get(service, f"/v1/alerts/{alert_id}")
+        assert view["status"] == "active"
+        async with http.post(
+            f"/alerts/{alert_id}/cancel", data={"csrf_token": csrf}, allow_redirects=False
+        ) as resp:
+            assert resp.status == 303
+            assert resp.headers["Location"] == f"/alerts/{alert_id}"
+        _, view = await get(service, f"/v1/alerts/{alert_id}")
+        assert view["status"] == "canceled"
+        async with http.post(f"/alerts/{alert_id}/cancel", data={"csrf_token": csrf}) as resp:
+            assert resp.status == 409
+            assert "already canceled" in await resp.text()
+
+
+async def test_the_alert_page_pages_through_its_recipients(service: Service) -> None:
+    phones = [f"+1555018{i:04d}" for i in range(60)]
+    for phone in phones:
+        service.sandbox.set_behavior(phone, PhoneBehavior(answer="busy"))
+    alert_id = await _alert(service, *phones)
+    async with signed_in(service) as (http, _):
+        async with http.get(f"/alerts/{alert_id}") as resp:
+            first = await resp.text()
+        assert first.count("data-recipient=") == 50
+        assert f'href="/alerts/{alert_id}?start=50"' in first
+        async with http.get(f"/alerts/{alert_id}?start=50") as resp:
+            second = await resp.text()
+        assert second.count("data-recipient=") == 10
+        assert phones[59] in second and phones[0] not in second
+        async with http.get(f"/alerts/{alert_id}?start=x") as resp:
+            assert resp.status == 400
+            assert "start must be" in await resp.text()
+
+
+async def _opt_out(service: Service, *phones: str) -> None:
+    from announcer.app import DATABASE
+    from announcer.store.models import OptOut, utcnow
+
+    async with service.app[DATABASE].sessions() as s:
+        s.add_all(OptOut(phone=p, created_at=utcnow()) for p in phones)
+        await s.commit()
+
+
+async def test_opt_outs_are_listed_and_removed_with_the_csrf_token(service: Service) -> None:
+    await _opt_out(service, "+15550170003", "+15550170004")
+    status, listed = await get(service, "/v1/opt-outs")
+    assert status == 200
+    assert [o["phone"] for o in listed["opt_outs"]] == ["+15550170003", "+15550170004"]
+    assert listed["next_after"] is None
+    status, listed = await get(service, "/v1/opt-outs?after=%2B15550170003&limit=1")
+    assert [o["phone"] for o in listed["opt_outs"]] == ["+15550170004"]
+    status, listed = await get(service, "/v1/opt-outs?after=nope")
+    assert status == 400 and listed["field"] == "after"
+    async with signed_in(service) as (http, csrf):
+        async with http.get("/opt-outs") as resp:
+            page = await resp.text()
+        assert 'data-phone="+15550170003"' in page and 'data-phone="+15550170004"' in page
+        path = "/opt-outs/%2B15550170003/remove"
+        async with http.post(path, data={}) as resp:
+            assert resp.status == 403
+        _, listed = await get(service, "/v1/opt-outs")
+        assert len(listed["opt_outs"]) == 2  # refused: nothing removed
+        async with http.post(path, data={"csrf_token": csrf}, allow_redirects=False) as resp:
+            assert resp.status == 303
+        _, listed = await get(service, "/v1/opt-outs")
+        assert [o["phone"] for o in listed["opt_outs"]] == ["+15550170004"]
+        async with http.post(path, data={"csrf_token": csrf}) as resp:
+            assert resp.status == 404
+
+
+async def test_the_overview_counts_todays_outcomes(service: Service) -> None:
+    busy = "+15550170005"
+    service.sandbox.set_behavior(busy, PhoneBehavior(answer="busy"))
+    alert_id = await _alert(service, "+15550170006", busy)
+    await finished(service, alert_id)
+    async with signed_in(service) as (http, _):
+        async with http.get("/") as resp:
+            page = await resp.text()
+        async with http.get("/overview/live") as resp:
+            fragment = await resp.text()
+    for html in (page, fragment):
+        assert '<dd data-outcome="heard">1</dd>' in html
+        assert '<dd data-outcome="busy">1</dd>' in html
+        assert '<dd data-outcome="failed">0</dd>' in html
+        assert "<dd data-scheduler>running</dd>" in html
+    assert "Sandbox mode" in page or "sandbox" in page
