@@ -3,12 +3,14 @@ state-changing form, sign-out, escaping of user data, and errors as pages (the A
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 from yarl import URL
 
 from announcer.dashboard.auth import COOKIE
 from announcer.sandbox.twilio_call import PhoneBehavior
-from tests.conftest import AUTH, Service
+from tests.conftest import AUTH, Service, make_settings, start_service
 from tests.dashboard import HTML, browser_session, csrf_of, signed_in
 from tests.test_alerts import alert_body, finished, get, post
 
@@ -287,4 +289,27 @@ async def test_the_overview_counts_todays_outcomes(service: Service) -> None:
         assert '<dd data-outcome="busy">1</dd>' in html
         assert '<dd data-outcome="failed">0</dd>' in html
         assert "<dd data-scheduler>running</dd>" in html
+        assert '<dd data-cache="ratio">—</dd>' not in html  # the calls asked the speech cache
     assert "Sandbox mode" in page or "sandbox" in page
+
+
+async def test_a_new_api_token_signs_every_browser_out(tmp_path: Path, database_url: str) -> None:
+    runner, first = await start_service(make_settings(tmp_path, database_url))
+    try:
+        async with signed_in(first) as (http, _):
+            session_id = http.cookie_jar.filter_cookies(URL(first.base_url))[COOKIE].value
+    finally:
+        await runner.cleanup()
+    runner, second = await start_service(
+        make_settings(tmp_path, database_url, announcer_api_token="another-token")
+    )
+    try:
+        async with (
+            aiohttp.ClientSession(
+                base_url=second.base_url, headers={**HTML, "Cookie": f"{COOKIE}={session_id}"}
+            ) as http,
+            http.get("/", allow_redirects=False) as resp,
+        ):
+            assert resp.status == 303  # the session opened with the old token opens nothing
+    finally:
+        await runner.cleanup()
