@@ -3,6 +3,7 @@ state-changing form, sign-out, escaping of user data, and errors as pages (the A
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import aiohttp
@@ -313,3 +314,28 @@ async def test_a_new_api_token_signs_every_browser_out(tmp_path: Path, database_
             assert resp.status == 303  # the session opened with the old token opens nothing
     finally:
         await runner.cleanup()
+
+
+async def test_an_agent_call_is_placed_from_its_form_once(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        async with http.get("/calls/new") as resp:
+            form = await resp.text()
+        once = re.search(r'name="once" value="([^"]+)"', form)
+        assert once is not None
+        fields = {"number": "nonsense", "prompt": "You are a receptionist.", "first_message": "Hello!"}
+        async with http.post("/calls/new", data={**fields, "csrf_token": csrf, "once": once[1]}) as resp:
+            assert resp.status == 422
+            page = await resp.text()
+        assert 'data-problem="number"' in page and "You are a receptionist." in page  # kept as typed
+        fields["number"] = "+15550170007"
+        sent = {**fields, "csrf_token": csrf, "once": once[1]}
+        async with http.post("/calls/new", data=sent, allow_redirects=False) as resp:
+            assert resp.status == 303
+            location = resp.headers["Location"]
+        async with http.post("/calls/new", data=sent, allow_redirects=False) as resp:
+            assert resp.headers["Location"] == location  # a double submit: the same call, not a second
+        alert_id = location.rsplit("/", 1)[1]
+        status, view = await get(service, f"/v1/alerts/{alert_id}")
+        assert status == 200 and view["recipients"] == 1
+        async with http.post("/calls/new", data=fields) as resp:
+            assert resp.status == 403  # no CSRF token: nobody is called
