@@ -12,7 +12,7 @@ from yarl import URL
 from announcer.dashboard.auth import COOKIE
 from announcer.sandbox.twilio_call import PhoneBehavior
 from tests.conftest import AUTH, Service, make_settings, start_service
-from tests.dashboard import HTML, browser_session, csrf_of, signed_in
+from tests.dashboard import HTML, browser_session, csrf_of, opt_out, signed_in
 from tests.test_alerts import alert_body, finished, get, post
 
 
@@ -55,6 +55,20 @@ async def test_the_right_token_opens_a_session_in_a_strict_http_only_cookie(serv
             assert "Sign out" in await resp.text()
             assert resp.headers["Cache-Control"] == "no-store"
             assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+
+
+async def test_the_cookie_is_secure_behind_https(tmp_path: Path, database_url: str) -> None:
+    settings = make_settings(tmp_path, database_url, public_url="https://alerts.example.test")
+    runner, svc = await start_service(settings)
+    try:
+        async with (
+            browser_session(svc) as http,
+            http.post("/sign-in", data={"token": "test-api-token"}, allow_redirects=False) as resp,
+        ):
+            assert resp.status == 303
+            assert "Secure" in resp.headers["Set-Cookie"]
+    finally:
+        await runner.cleanup()
 
 
 async def test_sign_in_goes_back_only_to_a_path_of_this_site(service: Service) -> None:
@@ -239,17 +253,8 @@ async def test_the_alert_page_pages_through_its_recipients(service: Service) -> 
             assert "start must be" in await resp.text()
 
 
-async def _opt_out(service: Service, *phones: str) -> None:
-    from announcer.app import DATABASE
-    from announcer.store.models import OptOut, utcnow
-
-    async with service.app[DATABASE].sessions() as s:
-        s.add_all(OptOut(phone=p, created_at=utcnow()) for p in phones)
-        await s.commit()
-
-
 async def test_opt_outs_are_listed_and_removed_with_the_csrf_token(service: Service) -> None:
-    await _opt_out(service, "+15550170003", "+15550170004")
+    await opt_out(service, "+15550170003", "+15550170004")
     status, listed = await get(service, "/v1/opt-outs")
     assert status == 200
     assert [o["phone"] for o in listed["opt_outs"]] == ["+15550170003", "+15550170004"]
