@@ -344,3 +344,30 @@ async def test_an_agent_call_is_placed_from_its_form_once(service: Service) -> N
         assert status == 200 and view["recipients"] == 1
         async with http.post("/calls/new", data=fields) as resp:
             assert resp.status == 403  # no CSRF token: nobody is called
+
+
+async def test_a_session_ends_when_it_expires_and_is_purged_later(database_url: str) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import func, select
+
+    from announcer.store.dashboard_sessions import DashboardSessions
+    from announcer.store.db import Database
+    from announcer.store.models import DashboardSession
+
+    db = Database(database_url)
+    await db.upgrade()
+    try:
+        sessions = DashboardSessions(db.sessions, "mark")
+        await sessions.open("expired", timedelta(seconds=-1))
+        await sessions.open("live", timedelta(hours=1))
+        assert not await sessions.valid("expired")
+        assert await sessions.valid("live")
+        assert not await DashboardSessions(db.sessions, "another mark").valid("live")
+        await sessions.open("next", timedelta(hours=1))  # each sign-in drops the expired rows
+        async with db.sessions() as s:
+            assert await s.scalar(select(func.count()).select_from(DashboardSession)) == 2
+        await sessions.close("live")
+        assert not await sessions.valid("live")
+    finally:
+        await db.dispose()
