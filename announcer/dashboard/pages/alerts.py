@@ -5,6 +5,7 @@ functions as GET /v1/alerts/{id} and /deliveries; cancelled through the same ser
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -82,11 +83,13 @@ async def alerts_list(request: web.Request, page: Page) -> web.StreamResponse:
 async def _alert_context(page: Page) -> dict[str, Any]:
     alert_id = _alert_id(page)
     store = page.services.alerts.store
-    view = await store.alert(alert_id)
+    start = _start(page)
+    # both at once (PostgreSQL: two pooled connections); no rows for an alert that does not exist
+    view, rows = await asyncio.gather(
+        store.alert(alert_id), store.deliveries(alert_id, after=start - 1, limit=RECIPIENTS_PAGE)
+    )
     if view is None:
         raise page.fail(404, "No such alert.")
-    start = _start(page)
-    rows = await store.deliveries(alert_id, after=start - 1, limit=RECIPIENTS_PAGE)
     return {
         "alert": view,
         "active": view.status == AlertStatus.ACTIVE,

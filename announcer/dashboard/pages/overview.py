@@ -4,6 +4,7 @@ sandbox or live. Read from the database and this process's counters: nothing her
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,23 +42,30 @@ async def _facts(page: Page) -> dict[str, Any]:
     deliveries = services.alerts.store
     scheduler = services.schedules.scheduler
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    today = await deliveries.finished_since(midnight)
+    # Independent reads, at once: on PostgreSQL each takes its own pooled connection (on SQLite they
+    # queue for the one connection, as they would one after another).
+    today, (due, waiting), live, dialing, next_fires = await asyncio.gather(
+        deliveries.finished_since(midnight),
+        deliveries.waiting(),
+        services.calls.store.live(),
+        services.dialing(),
+        services.schedules.store.next_runs(NEXT_FIRES),
+    )
     named = {key for key, _ in OUTCOMES}
     others = sorted((k, v) for k, v in today.items() if k not in named)
-    due, waiting = await deliveries.waiting()
     speaker = services.alerts.speaker
     asked = speaker.cache_hits + speaker.cache_misses
     return {
         "sandbox": services.sandbox,
-        "live": await services.calls.store.live(),
+        "live": live,
         "outcomes": [(label, today.get(key, 0), key) for key, label in OUTCOMES],
         "other_outcomes": others,
         "due": due,
         "waiting": waiting,
-        "dialing": await services.dialing(),
+        "dialing": dialing,
         "cache_hits": speaker.cache_hits,
         "cache_asked": asked,
         "hit_ratio": speaker.cache_hits / asked if asked else None,
         "scheduler": "running" if scheduler.started.is_set() else "standby",
-        "next_fires": await services.schedules.store.next_runs(NEXT_FIRES),
+        "next_fires": next_fires,
     }
