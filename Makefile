@@ -44,7 +44,8 @@ run: $(RUN_STAMP)
 	$(BIN)/announcer serve
 
 ## lint, type-check and run the whole suite (SQLite, then PostgreSQL when one answers); -rs lists each
-## skipped test and why (the PostgreSQL-only ones on SQLite, the nginx ones without nginx)
+## skipped test and why (the PostgreSQL-only ones on SQLite, the nginx ones without nginx, the browser ones
+## without Chromium)
 test: $(DEV_STAMP)
 	$(BIN)/ruff check announcer tests benchmarks
 	$(BIN)/ruff format --check announcer tests benchmarks

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from announcer import dashboard
 from announcer.agent.connect import AgentConnector
 from announcer.agent.line import AgentLine
 from announcer.api import alerts, calls, schedules
@@ -32,6 +33,7 @@ from announcer.api.http import error, json_errors, make_middleware
 from announcer.api.openapi import document_json as openapi_document_json
 from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
+from announcer.dashboard.auth import token_mark
 from announcer.deliveries.admission import Admission
 from announcer.deliveries.alerts import AlertService
 from announcer.deliveries.callbacks import WebhookSender
@@ -64,6 +66,7 @@ from announcer.speech.engine import Synthesizer
 from announcer.speech.local import LocalSynthesizer
 from announcer.speech.speaker import Speaker
 from announcer.store.calls import CallStore
+from announcer.store.dashboard_sessions import DashboardSessions
 from announcer.store.db import Database
 from announcer.store.deliveries import DeliveryStore
 from announcer.store.outbox import OutboxStore
@@ -201,6 +204,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/alerts/{alert_id}/deliveries", _with_alerts(alerts.list_deliveries))
     app.router.add_post("/v1/alerts/{alert_id}/cancel", _with_alerts(alerts.cancel_alert))
     app.router.add_post("/v1/preview", _with_alerts(alerts.preview))
+    app.router.add_get("/v1/opt-outs", _with_alerts(alerts.list_opt_outs))
     app.router.add_delete("/v1/opt-outs/{phone}", _with_alerts(alerts.delete_opt_out))
     app.router.add_post("/v1/schedules", _with_schedules(schedules.create_schedule))
     app.router.add_get("/v1/schedules", _with_schedules(schedules.list_schedules))
@@ -213,6 +217,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/openapi.json", _openapi)
     app.router.add_get("/v1/sandbox", _sandbox_info)
     app.router.add_get("/metrics", _metrics_page)
+    dashboard.setup(app)  # the operator's console at `/`
     return app
 
 
@@ -605,6 +610,20 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         first_audio=app[METRICS].audio_started,
     )
     app[CALLS] = calls.CallsDeps(store=app[STORE], deliveries=app[DELIVERIES], alerts=app[ALERT_SERVICE])
+    sandbox = app[SANDBOX]
+    app[dashboard.SERVICES] = dashboard.Services(
+        settings=settings,
+        alerts=app[ALERTS],
+        schedules=app[SCHEDULES],
+        calls=app[CALLS],
+        sessions=DashboardSessions(app[DATABASE].sessions, token_mark(app[API_TOKEN])),
+        dialing=functools.partial(_dialing_now, app),
+        sandbox=sandbox is not None,
+        recordings_dir=(settings.announcer_data_dir / "recordings").resolve()
+        if sandbox is not None
+        else None,
+        api_token=app[API_TOKEN],
+    )
     yield
 
 
@@ -726,6 +745,12 @@ async def _healthz(request: web.Request) -> web.Response:
     }
     body["dialing"] = await _dialing(request.app, ok)
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def _dialing_now(app: web.Application) -> dict[str, object]:
+    """The dashboard's: without /healthz's ping first (a page that reads the database fails anyway
+    when it does not answer)."""
+    return await _dialing(app, True)
 
 
 async def _dialing(app: web.Application, database_ok: bool) -> dict[str, object]:

@@ -24,8 +24,8 @@ from aiohttp import web
 from announcer.config import Settings
 from announcer.store.calls import CallStore
 
-# The controllable wall clock of the scheduling tests, and its fixture.
-pytest_plugins = ("tests.clock",)
+# The controllable wall clock of the scheduling tests, and the browser harness (tests/browser.py).
+pytest_plugins = ("tests.clock", "tests.browser")
 
 PG_ADMIN = os.environ.get("ANNOUNCER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 USE_PG = os.environ.get("ANNOUNCER_TEST_DATABASE") == "postgresql"

@@ -4,6 +4,7 @@ accepts and cancels; these parse the request and answer."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,8 @@ from announcer.store.models import MAX_INT
 PAGE = 100
 MAX_PAGE = 1000
 AUDIO_VALUES = ("0", "1", "false", "true")  # POST /v1/preview?audio=
+E164_PATTERN = r"^\+[0-9]{1,20}$"  # a stored number (GET /v1/opt-outs?after=)
+E164 = re.compile(E164_PATTERN)
 
 
 @dataclass
@@ -177,6 +180,23 @@ async def preview(request: web.Request, deps: AlertsDeps) -> web.StreamResponse:
             "voicemail_text": planned.voicemail_text,
             "phone": planned.phone,
             "characters": len(planned.text),
+        }
+    )
+
+
+async def list_opt_outs(request: web.Request, deps: AlertsDeps) -> web.Response:
+    after = request.query.get("after")
+    if after is not None and not E164.match(after):
+        raise error(400, "invalid_query", "after must be a number in E.164 (+ and digits)", field="after")
+    limit = int_query(request, "limit", PAGE, 1, MAX_PAGE)
+    rows = await deps.store.opt_outs(after=after, limit=limit)
+    return web.json_response(
+        {
+            "opt_outs": [
+                {"phone": o.phone, "created_at": o.created_at.isoformat(), "delivery_id": o.delivery_id}
+                for o in rows
+            ],
+            "next_after": rows[-1].phone if len(rows) == limit else None,
         }
     )
 

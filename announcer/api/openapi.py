@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from announcer.api.alerts import AUDIO_VALUES, MAX_PAGE, PAGE
+from announcer.api.alerts import AUDIO_VALUES, E164_PATTERN, MAX_PAGE, PAGE
 from announcer.api.http import IDEMPOTENCY_KEY_MAX, MAX_JSON_DEPTH, STRING_ID
 from announcer.api.schemas import (
     PHONE_PATTERN,
@@ -284,6 +284,43 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                     },
                 },
                 **_errors(400, 401, 413, 415, 422, 502, 503),
+            },
+        },
+    ),
+    (
+        "get",
+        "/v1/opt-outs",
+        {
+            "summary": "The numbers that pressed 9, in order, a page at a time",
+            "parameters": [
+                {
+                    "name": "after",
+                    "in": "query",
+                    "description": "the number (E.164) after which the page starts",
+                    "schema": {"type": "string", "pattern": E164_PATTERN},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "default": PAGE, "minimum": 1, "maximum": MAX_PAGE},
+                },
+            ],
+            "responses": {
+                "200": _json(
+                    _object(
+                        {
+                            "opt_outs": {
+                                "type": "array",
+                                "items": _object(
+                                    {"phone": _TEXT, "created_at": _MOMENT, "delivery_id": _nullable(_INT)}
+                                ),
+                            },
+                            "next_after": _nullable(_TEXT),
+                        }
+                    ),
+                    "a page of opted-out numbers; pass next_after as after for the next one",
+                ),
+                **_errors(400, 401),
             },
         },
     ),

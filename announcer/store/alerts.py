@@ -99,6 +99,19 @@ class DeliveryView:
     keys: str | None = None
 
 
+@dataclass(frozen=True)
+class DeliveryBrief:
+    """Who a delivery is for and what it says (a call's page shows it beside the call)."""
+
+    id: int
+    alert_id: str
+    position: int
+    phone: str
+    name: str | None
+    text: str
+    voicemail_text: str | None
+
+
 class AlertRecords(DeliveryRecords):
     async def create_alert(
         self,
@@ -193,6 +206,62 @@ class AlertRecords(DeliveryRecords):
             options=alert.options,
             template=alert.template,
         )
+
+    async def recent_alerts(self, *, before: str | None, limit: int) -> list[AlertView]:
+        """The newest alerts first, `limit` of them, older than the alert `before` (its id: a page's
+        last); each with its counts by state, read in one grouped query for the page."""
+        async with self.sessions() as s:
+            query = select(Alert).order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit)
+            if before is not None:
+                anchor = (
+                    await s.execute(select(Alert.created_at, Alert.id).where(Alert.id == before))
+                ).first()
+                if anchor is None:
+                    return []
+                query = query.where(
+                    (Alert.created_at < anchor.created_at)
+                    | ((Alert.created_at == anchor.created_at) & (Alert.id < anchor.id))
+                )
+            alerts = list((await s.execute(query)).scalars())
+            counts: dict[str, dict[str, int]] = {a.id: {} for a in alerts}
+            if alerts:
+                grouped = await s.execute(
+                    select(Delivery.alert_id, Delivery.state, func.count())
+                    .where(Delivery.alert_id.in_(list(counts)))
+                    .group_by(Delivery.alert_id, Delivery.state)
+                )
+                for alert_id, state, count in grouped.all():
+                    counts[alert_id][str(state)] = int(count)
+        return [
+            AlertView(
+                id=a.id,
+                status=a.status,
+                recipients=a.recipients,
+                created_at=a.created_at,
+                finished_at=a.finished_at,
+                counts=counts[a.id],
+                options=a.options,
+                template=a.template,
+            )
+            for a in alerts
+        ]
+
+    async def finished_since(self, since: datetime) -> dict[str, int]:
+        """How many deliveries came to each final state since `since` (the overview's "today")."""
+        async with self.sessions() as s:
+            rows = await s.execute(
+                select(Delivery.state, func.count())
+                .where(Delivery.finished_at >= since)
+                .group_by(Delivery.state)
+            )
+            return {str(state): int(count) for state, count in rows.all()}
+
+    async def delivery_brief(self, delivery_id: int) -> DeliveryBrief | None:
+        async with self.sessions() as s:
+            d = await s.get(Delivery, delivery_id)
+            if d is None:
+                return None
+            return DeliveryBrief(d.id, d.alert_id, d.position, d.phone, d.name, d.text, d.voicemail_text)
 
     async def deliveries(self, alert_id: str, *, after: int, limit: int) -> list[DeliveryView]:
         """Page through an alert's deliveries by recipient index (positions after `after`)."""

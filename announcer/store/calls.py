@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -37,6 +37,9 @@ TOKEN_TTL = timedelta(minutes=10)
 _SID_CACHE = 50_000
 _FACTS = frozenset({"played_ms", "message_ms", "keys"})  # what `record_facts` may set
 _KEYS_CHARS = 32  # the column's width: the first keys pressed are kept
+# A call not heard of for this long is not counted live (the dispatcher's slot lease, delivery_rows.py)
+LIVE_WITHIN = timedelta(minutes=15)
+_OPEN_STATUSES = [CallStatus.QUEUED, CallStatus.INITIATED, CallStatus.RINGING, CallStatus.IN_PROGRESS]
 
 
 def hash_token(token: str) -> str:
@@ -255,6 +258,18 @@ class CallStore:
                 select(CallEvent).where(CallEvent.call_id == call_id).order_by(CallEvent.id)
             )
             return list(rows.scalars())
+
+    async def live(self) -> dict[str, int]:
+        """Calls open now by status (ringing, in-progress...), inbound ones included. A call silent for
+        `LIVE_WITHIN` is not counted: its final callback was lost (the reconciler settles it)."""
+        since = utcnow() - LIVE_WITHIN
+        async with self.sessions() as s:
+            rows = await s.execute(
+                select(Call.status, func.count())
+                .where(Call.status.in_(_OPEN_STATUSES), Call.updated_at > since)
+                .group_by(Call.status)
+            )
+            return {str(status): int(count) for status, count in rows.all()}
 
     async def count_calls(self) -> int:
         async with self.sessions() as s:

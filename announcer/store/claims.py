@@ -198,6 +198,19 @@ class ClaimRecords(DeliveryRecords):
             await s.commit()
             return move
 
+    async def waiting(self) -> tuple[int, int]:
+        """The dial queue: (deliveries due now, deliveries waiting in all, later retries included)."""
+        now = utcnow()
+        async with self.sessions() as s:
+            row = (
+                await s.execute(
+                    select(func.count().filter(Delivery.next_attempt_at <= now), func.count()).where(
+                        Delivery.state.in_(WAITING)
+                    )
+                )
+            ).one()
+        return int(row[0]), int(row[1])
+
     async def in_flight(self) -> int:
         """Announcement calls alive at Twilio (claimed and not yet reported over): the slots in use.
 

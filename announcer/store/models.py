@@ -297,6 +297,8 @@ class Alert(Base):
     """One accepted announcement: the request as given, and its recipients as deliveries."""
 
     __tablename__ = "alerts"
+    # the dashboard's list: newest first, a page at a time (migration 0011)
+    __table_args__ = (Index("ix_alerts_created", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     # Idempotency-Key with a hash of the request body: the same key and body is the same alert.
@@ -324,6 +326,8 @@ class Delivery(Base):
         Index("ix_deliveries_due", "state", "next_attempt_at"),
         # "does this alert still have an open delivery?", asked at every outcome
         Index("ix_deliveries_alert_state", "alert_id", "state"),
+        # the dashboard's overview: today's outcomes (migration 0011)
+        Index("ix_deliveries_finished", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -464,3 +468,16 @@ class OutboxEvent(Base):
     last_error: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+
+
+class DashboardSession(Base):
+    """A signed-in dashboard browser (store/dashboard_sessions.py). The cookie holds a random id; the row
+    holds only its SHA-256, so the table read by someone else signs nobody in."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # A digest of the API token it was opened with: a new ANNOUNCER_API_TOKEN signs every browser out.
+    token_mark: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

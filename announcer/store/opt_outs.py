@@ -5,6 +5,7 @@ delivery is claimed) until the number is removed through the API.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
@@ -14,7 +15,24 @@ from announcer.store.delivery_rows import CHUNK, DeliveryRecords
 from announcer.store.models import OptOut
 
 
+@dataclass(frozen=True)
+class OptOutView:
+    phone: str
+    created_at: datetime
+    delivery_id: int | None  # the delivery whose call the key 9 was pressed in
+
+
 class OptOutRecords(DeliveryRecords):
+    async def opt_outs(self, *, after: str | None, limit: int) -> list[OptOutView]:
+        """The opted-out numbers in order, `limit` of them, after the number `after` (a page's last)."""
+        async with self.sessions() as s:
+            query = select(OptOut).order_by(OptOut.phone).limit(limit)
+            if after is not None:
+                query = query.where(OptOut.phone > after)
+            return [
+                OptOutView(o.phone, o.created_at, o.delivery_id) for o in (await s.execute(query)).scalars()
+            ]
+
     async def remove_opt_out(self, phone: str) -> bool:
         async with self.sessions() as s:
             row = await s.get(OptOut, phone)

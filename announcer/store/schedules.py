@@ -130,6 +130,17 @@ class ScheduleStore:
                 query = query.where(Schedule.status != ScheduleStatus.DELETED)
             return [_row(x) for x in (await s.execute(query)).scalars()]
 
+    async def next_runs(self, limit: int) -> list[tuple[str, str | None, datetime]]:
+        """(id, name, next run) of the active schedules that run soonest (the dashboard's overview)."""
+        async with self.sessions() as s:
+            rows = await s.execute(
+                select(Schedule.id, Schedule.name, Schedule.next_run_at)
+                .where(Schedule.status == ScheduleStatus.ACTIVE, Schedule.next_run_at.is_not(None))
+                .order_by(Schedule.next_run_at)
+                .limit(limit)
+            )
+            return [(str(r[0]), r[1], r[2]) for r in rows.all() if r[2] is not None]
+
     async def due_by(self, until: datetime) -> list[ArmInfo]:
         """The active schedules to hold from now to `until` (arm_at up to it, or unknown): a start arms
         these, not the thousands further away, and needs no recipients."""
