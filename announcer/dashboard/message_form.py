@@ -18,6 +18,7 @@ from multidict import MultiDictProxy
 from announcer.cli import CommandError, Recipient, recipients_of_csv
 from announcer.deliveries.plan import Problem
 
+SHOWN_ROWS = 200  # recipients a table shows (every row is checked; a 10,000-row list is not a page)
 FORM_KEY = re.compile(r"^[0-9a-f]{32}$")  # a form's idempotency key (secrets.token_hex(16))
 PASTED = "the pasted recipients"
 UPLOADED = "the uploaded CSV"

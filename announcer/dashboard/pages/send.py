@@ -21,6 +21,7 @@ from announcer.api.schemas import AlertBody, PreviewBody, problems_of
 from announcer.audio import wav_bytes
 from announcer.cli import Recipient
 from announcer.dashboard.message_form import (
+    SHOWN_ROWS,
     FormError,
     MessageForm,
     Placed,
@@ -37,7 +38,6 @@ from announcer.store.deliveries import IdempotencyConflict, NewDelivery
 
 routes = Routes()
 
-PREVIEW_ROWS = 200  # rows the preview shows (every row is checked; a 10,000-row list is not a page)
 # A row's audio URL carries what renders it (the /v1/preview body, compressed): no draft is stored, and
 # any process behind a load balancer can answer it. Past this length a URL is no longer safe to use.
 MAX_AUDIO_TOKEN = 6000
@@ -134,14 +134,14 @@ def _form(
     texts = {d.position: d for d in planned or []}
     audio: dict[int, str | None] = {}
     if model is not None:
-        audio = {i: _audio_url(page, model, i) for i in range(min(len(recipients), PREVIEW_ROWS))}
+        audio = {i: _audio_url(page, model, i) for i in range(min(len(recipients), SHOWN_ROWS))}
     return page.render(
         "send.html",
         status=status,
         form=form,
         templates=_templates(page),
-        recipients=recipients[:PREVIEW_ROWS],
-        more=max(0, len(recipients) - PREVIEW_ROWS),
+        recipients=recipients[:SHOWN_ROWS],
+        more=max(0, len(recipients) - SHOWN_ROWS),
         total=len(recipients),
         variable_columns=columns_of(recipients),
         timezones=has_timezones(recipients),
