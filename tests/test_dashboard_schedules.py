@@ -86,6 +86,7 @@ async def test_a_recurring_schedule_with_a_zone_quiet_hours_and_a_csv(service: S
     assert upcoming is not None and upcoming.group(1).count("<li>") == 5
     assert " 08:00:00+01:00" in upcoming.group(1)  # 8 o'clock in Berlin (winter)
     assert "It has not run yet." in page and "Grace" in page
+    assert "<code>quiet_hours</code>: start 21:00, end 08:00" in page
     assert f'data-schedule="{sid}"' in listing and "08:00:00+01:00" in listing
 
 
