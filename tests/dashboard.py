@@ -45,3 +45,13 @@ async def signed_in(service: Service) -> AsyncIterator[tuple[aiohttp.ClientSessi
     """A signed-in client and its CSRF token."""
     async with browser_session(service) as http:
         yield http, await sign_in(http)
+
+
+async def opt_out(service: Service, *phones: str) -> None:
+    """Numbers stored as opted out, as a key 9 in a call stores them (the row alone: no call needed)."""
+    from announcer.app import DATABASE
+    from announcer.store.models import OptOut, utcnow
+
+    async with service.app[DATABASE].sessions() as s:
+        s.add_all(OptOut(phone=p, created_at=utcnow()) for p in phones)
+        await s.commit()

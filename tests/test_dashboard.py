@@ -3,13 +3,16 @@ state-changing form, sign-out, escaping of user data, and errors as pages (the A
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import aiohttp
 from yarl import URL
 
 from announcer.dashboard.auth import COOKIE
 from announcer.sandbox.twilio_call import PhoneBehavior
-from tests.conftest import AUTH, Service
-from tests.dashboard import HTML, browser_session, csrf_of, signed_in
+from tests.conftest import AUTH, Service, make_settings, start_service
+from tests.dashboard import HTML, browser_session, csrf_of, opt_out, signed_in
 from tests.test_alerts import alert_body, finished, get, post
 
 
@@ -52,6 +55,20 @@ async def test_the_right_token_opens_a_session_in_a_strict_http_only_cookie(serv
             assert "Sign out" in await resp.text()
             assert resp.headers["Cache-Control"] == "no-store"
             assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+
+
+async def test_the_cookie_is_secure_behind_https(tmp_path: Path, database_url: str) -> None:
+    settings = make_settings(tmp_path, database_url, public_url="https://alerts.example.test")
+    runner, svc = await start_service(settings)
+    try:
+        async with (
+            browser_session(svc) as http,
+            http.post("/sign-in", data={"token": "test-api-token"}, allow_redirects=False) as resp,
+        ):
+            assert resp.status == 303
+            assert "Secure" in resp.headers["Set-Cookie"]
+    finally:
+        await runner.cleanup()
 
 
 async def test_sign_in_goes_back_only_to_a_path_of_this_site(service: Service) -> None:
@@ -236,17 +253,8 @@ async def test_the_alert_page_pages_through_its_recipients(service: Service) -> 
             assert "start must be" in await resp.text()
 
 
-async def _opt_out(service: Service, *phones: str) -> None:
-    from announcer.app import DATABASE
-    from announcer.store.models import OptOut, utcnow
-
-    async with service.app[DATABASE].sessions() as s:
-        s.add_all(OptOut(phone=p, created_at=utcnow()) for p in phones)
-        await s.commit()
-
-
 async def test_opt_outs_are_listed_and_removed_with_the_csrf_token(service: Service) -> None:
-    await _opt_out(service, "+15550170003", "+15550170004")
+    await opt_out(service, "+15550170003", "+15550170004")
     status, listed = await get(service, "/v1/opt-outs")
     assert status == 200
     assert [o["phone"] for o in listed["opt_outs"]] == ["+15550170003", "+15550170004"]
@@ -287,4 +295,52 @@ async def test_the_overview_counts_todays_outcomes(service: Service) -> None:
         assert '<dd data-outcome="busy">1</dd>' in html
         assert '<dd data-outcome="failed">0</dd>' in html
         assert "<dd data-scheduler>running</dd>" in html
+        assert '<dd data-cache="ratio">—</dd>' not in html  # the calls asked the speech cache
     assert "Sandbox mode" in page or "sandbox" in page
+
+
+async def test_a_new_api_token_signs_every_browser_out(tmp_path: Path, database_url: str) -> None:
+    runner, first = await start_service(make_settings(tmp_path, database_url))
+    try:
+        async with signed_in(first) as (http, _):
+            session_id = http.cookie_jar.filter_cookies(URL(first.base_url))[COOKIE].value
+    finally:
+        await runner.cleanup()
+    runner, second = await start_service(
+        make_settings(tmp_path, database_url, announcer_api_token="another-token")
+    )
+    try:
+        async with (
+            aiohttp.ClientSession(
+                base_url=second.base_url, headers={**HTML, "Cookie": f"{COOKIE}={session_id}"}
+            ) as http,
+            http.get("/", allow_redirects=False) as resp,
+        ):
+            assert resp.status == 303  # the session opened with the old token opens nothing
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_agent_call_is_placed_from_its_form_once(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        async with http.get("/calls/new") as resp:
+            form = await resp.text()
+        once = re.search(r'name="once" value="([^"]+)"', form)
+        assert once is not None
+        fields = {"number": "nonsense", "prompt": "You are a receptionist.", "first_message": "Hello!"}
+        async with http.post("/calls/new", data={**fields, "csrf_token": csrf, "once": once[1]}) as resp:
+            assert resp.status == 422
+            page = await resp.text()
+        assert 'data-problem="number"' in page and "You are a receptionist." in page  # kept as typed
+        fields["number"] = "+15550170007"
+        sent = {**fields, "csrf_token": csrf, "once": once[1]}
+        async with http.post("/calls/new", data=sent, allow_redirects=False) as resp:
+            assert resp.status == 303
+            location = resp.headers["Location"]
+        async with http.post("/calls/new", data=sent, allow_redirects=False) as resp:
+            assert resp.headers["Location"] == location  # a double submit: the same call, not a second
+        alert_id = location.rsplit("/", 1)[1]
+        status, view = await get(service, f"/v1/alerts/{alert_id}")
+        assert status == 200 and view["recipients"] == 1
+        async with http.post("/calls/new", data=fields) as resp:
+            assert resp.status == 403  # no CSRF token: nobody is called

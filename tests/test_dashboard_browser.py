@@ -14,6 +14,7 @@ import pytest
 from announcer.sandbox.twilio_call import Callee, PhoneBehavior
 from tests.browser import Screenshots, sign_in
 from tests.conftest import API_TOKEN, Service, make_settings, start_service
+from tests.dashboard import opt_out
 from tests.test_alerts import alert_body, post
 
 if TYPE_CHECKING:
@@ -145,8 +146,15 @@ async def test_an_alert_is_watched_to_its_end_and_a_call_played(
     await page.goto(service.base_url + "/")
     assert await page.inner_text("dd[data-outcome=heard]") == "1"
     await screenshots.take(page, "overview")
+    await opt_out(service, "+15550160099")
     await page.goto(service.base_url + "/opt-outs")
+    await page.wait_for_selector("tr[data-phone='+15550160099']")
     await screenshots.take(page, "opt-outs")
+    await page.goto(service.base_url + "/calls/new")
+    await screenshots.take(page, "agent-call")
+    await page.goto(service.base_url + "/alerts/al_nothing")
+    assert "No such alert." in await page.inner_text("p.problem")
+    await screenshots.take(page, "not-found")
     await page.set_viewport_size({"width": 390, "height": 844})  # a phone's width
     await page.goto(f"{service.base_url}/alerts/{accepted['id']}")
     await screenshots.take(page, "alert-phone")

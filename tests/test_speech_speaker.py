@@ -148,6 +148,21 @@ async def test_cache_hit_makes_no_request(
     assert events.kinds == ["cache_hit"] and len(sandbox.requests) == 1
 
 
+async def test_the_cache_counts_its_hits_and_gives_audio_only_from_the_cache(
+    sandbox: SandboxElevenLabs, make_speaker: MakeSpeaker
+) -> None:
+    speaker = make_speaker()
+    assert await speaker.cached_audio(TEXT) is None  # not cached: no synthesis for a page that asks
+    assert len(message_requests(sandbox)) == 0
+    first = await consume(speaker, TEXT)
+    await consume(speaker, TEXT)
+    await speaker.presynthesize(TEXT)
+    assert (speaker.cache_hits, speaker.cache_misses) == (2, 1)
+    assert await speaker.cached_audio(TEXT) == b"".join(decode(first))
+    assert (speaker.cache_hits, speaker.cache_misses) == (2, 1)  # reading it back is not an ask
+    assert len(message_requests(sandbox)) == 1
+
+
 def message_requests(sandbox: SandboxElevenLabs) -> list[TtsRequest]:
     """The requests for messages, without the probe that measures the voice's pause (once per voice)."""
     return [r for r in sandbox.requests if r.text != PROBE]

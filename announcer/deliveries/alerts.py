@@ -268,9 +268,12 @@ class AlertService:
         body = {"number": number, "prompt": prompt, "first_message": first_message}
         return OutboundRequest(e164, _digest(body), prompt, first_message)
 
-    async def call_out(self, request: OutboundRequest, idempotency_key: str | None) -> CalledOut:
+    async def call_out(
+        self, request: OutboundRequest, idempotency_key: str | None, *, wait_for_sid: bool = True
+    ) -> CalledOut:
         """Place the agent's call (through the dispatcher, like any alert's); answered with its Call SID
-        once Twilio gave it, or without after SID_WAIT_S. Raises IdempotencyConflict."""
+        once Twilio gave it, or without after SID_WAIT_S (at once with `wait_for_sid=False`: the
+        dashboard shows the call's progress instead of waiting on Twilio). Raises IdempotencyConflict."""
         alert_id, _ = await self._create(
             idempotency_key=idempotency_key,
             request_hash=request.request_hash,
@@ -284,7 +287,9 @@ class AlertService:
             ],
         )
         (delivery,) = await self._store.deliveries(alert_id, after=-1, limit=1)
-        call_sid = delivery.call_sid or await self._wait_for_sid(delivery.id)
+        call_sid = delivery.call_sid
+        if call_sid is None and wait_for_sid:
+            call_sid = await self._wait_for_sid(delivery.id)
         return CalledOut(alert_id, delivery.id, call_sid)
 
     async def _create(
