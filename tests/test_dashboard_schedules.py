@@ -13,6 +13,7 @@ from announcer.dashboard import SERVICES
 from announcer.store.schedules import ScheduleRow
 from tests.conftest import Service
 from tests.dashboard import signed_in
+from tests.test_alerts import post
 from tests.test_schedules import occurrences
 
 TEXT = "Hello {{ name }}, your appointment is at {{ at }}."
@@ -161,3 +162,28 @@ async def test_names_and_variables_are_escaped(service: Service) -> None:
                 page = await resp.text()
             assert "<script>alert(1)</script>" not in page and "<img src=x" not in page
             assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+async def test_the_list_is_paged_and_made_by_the_api_too(service: Service) -> None:
+    """Schedules made through /v1/schedules show on the pages, 50 a page, none twice, none left out."""
+    names = [f"api-made {i:02d}" for i in range(52)]
+    for name in names:
+        body = {
+            "name": name,
+            "template_text": "Good morning {{ name }}.",
+            "recipients": [{"phone": "+15550180001", "name": "Ada"}],
+            "when": {"cron": "0 8 * * mon-fri", "timezone": "Europe/Berlin"},
+        }
+        status, answer = await post(service, "/v1/schedules", body)
+        assert status == 201, answer
+    async with signed_in(service) as (http, _):
+        async with http.get("/schedules") as resp:
+            first = await resp.text()
+        async with http.get("/schedules?start=50") as resp:
+            second = await resp.text()
+        async with http.get("/schedules?start=x") as resp:
+            assert resp.status == 400
+    assert first.count("<tr data-schedule=") == 50 and second.count("<tr data-schedule=") == 2
+    shown = re.findall(r">(api-made [0-9]+)</a>", first + second)
+    assert sorted(shown) == names
+    assert 'href="/schedules?start=50">Next' in first and 'href="/schedules">Previous' in second

@@ -35,6 +35,8 @@ from announcer.store.schedules import ScheduleRow
 
 routes = Routes()
 
+SCHEDULES_PAGE = 50  # a page of the list (1,000 rows are no page to read on a phone, nor fast to make)
+MAX_START = 10**9
 NEXT_TIMES = 5  # as GET /v1/schedules/{id}'s next_run_times
 BUSY = "The service is busy rendering other messages; try again shortly."
 # The form's own fields besides the message (dashboard/message_form.py), kept as typed.
@@ -152,6 +154,14 @@ async def _existing(page: Page) -> ScheduleRow:
     return row
 
 
+def _start(page: Page) -> int:
+    """The list's page: `?start=` the index of its first schedule (a form's answer shows the first)."""
+    value = page.request.query.get("start", "0") if page.request.method == "GET" else "0"
+    if not value.isascii() or not value.isdigit() or len(value) > 10 or int(value) > MAX_START:
+        raise page.fail(400, "start must be a schedule's index (a whole number).")
+    return int(value)
+
+
 def _text(form: FormData, name: str) -> str:
     value = form.get(name)
     return value if isinstance(value, str) else ""
@@ -189,12 +199,16 @@ async def _listing(
     problems: list[Problem] | None = None,
     status: int = 200,
 ) -> web.Response:
-    rows = await _deps(page).store.listing()
+    start = _start(page)
+    rows = await _deps(page).store.listing(offset=start, limit=SCHEDULES_PAGE + 1)
     recipients = recipients or []
     return page.render(
         "schedules.html",
         status=status,
-        schedules=[(row, view_of(row)) for row in rows],
+        schedules=[(row, view_of(row)) for row in rows[:SCHEDULES_PAGE]],
+        start=start,
+        following=start + SCHEDULES_PAGE if len(rows) > SCHEDULES_PAGE else None,
+        previous=max(0, start - SCHEDULES_PAGE) if start else None,
         deleted=page.request.query.get("deleted"),
         form=form,
         values=values,
