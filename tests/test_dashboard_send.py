@@ -142,6 +142,14 @@ async def test_pasted_numbers_and_a_bad_csv_line_are_named(service: Service) -> 
             assert resp.status == 422
             page = await resp.text()
         assert re.search(r'id="problem-recipients" role="alert">people.csv line 3: 3 cells', page)
+        form = _form(csrf, "preview", template_text="Kept {{ name }}")
+        form.add_field("csv", "phone\n+1555\xe9\n".encode("latin-1"), filename="latin.csv")
+        async with http.post("/send", data=form) as resp:
+            assert resp.status == 422
+            page = await resp.text()
+        assert re.search(r'id="problem-recipients" role="alert">latin.csv is not UTF-8 text', page)
+        assert ">Kept {{ name }}</textarea>" in page  # what was typed is kept
+    assert await _alerts(service) == []
 
 
 async def test_a_double_submit_sends_once_and_lands_on_the_alert(service: Service) -> None:

@@ -54,26 +54,23 @@ class MessageForm:
     confirm: bool = False
     key: str = field(default_factory=new_key)  # this form's idempotency key: a double submit sends once
     source: str = PASTED  # what the recipients' problems call the text they came from
+    unread: list[Problem] = field(default_factory=list)  # an upload that could not be read
 
     @classmethod
-    async def read(cls, form: FormData) -> MessageForm:
+    def read(cls, form: FormData) -> MessageForm:
         upload = form.get("csv")
         recipients, source = _text(form, "recipients"), PASTED
+        unread = []
         if isinstance(upload, web.FileField):
             raw = upload.file.read()
             if raw:
-                source = upload.filename or UPLOADED
+                name = upload.filename or UPLOADED
                 try:
                     # utf-8-sig as `send --file`: a spreadsheet's byte-order mark would rename `phone`
-                    recipients = raw.decode("utf-8-sig")
+                    recipients, source = raw.decode("utf-8-sig"), name
                 except UnicodeDecodeError as err:
-                    raise FormError(
-                        [
-                            Problem(
-                                "recipients", f"{source} is not UTF-8 text ({err.reason} at byte {err.start})"
-                            )
-                        ]
-                    ) from None
+                    reason = f"{name} is not UTF-8 text ({err.reason} at byte {err.start})"
+                    unread.append(Problem("recipients", reason))
         key = _text(form, "key")
         return cls(
             template=_text(form, "template").strip(),
@@ -83,6 +80,7 @@ class MessageForm:
             confirm=_text(form, "confirm") == "1",
             key=key if FORM_KEY.match(key) else new_key(),
             source=source,
+            unread=unread,
         )
 
     def recipient_list(self) -> list[Recipient]:
@@ -117,11 +115,12 @@ class MessageForm:
     def body(self) -> tuple[dict[str, Any], list[Recipient]]:
         """The /v1 body's message part and the recipients it was made of; FormError with every problem
         the form itself has (the API's own validation comes after, on the body)."""
-        problems: list[Problem] = []
+        problems: list[Problem] = list(self.unread)
         recipients: list[Recipient] = []
         variables: dict[str, str] = {}
         try:
-            recipients = self.recipient_list()
+            if not self.unread:
+                recipients = self.recipient_list()
         except FormError as err:
             problems += err.problems
         try:

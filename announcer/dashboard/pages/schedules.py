@@ -68,10 +68,7 @@ async def schedules_page(request: web.Request, page: Page) -> web.StreamResponse
 async def schedule_create(request: web.Request, page: Page) -> web.StreamResponse:
     data = await page.form()
     values = {name: _text(data, name).strip() for name in WHEN_FIELDS}
-    try:
-        form = await MessageForm.read(data)
-    except FormError as err:
-        return await _listing(page, MessageForm(), values, problems=err.problems, status=422)
+    form = MessageForm.read(data)
     try:
         message, recipients = form.body()
     except FormError as err:

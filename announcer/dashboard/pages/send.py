@@ -55,10 +55,7 @@ async def send_page(request: web.Request, page: Page) -> web.StreamResponse:
 @routes.post("/send", name="send_submit")
 async def send_submit(request: web.Request, page: Page) -> web.StreamResponse:
     data = await page.form()
-    try:
-        form = await MessageForm.read(data)
-    except FormError as err:
-        return _form(page, MessageForm(), problems=err.problems, status=422)
+    form = MessageForm.read(data)
     sending = data.get("action") == "send"
     try:
         body, recipients = form.body()
