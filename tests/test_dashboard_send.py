@@ -185,3 +185,22 @@ async def test_user_data_is_escaped(service: Service) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in _cell(page, 0, "name")
     assert "&lt;b&gt;x&lt;/b&gt;" in _cell(page, 0, "variables.item")
     assert "&lt;i&gt;" in page  # the template text itself, shown back in its field
+
+
+async def test_the_variables_a_message_reads_are_named(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        async with http.get("/send?template=alert.j2") as resp:
+            page = await resp.text()
+        hint = re.search(r'<p class="hint" id="variables-hint">(.*?)</p>', page, re.S)
+        assert hint is not None
+        assert re.findall(r"<code>(\w+)</code>", hint.group(1)) == [
+            *["severity", "since", "summary", "system", "ticket"],
+            *["name", "phone"],
+        ]
+        async with http.get("/send/variables?template=../pyproject.toml") as resp:
+            assert resp.status == 200
+            assert "<code>" not in await resp.text()  # only the templates' own names are read
+        form = _form(csrf, "preview", template_text="{{ greeting }} {{ name }}, {{ item }}", csv=CSV)
+        async with http.post("/send", data=form) as resp:
+            page = await resp.text()
+        assert "This message reads: <code>greeting</code>, <code>item</code>" in page

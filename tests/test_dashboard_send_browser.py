@@ -45,6 +45,9 @@ async def test_send_a_csv_of_five_preview_play_a_row_and_land_on_the_alert(
     await sign_in(page, service.base_url, API_TOKEN)
     await page.click("nav >> text=Send")
     await page.wait_for_selector("#send-form")
+    await page.select_option("#template", "alert.j2")  # the variables it reads appear under the field
+    await page.wait_for_selector("#variables-hint code:text-is('summary')")
+    await page.select_option("#template", "")
     await page.fill("#template_text", "Hello {{ name }}, your {{ item }} is ready at {{ place }}.")
     await page.fill("#variables", "place=the front desk")
     await page.set_input_files("#csv", str(people))

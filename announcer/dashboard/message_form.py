@@ -5,6 +5,7 @@ name. Recipients are read by the CLI's CSV reader (`send --file`): pasted number
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import Sequence
@@ -12,11 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from aiohttp import web
+from jinja2 import meta, nodes
 from multidict import MultiDictProxy
 
 from announcer.cli import CommandError, Recipient, recipients_of_csv
 from announcer.deliveries.plan import Problem
+from announcer.messages.render import MessageRenderer
 
 SHOWN_ROWS = 200  # recipients a table shows (every row is checked; a 10,000-row list is not a page)
 FORM_KEY = re.compile(r"^[0-9a-f]{32}$")  # a form's idempotency key (secrets.token_hex(16))
@@ -32,6 +36,34 @@ def template_names(templates_dir: Path) -> list[str]:
         return sorted(p.name for p in templates_dir.glob("*.j2") if p.is_file())
     except OSError:
         return []
+
+
+def template_variables(templates_dir: Path, template: str, text: str) -> list[str]:
+    """The variables a message reads that no recipient brings by itself (`name` and `phone` they do):
+    what the shared variables (or a CSV's columns) must give. A hint only: the render is the judge."""
+    if template:
+        if template not in template_names(templates_dir):
+            return []
+        try:
+            text = (templates_dir / template).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return []
+    if not text:
+        return []
+    try:
+        tree = _parser(templates_dir).parse(text)
+        found = meta.find_undeclared_variables(tree)
+    except jinja2.TemplateError:
+        return []
+    # a name the text sets itself (in a branch: `{% if %}{% set level = ... %}`) is not asked of anyone
+    stored = {n.name for n in tree.find_all(nodes.Name) if n.ctx == "store"}
+    return sorted(found - stored - {"name", "phone"})
+
+
+@functools.cache
+def _parser(templates_dir: Path) -> jinja2.Environment:
+    """The messages' own environment (their filters), here only to parse: it never renders."""
+    return MessageRenderer(templates_dir).env
 
 
 def new_key() -> str:

@@ -25,6 +25,7 @@ from announcer.dashboard.message_form import (
     has_timezones,
     recipient_columns,
     template_names,
+    template_variables,
 )
 from announcer.dashboard.routes import Page, Routes
 from announcer.deliveries.plan import PlanError, Problem
@@ -216,4 +217,7 @@ async def _listing(
         timezones=has_timezones(recipients),
         shown_columns=recipient_columns(recipients),
         placed=Placed.of(problems or []),
+        variables=template_variables(
+            page.services.settings.announcer_templates_dir, form.template, form.template_text
+        ),
     )

@@ -29,6 +29,7 @@ from announcer.dashboard.message_form import (
     has_timezones,
     recipient_columns,
     template_names,
+    template_variables,
 )
 from announcer.dashboard.routes import Page, Routes
 from announcer.deliveries.plan import PlanError, Problem, RecipientIn
@@ -84,6 +85,15 @@ async def send_submit(request: web.Request, page: Page) -> web.StreamResponse:
     if problems:
         return _form(page, form, recipients=recipients, problems=problems, status=422)
     return _form(page, form, recipients=recipients, planned=planned, model=model)
+
+
+@routes.get("/send/variables", name="send_variables")
+async def send_variables(request: web.Request, page: Page) -> web.StreamResponse:
+    """The variables hint for the template just picked (htmx swaps it in under Shared variables)."""
+    names = template_variables(
+        page.services.settings.announcer_templates_dir, request.query.get("template", ""), ""
+    )
+    return page.render("_send_variables.html", variables=names)
 
 
 @routes.get("/send/audio", name="send_audio")
@@ -147,6 +157,9 @@ def _form(
         texts=texts,
         audio=audio,
         previewed=planned is not None,
+        variables=template_variables(
+            page.services.settings.announcer_templates_dir, form.template, form.template_text
+        ),
     )
 
 
