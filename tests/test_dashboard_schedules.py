@@ -99,6 +99,7 @@ async def test_problems_are_shown_next_to_their_field_and_nothing_is_stored(serv
         ({"timezone": "Mars/Olympus"}, "problem-when.timezone", "unknown time zone"),
         ({"repeat": "once", "at": "2020-01-01T08:00", "timezone": "UTC"}, "problem-when.at", "in the past"),
         ({"quiet_start": "21:00"}, "problem-quiet_hours", "end: Field required"),
+        ({"misfire": "later"}, "problem-misfire", "Input should be &#39;run&#39; or &#39;skip&#39;"),
         ({"template_text": "Hello {{ nobody_knows }}"}, None, "nobody_knows"),
     ]
     async with signed_in(service) as (http, csrf):

@@ -141,7 +141,11 @@ async def test_pasted_numbers_and_a_bad_csv_line_are_named(service: Service) -> 
         async with http.post("/send", data=_form(csrf, "preview", template="alert.j2", csv=bad)) as resp:
             assert resp.status == 422
             page = await resp.text()
-        assert re.search(r'id="problem-recipients" role="alert">people.csv line 3: 3 cells', page)
+        assert re.search(
+            r'id="problem-recipients" role="alert">people.csv: 1 bad line\(s\); nothing was sent</p>'
+            r'<p class="problem" role="alert">people.csv line 3: 3 cells, the header has 2</p>',
+            page,
+        )
         form = _form(csrf, "preview", template_text="Kept {{ name }}")
         form.add_field("csv", "phone\n+1555\xe9\n".encode("latin-1"), filename="latin.csv")
         async with http.post("/send", data=form) as resp:
