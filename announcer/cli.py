@@ -257,16 +257,22 @@ def read_recipients_csv(path: Path) -> list[Recipient]:
     try:
         # utf-8-sig: spreadsheets put a byte-order mark in front of the header, which would rename `phone`
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            try:
-                numbered = [(reader.line_num, row) for row in reader]
-            except csv.Error as err:
-                raise CommandError(f"error: {path} line {reader.line_num}: {err}") from None
+            return recipients_of_csv(path.name, f, where=str(path))
     except OSError as err:
         raise CommandError(f"error: cannot read {path}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
         raise CommandError(f"error: {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    return _recipients_of_rows(path.name, [(n, row) for n, row in numbered if any(c.strip() for c in row)])
+
+
+def recipients_of_csv(label: str, lines: Iterable[str], where: str | None = None) -> list[Recipient]:
+    """The recipients of CSV text with a header row (`label` names it in each problem, `where` in a
+    problem of the CSV syntax itself); what `send --file` and the dashboard's Send page both read."""
+    reader = csv.reader(lines)
+    try:
+        numbered = [(reader.line_num, row) for row in reader]
+    except csv.Error as err:
+        raise CommandError(f"error: {where or label} line {reader.line_num}: {err}") from None
+    return _recipients_of_rows(label, [(n, row) for n, row in numbered if any(c.strip() for c in row)])
 
 
 def _recipients_of_rows(label: str, rows: list[tuple[int, list[str]]]) -> list[Recipient]:

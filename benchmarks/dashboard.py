@@ -1,10 +1,13 @@
-"""The dashboard's page loads with 10,000 deliveries in the database: p50 / p95 of each page (target p95
-under 200 ms) and the service's CPU per request, on SQLite and (with --pg) PostgreSQL.
+"""The dashboard's page loads with 10,000 deliveries and 1,000 schedules in the database: p50 / p95 of
+each page (target p95 under 200 ms) and the service's CPU per request, on SQLite and (with --pg)
+PostgreSQL.
 
 The database is filled before the service starts (migrations, then bulk rows: one alert of 9,000
 recipients and 100 of 10, every delivery final with its call, 5 call events and 3 delivery events each,
-1,000 opt-outs), then `announcer serve` runs in sandbox mode (nothing is left to dial) and one signed-in
-client loads each page `--rounds` times, one request at a time.
+1,000 opt-outs; 1,000 active cron schedules of 10 recipients each, the first with 50 past occurrences),
+then `announcer serve` runs in sandbox mode (nothing is left to dial) and one signed-in client loads each
+page `--rounds` times, one request at a time; then the Send page's preview of a 100-row CSV (a POST:
+every row rendered) the same way.
 
     .venv/bin/python benchmarks/dashboard.py [--rounds 100] [--pg]
 """
@@ -15,11 +18,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +31,21 @@ import aiohttp
 from harness import cpu_s, free_port, pct, pg_database, stop, verdict, wait_serving
 from sqlalchemy import insert
 
-from announcer.options import StoredOptions
+from announcer.options import ScheduleOptions, StoredOptions
+from announcer.scheduling.when import when_from_json
 from announcer.store.db import Database
-from announcer.store.models import Alert, Call, CallEvent, Delivery, DeliveryEvent, OptOut, utcnow
+from announcer.store.models import (
+    Alert,
+    Call,
+    CallEvent,
+    Delivery,
+    DeliveryEvent,
+    Occurrence,
+    OptOut,
+    Schedule,
+    utcnow,
+)
+from announcer.store.schedules import arm_time
 
 TOKEN = "bench-dashboard-token"
 BIG = 9_000  # recipients of the big alert
@@ -38,6 +54,9 @@ OPT_OUTS = 1_000
 OUTCOMES = ("heard", "heard", "heard", "confirmed", "voicemail_left", "no_answer", "busy", "failed")
 TARGET_MS = 200.0
 CHUNK = 2_000
+SCHEDULES, SCHEDULE_RECIPIENTS, OCCURRENCES = 1_000, 10, 50
+ZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC", "Australia/Sydney")
+PREVIEW_ROWS = 100
 
 
 async def seed(url: str) -> tuple[str, str]:
@@ -124,6 +143,7 @@ async def seed(url: str) -> tuple[str, str]:
         for state in ("queued", "dialing", d["state"])
     ]
     opt_outs = [{"phone": f"+1650{i:07d}", "created_at": now} for i in range(OPT_OUTS)]
+    schedules, occurrences = _schedules(now)
     async with db.engine.begin() as conn:
         for table, rows in (
             (Alert, alerts),
@@ -132,11 +152,67 @@ async def seed(url: str) -> tuple[str, str]:
             (CallEvent, call_events),
             (DeliveryEvent, delivery_events),
             (OptOut, opt_outs),
+            (Schedule, schedules),
+            (Occurrence, occurrences),
         ):
             for start in range(0, len(rows), CHUNK):
                 await conn.execute(insert(table), rows[start : start + CHUNK])
     await db.dispose()
     return plan[0][0], deliveries[BIG // 2]["call_sid"]
+
+
+def _schedules(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """1,000 active weekday schedules in five zones, starting in a week, each with its next run computed
+    (as a start would find them), and 50 past occurrences of the first, each one of the small alerts."""
+    options = ScheduleOptions()
+    rows = []
+    for i in range(SCHEDULES):
+        # from a week on: none fires (nor has its speech made) while the pages are measured
+        when = {
+            "cron": f"{i % 60} {6 + i % 12} * * mon-fri",
+            "timezone": ZONES[i % len(ZONES)],
+            "start": (now + timedelta(days=7)).isoformat(),
+        }
+        next_run = when_from_json(when).first_after(now)
+        rows.append(
+            {
+                "id": f"sc_bench{i:06d}",
+                "name": f"check-in {i}",
+                "template": None,
+                "template_text": "Good morning {{ name }}, your {{ item }} is ready.",
+                "variables": {"item": "parcel"},
+                "recipients": {
+                    "items": [
+                        {
+                            "phone": f"+1628{i:04d}{r:03d}",
+                            "name": f"Person {r}",
+                            "variables": {"item": f"box {r}"},
+                        }
+                        for r in range(SCHEDULE_RECIPIENTS)
+                    ]
+                },
+                "when": when,
+                "options": options,
+                "status": "active",
+                "last_planned_at": now,
+                "next_run_at": next_run,
+                "arm_at": arm_time(next_run, options),
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    occurrences = [
+        {
+            "schedule_id": "sc_bench000000",
+            "planned_at": now - timedelta(days=n + 1),
+            "status": "fired",
+            "alert_id": f"al_bench{n + 1:06d}",
+            "detail": {},
+            "created_at": now - timedelta(days=n + 1),
+        }
+        for n in range(OCCURRENCES)
+    ]
+    return rows, occurrences
 
 
 @contextlib.asynccontextmanager
@@ -190,6 +266,39 @@ async def measure(public: str, pid: int, pages: dict[str, str], rounds: int) -> 
                 f"{label:<34} {pct(times, 50):8.1f} {p95:8.1f} {max(times):8.1f} {cpu_ms:11.1f}  "
                 f"{verdict(p95 < TARGET_MS)}"
             )
+        await measure_preview(http, pid, rounds)
+
+
+async def measure_preview(http: aiohttp.ClientSession, pid: int, rounds: int) -> None:
+    """The Send page's preview of a 100-row CSV: a POST that renders every row (in the render thread)
+    and answers the table with each row's text and audio link."""
+    async with http.get("/send") as resp:
+        found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', await resp.text())
+    assert found is not None
+    csv = "phone,name,item\n" + "".join(f"+1415555{i:04d},Person {i},box {i}\n" for i in range(PREVIEW_ROWS))
+    form = {
+        "csrf_token": found.group(1),
+        "key": "0" * 32,
+        "action": "preview",
+        "template_text": "Hello {{ name }}, your {{ item }} is ready at the front desk.",
+        "recipients": csv,
+    }
+    times: list[float] = []
+    cpu_before = cpu_s(pid)
+    for _ in range(rounds + 1):
+        start = time.perf_counter()
+        async with http.post("/send", data=form) as resp:
+            page = await resp.text()
+            assert resp.status == 200, (resp.status, page[:2000])
+        times.append((time.perf_counter() - start) * 1000)
+    times = times[1:]  # the first: the template compiled
+    cpu_ms = (cpu_s(pid) - cpu_before) * 1000 / (rounds + 1)
+    p95 = pct(times, 95)
+    label = f"send preview POST ({PREVIEW_ROWS} rows)"
+    print(
+        f"{label:<34} {pct(times, 50):8.1f} {p95:8.1f} {max(times):8.1f} {cpu_ms:11.1f}  "
+        f"{verdict(p95 < TARGET_MS)}"
+    )
 
 
 async def run(url: str, name: str, rounds: int) -> None:
@@ -198,7 +307,8 @@ async def run(url: str, name: str, rounds: int) -> None:
             url = f"sqlite+aiosqlite:///{tmp}/announcer.db"
         started = time.perf_counter()
         big, call_sid = await seed(url)
-        print(f"\n== {name}: seeded 10,000 deliveries in {time.perf_counter() - started:.1f} s ==")
+        seeded = time.perf_counter() - started
+        print(f"\n== {name}: seeded 10,000 deliveries, 1,000 schedules in {seeded:.1f} s ==")
         async with serving(url, Path(tmp)) as (public, pid):
             pages = {
                 "overview /": "/",
@@ -210,6 +320,10 @@ async def run(url: str, name: str, rounds: int) -> None:
                 "alert progress fragment": f"/alerts/{big}/progress",
                 "call": f"/calls/{call_sid}",
                 "opt-outs (1,000)": "/opt-outs",
+                "send /send": "/send",
+                "send, a template picked": "/send?template=alert.j2",
+                "schedules (1,000) /schedules": "/schedules",
+                "schedule (50 occurrences)": "/schedules/sc_bench000000",
             }
             await measure(public, pid, pages, rounds)
 

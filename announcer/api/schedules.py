@@ -31,8 +31,9 @@ class SchedulesDeps:
     alerts: AlertService
 
 
-def _view(row: ScheduleRow) -> dict[str, Any]:
-    # The table's: in every process, armed or not (the leader arms only what is near).
+def view_of(row: ScheduleRow) -> dict[str, Any]:
+    """A schedule as the API lists it. Its next run is the table's: in every process, armed or not (the
+    leader arms only what is near), in the schedule's own zone."""
     next_run = None
     if row.status == ScheduleStatus.ACTIVE and row.next_run_at is not None:
         next_run = when_from_json(row.when).local(row.next_run_at)
@@ -49,6 +50,22 @@ def _view(row: ScheduleRow) -> dict[str, Any]:
 
 async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Response:
     body = await read_model(request, ScheduleBody)
+    try:
+        row, next_run = await create(body, deps)
+    except PlanError as err:
+        raise invalid(err.problems) from None
+    except RenderBusy:
+        raise render_busy() from None
+    return web.json_response(
+        {"id": row.id, "status": row.status, "next_run_at": next_run.isoformat() if next_run else None},
+        status=201,
+    )
+
+
+async def create(body: ScheduleBody, deps: SchedulesDeps) -> tuple[ScheduleRow, datetime | None]:
+    """Make the schedule `body` asks for and arm it (its next run); PlanError naming every problem (a
+    missing variable, a bad time or zone) before anything is stored. RenderBusy: try again shortly.
+    POST /v1/schedules and the dashboard both create through here."""
     problems = deps.alerts.option_problems(body.options, reminder=True)
     when = None
     try:
@@ -66,10 +83,8 @@ async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Resp
         await deps.alerts.plan(body.template, body.template_text, body.variables, recipients)
     except PlanError as err:
         problems.extend(err.problems)
-    except RenderBusy:
-        raise render_busy() from None
     if problems:
-        raise invalid(problems)
+        raise PlanError(problems)
     assert when is not None
     row = await deps.store.create(
         name=body.name,
@@ -83,15 +98,12 @@ async def create_schedule(request: web.Request, deps: SchedulesDeps) -> web.Resp
     )
     next_run = deps.scheduler.add(row)
     log.info("schedule %s created: next run %s", row.id, next_run)
-    return web.json_response(
-        {"id": row.id, "status": row.status, "next_run_at": next_run.isoformat() if next_run else None},
-        status=201,
-    )
+    return row, next_run
 
 
 async def list_schedules(request: web.Request, deps: SchedulesDeps) -> web.Response:
     rows = await deps.store.listing()
-    return web.json_response({"schedules": [_view(r) for r in rows]})
+    return web.json_response({"schedules": [view_of(r) for r in rows]})
 
 
 async def _existing(request: web.Request, deps: SchedulesDeps) -> ScheduleRow:
@@ -103,7 +115,7 @@ async def _existing(request: web.Request, deps: SchedulesDeps) -> ScheduleRow:
 
 async def get_schedule(request: web.Request, deps: SchedulesDeps) -> web.Response:
     row = await _existing(request, deps)
-    view = _view(row)
+    view = view_of(row)
     upcoming: list[datetime] = []
     if row.status == ScheduleStatus.ACTIVE:
         upcoming = when_from_json(row.when).next_times(utcnow(), 5)
@@ -117,6 +129,21 @@ async def get_schedule(request: web.Request, deps: SchedulesDeps) -> web.Respons
 async def patch_schedule(request: web.Request, deps: SchedulesDeps) -> web.Response:
     row = await _existing(request, deps)
     body = await read_model(request, SchedulePatch)
+    try:
+        updated = await change(row, body, deps)
+    except PlanError as err:
+        raise invalid(err.problems) from None
+    except RenderBusy:
+        raise render_busy() from None
+    except LookupError:
+        raise error(404, "not_found", "no such schedule") from None
+    return web.json_response(view_of(updated))
+
+
+async def change(row: ScheduleRow, body: SchedulePatch, deps: SchedulesDeps) -> ScheduleRow:
+    """Apply `body` to the schedule (pause, resume, a new time, new recipients) and re-arm it; PlanError
+    naming every problem before anything changes, LookupError when it is gone meanwhile. PATCH
+    /v1/schedules/{id} and the dashboard's pause and resume both change through here."""
     changes: dict[str, Any] = {}
     problems = []
     if body.when is not None:
@@ -141,10 +168,8 @@ async def patch_schedule(request: web.Request, deps: SchedulesDeps) -> web.Respo
             await deps.alerts.plan(row.template, row.template_text, variables, recipients)
         except PlanError as err:
             problems.extend(err.problems)
-        except RenderBusy:
-            raise render_busy() from None
     if problems:
-        raise invalid(problems)
+        raise PlanError(problems)
     if "when" in changes and "status" not in changes and row.status == ScheduleStatus.ENDED:
         changes["status"] = ScheduleStatus.ACTIVE  # a new time for a one-shot that already rang
     retimed = "when" in changes or "status" in changes
@@ -156,9 +181,9 @@ async def patch_schedule(request: web.Request, deps: SchedulesDeps) -> web.Respo
         changes["last_planned_at"] = now
     updated = await deps.store.change(row.id, **changes)
     if updated is None:
-        raise error(404, "not_found", "no such schedule")
+        raise LookupError(row.id)
     deps.scheduler.add(updated)  # re-armed with its new time, or removed when paused
-    return web.json_response(_view(updated))
+    return updated
 
 
 def _ended() -> Problem:
@@ -166,8 +191,12 @@ def _ended() -> Problem:
 
 
 async def delete_schedule(request: web.Request, deps: SchedulesDeps) -> web.Response:
-    row = await _existing(request, deps)
+    await remove(await _existing(request, deps), deps)
+    return web.Response(status=204)
+
+
+async def remove(row: ScheduleRow, deps: SchedulesDeps) -> None:
+    """Delete the schedule (DELETE /v1/schedules/{id}, the dashboard's Delete)."""
     # Off the clock first: nothing of it fires after this answer.
     deps.scheduler.remove(row.id)
     await deps.store.change(row.id, status=ScheduleStatus.DELETED)
-    return web.Response(status=204)

@@ -123,11 +123,18 @@ class ScheduleStore:
             found = await s.get(Schedule, schedule_id)
             return None if found is None or found.status == ScheduleStatus.DELETED else _row(found)
 
-    async def listing(self, *, include_deleted: bool = False) -> list[ScheduleRow]:
+    async def listing(
+        self, *, include_deleted: bool = False, offset: int = 0, limit: int | None = None
+    ) -> list[ScheduleRow]:
+        """The schedules, oldest first; `offset` and `limit` take a page of them (the dashboard's list)."""
         async with self.sessions() as s:
             query = select(Schedule).order_by(Schedule.created_at, Schedule.id)
             if not include_deleted:
                 query = query.where(Schedule.status != ScheduleStatus.DELETED)
+            if offset:
+                query = query.offset(offset)
+            if limit is not None:
+                query = query.limit(limit)
             return [_row(x) for x in (await s.execute(query)).scalars()]
 
     async def next_runs(self, limit: int) -> list[tuple[str, str | None, datetime]]:
@@ -320,23 +327,30 @@ class ScheduleStore:
         """The latest occurrences, newest first, each with its alert's outcome counts."""
         async with self.sessions() as s:
             rows = (
-                await s.execute(
-                    select(Occurrence)
-                    .where(Occurrence.schedule_id == schedule_id)
-                    .order_by(Occurrence.planned_at.desc())
-                    .limit(limit)
+                (
+                    await s.execute(
+                        select(Occurrence)
+                        .where(Occurrence.schedule_id == schedule_id)
+                        .order_by(Occurrence.planned_at.desc())
+                        .limit(limit)
+                    )
                 )
-            ).scalars()
+                .scalars()
+                .all()
+            )
+            # Every occurrence's counts in one grouped query (not one query per occurrence).
+            alert_ids = [o.alert_id for o in rows if o.alert_id is not None]
+            counts_of: dict[str, dict[str, int]] = {}
+            if alert_ids:
+                for alert_id, state, n in await s.execute(
+                    select(Delivery.alert_id, Delivery.state, func.count())
+                    .where(Delivery.alert_id.in_(alert_ids))
+                    .group_by(Delivery.alert_id, Delivery.state)
+                ):
+                    counts_of.setdefault(str(alert_id), {})[str(state)] = int(n)
             out: list[dict[str, Any]] = []
             for o in rows:
-                counts: dict[str, int] = {}
-                if o.alert_id is not None:
-                    for state, n in await s.execute(
-                        select(Delivery.state, func.count())
-                        .where(Delivery.alert_id == o.alert_id)
-                        .group_by(Delivery.state)
-                    ):
-                        counts[str(state)] = int(n)
+                counts = counts_of.get(o.alert_id, {}) if o.alert_id is not None else {}
                 out.append(
                     {
                         "planned_at": o.planned_at.isoformat(),

@@ -1,0 +1,223 @@
+"""Schedules: the list with each one's next run, a new schedule (once or by cron, in a time zone, with
+quiet hours; the same fields as POST /v1/schedules), one schedule's page with its next runs and past
+occurrences (what GET /v1/schedules/{id} shows), and pause, resume, delete. Created, changed and
+deleted by the functions the /v1 handlers run (api/schedules.py), validated by the same body models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from announcer.api.http import STRING_ID
+from announcer.api.schedules import SchedulesDeps, change, create, remove, view_of
+from announcer.api.schemas import ScheduleBody, SchedulePatch, problems_of
+from announcer.cli import Recipient
+from announcer.dashboard.message_form import (
+    SHOWN_ROWS,
+    FormData,
+    FormError,
+    MessageForm,
+    Placed,
+    columns_of,
+    has_timezones,
+    recipient_columns,
+    template_names,
+    template_variables,
+)
+from announcer.dashboard.routes import Page, Routes
+from announcer.deliveries.plan import PlanError, Problem
+from announcer.messages.workers import RenderBusy
+from announcer.scheduling.when import when_from_json
+from announcer.store.models import ScheduleStatus, utcnow
+from announcer.store.schedules import ScheduleRow
+
+routes = Routes()
+
+SCHEDULES_PAGE = 50  # a page of the list (1,000 rows are no page to read on a phone, nor fast to make)
+MAX_START = 10**9
+NEXT_TIMES = 5  # as GET /v1/schedules/{id}'s next_run_times
+BUSY = "The service is busy rendering other messages; try again shortly."
+# The form's own fields besides the message (dashboard/message_form.py), kept as typed.
+WHEN_FIELDS = (
+    "name",
+    "repeat",
+    "at",
+    "cron",
+    "timezone",
+    "start",
+    "end",
+    "quiet_start",
+    "quiet_end",
+    "misfire",
+)
+
+
+def _deps(page: Page) -> SchedulesDeps:
+    return page.services.schedules
+
+
+@routes.get("/schedules", name="schedules")
+async def schedules_page(request: web.Request, page: Page) -> web.StreamResponse:
+    fresh = dict.fromkeys(WHEN_FIELDS, "") | {"repeat": "once", "timezone": "UTC", "misfire": "run"}
+    return await _listing(page, MessageForm(), fresh)
+
+
+@routes.post("/schedules", name="schedule_create")
+async def schedule_create(request: web.Request, page: Page) -> web.StreamResponse:
+    data = await page.form()
+    values = {name: _text(data, name).strip() for name in WHEN_FIELDS}
+    form = MessageForm.read(data)
+    try:
+        message, recipients = form.body()
+    except FormError as err:
+        return await _listing(page, form, values, err.recipients, err.problems, status=422)
+    try:
+        body = ScheduleBody.model_validate({**message, **_schedule_part(values, message)})
+    except ValidationError as err:
+        return await _listing(page, form, values, recipients, problems_of(err), status=422)
+    try:
+        row, _ = await create(body, _deps(page))
+    except PlanError as err:
+        return await _listing(page, form, values, recipients, err.problems, status=422)
+    except RenderBusy:
+        raise page.fail(503, BUSY) from None
+    return page.redirect(page.url("schedule", schedule_id=row.id))
+
+
+@routes.get("/schedules/{schedule_id}", name="schedule")
+async def schedule_page(request: web.Request, page: Page) -> web.StreamResponse:
+    row = await _existing(page)
+    upcoming: list[datetime] = []
+    if row.status == ScheduleStatus.ACTIVE:
+        upcoming = when_from_json(row.when).next_times(utcnow(), NEXT_TIMES)
+    recipients = [
+        Recipient(r["phone"], dict(r.get("variables") or {}), r.get("name"), r.get("timezone"))
+        for r in row.recipients
+    ]
+    return page.render(
+        "schedule.html",
+        s=row,
+        view=view_of(row),
+        upcoming=upcoming,
+        occurrences=await _deps(page).store.occurrences(row.id),
+        recipients=recipients,
+        variable_columns=columns_of(recipients),
+        timezones=has_timezones(recipients),
+        options=row.options.model_dump(mode="json", exclude_defaults=True),
+        placed=Placed(),
+    )
+
+
+@routes.post("/schedules/{schedule_id}/pause", name="schedule_pause")
+async def schedule_pause(request: web.Request, page: Page) -> web.StreamResponse:
+    return await _set_status(page, SchedulePatch(status="paused"))
+
+
+@routes.post("/schedules/{schedule_id}/resume", name="schedule_resume")
+async def schedule_resume(request: web.Request, page: Page) -> web.StreamResponse:
+    return await _set_status(page, SchedulePatch(status="active"))
+
+
+@routes.post("/schedules/{schedule_id}/delete", name="schedule_delete")
+async def schedule_delete(request: web.Request, page: Page) -> web.StreamResponse:
+    row = await _existing(page)
+    await remove(row, _deps(page))
+    return page.redirect(page.url("schedules", {"deleted": row.name or row.id}))
+
+
+async def _set_status(page: Page, patch: SchedulePatch) -> web.StreamResponse:
+    row = await _existing(page)
+    try:
+        await change(row, patch, _deps(page))
+    except PlanError as err:
+        raise page.fail(409, "; ".join(p.reason for p in err.problems)) from None
+    except LookupError:
+        raise page.fail(404, "No such schedule.") from None
+    except RenderBusy:
+        raise page.fail(503, BUSY) from None
+    back = _text(await page.form(), "back")
+    if back == "schedule":
+        return page.redirect(page.url("schedule", schedule_id=row.id))
+    return page.redirect(page.url("schedules"))
+
+
+async def _existing(page: Page) -> ScheduleRow:
+    schedule_id = page.request.match_info["schedule_id"]
+    row = await _deps(page).store.get(schedule_id) if STRING_ID.match(schedule_id) else None
+    if row is None or row.status == ScheduleStatus.DELETED:
+        raise page.fail(404, "No such schedule.")
+    return row
+
+
+def _start(page: Page) -> int:
+    """The list's page: `?start=` the index of its first schedule (a form's answer shows the first)."""
+    value = page.request.query.get("start", "0") if page.request.method == "GET" else "0"
+    if not value.isascii() or not value.isdigit() or len(value) > 10 or int(value) > MAX_START:
+        raise page.fail(400, "start must be a schedule's index (a whole number).")
+    return int(value)
+
+
+def _text(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def _schedule_part(values: dict[str, str], message: dict[str, Any]) -> dict[str, Any]:
+    """The form's `when`, name and reminder options as POST /v1/schedules takes them; an empty field is
+    one not given (the API then names what is missing)."""
+    when: dict[str, Any] = {}
+    if values["repeat"] == "cron":
+        when["cron"] = values["cron"] or None
+        when["start"] = values["start"] or None
+        when["end"] = values["end"] or None
+    else:
+        when["at"] = values["at"] or None
+    when["timezone"] = values["timezone"] or None
+    options: dict[str, Any] = dict(message.get("options", {}))
+    if values["quiet_start"] or values["quiet_end"]:
+        quiet = {"start": values["quiet_start"], "end": values["quiet_end"]}
+        options["quiet_hours"] = {k: v for k, v in quiet.items() if v}
+    if values["misfire"]:
+        options["misfire"] = values["misfire"]
+    return {
+        "name": values["name"] or None,
+        "when": {k: v for k, v in when.items() if v is not None},
+        "options": options,
+    }
+
+
+async def _listing(
+    page: Page,
+    form: MessageForm,
+    values: dict[str, str],
+    recipients: list[Recipient] | None = None,
+    problems: list[Problem] | None = None,
+    status: int = 200,
+) -> web.Response:
+    start = _start(page)
+    rows = await _deps(page).store.listing(offset=start, limit=SCHEDULES_PAGE + 1)
+    recipients = recipients or []
+    return page.render(
+        "schedules.html",
+        status=status,
+        schedules=[(row, view_of(row)) for row in rows[:SCHEDULES_PAGE]],
+        start=start,
+        following=start + SCHEDULES_PAGE if len(rows) > SCHEDULES_PAGE else None,
+        previous=max(0, start - SCHEDULES_PAGE) if start else None,
+        deleted=page.request.query.get("deleted"),
+        form=form,
+        values=values,
+        templates=template_names(page.services.settings.announcer_templates_dir),
+        recipients=recipients[:SHOWN_ROWS],
+        more=max(0, len(recipients) - SHOWN_ROWS),
+        variable_columns=columns_of(recipients),
+        timezones=has_timezones(recipients),
+        shown_columns=recipient_columns(recipients),
+        placed=Placed.of(problems or []),
+        variables=template_variables(
+            page.services.settings.announcer_templates_dir, form.template, form.template_text
+        ),
+    )

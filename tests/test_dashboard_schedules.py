@@ -1,0 +1,190 @@
+"""The Schedules pages over plain HTTP: CSRF required on create, pause, resume and delete; a recurring
+schedule with a zone, quiet hours and a CSV's variables; problems next to the field they name with
+nothing stored; pause, resume, delete; past occurrences; escaping."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+
+from announcer.dashboard import SERVICES
+from announcer.store.schedules import ScheduleRow
+from tests.conftest import Service
+from tests.dashboard import signed_in
+from tests.test_alerts import post
+from tests.test_schedules import occurrences
+
+TEXT = "Hello {{ name }}, your appointment is at {{ at }}."
+CSV = "phone,name,at\n+15550180001,Ada,10:30\n+15550180002,Grace,11:00\n"
+
+
+def _form(csrf: str | None, *, csv: str | None = CSV, **fields: str) -> aiohttp.FormData:
+    values = {
+        "name": "check-in",
+        "template_text": TEXT,
+        "repeat": "cron",
+        "cron": "0 8 * * mon-fri",
+        "timezone": "Europe/Berlin",
+        "misfire": "run",
+    }
+    values.update(fields)
+    form = aiohttp.FormData()
+    if csrf is not None:
+        form.add_field("csrf_token", csrf)
+    for name, value in values.items():
+        form.add_field(name, value)
+    if csv is not None:
+        form.add_field("csv", csv.encode(), filename="people.csv", content_type="text/csv")
+    return form
+
+
+async def _schedules(service: Service) -> list[ScheduleRow]:
+    return await service.app[SERVICES].schedules.store.listing()
+
+
+def _local(seconds: float) -> str:
+    """A datetime-local input's value (read in the form's zone, UTC here) `seconds` from now."""
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+async def _create(http: aiohttp.ClientSession, form: aiohttp.FormData) -> str:
+    async with http.post("/schedules", data=form, allow_redirects=False) as resp:
+        assert resp.status == 303, await resp.text()
+        found = re.fullmatch(r"/schedules/([A-Za-z0-9_-]+)", resp.headers["Location"])
+    assert found is not None
+    return found.group(1)
+
+
+async def test_every_change_needs_the_csrf_token(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        async with http.post("/schedules", data=_form(None), allow_redirects=False) as resp:
+            assert resp.status == 403
+        assert await _schedules(service) == []
+        sid = await _create(http, _form(csrf))
+        for action in ("pause", "delete"):
+            async with http.post(f"/schedules/{sid}/{action}", data={}, allow_redirects=False) as resp:
+                assert resp.status == 403
+                assert "CSRF token is missing or wrong" in await resp.text()
+        (row,) = await _schedules(service)
+        assert row.status == "active"
+
+
+async def test_a_recurring_schedule_with_a_zone_quiet_hours_and_a_csv(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        sid = await _create(http, _form(csrf, quiet_start="21:00", quiet_end="08:00"))
+        async with http.get(f"/schedules/{sid}") as resp:
+            assert resp.status == 200
+            page = await resp.text()
+        async with http.get("/schedules") as resp:
+            listing = await resp.text()
+    (row,) = await _schedules(service)
+    assert row.when == {"cron": "0 8 * * mon-fri", "timezone": "Europe/Berlin"}
+    assert row.options.quiet_hours is not None and row.options.quiet_hours.start == "21:00"
+    assert [r["variables"] for r in row.recipients] == [{"at": "10:30"}, {"at": "11:00"}]
+    upcoming = re.search(r'<ul id="upcoming">(.*?)</ul>', page, re.S)
+    assert upcoming is not None and upcoming.group(1).count("<li>") == 5
+    assert " 08:00:00+01:00" in upcoming.group(1)  # 8 o'clock in Berlin (winter)
+    assert "It has not run yet." in page and "Grace" in page
+    assert "<code>quiet_hours</code>: start 21:00, end 08:00" in page
+    assert f'data-schedule="{sid}"' in listing and "08:00:00+01:00" in listing
+
+
+async def test_problems_are_shown_next_to_their_field_and_nothing_is_stored(service: Service) -> None:
+    cases = [
+        ({"cron": "0 8 * *"}, "problem-when.cron", "5 fields"),
+        ({"cron": "0 25 * * *"}, "problem-when.cron", "invalid cron expression"),
+        ({"timezone": ""}, "problem-when.timezone", "needs its time zone"),
+        ({"timezone": "Mars/Olympus"}, "problem-when.timezone", "unknown time zone"),
+        ({"repeat": "once", "at": "2020-01-01T08:00", "timezone": "UTC"}, "problem-when.at", "in the past"),
+        ({"quiet_start": "21:00"}, "problem-quiet_hours", "end: Field required"),
+        ({"misfire": "later"}, "problem-misfire", "Input should be &#39;run&#39; or &#39;skip&#39;"),
+        ({"template_text": "Hello {{ nobody_knows }}"}, None, "nobody_knows"),
+    ]
+    async with signed_in(service) as (http, csrf):
+        for fields, where, reason in cases:
+            async with http.post("/schedules", data=_form(csrf, **fields)) as resp:
+                assert resp.status == 422, (fields, await resp.text())
+                page = await resp.text()
+            assert "nothing was stored" in page
+            if where is not None:
+                found = re.search(rf'id="{re.escape(where)}" role="alert">([^<]*)<', page)
+                assert found is not None and reason in found.group(1), (fields, found)
+            else:  # a recipient's: in its row of the table
+                row = re.search(r'<tr id="row-0"[^>]*>(.*?)</tr>', page, re.S)
+                assert row is not None and reason in row.group(1)
+    assert await _schedules(service) == []
+
+
+async def test_pause_resume_and_delete(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        sid = await _create(http, _form(csrf))
+        async with http.post(f"/schedules/{sid}/pause", data={"csrf_token": csrf}) as resp:
+            assert resp.status == 200 and str(resp.url).endswith("/schedules")
+            listing = await resp.text()
+        row = re.search(rf'<tr data-schedule="{sid}">(.*?)</tr>', listing, re.S)
+        assert row is not None and ">paused<" in row.group(1) and "Resume" in row.group(1)
+        assert (await _schedules(service))[0].status == "paused"
+        form = {"csrf_token": csrf, "back": "schedule"}
+        async with http.post(f"/schedules/{sid}/resume", data=form) as resp:
+            assert str(resp.url).endswith(f"/schedules/{sid}")
+            assert 'id="status">active<' in await resp.text()
+        async with http.post(f"/schedules/{sid}/delete", data={"csrf_token": csrf}) as resp:
+            assert "Deleted check-in." in await resp.text()
+        async with http.get(f"/schedules/{sid}") as resp:
+            assert resp.status == 404
+        async with http.post(f"/schedules/{sid}/pause", data={"csrf_token": csrf}) as resp:
+            assert resp.status == 404
+    assert await _schedules(service) == []
+
+
+async def test_a_schedule_shows_its_past_occurrences(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        form = _form(
+            csrf, csv="phone,name,at\n+15550180001,Ada,10:30\n", repeat="once", at=_local(2), timezone="UTC"
+        )
+        sid = await _create(http, form)
+        (done,) = await occurrences(service, sid)
+        async with http.get(f"/schedules/{sid}") as resp:
+            page = await resp.text()
+    table = re.search(r'<table id="occurrences">(.*?)</table>', page, re.S)
+    assert table is not None
+    assert done["alert_id"] in table.group(1) and f'href="/alerts/{done["alert_id"]}"' in table.group(1)
+    assert ">fired<" in table.group(1)
+
+
+async def test_names_and_variables_are_escaped(service: Service) -> None:
+    csv = 'phone,name,at\n+15550180001,<img src=x onerror=alert(1)>,"<b>10:30</b>"\n'
+    async with signed_in(service) as (http, csrf):
+        sid = await _create(http, _form(csrf, csv=csv, name="<script>alert(1)</script>"))
+        for path in ("/schedules", f"/schedules/{sid}"):
+            async with http.get(path) as resp:
+                page = await resp.text()
+            assert "<script>alert(1)</script>" not in page and "<img src=x" not in page
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+async def test_the_list_is_paged_and_made_by_the_api_too(service: Service) -> None:
+    """Schedules made through /v1/schedules show on the pages, 50 a page, none twice, none left out."""
+    names = [f"api-made {i:02d}" for i in range(52)]
+    for name in names:
+        body = {
+            "name": name,
+            "template_text": "Good morning {{ name }}.",
+            "recipients": [{"phone": "+15550180001", "name": "Ada"}],
+            "when": {"cron": "0 8 * * mon-fri", "timezone": "Europe/Berlin"},
+        }
+        status, answer = await post(service, "/v1/schedules", body)
+        assert status == 201, answer
+    async with signed_in(service) as (http, _):
+        async with http.get("/schedules") as resp:
+            first = await resp.text()
+        async with http.get("/schedules?start=50") as resp:
+            second = await resp.text()
+        async with http.get("/schedules?start=x") as resp:
+            assert resp.status == 400
+    assert first.count("<tr data-schedule=") == 50 and second.count("<tr data-schedule=") == 2
+    shown = re.findall(r">(api-made [0-9]+)</a>", first + second)
+    assert sorted(shown) == names
+    assert 'href="/schedules?start=50">Next' in first and 'href="/schedules">Previous' in second

@@ -1,0 +1,210 @@
+"""The Send page over plain HTTP: CSRF required, a CSV's columns as each row's variables (preview and one
+row's audio), the API's problems shown in the cell of the row they name with nothing sent, a double
+submit sending once, user data escaped."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp
+
+from announcer.dashboard import SERVICES
+from tests.conftest import Service
+from tests.dashboard import signed_in
+
+KEY = "0123456789abcdef0123456789abcdef"
+TEXT = "Hello {{ name }}, your {{ item }} is ready."
+CSV = (
+    "phone,name,item\n"
+    "+15550170001,Ada,prescription\n"
+    "+15550170002,Grace,glasses\n"
+    "+15550170003,Alan,test results\n"
+)
+
+
+def _form(csrf: str | None, action: str, *, csv: str | None = None, **fields: str) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    if csrf is not None:
+        form.add_field("csrf_token", csrf)
+    form.add_field("key", fields.pop("key", KEY))
+    form.add_field("action", action)
+    for name, value in fields.items():
+        form.add_field(name, value)
+    if csv is not None:
+        form.add_field("csv", csv.encode(), filename="people.csv", content_type="text/csv")
+    return form
+
+
+async def _alerts(service: Service) -> list[Any]:
+    return await service.app[SERVICES].alerts.store.recent_alerts(before=None, limit=10)
+
+
+def _row(html: str, index: int) -> str:
+    found = re.search(rf'<tr id="row-{index}"[^>]*>(.*?)</tr>', html, re.S)
+    assert found is not None, f"no row {index} in the table"
+    return found.group(1)
+
+
+def _cell(html: str, index: int, field: str) -> str:
+    found = re.search(rf'<td data-field="{re.escape(field)}">(.*?)</td>', _row(html, index), re.S)
+    assert found is not None, f"no {field} cell in row {index}"
+    return found.group(1)
+
+
+async def test_sending_needs_the_csrf_token_and_nothing_is_sent_without_it(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        form = _form(None, "send", template_text=TEXT, csv=CSV)
+        async with http.post("/send", data=form, allow_redirects=False) as resp:
+            assert resp.status == 403
+            assert "CSRF token is missing or wrong" in await resp.text()
+        form = _form("f" * 64, "send", template_text=TEXT, csv=CSV)
+        async with http.post("/send", data=form, allow_redirects=False) as resp:
+            assert resp.status == 403
+        assert await _alerts(service) == []
+        form = _form(csrf, "send", template_text=TEXT, csv=CSV)  # the same form with the session's token
+        async with http.post("/send", data=form, allow_redirects=False) as resp:
+            assert resp.status == 303
+    assert len(await _alerts(service)) == 1
+
+
+async def test_a_csv_upload_previews_each_row_with_its_columns_as_variables(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        async with http.get("/send") as resp:
+            assert resp.status == 200
+            page = await resp.text()
+        assert 'name="key" value="' in page and "alert.j2" in page  # a form key; the templates offered
+        form = _form(csrf, "preview", template_text=TEXT, variables="item=parcel", csv=CSV)
+        async with http.post("/send", data=form) as resp:
+            assert resp.status == 200, await resp.text()
+            page = await resp.text()
+        assert "Hello Ada, your prescription is ready." in _cell(page, 0, "message")
+        assert "Hello Grace, your glasses is ready." in _cell(page, 1, "message")
+        assert _cell(page, 2, "variables.item").strip() == "test results"
+        # The uploaded CSV is carried on in the form: Send after the preview sends these rows.
+        assert "+15550170003,Alan,test results" in page
+        audio = re.search(r'<audio controls preload="none" src="([^"]+)"', _row(page, 1))
+        assert audio is not None
+        async with http.get(audio.group(1).replace("&amp;", "&")) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "audio/wav"
+            wav = await resp.read()
+        assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE" and len(wav) > 8000  # some speech, not a header
+        async with http.get("/send/audio?row=not-a-row") as resp:
+            assert resp.status == 400
+    assert await _alerts(service) == []  # a preview sends nothing
+
+
+async def test_problems_show_in_the_cell_of_the_row_they_name_and_nothing_is_sent(service: Service) -> None:
+    csv = (
+        "phone,name,item\n"
+        "+15550170001,Ada,prescription\n"
+        "12ab,Grace,glasses\n"  # not a phone number: recipients[1].phone
+        "+15550170003,Alan,\n"  # no item, none shared: recipients[2].variables
+        "+15550170001,Ada again,parcel\n"  # a duplicate of recipients[0]
+    )
+    async with signed_in(service) as (http, csrf):
+        async with http.post("/send", data=_form(csrf, "send", template_text=TEXT, csv=csv)) as resp:
+            assert resp.status == 422
+            page = await resp.text()
+        assert "1 problem(s); nothing was sent." in page  # the API's model refuses the pattern first
+        assert "not a phone number" in _cell(page, 1, "phone")
+        assert "problem" not in _cell(page, 0, "phone")
+        # with a number the API's model takes, the plan's problems are placed the same way
+        csv = csv.replace("12ab", "+1555")
+        async with http.post("/send", data=_form(csrf, "send", template_text=TEXT, csv=csv)) as resp:
+            assert resp.status == 422
+            page = await resp.text()
+        assert "problem(s); nothing was sent." in page
+        assert 'class="problem"' in _cell(page, 1, "phone")
+        assert "item" in _cell(page, 2, "message") and "undefined" in _cell(page, 2, "message")
+        assert "duplicate of recipients[0]" in _cell(page, 3, "phone")
+        assert 'class="problem"' not in _row(page, 0)
+        # a problem of the form itself is shown next to its field
+        form = _form(csrf, "send", template_text="Hello {{ name ", csv=CSV)
+        async with http.post("/send", data=form) as resp:
+            assert resp.status == 422
+            page = await resp.text()
+        assert re.search(r'id="problem-template_text" role="alert">[^<]*syntax error', page)
+    assert await _alerts(service) == []
+
+
+async def test_pasted_numbers_and_a_bad_csv_line_are_named(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        form = _form(csrf, "preview", template="alert.j2", recipients="+15550170001\n\n+15550170002\n")
+        form.add_field("variables", "system=the billing server\nsummary=It is down.")
+        async with http.post("/send", data=form) as resp:
+            page = await resp.text()
+            assert resp.status == 200, page
+        assert _cell(page, 1, "phone").strip() == "+15550170002"
+        bad = "phone,name\n+15550170001,Ada\n+15550170002,Grace,extra\n"
+        async with http.post("/send", data=_form(csrf, "preview", template="alert.j2", csv=bad)) as resp:
+            assert resp.status == 422
+            page = await resp.text()
+        assert re.search(
+            r'id="problem-recipients" role="alert">people.csv: 1 bad line\(s\); nothing was sent</p>'
+            r'<p class="problem" role="alert">people.csv line 3: 3 cells, the header has 2</p>',
+            page,
+        )
+        form = _form(csrf, "preview", template_text="Kept {{ name }}")
+        form.add_field("csv", "phone\n+1555\xe9\n".encode("latin-1"), filename="latin.csv")
+        async with http.post("/send", data=form) as resp:
+            assert resp.status == 422
+            page = await resp.text()
+        assert re.search(r'id="problem-recipients" role="alert">latin.csv is not UTF-8 text', page)
+        assert ">Kept {{ name }}</textarea>" in page  # what was typed is kept
+    assert await _alerts(service) == []
+
+
+async def test_a_double_submit_sends_once_and_lands_on_the_alert(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        locations = []
+        for _ in range(2):
+            form = _form(csrf, "send", template_text=TEXT, csv=CSV)
+            async with http.post("/send", data=form, allow_redirects=False) as resp:
+                assert resp.status == 303, await resp.text()
+                locations.append(resp.headers["Location"])
+        assert locations[0] == locations[1]
+        assert re.fullmatch(r"/alerts/[A-Za-z0-9_-]+", locations[0])
+        async with http.get(locations[0]) as resp:
+            assert resp.status == 200
+            assert "+15550170002" in await resp.text()
+        # the same form with other content is not sent under its key
+        form = _form(csrf, "send", template_text="Another message for {{ name }}.", csv=CSV)
+        async with http.post("/send", data=form, allow_redirects=False) as resp:
+            assert resp.status == 409
+            assert "already sent" in await resp.text()
+    (alert,) = await _alerts(service)
+    assert alert.recipients == 3
+
+
+async def test_user_data_is_escaped(service: Service) -> None:
+    csv = 'phone,name,item\n+15550170001,<script>alert(1)</script>,"<b>x</b>"\n'
+    async with signed_in(service) as (http, csrf):
+        form = _form(csrf, "preview", template_text="<i>{{ item }}</i> for {{ name }}", csv=csv)
+        async with http.post("/send", data=form) as resp:
+            assert resp.status == 200
+            page = await resp.text()
+    assert "<script>alert(1)</script>" not in page and "<b>x</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in _cell(page, 0, "name")
+    assert "&lt;b&gt;x&lt;/b&gt;" in _cell(page, 0, "variables.item")
+    assert "&lt;i&gt;" in page  # the template text itself, shown back in its field
+
+
+async def test_the_variables_a_message_reads_are_named(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        async with http.get("/send?template=alert.j2") as resp:
+            page = await resp.text()
+        hint = re.search(r'<p class="hint" id="variables-hint">(.*?)</p>', page, re.S)
+        assert hint is not None
+        assert re.findall(r"<code>(\w+)</code>", hint.group(1)) == [
+            *["severity", "since", "summary", "system", "ticket"],
+            *["name", "phone"],
+        ]
+        async with http.get("/send/variables?template=../pyproject.toml") as resp:
+            assert resp.status == 200
+            assert "<code>" not in await resp.text()  # only the templates' own names are read
+        form = _form(csrf, "preview", template_text="{{ greeting }} {{ name }}, {{ item }}", csv=CSV)
+        async with http.post("/send", data=form) as resp:
+            page = await resp.text()
+        assert "This message reads: <code>greeting</code>, <code>item</code>" in page
