@@ -220,8 +220,8 @@ class Speaker:
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        # Each ask for a text's audio (a call's stream, a pre-synthesis, a preview): found in the cache,
-        # or not (synthesized, or tailing a synthesis under way). This process's, since it started.
+        # Read by /metrics: audio asked for (`frames`, `presynthesize`) and found in the cache, and
+        # syntheses started (a `prefetch` counts when it starts one; `cached` is a peek, not counted).
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -249,8 +249,8 @@ class Speaker:
             raise ValueError("nothing to say: the text is empty")
         key = self.key(text)
         payloads = await self._lookup(key)
-        self._count(payloads)
         if payloads is not None:
+            self.cache_hits += 1
             if on_event is not None:
                 on_event(SpeechEvent(SpeechEventKind.CACHE_HIT, detail={"frames": len(payloads)}))
             for payload in payloads:
@@ -305,9 +305,8 @@ class Speaker:
         events once it has ended. Audio finished by the fallback is not cached: that raises too.
         """
         key = self.key(text)
-        found = await self._lookup(key)
-        self._count(found)
-        if found is not None:
+        if await self._lookup(key) is not None:
+            self.cache_hits += 1
             return
         flight = self._join(key, text)
         try:
@@ -336,12 +335,6 @@ class Speaker:
         payloads = await self._cache.load(self.key(text))
         return None if payloads is None else b"".join(base64.b64decode(p) for p in payloads)
 
-    def _count(self, found: Payloads | None) -> None:
-        if found is None:
-            self.cache_misses += 1
-        else:
-            self.cache_hits += 1
-
     async def aclose(self) -> None:
         """Cancel every running synthesis and wait for it (shutdown)."""
         self._closed = True
@@ -369,6 +362,7 @@ class Speaker:
             if self._closed:
                 raise SpeechUnavailable("shutting down")
             flight = _Flight(key)
+            self.cache_misses += 1
             self._flights[key] = flight
             task = asyncio.create_task(self._fly(flight, text), name=f"speech-{key[:12]}")
             flight.task = task
