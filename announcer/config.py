@@ -163,11 +163,11 @@ class Settings(BaseSettings):
     # Schedules due within this many seconds (plus their pre-synthesis lead) are armed in memory; the
     # rest wait in the table until they come near. At least two syncs (4 s) long.
     announcer_schedule_horizon_s: Annotated[float, Field(ge=4)] = 3600.0
+    # GET /metrics asks for the API's bearer token (default: open, like /healthz; see README "Metrics").
+    announcer_metrics_auth: bool = False
     # Outcome webhooks (callback_url): plain http:// is refused unless allowed; so is every internal address
     # (loopback, private, link-local...) unless its host name or a CIDR holding it is listed here.
     announcer_callback_allow_http: bool = False
-    # GET /metrics asks for the API's bearer token (default: open, like /healthz; see README "Metrics").
-    announcer_metrics_auth: bool = False
     announcer_callback_allow_hosts: str = ""
     # Outcome webhook delivery (deliveries/callbacks.py, sent from the outbox): the time one attempt may
     # take, attempts in all, the backoff's first wait and its cap (full jitter), and how long sent and
