@@ -200,6 +200,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/twilio/media", _media)
     app.router.add_get("/healthz", _healthz)
     app.router.add_post("/v1/alerts", _with_alerts(alerts.create_alert))
+    app.router.add_get("/v1/alerts", _with_alerts(alerts.list_alerts))
     app.router.add_get("/v1/alerts/{alert_id}", _with_alerts(alerts.get_alert))
     app.router.add_get("/v1/alerts/{alert_id}/deliveries", _with_alerts(alerts.list_deliveries))
     app.router.add_post("/v1/alerts/{alert_id}/cancel", _with_alerts(alerts.cancel_alert))

@@ -371,3 +371,19 @@ async def test_a_session_ends_when_it_expires_and_is_purged_later(database_url: 
         assert not await sessions.valid("live")
     finally:
         await db.dispose()
+
+
+async def test_the_alerts_are_listed_newest_first_by_the_api_and_the_page(service: Service) -> None:
+    ids = [await _alert(service, f"+1555017{i:04d}") for i in range(100, 103)]
+    status, page = await get(service, "/v1/alerts?limit=2")
+    assert status == 200
+    assert [a["id"] for a in page["alerts"]] == [ids[2], ids[1]]
+    assert page["next_before"] == ids[1]
+    _, rest = await get(service, f"/v1/alerts?limit=2&before={ids[1]}")
+    assert [a["id"] for a in rest["alerts"]] == [ids[0]] and rest["next_before"] is None
+    assert rest["alerts"][0]["recipients"] == 1
+    status, bad = await get(service, "/v1/alerts?before=not%20an%20id")
+    assert status == 400 and bad["field"] == "before"
+    async with signed_in(service) as (http, _), http.get("/alerts") as resp:
+        html = await resp.text()
+    assert html.index(ids[2]) < html.index(ids[1]) < html.index(ids[0])

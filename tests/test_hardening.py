@@ -57,7 +57,7 @@ async def test_undeclared_methods_are_405_with_allow_on_every_route(
         assert body["error"] == "method_not_allowed"
         assert set(headers["Allow"].split(",")) >= {"GET"}
     status, body, headers = await request(service, "PUT", "/v1/alerts")
-    assert status == 405 and headers["Allow"] == "POST"
+    assert status == 405 and headers["Allow"] == "GET,HEAD,POST"  # GET lists the alerts
     # TRACE on every route the app has
     for resource in service.app.router.resources():
         path = resource.canonical.replace("{alert_id}", "al_x").replace("{schedule_id}", "sc_x")

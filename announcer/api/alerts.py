@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from announcer.api.http import (
+    STRING_ID,
     error,
     idempotency_conflict,
     idempotency_key,
@@ -27,11 +28,13 @@ from announcer.messages.phones import BadNumber, to_e164
 from announcer.messages.workers import RenderBusy
 from announcer.speech.engine import SpeechError
 from announcer.speech.speaker import Speaker
-from announcer.store.deliveries import AlertFinished, DeliveryStore, IdempotencyConflict
+from announcer.store.deliveries import AlertFinished, AlertView, DeliveryStore, IdempotencyConflict
 from announcer.store.models import MAX_INT
 
 PAGE = 100
 MAX_PAGE = 1000
+ALERTS_PAGE = 25  # GET /v1/alerts
+MAX_ALERTS_PAGE = 200
 AUDIO_VALUES = ("0", "1", "false", "true")  # POST /v1/preview?audio=
 E164_PATTERN = r"^\+[0-9]{1,20}$"  # a stored number (GET /v1/opt-outs?after=)
 E164 = re.compile(E164_PATTERN)
@@ -80,17 +83,34 @@ async def get_alert(request: web.Request, deps: AlertsDeps) -> web.Response:
     view = await deps.store.alert(path_key(request, "alert_id"))
     if view is None:
         raise error(404, "not_found", "no such alert")
+    return web.json_response(_alert_json(view))
+
+
+async def list_alerts(request: web.Request, deps: AlertsDeps) -> web.Response:
+    """The newest alerts first, a page at a time (`before`: the last id of the page before)."""
+    before = request.query.get("before")
+    if before is not None and not STRING_ID.match(before):
+        raise error(400, "invalid_query", "before must be an alert's id", field="before")
+    limit = int_query(request, "limit", ALERTS_PAGE, 1, MAX_ALERTS_PAGE)
+    views = await deps.store.recent_alerts(before=before, limit=limit)
     return web.json_response(
         {
-            "id": view.id,
-            "status": view.status,
-            "recipients": view.recipients,
-            "counts": view.counts,
-            "created_at": view.created_at.isoformat(),
-            "finished_at": view.finished_at.isoformat() if view.finished_at else None,
-            "options": view.options.model_dump(mode="json"),
+            "alerts": [_alert_json(v) for v in views],
+            "next_before": views[-1].id if len(views) == limit else None,
         }
     )
+
+
+def _alert_json(view: AlertView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "status": view.status,
+        "recipients": view.recipients,
+        "counts": view.counts,
+        "created_at": view.created_at.isoformat(),
+        "finished_at": view.finished_at.isoformat() if view.finished_at else None,
+        "options": view.options.model_dump(mode="json"),
+    }
 
 
 async def list_deliveries(request: web.Request, deps: AlertsDeps) -> web.Response:

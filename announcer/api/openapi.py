@@ -12,7 +12,14 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from announcer.api.alerts import AUDIO_VALUES, E164_PATTERN, MAX_PAGE, PAGE
+from announcer.api.alerts import (
+    ALERTS_PAGE,
+    AUDIO_VALUES,
+    E164_PATTERN,
+    MAX_ALERTS_PAGE,
+    MAX_PAGE,
+    PAGE,
+)
 from announcer.api.http import IDEMPOTENCY_KEY_MAX, MAX_JSON_DEPTH, STRING_ID
 from announcer.api.schemas import (
     PHONE_PATTERN,
@@ -184,6 +191,38 @@ OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
                     "accepted (or replayed for the same Idempotency-Key and body)",
                 ),
                 **_errors(400, 401, 409, 413, 415, 422, 503),
+            },
+        },
+    ),
+    (
+        "get",
+        "/v1/alerts",
+        {
+            "summary": "The alerts, newest first, a page at a time",
+            "parameters": [
+                {
+                    "name": "before",
+                    "in": "query",
+                    "description": "the id of the last alert of the page before",
+                    "schema": _KEY,
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {
+                        "type": "integer",
+                        "default": ALERTS_PAGE,
+                        "minimum": 1,
+                        "maximum": MAX_ALERTS_PAGE,
+                    },
+                },
+            ],
+            "responses": {
+                "200": _json(
+                    _object({"alerts": {"type": "array", "items": _ALERT}, "next_before": _nullable(_TEXT)}),
+                    "a page of alerts; pass next_before as before for the next one",
+                ),
+                **_errors(400, 401),
             },
         },
     ),
