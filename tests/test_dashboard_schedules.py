@@ -130,6 +130,9 @@ async def test_pause_resume_and_delete(service: Service) -> None:
         async with http.post(f"/schedules/{sid}/resume", data=form) as resp:
             assert str(resp.url).endswith(f"/schedules/{sid}")
             assert 'id="status">active<' in await resp.text()
+        async with http.get(f"/schedules/{sid}/delete") as resp:  # asked once more, nothing changed
+            assert f'action="/schedules/{sid}/delete"' in await resp.text()
+        assert (await _schedules(service))[0].status == "active"
         async with http.post(f"/schedules/{sid}/delete", data={"csrf_token": csrf}) as resp:
             assert "Deleted check-in." in await resp.text()
         async with http.get(f"/schedules/{sid}") as resp:
