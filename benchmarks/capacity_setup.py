@@ -147,14 +147,15 @@ class Run:
         lost = self.calls - heard
         return [
             f"== {self.label}: {self.calls} calls ==",
-            f"  CPU {self.cpu_s * 1000 / max(1, done):.2f} ms per call ({self.cpu_s:.2f} s over {done} calls, "
+            f"  CPU {self.cpu_s * 1000 / max(1, done):.2f} ms per call "
+            f"({self.cpu_s:.2f} s over {done} calls, "
             f"{self.wall_s:.1f} s wall; streaming {self.stream_s / max(1, done):.2f} s per call)",
             f"  set-up rate {rate:.1f} creates/s at the peer; busiest {WINDOW_S} s window: {busiest} creates",
             f"  start -> first frame p50 {pct(self.first_frame_ms, 50):.1f} ms, "
             f"p99 {pct(self.first_frame_ms, 99):.1f} ms (n={len(self.first_frame_ms)})",
             f"  lost {lost} (outcomes {dict(self.outcomes)}; {self.calls - len(c)} never created)",
-            f"  /healthz dialing: rate min {min(rates, default=float('nan')):.1f}/s, last {last.get('rate_per_s')}"
-            f"/s limited by {last.get('limited_by')} ({last.get('why')})",
+            f"  /healthz dialing: rate min {min(rates, default=float('nan')):.1f}/s, "
+            f"last {last.get('rate_per_s')}/s limited by {last.get('limited_by')} ({last.get('why')})",
             f"  {self.errors}",
         ]
 
@@ -249,7 +250,8 @@ async def measure(args: argparse.Namespace, *, database: str, cps: float, worker
             out.parent.mkdir(parents=True, exist_ok=True)
             profiler = await asyncio.create_subprocess_exec(
                 spy, "record", "--native", "--nonblocking", "-r", "250", "-p", str(service.pid),
-                "-f", "raw", "-o", str(out), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                "-f", "raw", "-o", str(out),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         body = {
             "template_text": MESSAGE,

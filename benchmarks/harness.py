@@ -189,7 +189,7 @@ async def start_nginx(work: Path, ports: list[int], listen: int) -> asyncio.subp
     nginx = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
     if nginx is None:
         raise SystemExit("nginx is not installed (apt-get install nginx)")
-    text = (Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf").read_text()
+    text = Path(__file__).resolve().parent.parent.joinpath("deploy", "nginx.conf").read_text()  # noqa: ASYNC240
     servers = re.findall(r"(?m)^\s*server 127\.0\.0\.1:\d+.*;\n", text)
     options = servers[0].split(None, 2)[2].rstrip(";\n ") if len(servers[0].split()) > 2 else ""
     text = text.replace(servers[0], "".join(f"    server 127.0.0.1:{p} {options};\n" for p in ports), 1)
@@ -197,14 +197,20 @@ async def start_nginx(work: Path, ports: list[int], listen: int) -> asyncio.subp
         text = text.replace(line, "", 1)
     text = re.sub(r"(?m)^(\s*)listen 80;$", rf"\1listen 127.0.0.1:{listen};", text)
     d = work / "nginx"
-    d.mkdir()
-    (d / "announcer.conf").write_text(text)
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
     temp = " ".join(f"{k}_temp_path {d / k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    (d / "nginx.conf").write_text(
-        f"{user}\ndaemon off;\nworker_processes 1;\npid {d / 'nginx.pid'};\nerror_log {d / 'error.log'} warn;\n"
-        f"events {{ worker_connections 8192; }}\nhttp {{ {temp} access_log off; include {d / 'announcer.conf'}; }}\n"
+    main = (
+        f"{user}\ndaemon off;\nworker_processes 1;\npid {d / 'nginx.pid'};\n"
+        f"error_log {d / 'error.log'} warn;\nevents {{ worker_connections 8192; }}\n"
+        f"http {{ {temp} access_log off; include {d / 'announcer.conf'}; }}\n"
     )
+
+    def write() -> None:
+        d.mkdir()
+        (d / "announcer.conf").write_text(text)
+        (d / "nginx.conf").write_text(main)
+
+    await asyncio.to_thread(write)
     return await asyncio.create_subprocess_exec(
         nginx, "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")
     )
