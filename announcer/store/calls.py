@@ -135,25 +135,25 @@ class CallStore:
 
     async def add_event(self, call_id: int, kind: str, **detail: Any) -> None:
         """Append to the call's trail and wait until it is committed."""
-        await self.journal.submit(partial(_add_event, call_id, kind, detail, utcnow()))
+        await self.journal.submit(partial(_add_event, call_id, kind, detail, utcnow()), call_id)
 
     def record(self, call_id: int, kind: str, **detail: Any) -> None:
         """Append to the call's trail without waiting (a live call's bookkeeping): written with the next
         batch, in order after everything recorded before it."""
-        self.journal.post(partial(_add_event, call_id, kind, detail, utcnow()))
+        self.journal.post(partial(_add_event, call_id, kind, detail, utcnow()), call_id)
 
     async def set_outcome(self, call_id: int, outcome: str, **detail: Any) -> None:
         """Record the outcome once: the first one that happens is the truth."""
-        await self.journal.submit(partial(_set_outcome, call_id, outcome, detail, utcnow()))
+        await self.journal.submit(partial(_set_outcome, call_id, outcome, detail, utcnow()), call_id)
 
     def record_outcome(self, call_id: int, outcome: str, **detail: Any) -> None:
         """`set_outcome` without waiting."""
-        self.journal.post(partial(_set_outcome, call_id, outcome, detail, utcnow()))
+        self.journal.post(partial(_set_outcome, call_id, outcome, detail, utcnow()), call_id)
 
     def record_amd(self, call_id: int, answered_by: str, amd_ms: int | None) -> None:
         """Twilio's machine detection verdict (AnsweredBy, MachineDetectionDuration), without waiting. The
         first verdict is the call's (Twilio posts one; a repeat is only noted in the trail)."""
-        self.journal.post(partial(_record_amd, call_id, answered_by, amd_ms, utcnow()))
+        self.journal.post(partial(_record_amd, call_id, answered_by, amd_ms, utcnow()), call_id)
 
     def record_facts(self, call_id: int, **facts: Any) -> None:
         """How much of the message played (`played_ms`) of how long it is (`message_ms`), and the keys
@@ -164,11 +164,11 @@ class CallStore:
         if "keys" in facts and facts["keys"] is not None:
             facts["keys"] = str(facts["keys"])[:_KEYS_CHARS]
         if facts:
-            self.journal.post(partial(_record_facts, call_id, facts, utcnow()))
+            self.journal.post(partial(_record_facts, call_id, facts, utcnow()), call_id)
 
     def record_in_progress(self, call_id: int) -> None:
         """The media stream started, so the call is answered (without waiting)."""
-        self.journal.post(partial(_stream_answered, call_id))
+        self.journal.post(partial(_stream_answered, call_id), call_id)
 
     async def apply_status(
         self,
@@ -186,7 +186,7 @@ class CallStore:
         With `call_sid` the report names the call by our row id (the signed status URL of a call we
         placed): the SID is recorded if the row has none yet, and a row with another SID is left alone."""
         applied = await self.journal.submit(
-            partial(_apply_status, call_id, status, sequence, source, duration_s, extra, call_sid)
+            partial(_apply_status, call_id, status, sequence, source, duration_s, extra, call_sid), call_id
         )
         if call_sid is not None and applied.moved:
             self._remember(call_sid, (call_id, True))

@@ -13,6 +13,15 @@ commit. Queued rows are written at the end of the batch in one multi-row INSERT 
 order queued: the ORM's unit of work per row cost more than all the rest of a call's bookkeeping.
 When a batch fails it is rolled back and its operations are retried one by one, so one bad operation (a
 row that vanished) costs only itself.
+
+Several processes on one PostgreSQL write the same calls' rows (a call's callbacks reach one process, its
+media stream another), each batch holding its row locks to its commit: two batches that lock two calls in
+opposite orders deadlock, and PostgreSQL breaks that only after `deadlock_timeout` (a second), failing one
+batch. So an operation names the call whose rows it writes (`key`), and a batch runs its operations in
+the order of their keys (stable: one call's operations keep their order; operations without a key, which
+lock no call's rows, first), and on PostgreSQL the batch first locks the rows of all its calls in one
+statement, in id order: every process then takes calls' locks in the same order, and a call's delivery
+row is only locked by whoever holds the call's.
 """
 
 from __future__ import annotations
@@ -20,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from announcer.store.models import Call
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,13 @@ class Batch:
             await self.session.execute(_insert_of(table), rows)
 
 
+_CALLS = cast(Table, Call.__table__)
+_LOCK_CALLS = (
+    select(_CALLS.c.id)
+    .where(_CALLS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_CALLS.c.id)
+    .with_for_update()
+)
 _INSERTS: dict[Table, Any] = {}
 
 
@@ -71,6 +89,14 @@ Operation = Callable[[Batch], Awaitable[Any]]
 _MAX_BATCH = 500  # bounds one transaction's length: a webhook behind it waits for at most this many
 
 
+_Item = tuple[int, Operation, "asyncio.Future[Any] | None"]  # (the call it writes, the operation, its waiter)
+_NO_KEY = -1  # before every call's id
+
+
+def _key(item: _Item) -> int:
+    return item[0]
+
+
 class JournalClosed(RuntimeError):
     """Submitted after `close()`."""
 
@@ -80,21 +106,22 @@ class Journal:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self._queue: list[tuple[Operation, asyncio.Future[Any] | None]] = []
+        self._queue: list[_Item] = []
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.batches = 0  # transactions written (a gauge for metrics and tests)
         self.operations = 0
 
-    def submit(self, op: Callable[[Batch], Awaitable[T]]) -> asyncio.Future[T]:
-        """Queue `op`; the future resolves with its result once its batch has committed."""
+    def submit(self, op: Callable[[Batch], Awaitable[T]], key: int | None = None) -> asyncio.Future[T]:
+        """Queue `op` (writing the rows of call `key`, if any); the future resolves with its result once its
+        batch has committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._enqueue(op, future)
+        self._enqueue(op, future, key)
         return future
 
-    def post(self, op: Operation) -> None:
+    def post(self, op: Operation, key: int | None = None) -> None:
         """Queue `op` with nobody waiting for it (a call's event trail): a failure is logged here."""
-        self._enqueue(op, None)
+        self._enqueue(op, None, key)
 
     async def flush(self) -> None:
         """Wait until everything queued before this call is committed (or has failed)."""
@@ -107,10 +134,10 @@ class Journal:
         if self._task is not None:
             await asyncio.wait([self._task])
 
-    def _enqueue(self, op: Operation, future: asyncio.Future[Any] | None) -> None:
+    def _enqueue(self, op: Operation, future: asyncio.Future[Any] | None, key: int | None) -> None:
         if self._closed:
             raise JournalClosed("the database journal is closed")
-        self._queue.append((op, future))
+        self._queue.append((_NO_KEY if key is None else key, op, future))
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name="db-journal")
 
@@ -119,19 +146,23 @@ class Journal:
             while self._queue:
                 batch = self._queue[:_MAX_BATCH]
                 del self._queue[:_MAX_BATCH]
+                batch.sort(key=_key)  # stable: each call's operations keep their order
                 await self._write(batch)
         finally:
             self._task = None
 
-    async def _write(self, batch: list[tuple[Operation, asyncio.Future[Any] | None]]) -> None:
+    async def _write(self, batch: list[_Item]) -> None:
         try:
             async with self._sessions() as session:
+                calls = sorted({key for key, _, _ in batch if key != _NO_KEY})
+                if calls and session.bind is not None and session.bind.dialect.name == "postgresql":
+                    await session.execute(_LOCK_CALLS, {"ids": calls})
                 work = Batch(session)
-                results = [await op(work) for op, _ in batch]
+                results = [await op(work) for _, op, _ in batch]
                 await work.write_rows()
                 await session.commit()
         except asyncio.CancelledError:
-            for _, future in batch:
+            for _, _, future in batch:
                 if future is not None and not future.done():
                     future.cancel()
             raise
@@ -143,7 +174,7 @@ class Journal:
                 for item in batch:
                     await self._write([item])
                 return
-            op, future = batch[0]
+            _, op, future = batch[0]
             if future is None:
                 log.error(
                     "a database write failed and is lost: %s", getattr(op, "__qualname__", op), exc_info=err
@@ -153,7 +184,7 @@ class Journal:
             return
         self.batches += 1
         self.operations += len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, _, future), result in zip(batch, results, strict=True):
             if future is not None and not future.done():
                 future.set_result(result)
 

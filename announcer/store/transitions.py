@@ -106,7 +106,9 @@ class TransitionRecords(DeliveryRecords):
         (store/delivery_states.py). A final state is followed by what the policy says: the next attempt
         (the delivery is `pending` again), a new delivery (a snooze), or nothing. Through the journal:
         several calls' moves share a transaction."""
-        return await self._journal.submit(partial(self._on_call_state, call_id, new, code, reason, source))
+        return await self._journal.submit(
+            partial(self._on_call_state, call_id, new, code, reason, source), call_id
+        )
 
     async def _on_call_state(
         self, call_id: int, new: DeliveryState, code: int | None, reason: str | None, source: str, b: Batch
