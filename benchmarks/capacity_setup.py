@@ -15,7 +15,8 @@ callbacks, stream start, marks, REST hang-up, outcome, journal. Printed per TWIL
   any 1.01 s window (what Twilio's per-account CPS sees);
 - stream `start` sent -> the first media frame received, p50 / p99;
 - calls lost: outcomes other than `heard` (hung_up_early above all), and calls never created;
-- the admission rate /healthz reported under "dialing" (polled every 0.5 s: the lowest and the last).
+- the admission rate /healthz reported under "dialing" (polled every 0.5 s: the lowest and the last);
+- on PostgreSQL, the deadlocks it detected in the run's database (pg_stat_database).
 
 (c) `announcer serve --workers 2` on one PostgreSQL behind Debian's nginx (deploy/nginx.conf, as
 tests/test_scale_out.py starts it), unpinned (two processes, two cores, the peers beside them): the
@@ -23,7 +24,8 @@ aggregate set-up rate and the account-wide CPS held (most creates in any 1.01 s 
 
 Usage: .venv/bin/python benchmarks/capacity.py setup [--calls 1000] [--cps 50 200 1000] [--db sqlite pg]
        [--profile DIR] ; .venv/bin/python benchmarks/capacity.py nginx [--calls 1000] [--cps 200]
-(--profile DIR attaches `py-spy record --native -r 250 -f raw` to the service over each run.)
+(--profile DIR attaches `py-spy record --native -r 250 -f raw` to the service over each run: it pauses the
+service at each sample, so take the numbers from a run without it.)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -45,6 +48,7 @@ from typing import Any
 
 import agent_bridge as lean
 import aiohttp
+import asyncpg  # type: ignore[import-untyped]
 from aiohttp import web
 from harness import (
     child_pids,
@@ -131,6 +135,7 @@ class Run:
     stream_s: float = 0.0
     dialing: list[dict[str, Any]] = field(default_factory=list)
     errors: str = ""
+    deadlocks: int | None = None  # PostgreSQL's count for the run's database
 
     def lines(self) -> list[str]:
         done = sum(self.outcomes.values())
@@ -156,7 +161,8 @@ class Run:
             f"  lost {lost} (outcomes {dict(self.outcomes)}; {self.calls - len(c)} never created)",
             f"  /healthz dialing: rate min {min(rates, default=float('nan')):.1f}/s, "
             f"last {last.get('rate_per_s')}/s limited by {last.get('limited_by')} ({last.get('why')})",
-            f"  {self.errors}",
+            f"  {self.errors}"
+            + ("" if self.deadlocks is None else f"; PostgreSQL deadlocks: {self.deadlocks}"),
         ]
 
 
@@ -166,6 +172,21 @@ def logged_errors(log: Path) -> str:
     ]
     kinds = Counter(ln.split(" ERROR ", 1)[-1][:100] for ln in lines)
     return f"service errors: {len(lines)}" + (f" e.g. {kinds.most_common(3)} (see {log})" if lines else "")
+
+
+async def pg_deadlocks(url: str) -> int:
+    """Deadlocks PostgreSQL detected in the database at `url` (each cost a batch a second and a retry)."""
+    conn = await asyncpg.connect(url.replace("+asyncpg", "", 1))
+    try:
+        for _ in range(20):  # a backend's counters reach the view shortly after it exits
+            await asyncio.sleep(0.1)
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+        found = await conn.fetchval(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return int(found or 0)
+    finally:
+        await conn.close()
 
 
 @contextlib.asynccontextmanager
@@ -244,12 +265,12 @@ async def measure(args: argparse.Namespace, *, database: str, cps: float, worker
         label += ", pinned to CPU 1" if workers == 1 else f", {workers} processes behind nginx"
         run = Run(label, args.calls)
         profiler = None
-        if args.profile and workers == 1:
+        if getattr(args, "profile", None) and workers == 1:
             spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
             out = Path(args.profile) / f"setup-{database}-{cps:g}.txt"
             out.parent.mkdir(parents=True, exist_ok=True)
             profiler = await asyncio.create_subprocess_exec(
-                spy, "record", "--native", "--nonblocking", "-r", "250", "-p", str(service.pid),
+                spy, "record", "--native", "-r", "250", "-p", str(service.pid),
                 "-f", "raw", "-o", str(out),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
@@ -277,7 +298,8 @@ async def measure(args: argparse.Namespace, *, database: str, cps: float, worker
         run.wall_s = time.monotonic() - t0
         run.cpu_s = sum(cpu_s(p) for p in pids) - cpu0
         if profiler is not None:
-            profiler.send_signal(2)
+            if profiler.returncode is None:
+                profiler.send_signal(signal.SIGINT)
             await profiler.wait()
         after: int | None = -1
         while after is not None:
@@ -295,6 +317,9 @@ async def measure(args: argparse.Namespace, *, database: str, cps: float, worker
             if began is not None:
                 run.stream_s += twilio.ended.get(call.sid, time.monotonic()) - began
         run.errors = logged_errors(log)
+        if database == "pg":
+            await stop(service)  # its connections close and report their counters
+            run.deadlocks = await pg_deadlocks(url)
     shutil.rmtree(work, ignore_errors=True)
     return run
 
