@@ -71,7 +71,9 @@ _LOCK_CALLS = (
     select(_CALLS.c.id)
     .where(_CALLS.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(_CALLS.c.id)
-    .with_for_update()
+    # The lock an UPDATE of the row takes: a row inserted elsewhere that refers to the call (its events)
+    # only takes a key-share lock, which this one does not wait for.
+    .with_for_update(key_share=True)
 )
 _INSERTS: dict[Table, Any] = {}
 
