@@ -19,8 +19,9 @@ media stream another), each batch holding its row locks to its commit: two batch
 opposite orders deadlock, and PostgreSQL breaks that only after `deadlock_timeout` (a second), failing one
 batch. So an operation names the call whose rows it writes (`key`), and a batch runs its operations in
 the order of their keys (stable: one call's operations keep their order; operations without a key, which
-lock no call's rows, first), and on PostgreSQL the batch first locks the rows of all its calls in one
-statement, in id order: every process then takes calls' locks in the same order, and a call's delivery
+lock no call's rows, first), and on PostgreSQL the batch first locks the rows of the calls it updates in
+one statement, in id order (one that only adds rows referring to a call, its events, takes no lock another
+batch waits for): every process then takes calls' locks in the same order, and a call's delivery
 row is only locked by whoever holds the call's.
 """
 
@@ -91,7 +92,8 @@ Operation = Callable[[Batch], Awaitable[Any]]
 _MAX_BATCH = 500  # bounds one transaction's length: a webhook behind it waits for at most this many
 
 
-_Item = tuple[int, Operation, "asyncio.Future[Any] | None"]  # (the call it writes, the operation, its waiter)
+# (the call it is about, the operation, its waiter, whether it updates the call's rows)
+_Item = tuple[int, Operation, "asyncio.Future[Any] | None", bool]
 _NO_KEY = -1  # before every call's id
 
 
@@ -114,16 +116,18 @@ class Journal:
         self.batches = 0  # transactions written (a gauge for metrics and tests)
         self.operations = 0
 
-    def submit(self, op: Callable[[Batch], Awaitable[T]], key: int | None = None) -> asyncio.Future[T]:
-        """Queue `op` (writing the rows of call `key`, if any); the future resolves with its result once its
-        batch has committed."""
+    def submit(
+        self, op: Callable[[Batch], Awaitable[T]], key: int | None = None, *, updates: bool = True
+    ) -> asyncio.Future[T]:
+        """Queue `op`, about call `key` if any (`updates`: it updates the call's rows, rather than only
+        adding rows that refer to it); the future resolves with its result once its batch has committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._enqueue(op, future, key)
+        self._enqueue(op, future, key, updates)
         return future
 
-    def post(self, op: Operation, key: int | None = None) -> None:
+    def post(self, op: Operation, key: int | None = None, *, updates: bool = True) -> None:
         """Queue `op` with nobody waiting for it (a call's event trail): a failure is logged here."""
-        self._enqueue(op, None, key)
+        self._enqueue(op, None, key, updates)
 
     async def flush(self) -> None:
         """Wait until everything queued before this call is committed (or has failed)."""
@@ -136,10 +140,12 @@ class Journal:
         if self._task is not None:
             await asyncio.wait([self._task])
 
-    def _enqueue(self, op: Operation, future: asyncio.Future[Any] | None, key: int | None) -> None:
+    def _enqueue(
+        self, op: Operation, future: asyncio.Future[Any] | None, key: int | None, updates: bool
+    ) -> None:
         if self._closed:
             raise JournalClosed("the database journal is closed")
-        self._queue.append((_NO_KEY if key is None else key, op, future))
+        self._queue.append((_NO_KEY if key is None else key, op, future, updates))
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name="db-journal")
 
@@ -156,15 +162,15 @@ class Journal:
     async def _write(self, batch: list[_Item]) -> None:
         try:
             async with self._sessions() as session:
-                calls = sorted({key for key, _, _ in batch if key != _NO_KEY})
+                calls = sorted({key for key, _, _, updates in batch if updates and key != _NO_KEY})
                 if calls and session.bind is not None and session.bind.dialect.name == "postgresql":
                     await session.execute(_LOCK_CALLS, {"ids": calls})
                 work = Batch(session)
-                results = [await op(work) for _, op, _ in batch]
+                results = [await op(work) for _, op, _, _ in batch]
                 await work.write_rows()
                 await session.commit()
         except asyncio.CancelledError:
-            for _, _, future in batch:
+            for _, _, future, _ in batch:
                 if future is not None and not future.done():
                     future.cancel()
             raise
@@ -176,7 +182,7 @@ class Journal:
                 for item in batch:
                     await self._write([item])
                 return
-            _, op, future = batch[0]
+            _, op, future, _ = batch[0]
             if future is None:
                 log.error(
                     "a database write failed and is lost: %s", getattr(op, "__qualname__", op), exc_info=err
@@ -186,7 +192,7 @@ class Journal:
             return
         self.batches += 1
         self.operations += len(batch)
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (_, _, future, _), result in zip(batch, results, strict=True):
             if future is not None and not future.done():
                 future.set_result(result)
 
