@@ -4,10 +4,9 @@ round trip), most of what a call's set-up costs in all, so their number per call
 
 Counted: every statement the service sends (SQLAlchemy's `before_cursor_execute`: one per round trip, a
 multi-row INSERT or an executemany is one) from an alert's POST until its calls have been placed,
-answered, played, hung up, and their writes committed. Left out, the statements the journal runs once per
-batch, however many calls share it (the event trail's INSERTs, and on PostgreSQL the lock of the batch's
-calls): their number follows how the calls happened to fall into batches on the machine, not what a call
-costs."""
+answered, played, hung up, and their writes committed. The event trail's INSERTs are left out: the journal
+writes them once per batch, however many calls share it, so their number follows how the calls happened
+to fall into batches on the machine, not what a call costs."""
 
 from __future__ import annotations
 
@@ -22,14 +21,11 @@ from tests.conftest import Service, eventually
 from tests.test_alerts import alert_body, finished, get, post
 
 CALLS = 10
-# Statements per call, measured 2026-12-07 with the service's own polling over the run included (a few per
-# call at this size): before issue 15's set-up work 27.3-28.0 on SQLite, 29.1-29.2 on PostgreSQL; after
-# 23.2-23.9 and 24.9-25.1.
-MAX_PER_CALL = 26.0
-BATCH_ROWS = re.compile(
-    r"^\s*(INSERT INTO (call_events|delivery_events)\b|SELECT calls\.id\s+FROM calls\s+WHERE calls\.id IN\b)",
-    re.I,
-)
+# Statements per call (SQLite, PostgreSQL), the service's own polling over the run included (a few per call
+# at this size, more on PostgreSQL: the account-wide dial rate), measured 2026-12-07: before issue 15's
+# set-up work 27.3-28.0 and 29.1-29.2, after 23.7-24.8 and 24.6-26.7.
+MAX_PER_CALL = (26.0, 27.5)
+BATCH_ROWS = re.compile(r"^\s*INSERT INTO (call_events|delivery_events)\b", re.I)
 
 
 async def test_a_call_costs_at_most_so_many_statements(service: Service) -> None:
@@ -58,7 +54,8 @@ async def test_a_call_costs_at_most_so_many_statements(service: Service) -> None
     status, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
     assert [d["outcome"] for d in page["deliveries"]] == ["heard"] * CALLS, page
     kinds = collections.Counter(" ".join(s.split())[:70] for s in seen)
-    assert len(seen) / CALLS <= MAX_PER_CALL, kinds.most_common()
+    most = MAX_PER_CALL[0] if service.app[DATABASE].is_sqlite else MAX_PER_CALL[1]
+    assert len(seen) / CALLS <= most, kinds.most_common()
 
 
 async def _placed(service: Service, n: int) -> bool:

@@ -135,14 +135,12 @@ class CallStore:
 
     async def add_event(self, call_id: int, kind: str, **detail: Any) -> None:
         """Append to the call's trail and wait until it is committed."""
-        await self.journal.submit(
-            partial(_add_event, call_id, kind, detail, utcnow()), call_id, updates=False
-        )
+        await self.journal.submit(partial(_add_event, call_id, kind, detail, utcnow()), call_id)
 
     def record(self, call_id: int, kind: str, **detail: Any) -> None:
         """Append to the call's trail without waiting (a live call's bookkeeping): written with the next
         batch, in order after everything recorded before it."""
-        self.journal.post(partial(_add_event, call_id, kind, detail, utcnow()), call_id, updates=False)
+        self.journal.post(partial(_add_event, call_id, kind, detail, utcnow()), call_id)
 
     async def set_outcome(self, call_id: int, outcome: str, **detail: Any) -> None:
         """Record the outcome once: the first one that happens is the truth."""
