@@ -32,7 +32,8 @@ class SignatureChecker:
         # over it settles nearly every webhook. The validator's own check (two HMACs, over the URL with and
         # without its port, after parsing it) is the fallback for a request to that URL written otherwise.
         computed = str(self._validator.compute_signature(url, params))
-        if hmac.compare_digest(computed.encode(), signature.encode()):  # bytes: any header text compares
+        # As bytes: any header text compares (a str with non-ASCII characters cannot).
+        if hmac.compare_digest(computed.encode(), signature.encode("utf-8", "replace")):
             return True
         return bool(self._validator.validate(url, params, signature))
 
