@@ -152,3 +152,65 @@ def premade_voice(local: LocalSynthesizer, min_bytes: int = 160) -> Callable[[st
         return (clip * (size // len(clip) + 1))[:size]
 
     return premade
+
+
+def consecutive_free_ports(n: int) -> int:
+    """The first of `n` consecutive free ports on 127.0.0.1 (what `serve --workers n` listens on)."""
+    for _ in range(50):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise SystemExit(f"no {n} consecutive free ports")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of `pid` (the workers of `serve --workers N`)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
+async def start_nginx(work: Path, ports: list[int], listen: int) -> asyncio.subprocess.Process:
+    """Debian's nginx with deploy/nginx.conf's site, its upstream `ports` and its own `listen` port (as
+    tests/test_scale_out.py starts it)."""
+    import pwd
+    import re
+    import shutil
+
+    nginx = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+    if nginx is None:
+        raise SystemExit("nginx is not installed (apt-get install nginx)")
+    text = Path(__file__).resolve().parent.parent.joinpath("deploy", "nginx.conf").read_text()  # noqa: ASYNC240
+    servers = re.findall(r"(?m)^\s*server 127\.0\.0\.1:\d+.*;\n", text)
+    options = servers[0].split(None, 2)[2].rstrip(";\n ") if len(servers[0].split()) > 2 else ""
+    text = text.replace(servers[0], "".join(f"    server 127.0.0.1:{p} {options};\n" for p in ports), 1)
+    for line in servers[1:]:
+        text = text.replace(line, "", 1)
+    text = re.sub(r"(?m)^(\s*)listen 80;$", rf"\1listen 127.0.0.1:{listen};", text)
+    d = work / "nginx"
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
+    temp = " ".join(f"{k}_temp_path {d / k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    main = (
+        f"{user}\ndaemon off;\nworker_processes 1;\npid {d / 'nginx.pid'};\n"
+        f"error_log {d / 'error.log'} warn;\nevents {{ worker_connections 8192; }}\n"
+        f"http {{ {temp} access_log off; include {d / 'announcer.conf'}; }}\n"
+    )
+
+    def write() -> None:
+        d.mkdir()
+        (d / "announcer.conf").write_text(text)
+        (d / "nginx.conf").write_text(main)
+
+    await asyncio.to_thread(write)
+    return await asyncio.create_subprocess_exec(
+        nginx, "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")
+    )

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -138,25 +138,25 @@ class CallStore:
 
     async def add_event(self, call_id: int, kind: str, **detail: Any) -> None:
         """Append to the call's trail and wait until it is committed."""
-        await self.journal.submit(partial(_add_event, call_id, kind, detail, utcnow()))
+        await self.journal.submit(partial(_add_event, call_id, kind, detail, utcnow()), call_id)
 
     def record(self, call_id: int, kind: str, **detail: Any) -> None:
         """Append to the call's trail without waiting (a live call's bookkeeping): written with the next
         batch, in order after everything recorded before it."""
-        self.journal.post(partial(_add_event, call_id, kind, detail, utcnow()))
+        self.journal.post(partial(_add_event, call_id, kind, detail, utcnow()), call_id)
 
     async def set_outcome(self, call_id: int, outcome: str, **detail: Any) -> None:
         """Record the outcome once: the first one that happens is the truth."""
-        await self.journal.submit(partial(_set_outcome, call_id, outcome, detail, utcnow()))
+        await self.journal.submit(partial(_set_outcome, call_id, outcome, detail, utcnow()), call_id)
 
     def record_outcome(self, call_id: int, outcome: str, **detail: Any) -> None:
         """`set_outcome` without waiting."""
-        self.journal.post(partial(_set_outcome, call_id, outcome, detail, utcnow()))
+        self.journal.post(partial(_set_outcome, call_id, outcome, detail, utcnow()), call_id)
 
     def record_amd(self, call_id: int, answered_by: str, amd_ms: int | None) -> None:
         """Twilio's machine detection verdict (AnsweredBy, MachineDetectionDuration), without waiting. The
         first verdict is the call's (Twilio posts one; a repeat is only noted in the trail)."""
-        self.journal.post(partial(_record_amd, call_id, answered_by, amd_ms, utcnow()))
+        self.journal.post(partial(_record_amd, call_id, answered_by, amd_ms, utcnow()), call_id)
 
     def record_facts(self, call_id: int, **facts: Any) -> None:
         """How much of the message played (`played_ms`) of how long it is (`message_ms`), and the keys
@@ -167,13 +167,11 @@ class CallStore:
         if "keys" in facts and facts["keys"] is not None:
             facts["keys"] = str(facts["keys"])[:_KEYS_CHARS]
         if facts:
-            self.journal.post(partial(_record_facts, call_id, facts, utcnow()))
+            self.journal.post(partial(_record_facts, call_id, facts, utcnow()), call_id)
 
     def record_in_progress(self, call_id: int) -> None:
         """The media stream started, so the call is answered (without waiting)."""
-        self.journal.post(
-            partial(_apply_status, call_id, CallStatus.IN_PROGRESS, None, "stream", None, None, None)
-        )
+        self.journal.post(partial(_stream_answered, call_id), call_id)
 
     async def apply_status(
         self,
@@ -191,7 +189,7 @@ class CallStore:
         With `call_sid` the report names the call by our row id (the signed status URL of a call we
         placed): the SID is recorded if the row has none yet, and a row with another SID is left alone."""
         applied = await self.journal.submit(
-            partial(_apply_status, call_id, status, sequence, source, duration_s, extra, call_sid)
+            partial(_apply_status, call_id, status, sequence, source, duration_s, extra, call_sid), call_id
         )
         if call_sid is not None and applied.moved:
             self._remember(call_sid, (call_id, True))
@@ -347,14 +345,28 @@ async def _apply_status(
     call_sid: str | None,
     b: Batch,
 ) -> StatusApplied:
-    call = (await b.session.execute(_CALL_FOR_STATUS, {"call_id": call_id})).first()
-    if call is None:
-        return StatusApplied(False, False)
     now = utcnow()
-    answered = call.answered_at is not None
     detail: dict[str, Any] = {"status": status.value, "source": source, **(extra or {})}
     if sequence is not None:
         detail["sequence"] = sequence
+    # A report mostly moves its call forward: one UPDATE whose conditions are the checks below. One
+    # it does not move (late, repeated, for another SID, or no row) is read and judged below.
+    params: dict[str, Any] = {"call_id": call_id, "v_status": status.value, "v_now": now}
+    if sequence is not None:
+        params["v_seq"] = sequence
+    if call_sid is not None:
+        params["v_sid"] = call_sid
+    if status in TERMINAL_STATUSES:
+        params["v_duration"] = duration_s
+    stmt = _forward(status, sequence is not None, call_sid is not None)
+    moved = (await b.session.execute(stmt, params)).first()
+    if moved is not None:
+        b.insert(_EVENTS, _event(call_id, "status", detail, now))
+        return StatusApplied(True, moved[0] is not None)
+    call = (await b.session.execute(_CALL_FOR_STATUS, {"call_id": call_id})).first()
+    if call is None:
+        return StatusApplied(False, False)
+    answered = call.answered_at is not None
     if call_sid is not None and call.call_sid not in (None, call_sid):
         detail["reason"] = f"reported for {call_sid}, but this call is {call.call_sid}"
         b.insert(_EVENTS, _event(call_id, "status_ignored", detail, now))
@@ -384,6 +396,17 @@ async def _apply_status(
     return StatusApplied(True, answered)
 
 
+async def _stream_answered(call_id: int, b: Batch) -> None:
+    """The media stream started, so the call is answered. Mostly its `in-progress` callback came first and
+    this changes only the trail: one UPDATE that moves the call if nothing did yet, no read (the stream's
+    grant came from the call's row, so there is one)."""
+    now = utcnow()
+    params = {"call_id": call_id, "v_status": CallStatus.IN_PROGRESS.value, "v_now": now}
+    moved = (await b.session.execute(_forward(CallStatus.IN_PROGRESS, False, False), params)).first()
+    detail = {"status": CallStatus.IN_PROGRESS.value, "source": "stream"}
+    b.insert(_EVENTS, _event(call_id, "status" if moved is not None else "status_ignored", detail, now))
+
+
 # Built once, on the tables rather than the mapped classes: these run several times per call, and a
 # statement built per use costs its construction, its cache key and the ORM's bulk-update machinery
 # every time. An UPDATE without `.values()` sets the columns named by the parameters given.
@@ -397,6 +420,39 @@ _CALL_FOR_STATUS = (
     .with_for_update()
 )
 _UPDATE_CALL = update(_CALLS).where(_CALLS.c.id == bindparam("call_id"))
+_FORWARD: dict[tuple[CallStatus, bool, bool], Any] = {}
+
+
+def _forward(status: CallStatus, with_sequence: bool, with_sid: bool) -> Any:
+    """`_apply_status`'s move as one UPDATE: it matches only a row the report moves forward (a status of
+    lower rank and not over, an older SequenceNumber, no other SID) and returns `answered_at` after it.
+    Built once per kind of report."""
+    key = (status, with_sequence, with_sid)
+    stmt = _FORWARD.get(key)
+    if stmt is None:
+        c = _CALLS.c
+        behind = [
+            s.value for s in CallStatus if s not in TERMINAL_STATUSES and status_rank(s) < status_rank(status)
+        ]
+        where = [c.id == bindparam("call_id"), c.status.in_(behind)]
+        now = bindparam("v_now", type_=c.updated_at.type)
+        values: dict[str, Any] = {"status": bindparam("v_status", type_=c.status.type), "updated_at": now}
+        if with_sequence:
+            where.append(c.last_sequence < bindparam("v_seq", type_=c.last_sequence.type))
+            values["last_sequence"] = bindparam("v_seq", type_=c.last_sequence.type)
+        if with_sid:
+            sid = bindparam("v_sid", type_=c.call_sid.type)
+            where.append(or_(c.call_sid.is_(None), c.call_sid == sid))
+            values["call_sid"] = sid
+        if status == CallStatus.IN_PROGRESS:
+            values["answered_at"] = func.coalesce(c.answered_at, now)
+        if status in TERMINAL_STATUSES:
+            values["ended_at"] = now
+            values["duration_s"] = bindparam("v_duration", type_=c.duration_s.type)
+        stmt = _FORWARD[key] = update(_CALLS).where(*where).values(values).returning(c.answered_at)
+    return stmt
+
+
 _SET_AMD = update(_CALLS).where(_CALLS.c.id == bindparam("call_id"), _CALLS.c.answered_by.is_(None))
 _SET_OUTCOME = update(_CALLS).where(_CALLS.c.id == bindparam("call_id"), _CALLS.c.outcome.is_(None))
 _USE_TOKEN = (

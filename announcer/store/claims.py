@@ -150,7 +150,7 @@ class ClaimRecords(DeliveryRecords):
         """Twilio accepted the call: its SID belongs to this attempt. False when the alert was canceled
         while the request was on its way (the caller then cancels the call). Through the journal: at
         50 calls a second these share transactions."""
-        return await self._journal.submit(partial(_dialed, claim, call_sid, utcnow()))
+        return await self._journal.submit(partial(_dialed, claim, call_sid, utcnow()), claim.call_id)
 
     async def refusals(self, claim: Claim) -> Refusals:
         """How often Twilio refused to place this attempt's call, this time included, and since when: each

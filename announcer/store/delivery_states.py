@@ -37,6 +37,15 @@ def moves_forward(current: DeliveryState, current_attempt: int, new: DeliverySta
     return not is_final(current) and rank(new) > rank(current)
 
 
+def forward_from(new: DeliveryState) -> list[DeliveryState]:
+    """The states `moves_forward` lets a delivery leave for `new` within the same attempt."""
+    return [
+        state
+        for state in DeliveryState
+        if state != DeliveryState.PENDING and not is_final(state) and rank(new) > rank(state)
+    ]
+
+
 def state_for_call_status(status: CallStatus, *, answered: bool) -> DeliveryState | None:
     """What a Twilio call status means for its delivery; None when it means nothing new."""
     match status:

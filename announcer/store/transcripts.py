@@ -22,11 +22,13 @@ _UPDATE_TURN = (
 
 
 def add_turn(journal: Journal, call_id: int, seq: int, role: str, text: str, at: datetime) -> None:
-    journal.post(partial(_add, {"call_id": call_id, "seq": seq, "role": role, "text": text, "at": at}))
+    journal.post(
+        partial(_add, {"call_id": call_id, "seq": seq, "role": role, "text": text, "at": at}), call_id
+    )
 
 
 def change_turn(journal: Journal, call_id: int, seq: int, **values: Any) -> None:
-    journal.post(partial(_change, call_id, seq, values))
+    journal.post(partial(_change, call_id, seq, values), call_id)
 
 
 async def turns(sessions: async_sessionmaker[AsyncSession], call_id: int) -> list[TranscriptTurn]:

@@ -25,7 +25,7 @@ from announcer.store.delivery_rows import (
     call_facts,
     event,
 )
-from announcer.store.delivery_states import is_final, moves_forward
+from announcer.store.delivery_states import forward_from, is_final, moves_forward
 from announcer.store.journal import Batch
 from announcer.store.models import Alert, AlertStatus, Call, Delivery, DeliveryState, utcnow
 from announcer.store.opt_outs import record_opt_out
@@ -42,6 +42,34 @@ _DELIVERY_OF_CALL = (
     .where(CALLS.c.id == bindparam("call_id"))
     .with_for_update(of=DELIVERIES)
 )
+
+_FORWARD: dict[DeliveryState, Any] = {}
+
+
+def _forward(new: DeliveryState) -> Any:
+    """`_on_call_state`'s move to a state that is not final, as one UPDATE matching only a delivery on its
+    call's attempt that the move takes forward; returns (id, alert_id, attempt). Built once per state."""
+    stmt = _FORWARD.get(new)
+    if stmt is None:
+        d, c = DELIVERIES.c, CALLS.c
+        call = bindparam("v_call", type_=c.id.type)  # not "call_id": a column of deliveries
+        values: dict[str, Any] = {
+            "state": bindparam("v_state", type_=d.state.type),
+            "updated_at": bindparam("v_now", type_=d.updated_at.type),
+        }
+        if new == DeliveryState.IN_PROGRESS:
+            values["lease_expires_at"] = None
+        stmt = _FORWARD[new] = (
+            update(DELIVERIES)
+            .where(
+                d.id == select(c.delivery_id).where(c.id == call).scalar_subquery(),
+                d.attempt == select(c.attempt).where(c.id == call).scalar_subquery(),
+                d.state.in_([state.value for state in forward_from(new)]),
+            )
+            .values(values)
+            .returning(d.id, d.alert_id, d.attempt)
+        )
+    return stmt
 
 
 @dataclass(frozen=True)
@@ -78,13 +106,29 @@ class TransitionRecords(DeliveryRecords):
         (store/delivery_states.py). A final state is followed by what the policy says: the next attempt
         (the delivery is `pending` again), a new delivery (a snooze), or nothing. Through the journal:
         several calls' moves share a transaction."""
-        return await self._journal.submit(partial(self._on_call_state, call_id, new, code, reason, source))
+        return await self._journal.submit(
+            partial(self._on_call_state, call_id, new, code, reason, source), call_id
+        )
 
     async def _on_call_state(
         self, call_id: int, new: DeliveryState, code: int | None, reason: str | None, source: str, b: Batch
     ) -> Move | None:
         now = utcnow()
         s = b.session
+        if not is_final(new):
+            # Ringing and answered, in order, on the call's own attempt: one UPDATE whose conditions are
+            # `moves_forward`'s. Anything else (a late or repeated report, another attempt's) is read and
+            # judged below.
+            params = {"v_call": call_id, "v_state": new.value, "v_now": now}
+            moved = (await s.execute(_forward(new), params)).first()
+            if moved is not None:
+                said: dict[str, Any] = {"state": new.value, "attempt": moved[2], "source": source}
+                if code is not None:
+                    said["code"] = code
+                if reason:
+                    said["reason"] = reason[:300]
+                b.insert(EVENTS, event(moved[0], "state", now, **said))
+                return Move(moved[0], moved[1], new, moved[2], final=False)
         # Core for the common moves (ringing, answered, a late callback): several per call.
         row = (await s.execute(_DELIVERY_OF_CALL, {"call_id": call_id})).first()
         if row is None or row[4] is None:

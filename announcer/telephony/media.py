@@ -113,6 +113,7 @@ class MediaSession:
         self._keys = ""  # every key pressed, in order (a call fact)
         self.played_ms: int | None = None  # of the message (or the voicemail message), from its marks
         self.message_ms: int | None = None
+        self._facts_recorded: dict[str, Any] | None = None  # what `_record_facts` wrote last
         self._measured: str | None = None  # the text whose played_ms / message_ms these are
 
     # --- reader ---------------------------------------------------------------------------------
@@ -586,7 +587,10 @@ class MediaSession:
         facts = {k: v for k, v in facts.items() if v is not None}
         if self._keys:
             facts["keys"] = self._keys
-        if facts:
+        # Recorded with the outcome and again when the stream closes: mostly nothing changed in between,
+        # and an UPDATE per call is saved.
+        if facts and facts != self._facts_recorded:
+            self._facts_recorded = facts
             self.deps.store.record_facts(self.grant.call_id, **facts)
 
     def _record(self, kind: str, **detail: Any) -> None:
