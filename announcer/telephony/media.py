@@ -412,7 +412,7 @@ class MediaSession:
         assert self.start is not None and self.grant is not None and self.started_at is not None
         sid = self.start.stream_sid
         playout = self._playout
-        send = self._out.send
+        send, queue = self._out.send, self._out.queue
         media_message = codec.media_message
         t0 = self.started_at
         # The message and the voicemail message tell how much of them has played (played_ms).
@@ -427,8 +427,11 @@ class MediaSession:
         try:
             async with aclosing(self.deps.speaker.frames(text, self._on_speech_event)) as frames:
                 async for payload in frames:
-                    await playout.room()
-                    await send(media_message(sid, payload))
+                    # Awaited only when there is something to wait for: most frames cost no coroutine.
+                    if not playout.has_room():
+                        await playout.room()
+                    if queue(media_message(sid, payload)):
+                        await self._out.drain()
                     playout.sent()
                     sent += 1
                     if every and sent % every == 0:

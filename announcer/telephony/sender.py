@@ -55,9 +55,10 @@ class Sender:
         self._frames: list[bytes] = []
         self._scheduled = False
 
-    async def send(self, text: str) -> None:
-        """Queue one message; it is written with the rest of this loop turn's. Raises ConnectionResetError
-        once the socket is closing, as aiohttp's `send_str` does."""
+    def queue(self, text: str) -> bool:
+        """Queue one message; it is written with the rest of this loop turn's. True when the transport is
+        paused (the peer reads slower than we write): `drain` before queueing more, as aiohttp's writer
+        does. Raises ConnectionResetError once the socket is closing, as aiohttp's `send_str` does."""
         transport = self._request.transport
         if transport is None or transport.is_closing() or self._ws.closed:
             raise ConnectionResetError("Cannot write to closing transport")
@@ -65,10 +66,17 @@ class Sender:
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
-        if self._request.protocol.writing_paused:
-            # The peer reads slower than we write: as aiohttp's writer, wait until the buffer drains.
-            self.flush()
-            await self._writer.drain()
+        return self._request.protocol.writing_paused
+
+    async def drain(self) -> None:
+        """Write what is queued, and wait until the transport takes more."""
+        self.flush()
+        await self._writer.drain()
+
+    async def send(self, text: str) -> None:
+        """`queue`, and `drain` when the transport is paused."""
+        if self.queue(text):
+            await self.drain()
 
     def flush(self) -> None:
         """Write what is queued now (before anything aiohttp writes itself, such as a close frame)."""
