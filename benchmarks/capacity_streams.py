@@ -28,7 +28,8 @@ The calls are placed through the service (`POST /v1/alerts`, TWILIO_CPS=--cps, s
   - underruns: frames that arrived after their play-out time (calls affected), over the window;
   - write() syscalls per frame sent (/proc/PID/io syscw), the service's event-loop behaviour in brief;
   - start: `start` -> first media frame p50 / p99 of the stage's new streams, and streams timed out at
-    start (no media frame within START_WAIT_S of `start`, or closed by the service before one);
+    start (no media frame within START_WAIT_S of `start`, or closed by the service before one); the
+    ramp: the stage's starts per second (admission control may place calls slower than --cps);
   - the generator's own CPU share and how late its 1 ms slots ran (p99): a late generator makes the
     service look late, so read the underruns with it.
 
@@ -89,6 +90,7 @@ SLOTS = 20
 RING_S = 0.5
 JITTER_S = 0.06
 START_WAIT_S = 10.0
+RAMP_WAIT_S = 300.0
 CLIP_S = 240  # longer than any run: every stream speaks through all the windows
 SERVICE_CPU, GENERATOR_CPU = 1, 0
 
@@ -588,7 +590,9 @@ async def run_on(args: argparse.Namespace, relay: bool, database_url: str | None
                 await post_alert(http, public, body, stage)
             placed = n
             # Until every stream of the stage has its first frame (or has timed out at start).
-            deadline = time.monotonic() + (n - first) / args.cps * 3 + START_WAIT_S + 30
+            # Admission control may place the calls slower than --cps (a busy process, a busy machine):
+            # the stage waits for them (at most RAMP_WAIT_S), then for every stream's first frame.
+            deadline = time.monotonic() + RAMP_WAIT_S
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
                 news = gen.phones[first:]
@@ -609,8 +613,10 @@ async def run_on(args: argparse.Namespace, relay: bool, database_url: str | None
                 and p.first_media_at - p.start_sent_at <= START_WAIT_S
             ]  # fmt: skip
             stage.start_p50_ms, stage.start_p99_ms = pct(waits, 50), pct(waits, 99)
-            stage.start_timeouts = (n - first) - len(waits)
             starts = [p.start_sent_at for p in news if p.start_sent_at is not None]
+            stage.start_timeouts = len(starts) - len(waits)
+            if len(starts) < n - first:
+                stage.notes.append(f"{n - first - len(starts)} of the stage's calls never started a stream")
             if len(starts) > 1:
                 stage.started_per_s = (len(starts) - 1) / (max(starts) - min(starts) or 1e-9)
             await asyncio.sleep(args.settle)
@@ -636,7 +642,7 @@ async def run_on(args: argparse.Namespace, relay: bool, database_url: str | None
             stage.pressure_s = pr1 - pr0
             if gen.refused:
                 stage.notes.append(f"{gen.refused} connections refused so far")
-            print(stage.line(), flush=True)
+            print(stage.line() + "".join(f"\n        {note}" for note in stage.notes), flush=True)
             stages.append(stage)
         return stages
     finally:
