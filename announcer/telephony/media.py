@@ -53,6 +53,7 @@ from announcer.telephony.tokens import TokenBook
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
+_SOCKET_ENDED = frozenset((WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED))
 SILENT_S = 20.0  # no message at all for this long: the peer is gone (Twilio sends media every 20 ms)
 MAX_BAD_MESSAGES = 20
 # Listening for a hello ends on the callee's audio (telephony/hello.py); this much more is the backstop
@@ -126,9 +127,15 @@ class MediaSession:
         self._check_alive()
         try:
             async with asyncio.timeout(START_TIMEOUT_S) as deadline:
-                async for msg in self.ws:
+                # receive() itself rather than `async for`: one coroutine less per message, 50 a second
+                # per call; the end of the socket is what ends the iteration.
+                receive = self.ws.receive
+                while True:
+                    msg = await receive()
+                    if msg.type in _SOCKET_ENDED:
+                        break
                     self._heard += 1
-                    if msg.type == WSMsgType.TEXT:
+                    if msg.type is WSMsgType.TEXT:
                         raw: str = msg.data
                         if codec.is_media(raw):
                             # Hot path: an announcement does not listen to the caller's audio; an agent
