@@ -46,6 +46,9 @@ def _settings_or_exit() -> Settings:
         raise SystemExit(2) from None
 
 
+GC_YOUNG = 10_000
+
+
 async def _freeze_startup_heap(app: web.Application) -> None:
     """Once everything is imported and opened, move those objects out of the garbage collector's view,
     and turn the collector back on (`cmd_serve` turned it off: the CPython docs' "gc.disable() early,
@@ -54,8 +57,15 @@ async def _freeze_startup_heap(app: web.Application) -> None:
     A full collection scans every tracked object and stops the event loop while it does: with the SDKs,
     SQLAlchemy and aiohttp loaded that is tens of milliseconds, felt by every live call as a late frame.
     What exists at start lives for the whole process anyway. No collection first: it took 0.14 s of the
-    start to free some 2,000 objects of import-time garbage, which are frozen with the rest instead."""
+    start to free some 2,000 objects of import-time garbage, which are frozen with the rest instead.
+
+    The youngest generation is collected every GC_YOUNG allocations rather than CPython's 700: each media
+    message allocates a few short-lived containers (a future, a coroutine, the message), 100,000 a second
+    at 1,000 calls, and a collection every 700 of them promotes whatever is in flight at that instant
+    (every session's pending read) towards the old generations, whose collections scan every live
+    session. A py-spy profile at 300 calls had the collector at 8.6 % of the process with the default."""
     gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
     gc.enable()
 
 
