@@ -23,7 +23,9 @@ process, the load generator, is pinned to CPU 0 and plays Twilio:
 The calls are placed through the service (`POST /v1/alerts`, TWILIO_CPS=--cps, so Twilio's ramp of about
 100 starts a second), in stages: up to 300, then 600, then 1,000 live streams; at each stage, after
 --settle seconds, a window of --seconds measures:
-  - CPU per call-second: the service's user+sys CPU over the window / (live calls x window);
+  - CPU per call-second: the service's user+sys CPU over the window / (live calls x window); and per
+    frame delivered (a process starved of CPU by other work sends fewer frames, in bigger bursts, so its
+    CPU per call-second falls: per frame delivered is the fairer number then);
   - frames delivered: media frames received by the phones in the window / 50 per live call-second;
   - underruns: frames that arrived after their play-out time (calls affected), over the window;
   - write() syscalls per frame sent (/proc/PID/io syscw), the service's event-loop behaviour in brief;
@@ -478,6 +480,7 @@ class Stage:
     calls: int
     live: int = 0
     cpu_ms_per_call_s: float = float("nan")
+    cpu_us_per_frame: float = float("nan")
     delivered: float = float("nan")
     underruns: int = 0
     underrun_calls: int = 0
@@ -493,7 +496,8 @@ class Stage:
 
     def line(self) -> str:
         return (
-            f"{self.calls:>5} calls: live {self.live}, CPU {self.cpu_ms_per_call_s:.3f} ms/call-s, "
+            f"{self.calls:>5} calls: live {self.live}, CPU {self.cpu_ms_per_call_s:.3f} ms/call-s "
+            f"({self.cpu_us_per_frame:.1f} us per frame delivered), "
             f"frames delivered {self.delivered * 100:.2f} %, underruns {self.underruns} "
             f"({self.underrun_calls} calls), write() per frame {self.writes_per_frame:.2f}, "
             f"start->first frame p50 {self.start_p50_ms:.0f} / p99 {self.start_p99_ms:.0f} ms, "
@@ -634,6 +638,7 @@ async def run_on(args: argparse.Namespace, relay: bool, database_url: str | None
             frames = sum(p.frames_in - frames0[id(p)] for p in live)
             stage.cpu_ms_per_call_s = (cpu1 - cpu0) * 1000 / (len(live) * window) if live else float("nan")
             stage.delivered = frames / (len(live) * window / FRAME_S) if live else float("nan")
+            stage.cpu_us_per_frame = (cpu1 - cpu0) * 1e6 / frames if frames else float("nan")
             per_call = [p.underruns - under0[id(p)] for p in live]
             stage.underruns, stage.underrun_calls = sum(per_call), sum(1 for u in per_call if u)
             stage.writes_per_frame = (w1 - w0) / frames if frames else float("nan")
