@@ -46,7 +46,9 @@ async def test_a_talking_stream_stays_and_a_silent_one_is_dropped(
                     aiohttp.WSMsgType.ERROR,
                 ):
                     pass
-            assert loop.time() - silent_from >= SILENT_S
+            # Dropped one or two checks into the silence (the last frame may have landed just before a check):
+            # never at once.
+            assert loop.time() - silent_from >= SILENT_S / 2
     await eventually(lambda: _closed(service, call_sid))
 
 
