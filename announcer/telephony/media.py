@@ -180,8 +180,9 @@ class MediaSession:
     def _check_alive(self) -> None:
         """Twilio sends a `media` message every 20 ms for as long as the call lasts, so a stream that has
         sent nothing for SILENT_S is gone (a peer that vanished without closing its TCP connection): the
-        connection is dropped and the reader ends the call. Checked every SILENT_S with one timer per stream,
-        rather than aiohttp's heartbeat, which re-arms a timer for every message received."""
+        connection is dropped and the reader ends the call (20-40 s into the silence: the check looks at
+        whole intervals). One timer per stream every SILENT_S, rather than aiohttp's heartbeat, which re-arms
+        a timer for every message received."""
         if self._heard == self._heard_checked:
             log.warning("media stream silent for %.0f s; dropping the connection", SILENT_S)
             self._liveness = None
