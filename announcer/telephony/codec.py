@@ -68,6 +68,7 @@ class Stop:
 
 Inbound = Connected | Start | Media | Dtmf | Mark | Stop
 
+_MEDIA_PREFIX = '{"event":"media",'
 _LEADING_EVENT = re.compile(r'\s*\{\s*"event"\s*:\s*"(\w+)"')
 _SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
 _DIGITS = frozenset("0123456789*#ABCDabcdw")
@@ -80,6 +81,8 @@ def is_media(raw: str) -> bool:
     Recognised without parsing the JSON. False means "parse it": a peer that orders keys differently
     still works, through `parse`, just without the fast path.
     """
+    if raw.startswith(_MEDIA_PREFIX):  # Twilio's own spelling, byte for byte: no regex needed
+        return True
     m = _LEADING_EVENT.match(raw)
     return m is not None and m.group(1) == "media"
 

@@ -45,6 +45,7 @@ from announcer.telephony.handoff import (
 from announcer.telephony.hello import HelloEar
 from announcer.telephony.live import LiveCalls
 from announcer.telephony.playout import PlayoutClock
+from announcer.telephony.sender import Sender
 from announcer.telephony.signature import HEADER as SIGNATURE_HEADER
 from announcer.telephony.signature import SignatureChecker
 from announcer.telephony.tokens import TokenBook
@@ -52,6 +53,8 @@ from announcer.telephony.tokens import TokenBook
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
+_SOCKET_ENDED = frozenset((WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED))
+SILENT_S = 20.0  # no message at all for this long: the peer is gone (Twilio sends media every 20 ms)
 MAX_BAD_MESSAGES = 20
 # Listening for a hello ends on the callee's audio (telephony/hello.py); this much more is the backstop
 # should their audio not come at all.
@@ -88,12 +91,16 @@ class MediaDeps:
 
 
 class MediaSession:
-    def __init__(self, ws: web.WebSocketResponse, deps: MediaDeps) -> None:
+    def __init__(self, ws: web.WebSocketResponse, out: Sender, deps: MediaDeps) -> None:
         self.ws = ws
+        self._out = out  # every message to Twilio goes through it, in order (telephony/sender.py)
         self.deps = deps
         self.start: codec.Start | None = None
         self.grant: StreamGrant | None = None
         self.media_in = 0
+        self._heard = 0  # messages read, of any kind: what the liveness check looks at
+        self._heard_checked = -1
+        self._liveness: asyncio.TimerHandle | None = None
         self.bad = 0
         self.recorded_problems = 0
         self._connected = False  # Twilio's first message; one is expected before `start`
@@ -119,10 +126,18 @@ class MediaSession:
     # --- reader ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._check_alive()
         try:
             async with asyncio.timeout(START_TIMEOUT_S) as deadline:
-                async for msg in self.ws:
-                    if msg.type == WSMsgType.TEXT:
+                # receive() itself rather than `async for`: one coroutine less per message, 50 a second
+                # per call; the end of the socket is what ends the iteration.
+                receive = self.ws.receive
+                while True:
+                    msg = await receive()
+                    if msg.type in _SOCKET_ENDED:
+                        break
+                    self._heard += 1
+                    if msg.type is WSMsgType.TEXT:
                         raw: str = msg.data
                         if codec.is_media(raw):
                             # Hot path: an announcement does not listen to the caller's audio; an agent
@@ -159,7 +174,24 @@ class MediaSession:
             log.warning("media stream sent no valid start within %.0f s; closing", START_TIMEOUT_S)
             await self._close(WSCloseCode.POLICY_VIOLATION, "no start message")
         finally:
+            if self._liveness is not None:
+                self._liveness.cancel()
+                self._liveness = None
             await self._finish(reason="socket closed")
+
+    def _check_alive(self) -> None:
+        """Twilio sends a `media` message every 20 ms for as long as the call lasts, so a stream that has
+        sent nothing for SILENT_S is gone (a peer that vanished without closing its TCP connection): the
+        connection is dropped and the reader ends the call (20-40 s into the silence: the check looks at
+        whole intervals). One timer per stream every SILENT_S, rather than aiohttp's heartbeat, which re-arms
+        a timer for every message received."""
+        if self._heard == self._heard_checked:
+            log.warning("media stream silent for %.0f s; dropping the connection", SILENT_S)
+            self._liveness = None
+            self._out.abort()
+            return
+        self._heard_checked = self._heard
+        self._liveness = asyncio.get_running_loop().call_later(SILENT_S, self._check_alive)
 
     def _protocol_problem(self, what: str) -> None:
         self.bad += 1
@@ -337,10 +369,10 @@ class MediaSession:
             case flow.StopSpeaking():
                 await self._stop_speaking()
             case flow.Clear():
-                await self.ws.send_str(codec.clear_message(self.start.stream_sid))
+                await self._out.send(codec.clear_message(self.start.stream_sid))
                 self._playout.cleared()
             case flow.SendMark(name):
-                await self.ws.send_str(codec.mark_message(self.start.stream_sid, name))
+                await self._out.send(codec.mark_message(self.start.stream_sid, name))
             case flow.StartDeadline(timer, seconds):
                 self._cancel_deadline()
                 self._deadline = asyncio.create_task(
@@ -390,7 +422,7 @@ class MediaSession:
         assert self.start is not None and self.grant is not None and self.started_at is not None
         sid = self.start.stream_sid
         playout = self._playout
-        send = self.ws.send_str
+        send, queue = self._out.send, self._out.queue
         media_message = codec.media_message
         t0 = self.started_at
         # The message and the voicemail message tell how much of them has played (played_ms).
@@ -405,8 +437,11 @@ class MediaSession:
         try:
             async with aclosing(self.deps.speaker.frames(text, self._on_speech_event)) as frames:
                 async for payload in frames:
-                    await playout.room()
-                    await send(media_message(sid, payload))
+                    # Awaited only when there is something to wait for: most frames cost no coroutine.
+                    if not playout.has_room():
+                        await playout.room()
+                    if queue(media_message(sid, payload)):
+                        await self._out.drain()
                     playout.sent()
                     sent += 1
                     if every and sent % every == 0:
@@ -493,7 +528,7 @@ class MediaSession:
                 heard_text=heard_text,
                 offer=offer,
                 stream_sid=self.start.stream_sid,
-                send=self.ws.send_str,
+                send=self._out.send,
                 record=self._record,
                 on_connected=self._agent_connected,
                 on_end=self._agent_ended,
@@ -563,6 +598,7 @@ class MediaSession:
 
     async def _close(self, code: int, reason: str) -> None:
         if not self.ws.closed:
+            self._out.flush()  # what was said before the close frame goes out before it
             await self.ws.close(code=code, message=reason.encode()[:120])
 
     # --- bookkeeping ----------------------------------------------------------------------------
@@ -614,12 +650,13 @@ async def media_websocket(
         if not any(signature.valid(url, {}, header) for url in candidates):
             raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
     # No permessage-deflate: 50 small frames a second per call would each be compressed (CPU for nothing:
-    # base64 mu-law barely compresses), and Twilio does not ask for it anyway.
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=256 * 1024, compress=False)
-    await ws.prepare(request)
+    # base64 mu-law barely compresses), and Twilio does not ask for it anyway. No aiohttp heartbeat: the
+    # session checks the stream is alive itself, for less (MediaSession._check_alive).
+    ws = web.WebSocketResponse(max_msg_size=256 * 1024, compress=False)
+    writer = await ws.prepare(request)
     open_sockets.add(ws)
     try:
-        await MediaSession(ws, deps).run()
+        await MediaSession(ws, Sender(ws, request, writer), deps).run()
     finally:
         open_sockets.discard(ws)
     return ws

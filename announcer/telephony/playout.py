@@ -116,6 +116,10 @@ class Playout:
         self.play_end = (self.play_end if self.play_end > now else now) + self._clock.frame_s
         self.frames_sent += 1
 
+    def has_room(self) -> bool:
+        """Under the window: the next frame may go now (a check that allocates nothing, for the hot path)."""
+        return self.play_end - time.monotonic() < self._clock.ahead_s
+
     async def room(self) -> None:
         """Return at once while under the window; otherwise wait for the clock to make room."""
         ahead = self.play_end - time.monotonic()
