@@ -6,7 +6,9 @@ Counted: every statement the service sends (SQLAlchemy's `before_cursor_execute`
 multi-row INSERT or an executemany is one) from an alert's POST until its calls have been placed,
 answered, played, hung up, and their writes committed. The event trail's INSERTs are left out: the journal
 writes them once per batch, however many calls share it, so their number follows how the calls happened
-to fall into batches on the machine, not what a call costs."""
+to fall into batches on the machine, not what a call costs. So are the service's polls (the dispatcher's
+open-calls count and next-due instant, the outbox's and the account rate's): how many run over the test
+follows how long it took on the machine (15-23 open-calls counts for the same ten calls), not the calls."""
 
 from __future__ import annotations
 
@@ -21,18 +23,23 @@ from tests.conftest import Service, eventually
 from tests.test_alerts import alert_body, finished, get, post
 
 CALLS = 10
-# Statements per call (SQLite, PostgreSQL), the service's own polling over the run included (a few per call
-# at this size, more on PostgreSQL: the account-wide dial rate), measured 2026-12-07: before issue 15's
-# set-up work 27.3-28.0 and 29.1-29.2, after 23.7-24.8 and 24.6-26.7.
-MAX_PER_CALL = (26.0, 27.5)
+# Statements per call (SQLite, PostgreSQL), polls left out: 22.1-22.5 and 23.2-23.4 on 2026-12-07 (the
+# claims' reads vary a little with how the calls fell into claim batches). With the polls in: before
+# issue 15's set-up work 27.3-28.0 and 29.1-29.2, after 23.2-26.1 and 24.6-26.7.
+MAX_PER_CALL = (24.0, 25.0)
 BATCH_ROWS = re.compile(r"^\s*INSERT INTO (call_events|delivery_events)\b", re.I)
+POLLS = re.compile(
+    r"^\s*SELECT (count\(\*\) AS count_1\s+FROM calls\s+WHERE calls.delivery_id IS NOT NULL"
+    r"|min\((deliveries|webhook_outbox).next_attempt_at\))",
+    re.I,
+)
 
 
 async def test_a_call_costs_at_most_so_many_statements(service: Service) -> None:
     seen: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if not BATCH_ROWS.match(statement):
+        if not BATCH_ROWS.match(statement) and not POLLS.match(statement):
             seen.append(statement)
 
     engine = service.app[DATABASE].engine.sync_engine
@@ -55,6 +62,7 @@ async def test_a_call_costs_at_most_so_many_statements(service: Service) -> None
     assert [d["outcome"] for d in page["deliveries"]] == ["heard"] * CALLS, page
     kinds = collections.Counter(" ".join(s.split())[:70] for s in seen)
     most = MAX_PER_CALL[0] if service.app[DATABASE].is_sqlite else MAX_PER_CALL[1]
+    print(f"\n{len(seen) / CALLS:.1f} statements per call")
     assert len(seen) / CALLS <= most, kinds.most_common()
 
 
