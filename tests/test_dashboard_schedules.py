@@ -13,7 +13,7 @@ from announcer.dashboard import SERVICES
 from announcer.store.schedules import ScheduleRow
 from tests.conftest import Service
 from tests.dashboard import signed_in
-from tests.test_alerts import post
+from tests.test_alerts import get, post
 from tests.test_schedules import occurrences
 
 TEXT = "Hello {{ name }}, your appointment is at {{ at }}."
@@ -191,3 +191,126 @@ async def test_the_list_is_paged_and_made_by_the_api_too(service: Service) -> No
     shown = re.findall(r">(api-made [0-9]+)</a>", first + second)
     assert sorted(shown) == names
     assert 'href="/schedules?start=50">Next' in first and 'href="/schedules">Previous' in second
+
+
+async def test_more_options_arrive_in_the_schedule_as_through_the_api(service: Service) -> None:
+    fields = {"confirm": "1", "max_attempts": "2", "snooze_s": "600", "misfire_grace_s": "120"}
+    async with signed_in(service) as (http, csrf):
+        form = _form(csrf, **fields)
+        form.add_field("options_shown", "1")
+        form.add_field("retry_on", "no_answer")
+        sid = await _create(http, form)
+    body = {
+        "name": "check-in",
+        "template_text": TEXT,
+        "recipients": [
+            {"phone": "+15550180001", "name": "Ada", "variables": {"at": "10:30"}},
+            {"phone": "+15550180002", "name": "Grace", "variables": {"at": "11:00"}},
+        ],
+        "when": {"cron": "0 8 * * mon-fri", "timezone": "Europe/Berlin"},
+        "options": {
+            "confirm": True,
+            "max_attempts": 2,
+            "retry_on": ["no_answer"],
+            "snooze_s": 600,
+            "misfire_grace_s": 120,
+            "misfire": "run",
+        },
+    }
+    status, created = await post(service, "/v1/schedules", body)
+    assert status == 201, created
+    _, through_dashboard = await get(service, f"/v1/schedules/{sid}")
+    _, through_api = await get(service, f"/v1/schedules/{created['id']}")
+    assert through_dashboard["options"] == through_api["options"]
+    assert through_dashboard["options"]["snooze_s"] == 600
+
+
+async def test_a_bad_schedule_option_is_shown_next_to_its_field(service: Service) -> None:
+    async with (
+        signed_in(service) as (http, csrf),
+        http.post("/schedules", data=_form(csrf, snooze_s="30")) as resp,
+    ):
+        assert resp.status == 422
+        page = await resp.text()
+    found = re.search(r'id="problem-options.snooze_s" role="alert">([^<]*)<', page)
+    assert found is not None and "greater than or equal to 60" in found.group(1)
+    assert await _schedules(service) == []
+
+
+async def test_the_edit_form_is_filled_from_the_schedule_and_changes_only_what_was_edited(
+    service: Service,
+) -> None:
+    async with signed_in(service) as (http, csrf):
+        sid = await _create(http, _form(csrf, variables="place=Main St"))
+        (before,) = await _schedules(service)
+        async with http.get(f"/schedules/{sid}/edit") as resp:
+            assert resp.status == 200
+            page = await resp.text()
+        assert 'value="check-in"' in page and 'value="0 8 * * mon-fri"' in page
+        assert "phone,name,timezone,at\n+15550180001,Ada,,10:30\n+15550180002,Grace,,11:00</textarea>" in page
+        assert "place=Main St</textarea>" in page
+        # the same form sent back with a new cron, as a browser sends it (CRLF in the textareas)
+        edit = {
+            "csrf_token": csrf,
+            "name": "check-in",
+            "repeat": "cron",
+            "cron": "30 9 * * *",
+            "timezone": "Europe/Berlin",
+            "start": "",
+            "end": "",
+            "at": "",
+            "variables": "place=Main St",
+            "recipients": "phone,name,timezone,at\r\n+15550180001,Ada,,10:30\r\n+15550180002,Grace,,11:00",
+        }
+        async with http.post(f"/schedules/{sid}/edit", data=edit, allow_redirects=False) as resp:
+            assert resp.status == 303, await resp.text()
+        (after,) = await _schedules(service)
+        assert after.when == {"cron": "30 9 * * *", "timezone": "Europe/Berlin"}
+        assert after.next_run_at != before.next_run_at
+        assert (after.name, after.recipients, after.variables) == (
+            before.name,
+            before.recipients,
+            before.variables,
+        )
+        assert after.options == before.options
+        # then the name alone
+        async with http.post(
+            f"/schedules/{sid}/edit", data={**edit, "name": "morning"}, allow_redirects=False
+        ) as resp:
+            assert resp.status == 303
+        (renamed,) = await _schedules(service)
+        assert renamed.name == "morning" and renamed.when == after.when
+        assert renamed.next_run_at == after.next_run_at  # not re-timed: its time was not edited
+        async with http.get(f"/schedules/{sid}") as resp:
+            assert "09:30:00+01:00" in await resp.text()
+
+
+async def test_an_edit_needs_the_csrf_token_and_a_bad_one_changes_nothing(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        sid = await _create(http, _form(csrf))
+        (before,) = await _schedules(service)
+        base = {"name": "check-in", "repeat": "cron", "cron": "0 8 * * mon-fri", "timezone": "Europe/Berlin"}
+        async with http.post(
+            f"/schedules/{sid}/edit", data={**base, "name": "stolen"}, allow_redirects=False
+        ) as resp:
+            assert resp.status == 403
+        cases = [
+            ({"cron": "0 25 * * *"}, "problem-when.cron", "invalid cron expression"),
+            ({"timezone": "Mars/Olympus"}, "problem-when.timezone", "unknown time zone"),
+            ({"variables": "no equals sign"}, "problem-variables", "expected name=value"),
+            ({"recipients": "+15550180001\nnot a phone"}, None, "not a phone number"),
+        ]
+        for fields, where, reason in cases:
+            data = {**base, "csrf_token": csrf, "name": "renamed", **fields}
+            async with http.post(f"/schedules/{sid}/edit", data=data) as resp:
+                assert resp.status == 422, (fields, await resp.text())
+                page = await resp.text()
+            assert "nothing was changed" in page
+            if where is not None:
+                found = re.search(rf'id="{re.escape(where)}" role="alert">([^<]*)<', page)
+                assert found is not None and reason in found.group(1), (fields, found)
+            else:
+                assert reason in page
+            assert 'value="renamed"' in page  # kept as typed
+        (after,) = await _schedules(service)
+        assert after == before

@@ -151,12 +151,16 @@ async def schedule_edit(request: web.Request, page: Page) -> web.StreamResponse:
 async def schedule_change(request: web.Request, page: Page) -> web.StreamResponse:
     """What PATCH /v1/schedules/{id} does, for the fields the person changed: each field is compared with
     what the form was filled with, and only a changed one goes into the patch (a schedule changed
-    meanwhile elsewhere keeps what this form did not touch)."""
+    meanwhile elsewhere keeps what this form did not touch; a field not posted is not changed)."""
     row = await _existing(page)
     data = await page.form()
     before = _edit_values(row)
     # a browser sends a textarea's lines ending in CRLF: an untouched field must compare equal
-    values = {name: _text(data, name).replace("\r\n", "\n").strip() for name in EDIT_FIELDS}
+    # a field not posted at all is one not edited, as in a PATCH
+    values = {
+        name: _text(data, name).replace("\r\n", "\n").strip() if name in data else before[name]
+        for name in EDIT_FIELDS
+    }
     form = MessageForm.read(data)
     form.variables = values["variables"]
     if not form.unread and form.source == PASTED:
