@@ -247,7 +247,7 @@ async def test_the_edit_form_is_filled_from_the_schedule_and_changes_only_what_w
             assert resp.status == 200
             page = await resp.text()
         assert 'value="check-in"' in page and 'value="0 8 * * mon-fri"' in page
-        assert "phone,name,timezone,at\n+15550180001,Ada,,10:30\n+15550180002,Grace,,11:00</textarea>" in page
+        assert "phone,name,at\n+15550180001,Ada,10:30\n+15550180002,Grace,11:00</textarea>" in page
         assert "place=Main St</textarea>" in page
         # the same form sent back with a new cron, as a browser sends it (CRLF in the textareas)
         edit = {
@@ -260,7 +260,7 @@ async def test_the_edit_form_is_filled_from_the_schedule_and_changes_only_what_w
             "end": "",
             "at": "",
             "variables": "place=Main St",
-            "recipients": "phone,name,timezone,at\r\n+15550180001,Ada,,10:30\r\n+15550180002,Grace,,11:00",
+            "recipients": "phone,name,at\r\n+15550180001,Ada,10:30\r\n+15550180002,Grace,11:00",
         }
         async with http.post(f"/schedules/{sid}/edit", data=edit, allow_redirects=False) as resp:
             assert resp.status == 303, await resp.text()

@@ -236,15 +236,13 @@ def _recipients_text(recipients: list[dict[str, Any]]) -> str:
         columns.update(dict.fromkeys(r.get("variables") or {}))
     if not columns and not any(r.get("name") or r.get("timezone") for r in recipients):
         return "\n".join(str(r["phone"]) for r in recipients)
+    fixed = ["phone"] + [c for c in ("name", "timezone") if any(r.get(c) for r in recipients)]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["phone", "name", "timezone", *columns])
+    writer.writerow([*fixed, *columns])
     for r in recipients:
         variables = r.get("variables") or {}
-        writer.writerow(
-            [r["phone"], r.get("name") or "", r.get("timezone") or ""]
-            + [variables.get(c, "") for c in columns]
-        )
+        writer.writerow([r.get(c) or "" for c in fixed] + [variables.get(c, "") for c in columns])
     return out.getvalue().rstrip("\n")
 
 
