@@ -31,9 +31,11 @@ from announcer.dashboard.message_form import (
     template_names,
     template_variables,
 )
+from announcer.dashboard.options_form import OptionsError, OptionsForm
 from announcer.dashboard.routes import Page, Routes
 from announcer.deliveries.plan import PlanError, Problem
 from announcer.messages.workers import RenderBusy
+from announcer.options import ScheduleOptions
 from announcer.scheduling.when import when_from_json, zone_info
 from announcer.store.models import ScheduleStatus, utcnow
 from announcer.store.schedules import ScheduleRow
@@ -59,7 +61,8 @@ WHEN_FIELDS = (
 )
 # The edit form (PATCH /v1/schedules/{id}'s fields): the when fields above, variables and recipients.
 WHEN_PART = ("repeat", "at", "cron", "timezone", "start", "end")
-EDIT_FIELDS = ("name", *WHEN_PART, "variables", "recipients")
+REMINDER_PART = ("quiet_start", "quiet_end", "misfire")
+EDIT_FIELDS = ("name", "template", "template_text", *WHEN_PART, *REMINDER_PART, "variables", "recipients")
 
 
 def _deps(page: Page) -> SchedulesDeps:
@@ -162,6 +165,7 @@ async def schedule_change(request: web.Request, page: Page) -> web.StreamRespons
         for name in EDIT_FIELDS
     }
     form = MessageForm.read(data)
+    opts = form.options if "options_shown" in data else None  # None: shown as stored
     form.variables = values["variables"]
     if not form.unread and form.source == PASTED:
         form.recipients = values["recipients"]
@@ -172,6 +176,19 @@ async def schedule_change(request: web.Request, page: Page) -> web.StreamRespons
         patch["when"] = _when_part(values)
     recipients: list[Recipient] = []
     problems: list[Problem] = list(form.unread)
+    message = (values["template"], values["template_text"])
+    if message != (before["template"], before["template_text"]):
+        if all(message) or not any(message):
+            problems.append(Problem("template", "pick a template or write one (only one)"))
+        else:
+            patch["template" if values["template"] else "template_text"] = values["template"] or message[1]
+    if "options_shown" in data or any(values[n] != before[n] for n in REMINDER_PART):
+        try:
+            options = _reminder_options(form.options.options(schedule=True), values)
+            if _other_options(options, row.options):
+                patch["options"] = options
+        except OptionsError as err:
+            problems += err.problems
     if values["variables"] != before["variables"]:
         try:
             patch["variables"] = form.shared_variables()
@@ -184,17 +201,17 @@ async def schedule_change(request: web.Request, page: Page) -> web.StreamRespons
         except FormError as err:
             problems += err.problems
     if problems:
-        return _edit_form(page, row, values, form, recipients, problems, status=422)
+        return _edit_form(page, row, values, opts, recipients, problems, status=422)
     if not patch:
         return page.redirect(page.url("schedule", schedule_id=row.id))
     try:
         body = SchedulePatch.model_validate(patch)
     except ValidationError as err:
-        return _edit_form(page, row, values, form, recipients, problems_of(err), status=422)
+        return _edit_form(page, row, values, opts, recipients, problems_of(err), status=422)
     try:
         await change(row, body, _deps(page))
     except PlanError as err:
-        return _edit_form(page, row, values, form, recipients, err.problems, status=422)
+        return _edit_form(page, row, values, opts, recipients, err.problems, status=422)
     except LookupError:
         raise page.fail(404, "No such schedule.") from None
     except RenderBusy:
@@ -207,9 +224,15 @@ def _edit_values(row: ScheduleRow) -> dict[str, str]:
     the form's fields mean), variables one `name=value` a line, recipients as numbers or a CSV."""
     when = row.when
     zone = str(when.get("timezone") or "UTC")
+    quiet = row.options.quiet_hours
     values = dict.fromkeys(EDIT_FIELDS, "")
     values |= {
         "name": row.name or "",
+        "template": row.template or "",
+        "template_text": row.template_text or "",
+        "quiet_start": quiet.start if quiet else "",
+        "quiet_end": quiet.end if quiet else "",
+        "misfire": row.options.misfire,
         "repeat": "cron" if when.get("cron") else "once",
         "cron": str(when.get("cron") or ""),
         "timezone": zone,
@@ -250,7 +273,7 @@ def _edit_form(
     page: Page,
     row: ScheduleRow,
     values: dict[str, str],
-    form: MessageForm | None = None,
+    opts: OptionsForm | None = None,
     recipients: list[Recipient] | None = None,
     problems: list[Problem] | None = None,
     status: int = 200,
@@ -261,7 +284,8 @@ def _edit_form(
         status=status,
         s=row,
         values=values,
-        options=row.options.model_dump(mode="json", exclude_defaults=True),
+        templates=template_names(page.services.settings.announcer_templates_dir),
+        opts=opts or OptionsForm.of(row.options),
         recipients=recipients[:SHOWN_ROWS],
         more=max(0, len(recipients) - SHOWN_ROWS),
         variable_columns=columns_of(recipients),
@@ -311,13 +335,28 @@ def _text(form: FormData, name: str) -> str:
 def _schedule_part(values: dict[str, str], message: dict[str, Any]) -> dict[str, Any]:
     """The form's `when`, name and reminder options as POST /v1/schedules takes them; an empty field is
     one not given (the API then names what is missing)."""
-    options: dict[str, Any] = dict(message.get("options", {}))
+    options = _reminder_options(dict(message.get("options", {})), values)
+    return {"name": values["name"] or None, "when": _when_part(values), "options": options}
+
+
+def _reminder_options(options: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
+    """`options` with the form's quiet hours and misfire (fields of their own on the form)."""
+    options = dict(options)
     if values["quiet_start"] or values["quiet_end"]:
         quiet = {"start": values["quiet_start"], "end": values["quiet_end"]}
         options["quiet_hours"] = {k: v for k, v in quiet.items() if v}
     if values["misfire"]:
         options["misfire"] = values["misfire"]
-    return {"name": values["name"] or None, "when": _when_part(values), "options": options}
+    return options
+
+
+def _other_options(options: dict[str, Any], stored: ScheduleOptions) -> bool:
+    """Whether the form's options differ from the stored ones (options that do not read differ: the
+    patch's validation then names what is wrong)."""
+    try:
+        return ScheduleOptions.model_validate(options) != stored
+    except ValidationError:
+        return True
 
 
 def _when_part(values: dict[str, str]) -> dict[str, Any]:
