@@ -423,6 +423,17 @@ async def test_message_and_options_edited_as_a_patch_through_the_api_edits_them(
     assert rows[sid].when == rows[twin["id"]].when and rows[sid].recipients == rows[twin["id"]].recipients
 
 
+async def test_quiet_hours_edited_alone_keep_the_other_options(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        sid = await _create(http, _form(csrf, confirm="1", snooze_s="600"))
+        edit = {"csrf_token": csrf, "quiet_start": "22:00", "quiet_end": "07:00"}  # no other field posted
+        async with http.post(f"/schedules/{sid}/edit", data=edit, allow_redirects=False) as resp:
+            assert resp.status == 303, await resp.text()
+    (row,) = await _schedules(service)
+    assert row.options.quiet_hours is not None and row.options.quiet_hours.start == "22:00"
+    assert (row.options.confirm, row.options.snooze_s) == (True, 600)
+
+
 async def test_a_bad_option_in_the_edit_is_next_to_its_field_and_changes_nothing(service: Service) -> None:
     async with signed_in(service) as (http, csrf):
         sid = await _create(http, _form(csrf))

@@ -184,7 +184,13 @@ async def schedule_change(request: web.Request, page: Page) -> web.StreamRespons
             patch["template" if values["template"] else "template_text"] = values["template"] or message[1]
     if "options_shown" in data or any(values[n] != before[n] for n in REMINDER_PART):
         try:
-            options = _reminder_options(form.options.options(schedule=True), values)
+            # without the options' fields (a post made by hand) the stored options are kept
+            given = (
+                form.options.options(schedule=True)
+                if "options_shown" in data
+                else row.options.model_dump(mode="json", exclude={"quiet_hours", "misfire"})
+            )
+            options = _reminder_options(given, values)
             if _other_options(options, row.options):
                 patch["options"] = options
         except OptionsError as err:
