@@ -159,6 +159,10 @@ async def test_send_and_schedules_fit_a_phone_screen(
     await page.wait_for_selector("#preview")
     assert await page.evaluate(FITS)
     await screenshots.take(page, "send-phone")
+    await page.click("#more-options summary")  # opened by a click: <details>, no script
+    await page.locator("#opt-max_attempts").wait_for(state="visible")
+    assert await page.evaluate(FITS)
+    await screenshots.take(page, "send-more-options-phone")
     await page.goto(service.base_url + "/schedules")
     await page.wait_for_selector("#schedule-form")
     assert await page.evaluate(FITS)
