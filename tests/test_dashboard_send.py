@@ -12,6 +12,7 @@ import aiohttp
 from announcer.dashboard import SERVICES
 from tests.conftest import Service
 from tests.dashboard import signed_in
+from tests.test_alerts import get, post
 
 KEY = "0123456789abcdef0123456789abcdef"
 TEXT = "Hello {{ name }}, your {{ item }} is ready."
@@ -208,3 +209,95 @@ async def test_the_variables_a_message_reads_are_named(service: Service) -> None
         async with http.post("/send", data=form) as resp:
             page = await resp.text()
         assert "This message reads: <code>greeting</code>, <code>item</code>" in page
+
+
+# Every option the form's "More options" offers, as typed, and the same options as a /v1 body.
+OPTION_FIELDS = {
+    "confirm": "1",
+    "max_attempts": "3",
+    "retry_backoff_s": "30",
+    "machine_detection": "yes",
+    "on_machine": "hang_up",
+    "start": "on_answer",
+    "hello_timeout_ms": "2000",
+    "repeat_key": "5",
+}
+API_OPTIONS = {
+    "confirm": True,
+    "max_attempts": 3,
+    "retry_on": ["busy", "machine"],
+    "retry_backoff_s": 30.0,
+    "machine_detection": True,
+    "on_machine": "hang_up",
+    "start": "on_answer",
+    "hello_timeout_ms": 2000,
+    "repeat_key": "5",
+}
+
+
+def _with_options(form: aiohttp.FormData, retry_on: list[str], **fields: str) -> aiohttp.FormData:
+    form.add_field("options_shown", "1")
+    for outcome in retry_on:
+        form.add_field("retry_on", outcome)
+    for name, value in fields.items():
+        form.add_field(name, value)
+    return form
+
+
+async def test_more_options_arrive_in_the_alert_as_through_the_api(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        async with http.get("/send") as resp:
+            page = await resp.text()
+        assert '<details class="more-options" id="more-options">' in page  # closed until a problem
+        for name in ("max_attempts", "retry_backoff_s", "hello_timeout_ms", "repeat_key", "callback_url"):
+            assert f'name="{name}"' in page
+        form = _with_options(
+            _form(csrf, "send", template_text=TEXT, csv=CSV), ["busy", "machine"], **OPTION_FIELDS
+        )
+        async with http.post("/send", data=form, allow_redirects=False) as resp:
+            assert resp.status == 303, await resp.text()
+            dashboard_id = resp.headers["Location"].rsplit("/", 1)[-1]
+    one = {"phone": "+15550170009", "variables": {"item": "cast"}}
+    body = {"template_text": TEXT, "recipients": [one], "options": API_OPTIONS}
+    status, accepted = await post(service, "/v1/alerts", body)
+    assert status in (200, 201, 202), accepted
+    _, through_dashboard = await get(service, f"/v1/alerts/{dashboard_id}")
+    _, through_api = await get(service, f"/v1/alerts/{accepted['id']}")
+    assert through_dashboard["options"] == through_api["options"]
+    assert through_dashboard["options"]["retry_on"] == ["busy", "machine"]
+    assert through_dashboard["options"]["max_attempts"] == 3
+
+
+async def test_a_bad_option_is_shown_next_to_its_field_and_nothing_is_sent(service: Service) -> None:
+    cases = [
+        ({"max_attempts": "two"}, [], "problem-options.max_attempts", "expected a whole number"),
+        ({"max_attempts": "11"}, [], "problem-options.max_attempts", "less than or equal to 10"),
+        ({"repeat_key": "1"}, [], "problem-options.repeat_key", "1 confirms and 9 opts out"),
+        ({"callback_url": "ftp://example.com"}, [], "problem-options.callback_url", ""),
+        ({"machine_detection": "no"}, ["machine"], "problem-options.retry_on", "machine"),
+        ({"hello_timeout_ms": "10"}, [], "problem-options.hello_timeout_ms", "greater than or equal"),
+    ]
+    async with signed_in(service) as (http, csrf):
+        for fields, retry_on, where, reason in cases:
+            for action in ("preview", "send"):
+                form = _with_options(_form(csrf, action, template_text=TEXT, csv=CSV), retry_on, **fields)
+                async with http.post("/send", data=form, allow_redirects=False) as resp:
+                    assert resp.status == 422, (fields, action, resp.status)
+                    page = await resp.text()
+                found = re.search(rf'id="{re.escape(where)}" role="alert">([^<]*)<', page)
+                assert found is not None and reason in found.group(1), (fields, action, found)
+                assert '<details class="more-options" id="more-options" open>' in page
+                assert 'value="' + next(iter(fields.values())) + '"' in page  # kept as typed
+    assert await _alerts(service) == []
+
+
+async def test_numbers_pasted_and_a_csv_uploaded_is_a_problem_not_a_silent_pick(service: Service) -> None:
+    async with signed_in(service) as (http, csrf):
+        form = _form(csrf, "send", template_text=TEXT, recipients="+15550170042", csv=CSV)
+        async with http.post("/send", data=form, allow_redirects=False) as resp:
+            assert resp.status == 422
+            page = await resp.text()
+    found = re.search(r'id="problem-recipients" role="alert">([^<]*)<', page)
+    assert found is not None and "people.csv was uploaded too" in found.group(1)
+    assert "+15550170042</textarea>" in page  # the pasted numbers are kept
+    assert await _alerts(service) == []

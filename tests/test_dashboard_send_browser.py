@@ -1,6 +1,7 @@
 """The Send and Schedules pages in a real browser (headless Chromium, tests/browser.py) against the sandbox
 service: a CSV of 5 recipients uploaded, previewed, one row's audio played, sent, landing on the alert's
-page; a schedule created and paused, paused in the list; both pages at a phone's width."""
+page; a schedule created and paused, paused in the list; a schedule's time edited and its new next run
+shown; both pages at a phone's width."""
 
 from __future__ import annotations
 
@@ -113,6 +114,33 @@ async def test_create_a_schedule_pause_it_and_see_it_paused(
     await screenshots.take(page, "schedules")
 
 
+async def test_edit_a_schedules_time_and_see_its_new_next_run(
+    service: Service, chromium: BrowserContext, screenshots: Screenshots
+) -> None:
+    page = await chromium.new_page()
+    await sign_in(page, service.base_url, API_TOKEN)
+    await page.goto(service.base_url + "/schedules")
+    await page.wait_for_selector("#schedule-form")
+    await page.fill("#name", "daily round")
+    await page.fill("#template_text", "Good morning {{ name }}.")
+    await page.fill("#recipients", "phone,name\n+15550190001,Ada")
+    await page.check("input[name=repeat][value=cron]")
+    await page.fill("#cron", "0 8 * * *")
+    await page.fill("#timezone", "Europe/Berlin")
+    await page.click("#schedule-form button[type=submit]")
+    await page.wait_for_selector("#upcoming")
+    assert " 08:00:00+01:00" in await page.inner_text("#upcoming")
+    await page.click("#edit-link")
+    await page.wait_for_selector("#schedule-edit-form")
+    assert await page.input_value("#cron") == "0 8 * * *"
+    await page.fill("#cron", "45 17 * * *")
+    await screenshots.take(page, "schedule-edit")
+    await page.click("#save-button")
+    await page.wait_for_selector("#upcoming:has-text('17:45:00+01:00')")
+    assert " 08:00:00" not in await page.inner_text("#upcoming")
+    assert await page.inner_text("h1") == "daily round active"
+
+
 async def _at_phone_width(chromium: BrowserContext, service: Service) -> Page:
     page = await chromium.new_page()
     await page.set_viewport_size(PHONE_SCREEN)
@@ -131,6 +159,10 @@ async def test_send_and_schedules_fit_a_phone_screen(
     await page.wait_for_selector("#preview")
     assert await page.evaluate(FITS)
     await screenshots.take(page, "send-phone")
+    await page.click("#more-options summary")  # opened by a click: <details>, no script
+    await page.locator("#opt-max_attempts").wait_for(state="visible")
+    assert await page.evaluate(FITS)
+    await screenshots.take(page, "send-more-options-phone")
     await page.goto(service.base_url + "/schedules")
     await page.wait_for_selector("#schedule-form")
     assert await page.evaluate(FITS)

@@ -202,6 +202,37 @@ async def test_pause_resume_move_and_delete_change_the_next_run(service: Service
     assert sid not in [s["id"] for s in listing["schedules"]]
 
 
+async def test_a_patch_changes_the_message_and_the_options_or_names_what_is_wrong(service: Service) -> None:
+    body = schedule_body({"cron": "0 8 * * mon-fri", "timezone": "Europe/Berlin"}, confirm=True)
+    status, created = await post(service, "/v1/schedules", body)
+    assert status == 201, created
+    sid = created["id"]
+    store = schedules_of(service).store
+    before = await store.get(sid)
+    refused = [
+        ({"template": "alert.j2", "template_text": "Hi"}, "template"),
+        ({"template_text": "Hello {{ nobody }}"}, "recipients[0].variables"),
+        ({"options": {"snooze_s": 5}}, "options.snooze_s"),
+        ({"options": {"repeat_key": "3", "confirm": True}}, "options.repeat_key"),
+        ({"options": {"quiet_hours": {"start": "21:00"}}}, "options.quiet_hours.end"),
+        ({"options": {"machine_detection": False, "on_machine": "hang_up"}}, "options.on_machine"),
+    ]
+    for patch_body, field in refused:
+        status, answer = await patch(service, f"/v1/schedules/{sid}", patch_body)
+        assert status == 422, (patch_body, answer)
+        assert field in [p["field"] for p in answer["problems"]], (patch_body, answer)
+    assert await store.get(sid) == before
+    new = {"template_text": "Bye {{ name }}.", "options": {"presynthesize_s": 60, "misfire": "skip"}}
+    status, changed = await patch(service, f"/v1/schedules/{sid}", new)
+    assert status == 200, changed
+    row = await store.get(sid)
+    assert (row.template, row.template_text) == (None, "Bye {{ name }}.")
+    # options as a whole: `confirm`, not given, is back to its default
+    assert (row.options.misfire, row.options.confirm) == ("skip", False)
+    assert row.next_run_at == before.next_run_at  # not re-timed, only held by the new presynthesize_s
+    assert row.when == before.when and row.recipients == before.recipients
+
+
 async def test_pause_resume_and_delete_take_effect_between_fires(clock: Clock) -> None:
     service = await clock.start(datetime(2027, 6, 9, 22, tzinfo=UTC))  # midnight in Berlin
     when = {"cron": "0 8 * * *", "timezone": "Europe/Berlin"}

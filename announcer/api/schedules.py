@@ -141,9 +141,9 @@ async def patch_schedule(request: web.Request, deps: SchedulesDeps) -> web.Respo
 
 
 async def change(row: ScheduleRow, body: SchedulePatch, deps: SchedulesDeps) -> ScheduleRow:
-    """Apply `body` to the schedule (pause, resume, a new time, new recipients) and re-arm it; PlanError
-    naming every problem before anything changes, LookupError when it is gone meanwhile. PATCH
-    /v1/schedules/{id} and the dashboard's pause and resume both change through here."""
+    """Apply `body` to the schedule (pause, resume, a new time, recipients, message or options) and re-arm
+    it; PlanError naming every problem before anything changes, LookupError when it is gone meanwhile.
+    PATCH /v1/schedules/{id} and the dashboard's pause, resume and edit all change through here."""
     changes: dict[str, Any] = {}
     problems = []
     if body.when is not None:
@@ -153,6 +153,18 @@ async def change(row: ScheduleRow, body: SchedulePatch, deps: SchedulesDeps) -> 
             problems.extend(err.problems)
     if body.name is not None:
         changes["name"] = body.name
+    if body.template is not None and body.template_text is not None:
+        problems.append(Problem("template", "give one of template and template_text, not both"))
+    elif body.template is not None or body.template_text is not None:
+        changes["template"], changes["template_text"] = body.template, body.template_text
+    if body.options is not None:
+        problems.extend(deps.alerts.option_problems(body.options, reminder=True))
+        try:
+            quiet = body.options.quiet_hours
+            parse_quiet_hours(quiet.model_dump() if quiet else None)
+        except PlanError as err:
+            problems.extend(err.problems)
+        changes["options"] = body.options
     if body.variables is not None:
         changes["variables"] = body.variables
     if body.recipients is not None:
@@ -161,11 +173,16 @@ async def change(row: ScheduleRow, body: SchedulePatch, deps: SchedulesDeps) -> 
         if row.status == ScheduleStatus.ENDED and body.status == "active" and "when" not in changes:
             problems.append(_ended())
         changes["status"] = ScheduleStatus(body.status)
-    if ("variables" in changes or "recipients" in changes) and not problems:
+    if {"variables", "recipients", "template"} & changes.keys() and not problems:
         variables = changes.get("variables", row.variables)
         recipients = recipients_of(changes.get("recipients", row.recipients))
+        template, text = (
+            (changes["template"], changes["template_text"])
+            if "template" in changes
+            else (row.template, row.template_text)
+        )
         try:
-            await deps.alerts.plan(row.template, row.template_text, variables, recipients)
+            await deps.alerts.plan(template, text, variables, recipients)
         except PlanError as err:
             problems.extend(err.problems)
     if problems:
@@ -179,6 +196,8 @@ async def change(row: ScheduleRow, body: SchedulePatch, deps: SchedulesDeps) -> 
         now = utcnow()
         changes["next_run_at"] = when_from_json(changes.get("when", row.when)).first_after(now)
         changes["last_planned_at"] = now
+    elif "options" in changes:
+        changes["next_run_at"] = row.next_run_at  # held again by its new presynthesize_s
     updated = await deps.store.change(row.id, **changes)
     if updated is None:
         raise LookupError(row.id)

@@ -181,6 +181,18 @@ class SchedulePatch(Strict):
     variables: dict[str, Any] | None = None
     recipients: list[RecipientBody] | None = Field(default=None, min_length=1)
     when: WhenBody | None = None
+    template: str | None = Field(
+        default=None, min_length=1, max_length=255, description="a new template (the text is dropped)"
+    )
+    template_text: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20_000,
+        description="or new inline text (the template is dropped)",
+    )
+    options: ScheduleOptions | None = Field(
+        default=None, description="new options, as a whole: an option not given takes its default"
+    )
 
 
 class OutboundCallBody(Strict):

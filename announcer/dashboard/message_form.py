@@ -19,6 +19,7 @@ from jinja2 import meta, nodes
 from multidict import MultiDictProxy
 
 from announcer.cli import CommandError, Recipient, recipients_of_csv
+from announcer.dashboard.options_form import OptionsError, OptionsForm
 from announcer.deliveries.plan import Problem
 from announcer.messages.render import MessageRenderer
 
@@ -83,7 +84,7 @@ class MessageForm:
     template_text: str = ""
     variables: str = ""  # "name=value", one a line
     recipients: str = ""  # numbers one a line, or CSV with a header row (an uploaded CSV lands here)
-    confirm: bool = False
+    options: OptionsForm = field(default_factory=OptionsForm)  # "More options", as typed
     key: str = field(default_factory=new_key)  # this form's idempotency key: a double submit sends once
     source: str = PASTED  # what the recipients' problems call the text they came from
     unread: list[Problem] = field(default_factory=list)  # an upload that could not be read
@@ -97,6 +98,16 @@ class MessageForm:
             raw = upload.file.read()
             if raw:
                 name = upload.filename or UPLOADED
+                if recipients.strip():
+                    # Both given: which one was meant is the person's call, not a silent pick (the
+                    # pasted ones stay in the form; a file input cannot be refilled).
+                    reason = (
+                        f"numbers were pasted and {name} was uploaded too: clear the pasted "
+                        "numbers to use the CSV, or upload nothing to use them"
+                    )
+                    unread.append(Problem("recipients", reason))
+                    raw = b""
+            if raw:
                 try:
                     # utf-8-sig as `send --file`: a spreadsheet's byte-order mark would rename `phone`
                     recipients, source = raw.decode("utf-8-sig"), name
@@ -109,7 +120,7 @@ class MessageForm:
             template_text=_text(form, "template_text").strip(),
             variables=_text(form, "variables"),
             recipients=recipients,
-            confirm=_text(form, "confirm") == "1",
+            options=OptionsForm.read(form),
             key=key if FORM_KEY.match(key) else new_key(),
             source=source,
             unread=unread,
@@ -144,9 +155,10 @@ class MessageForm:
             raise FormError(problems)
         return variables
 
-    def body(self) -> tuple[dict[str, Any], list[Recipient]]:
-        """The /v1 body's message part and the recipients it was made of; FormError with every problem
-        the form itself has (the API's own validation comes after, on the body)."""
+    def body(self, *, schedule: bool = False) -> tuple[dict[str, Any], list[Recipient]]:
+        """The /v1 body's message part, its options (`schedule`: a schedule's, which has more) and the
+        recipients it was made of; FormError with every problem the form itself has (the API's own
+        validation comes after, on the body)."""
         problems: list[Problem] = list(self.unread)
         recipients: list[Recipient] = []
         variables: dict[str, str] = {}
@@ -163,12 +175,20 @@ class MessageForm:
             problems.append(Problem("template", "pick a template or write one, not both"))
         elif not self.template and not self.template_text:
             problems.append(Problem("template", "pick a template or write one"))
+        options: dict[str, Any] = {}
+        try:
+            options = self.options.options(schedule=schedule)
+        except OptionsError as err:
+            problems += err.problems
         if problems:
             raise FormError(problems, recipients)
         which = {"template": self.template} if self.template else {"template_text": self.template_text}
-        body = {**which, "variables": variables, "recipients": [r.as_json() for r in recipients]}
-        if self.confirm:
-            body["options"] = {"confirm": True}
+        body = {
+            **which,
+            "variables": variables,
+            "recipients": [r.as_json() for r in recipients],
+            "options": options,
+        }
         return body, recipients
 
 

@@ -214,8 +214,11 @@ class ScheduleStore:
         async with self.sessions() as s:
             if "next_run_at" in values:
                 options = (
-                    await s.execute(select(Schedule.options).where(Schedule.id == schedule_id))
-                ).scalar_one_or_none()
+                    values.get("options")
+                    or (
+                        await s.execute(select(Schedule.options).where(Schedule.id == schedule_id))
+                    ).scalar_one_or_none()
+                )
                 values["arm_at"] = arm_time(
                     values["next_run_at"], ScheduleOptions() if options is None else options
                 )
