@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import gc
 import json
 import logging
@@ -14,7 +13,6 @@ import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,6 +26,7 @@ from announcer import logs
 from announcer.config import ConfigError, Settings, load_settings
 from announcer.instance import InstanceError, claim
 from announcer.messages.render import MessageRenderer, RenderError
+from announcer.recipients import Recipient, RecipientsError, recipients_of_csv
 
 
 class CommandError(Exception):
@@ -204,8 +203,6 @@ ANSWERED_BY_WORDS = {
     "machine_end_other": "an answering machine (no beep)",
     "fax": "a fax machine",
 }
-CSV_COLUMNS = ("phone", "name", "timezone")  # every other column is a variable of that row's recipient
-MAX_LISTED_PROBLEMS = 20
 POLL_S = 0.5
 POLL_RETRIES = 10  # consecutive failed polls (a service restarting) before giving up on following the alert
 CONNECT_TIMEOUT_S = 10.0
@@ -234,36 +231,6 @@ SCHEDULE_FLAGS = {
 }
 
 
-@dataclass(frozen=True)
-class Recipient:
-    phone: str
-    variables: dict[str, str]
-    name: str | None = None
-    timezone: str | None = None
-    file_line: str | None = None  # "people.csv line 4", when the recipient came from --file
-
-    @property
-    def origin(self) -> str:
-        """Where the user wrote this recipient, for messages about it."""
-        return self.file_line or f"--to {self.phone}"
-
-    def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"phone": self.phone, "variables": self.variables}
-        if self.name is not None:
-            body["name"] = self.name
-        if self.timezone is not None:
-            body["timezone"] = self.timezone
-        return body
-
-
-def _capped(problems: Sequence[str]) -> list[str]:
-    """A 5,000-row file with a shifted column should not scroll the first problems off the screen."""
-    shown = list(problems[:MAX_LISTED_PROBLEMS])
-    if len(problems) > MAX_LISTED_PROBLEMS:
-        shown.append(f"... and {len(problems) - MAX_LISTED_PROBLEMS} more")
-    return shown
-
-
 def read_recipients_csv(path: Path) -> list[Recipient]:
     """The recipients of a CSV file with a header row; CommandError listing every bad line (with its line
     number, as an editor shows it) before anything is sent."""
@@ -271,73 +238,12 @@ def read_recipients_csv(path: Path) -> list[Recipient]:
         # utf-8-sig: spreadsheets put a byte-order mark in front of the header, which would rename `phone`
         with path.open(newline="", encoding="utf-8-sig") as f:
             return recipients_of_csv(path.name, f, where=str(path))
+    except RecipientsError as err:
+        raise CommandError(*err.lines) from None
     except OSError as err:
         raise CommandError(f"error: cannot read {path}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
         raise CommandError(f"error: {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-
-
-def recipients_of_csv(label: str, lines: Iterable[str], where: str | None = None) -> list[Recipient]:
-    """The recipients of CSV text with a header row (`label` names it in each problem, `where` in a
-    problem of the CSV syntax itself); what `send --file` and the dashboard's Send page both read."""
-    reader = csv.reader(lines)
-    try:
-        numbered = [(reader.line_num, row) for row in reader]
-    except csv.Error as err:
-        raise CommandError(f"error: {where or label} line {reader.line_num}: {err}") from None
-    return _recipients_of_rows(label, [(n, row) for n, row in numbered if any(c.strip() for c in row)])
-
-
-def _recipients_of_rows(label: str, rows: list[tuple[int, list[str]]]) -> list[Recipient]:
-    if not rows:
-        raise CommandError(f"error: {label} is empty: expected a header row with a phone column")
-    header_line, header = rows[0]
-    columns = [c.strip() for c in header]
-    _check_header(label, header_line, columns)
-    # phone/name/timezone whatever their case ("Phone" from a spreadsheet); variables keep theirs (Jinja's)
-    role = {c.lower(): i for i, c in enumerate(columns) if c.lower() in CSV_COLUMNS}
-    variable_columns = [(i, c) for i, c in enumerate(columns) if c.lower() not in CSV_COLUMNS]
-    recipients: list[Recipient] = []
-    problems: list[str] = []
-    for line, row in rows[1:]:
-        where = f"{label} line {line}"
-        if len(row) != len(columns):
-            problems.append(f"{where}: {len(row)} cells, the header has {len(columns)}")
-            continue
-        cells = [c.strip() for c in row]
-        if not cells[role["phone"]]:
-            problems.append(f"{where}: the phone cell is empty")
-            continue
-        recipients.append(
-            Recipient(
-                phone=cells[role["phone"]],
-                # an empty cell is no value: the shared --var of that name (if any) applies instead
-                variables={name: cells[i] for i, name in variable_columns if cells[i]},
-                name=(cells[role["name"]] or None) if "name" in role else None,
-                timezone=(cells[role["timezone"]] or None) if "timezone" in role else None,
-                file_line=where,
-            )
-        )
-    if problems:
-        raise CommandError(
-            f"error: {label}: {len(problems)} bad line(s); nothing was sent", *_capped(problems)
-        )
-    if not recipients:
-        raise CommandError(f"error: {label} has a header but no recipients")
-    return recipients
-
-
-def _check_header(label: str, line: int, columns: list[str]) -> None:
-    where = f"{label} line {line} (the header)"
-    problems = [f"{where}: column {i + 1} has no name" for i, c in enumerate(columns) if not c]
-    keys = [c.lower() if c.lower() in CSV_COLUMNS else c for c in columns if c]
-    problems += [
-        f"{where}: column {c!r} appears twice" for c in sorted({k for k in keys if keys.count(k) > 1})
-    ]
-    if "phone" not in keys:
-        problems.append(f"{where}: no phone column (the columns are: {', '.join(columns)})")
-    if problems:
-        raise CommandError(f"error: {label}: bad header; nothing was sent", *problems)
 
 
 def _take_old_names(args: argparse.Namespace) -> None:

@@ -18,10 +18,10 @@ from aiohttp import web
 from jinja2 import meta, nodes
 from multidict import MultiDictProxy
 
-from announcer.cli import CommandError, Recipient, recipients_of_csv
 from announcer.dashboard.options_form import OptionsError, OptionsForm
 from announcer.deliveries.plan import Problem
 from announcer.messages.render import MessageRenderer
+from announcer.recipients import Recipient, RecipientsError, recipients_of_csv
 
 SHOWN_ROWS = 200  # recipients a table shows (every row is checked; a 10,000-row list is not a page)
 FORM_KEY = re.compile(r"^[0-9a-f]{32}$")  # a form's idempotency key (secrets.token_hex(16))
@@ -135,7 +135,7 @@ class MessageForm:
             return [Recipient(phone=line.strip(), variables={}) for line in lines if line.strip()]
         try:
             return recipients_of_csv(self.source, lines)
-        except CommandError as err:
+        except RecipientsError as err:
             raise FormError(
                 [Problem("recipients", line.removeprefix("error: ")) for line in err.lines]
             ) from None

@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from announcer.api.http import STRING_ID
 from announcer.api.schedules import SchedulesDeps, change, create, remove, view_of
 from announcer.api.schemas import ScheduleBody, SchedulePatch, problems_of
-from announcer.cli import Recipient
 from announcer.dashboard.message_form import (
     PASTED,
     SHOWN_ROWS,
@@ -36,6 +35,7 @@ from announcer.dashboard.routes import Page, Routes
 from announcer.deliveries.plan import PlanError, Problem
 from announcer.messages.workers import RenderBusy
 from announcer.options import ScheduleOptions
+from announcer.recipients import Recipient
 from announcer.scheduling.when import when_from_json, zone_info
 from announcer.store.models import ScheduleStatus, utcnow
 from announcer.store.schedules import ScheduleRow

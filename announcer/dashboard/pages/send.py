@@ -19,7 +19,6 @@ from pydantic import ValidationError
 from announcer.api.alerts import alert_request
 from announcer.api.schemas import AlertBody, PreviewBody, problems_of
 from announcer.audio import wav_bytes
-from announcer.cli import Recipient
 from announcer.dashboard.message_form import (
     SHOWN_ROWS,
     FormError,
@@ -34,6 +33,7 @@ from announcer.dashboard.message_form import (
 from announcer.dashboard.routes import Page, Routes
 from announcer.deliveries.plan import PlanError, Problem, RecipientIn
 from announcer.messages.workers import RenderBusy
+from announcer.recipients import Recipient
 from announcer.speech.engine import SpeechError
 from announcer.store.deliveries import IdempotencyConflict, NewDelivery
 
