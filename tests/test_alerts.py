@@ -644,3 +644,44 @@ async def test_twenty_recipients_each_end_in_what_happened(
         b["delivery"]["phone"]: b["delivery"]["outcome"] for b in received if b["type"] == "delivery.finished"
     }
     assert finals == {p: outcome for outcome, group in groups.items() for p in group}
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the status webhook takes `answered` from our row only, not Twilio's CallDuration"
+)
+async def test_a_call_answered_elsewhere_and_completed_is_hung_up_early_not_no_answer(
+    service: Service,
+) -> None:
+    """issue 15, a process that dies: the call's `in-progress` callback and its media stream went to a worker
+    that was SIGKILLed, so nothing here knows it was answered; its `completed` reaches a process that lived.
+    Twilio's CallDuration and AnsweredBy say it was answered: a person heard part of it (or none), which is
+    `hung_up_early`, never `no_answer`."""
+    ringing = "+15550100041"
+    # Rings until the test has said what the dead process heard: the call stays `ringing` here.
+    service.sandbox.set_behavior(ringing, PhoneBehavior(answer="no-answer", ring_s=600))
+    status, accepted = await post(service, "/v1/alerts", alert_body(ringing))
+    assert status == 202, accepted
+    call = await placed_call(service, ringing)
+
+    async def rang() -> bool:
+        _, page = await get(service, f"/v1/alerts/{accepted['id']}/deliveries")
+        return page["deliveries"][0]["state"] == "ringing"
+
+    await eventually(rang, timeout=20)
+    url = service.base_url + "/twilio/status"
+    validator = RequestValidator(service.providers.auth_token)
+    # What a process that lived receives: the `completed` after the lost `in-progress` (sequence 2).
+    form = {
+        "CallSid": call.sid,
+        "AccountSid": service.providers.account_sid,
+        "CallStatus": "completed",
+        "SequenceNumber": "5",
+        "CallDuration": "9",
+        "AnsweredBy": "human",
+    }
+    async with aiohttp.ClientSession() as http:
+        headers = {"X-Twilio-Signature": validator.compute_signature(url, form)}
+        async with http.post(url, data=form, headers=headers) as resp:
+            assert resp.status == 204
+    alert = await finished(service, accepted["id"])
+    assert alert["counts"] == {"hung_up_early": 1}, alert["counts"]
