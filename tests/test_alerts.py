@@ -646,9 +646,6 @@ async def test_twenty_recipients_each_end_in_what_happened(
     assert finals == {p: outcome for outcome, group in groups.items() for p in group}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the status webhook takes `answered` from our row only, not Twilio's CallDuration"
-)
 async def test_a_call_answered_elsewhere_and_completed_is_hung_up_early_not_no_answer(
     service: Service,
 ) -> None:

@@ -46,6 +46,14 @@ def forward_from(new: DeliveryState) -> list[DeliveryState]:
     ]
 
 
+def twilio_says_answered(duration_s: int | None, answered_by: str | None) -> bool:
+    """Whether Twilio's own facts of an ended call say it was answered: a talk time (CallDuration counts
+    from the answer) or a machine detection verdict (given only to an answered call). What settles a call
+    whose `in-progress` callback and media stream went to a process that died: our row never heard of the
+    answer, Twilio did."""
+    return bool(duration_s) or bool(answered_by)
+
+
 def state_for_call_status(status: CallStatus, *, answered: bool) -> DeliveryState | None:
     """What a Twilio call status means for its delivery; None when it means nothing new."""
     match status:
