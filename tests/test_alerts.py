@@ -661,13 +661,18 @@ async def call_sid_of(service: Service, alert_id: str) -> str:
     return sid
 
 
+@pytest.mark.parametrize(
+    ("answered_by", "outcome"),
+    [("human", "hung_up_early"), ("machine_end_beep", "machine"), ("fax", "fax")],
+)
 async def test_a_call_answered_elsewhere_and_completed_is_hung_up_early_not_no_answer(
-    service: Service,
+    service: Service, answered_by: str, outcome: str
 ) -> None:
     """issue 15, a process that dies: the call's `in-progress` callback and its media stream went to a worker
     that was SIGKILLed, so nothing here knows it was answered; its `completed` reaches a process that lived.
     Twilio's CallDuration and AnsweredBy say it was answered: a person heard part of it (or none), which is
-    `hung_up_early`, never `no_answer`."""
+    `hung_up_early`, never `no_answer` (a machine's or a fax's verdict: what the media session's own rules
+    make of them, `machine` and `fax`)."""
     ringing = "+15550100041"
     service.sandbox.set_behavior(ringing, PhoneBehavior(answer="no-answer", ring_s=600))
     status, accepted = await post(service, "/v1/alerts", alert_body(ringing))
@@ -685,14 +690,14 @@ async def test_a_call_answered_elsewhere_and_completed_is_hung_up_early_not_no_a
         "CallStatus": "completed",
         "SequenceNumber": "5",
         "CallDuration": "9",
-        "AnsweredBy": "human",
+        "AnsweredBy": answered_by,
     }
     async with aiohttp.ClientSession() as http:
         headers = {"X-Twilio-Signature": validator.compute_signature(url, form)}
         async with http.post(url, data=form, headers=headers) as resp:
             assert resp.status == 204
     alert = await finished(service, accepted["id"])
-    assert alert["counts"] == {"hung_up_early": 1}, alert["counts"]
+    assert alert["counts"] == {outcome: 1}, alert["counts"]
 
 
 async def test_a_call_settled_by_asking_twilio_after_its_process_died_is_answered_as_twilio_says(

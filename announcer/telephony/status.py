@@ -34,6 +34,7 @@ class StatusReport:
     answered: bool
     sip_code: int | None
     error_code: int | None
+    answered_by: str | None = None  # Twilio's AnsweredBy, when the callback carries one
 
 
 StatusObserver = Callable[[StatusReport], Awaitable[None]]
@@ -93,5 +94,5 @@ async def status_webhook(
         answered = applied.answered or (
             status == CallStatus.COMPLETED and twilio_says_answered(duration, form.get("AnsweredBy"))
         )
-        await observer(StatusReport(call_id, status, answered, sip, error_code))
+        await observer(StatusReport(call_id, status, answered, sip, error_code, form.get("AnsweredBy")))
     return web.Response(status=204)
