@@ -644,3 +644,100 @@ async def test_twenty_recipients_each_end_in_what_happened(
         b["delivery"]["phone"]: b["delivery"]["outcome"] for b in received if b["type"] == "delivery.finished"
     }
     assert finals == {p: outcome for outcome, group in groups.items() for p in group}
+
+
+async def call_sid_of(service: Service, alert_id: str) -> str:
+    """The Call SID of the alert's (only) delivery, once recorded."""
+    sid: str | None = None
+
+    async def recorded() -> bool:
+        nonlocal sid
+        _, page = await get(service, f"/v1/alerts/{alert_id}/deliveries")
+        sid = page["deliveries"][0]["call_sid"]
+        return sid is not None
+
+    await eventually(recorded, timeout=20)
+    assert sid is not None
+    return sid
+
+
+@pytest.mark.parametrize(
+    ("answered_by", "outcome"),
+    [("human", "hung_up_early"), ("machine_end_beep", "machine"), ("fax", "fax")],
+)
+async def test_a_call_answered_elsewhere_and_completed_is_hung_up_early_not_no_answer(
+    service: Service, answered_by: str, outcome: str
+) -> None:
+    """issue 15, a process that dies: the call's `in-progress` callback and its media stream went to a worker
+    that was SIGKILLed, so nothing here knows it was answered; its `completed` reaches a process that lived.
+    Twilio's CallDuration and AnsweredBy say it was answered: a person heard part of it (or none), which is
+    `hung_up_early`, never `no_answer` (a machine's or a fax's verdict: what the media session's own rules
+    make of them, `machine` and `fax`)."""
+    ringing = "+15550100041"
+    service.sandbox.set_behavior(ringing, PhoneBehavior(answer="no-answer", ring_s=600))
+    status, accepted = await post(service, "/v1/alerts", alert_body(ringing))
+    assert status == 202, accepted
+    call = await placed_call(service, ringing)
+    # Its own callbacks go nowhere (the dead worker): only what the test posts below reaches the service.
+    call.status_callback = None
+    await call_sid_of(service, accepted["id"])
+    url = service.base_url + "/twilio/status"
+    validator = RequestValidator(service.providers.auth_token)
+    # What a process that lived receives: the `completed` after the lost `in-progress` (sequence 2).
+    form = {
+        "CallSid": call.sid,
+        "AccountSid": service.providers.account_sid,
+        "CallStatus": "completed",
+        "SequenceNumber": "5",
+        "CallDuration": "9",
+        "AnsweredBy": answered_by,
+    }
+    async with aiohttp.ClientSession() as http:
+        headers = {"X-Twilio-Signature": validator.compute_signature(url, form)}
+        async with http.post(url, data=form, headers=headers) as resp:
+            assert resp.status == 204
+    alert = await finished(service, accepted["id"])
+    assert alert["counts"] == {outcome: 1}, alert["counts"]
+
+
+async def test_a_call_settled_by_asking_twilio_after_its_process_died_is_answered_as_twilio_says(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The same, when the `completed` was lost too: the reconciler asks Twilio about the quiet call, and
+    Twilio's Call resource (status completed, a duration) says it was answered: `hung_up_early`. The call as
+    the dead worker left it: a SID, no answer recorded. Its truth is a real sandbox call that was answered
+    and ran three seconds with nobody told (no status callback, no stream)."""
+    from sqlalchemy import update
+
+    from announcer.app import TWILIO
+    from announcer.store.models import Call, Delivery
+
+    runner, service = await start_service(make_settings(tmp_path, database_url, announcer_claim_lease_s=1.0))
+    try:
+        ringing, answerer = "+15550100042", "+15550100043"
+        service.sandbox.set_behavior(ringing, PhoneBehavior(answer="no-answer", ring_s=600))
+        status, accepted = await post(service, "/v1/alerts", alert_body(ringing))
+        assert status == 202, accepted
+        dead_call = await placed_call(service, ringing)
+        dead_call.status_callback = None  # nothing more of it reaches the service
+        dead_sid = await call_sid_of(service, accepted["id"])
+        twilio = service.app[TWILIO]
+        truth = await twilio.create(
+            to=answerer,
+            from_=service.providers.phone_number,
+            twiml="<Response><Pause length='3'/></Response>",
+        )
+        answered = service.sandbox.calls[truth.sid]
+        await answered.wait_ended(20)
+        assert answered.answered_at is not None and answered.duration_s, answered.duration_s
+        # The attempt's call is the answered one (what the dead worker was carrying).
+        async with service.store.sessions() as s:
+            await s.execute(update(Call).where(Call.call_sid == dead_sid).values(call_sid=truth.sid))
+            await s.execute(update(Delivery).where(Delivery.call_sid == dead_sid).values(call_sid=truth.sid))
+            await s.commit()
+        alert = await finished(service, accepted["id"])
+        assert alert["counts"] == {"hung_up_early": 1}, alert["counts"]
+        events = await service.store.events((await service.store.find_by_sid(truth.sid)) or 0)
+        assert any(e.detail.get("source") == "reconciled with Twilio" for e in events), events
+    finally:
+        await runner.cleanup()

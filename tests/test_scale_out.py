@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -266,6 +267,48 @@ def callback_latency(farm: Farm) -> str:
     return f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {waits[-1]:.0f} ms"
 
 
+async def outcomes(farm: Farm, alert_id: str) -> dict[str, str]:
+    """Each delivery's outcome by phone (every page)."""
+    found: dict[str, str] = {}
+    after: int | None = -1
+    while after is not None:
+        code, page = await farm.api("GET", f"/v1/alerts/{alert_id}/deliveries?after={after}&limit=100")
+        assert code == 200, page
+        found.update({d["phone"]: d["outcome"] for d in page["deliveries"]})
+        after = page["next_after"]
+    return found
+
+
+def assert_outcomes_true(
+    farm: Farm, recorded: dict[str, str], killed_at: float | None = None
+) -> Counter[str]:
+    """Each delivery's outcome is what the sandbox saw of its call: an answered call is never `no_answer`;
+    `heard` only when the phone echoed the message's end mark (or Twilio said it); a message the phone heard
+    to its end mark is `heard` unless the call was live when a worker was killed (`killed_at`, monotonic:
+    the echo may have reached the dead process only). Returns what was found, by kind, to print."""
+    calls = {c.to: c for c in farm.twilio.calls.values()}  # each number is called once (asserted apart)
+    seen: Counter[str] = Counter()
+    wrong: list[str] = []
+    for phone, outcome in recorded.items():
+        call = calls[phone]
+        answered = call.answered_at is not None
+        end_echoed = any(m.startswith("end:") for m in call.marks_echoed) or bool(call.said)
+        live_at_kill = (
+            killed_at is not None
+            and answered
+            and call.placed_at <= killed_at <= (call.finished_at or float("inf"))
+        )
+        if answered and outcome == "no_answer":
+            wrong.append(f"{phone} {call.sid}: answered ({call.duration_s} s) but recorded no_answer")
+        elif outcome == "heard" and not end_echoed:
+            wrong.append(f"{phone} {call.sid}: recorded heard, the phone never heard the end")
+        elif end_echoed and outcome != "heard" and not live_at_kill:
+            wrong.append(f"{phone} {call.sid}: the phone heard it all, recorded {outcome}")
+        seen[f"{outcome}{' (live at the kill)' if live_at_kill else ''}"] += 1
+    assert not wrong, "\n".join(wrong[:20])
+    return seen
+
+
 async def reconciled(farm: Farm) -> dict[str, int]:
     """What the processes that lived did about the killed one's work (read from the database): claims
     released (never dialed: due again), claims adopted (the call existed: kept), calls settled by asking
@@ -301,9 +344,9 @@ async def test_processes_behind_nginx_call_everyone_once_and_share_callbacks_and
     assert sum(view["counts"].values()) == RECIPIENTS
     assert set(view["counts"]) <= FINAL, view["counts"]
     # Every delivery final. Not every one heard on a loaded machine: a stream whose start waits more than
-    # 10 s for its process is closed (hung_up_early); the outcomes are printed.
-    assert set(view["counts"]) <= FINAL, view["counts"]
+    # 10 s for its process is closed (hung_up_early); but each outcome is what its phone went through.
     assert view["counts"].get("heard", 0) > 0, view["counts"]
+    truth = assert_outcomes_true(farm, await outcomes(farm, alert_id))
     pids = [await farm.pid_at(p) for p in farm.ports]
     assert_each_called_once(farm, phones)
     # None: unanswered within 15 s. The processes' journals deadlock on each other's rows at times (each
@@ -341,7 +384,8 @@ async def test_processes_behind_nginx_call_everyone_once_and_share_callbacks_and
             os.kill(pid, 0)
     print(
         f"\n{workers} processes: outcomes {view['counts']}; streams {dict(media)}, status callbacks "
-        f"{dict(status)}, answered {dict(answers)} in {callback_latency(farm)}"
+        f"{dict(status)}, answered {dict(answers)} in {callback_latency(farm)}; outcomes as the sandbox saw "
+        f"them {dict(truth)}"
     )
 
 
@@ -358,6 +402,7 @@ async def test_a_worker_killed_mid_alert_loses_nobody_and_calls_nobody_twice(far
     await eventually(under_way, timeout=120)
     victim = farm.ports[1]
     os.kill(pids[1], signal.SIGKILL)
+    killed_mono = time.monotonic()
     killed_at = sum(farm.creates().values())
     assert killed_at < RECIPIENTS, "the alert was over before the kill: nothing tested"
     view = await completed(farm, alert_id)
@@ -365,6 +410,9 @@ async def test_a_worker_killed_mid_alert_loses_nobody_and_calls_nobody_twice(far
     assert sum(counts.values()) == RECIPIENTS
     assert set(counts) <= FINAL, counts  # nobody lost: every delivery has its outcome
     assert_each_called_once(farm, phones)
+    # And each outcome true to its call: the calls the killed worker carried (their in-progress or their
+    # stream went with it) were answered, so they are hung_up_early (or heard), never no_answer.
+    truth = assert_outcomes_true(farm, await outcomes(farm, alert_id), killed_mono)
     # The callbacks the killed process had in hand when it died were answered 502 by nginx (it never
     # sends a POST twice); every other one was accepted by a process that lived.
     answers = await callbacks_answered(farm)
@@ -379,5 +427,5 @@ async def test_a_worker_killed_mid_alert_loses_nobody_and_calls_nobody_twice(far
     print(
         f"\nkilled pid {pids[1]} after {killed_at} creates; outcomes {counts}; callbacks lost with it "
         f"{answers[502]}; unanswered in 15 s {answers[None]}; answered in {callback_latency(farm)}; "
-        f"reconciled {await reconciled(farm)}"
+        f"reconciled {await reconciled(farm)}; outcomes as the sandbox saw them {dict(truth)}"
     )

@@ -34,7 +34,7 @@ from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.phones import BadNumber
 from announcer.speech.speaker import Speaker
 from announcer.store.deliveries import Claim, DeliveryStore, ExpiredClaim, Move
-from announcer.store.delivery_states import state_for_call_status
+from announcer.store.delivery_states import state_for_call_status, twilio_says_answered
 from announcer.store.models import TERMINAL_STATUSES, CallOutcome, CallStatus, DeliveryState, utcnow
 from announcer.telephony import twiml
 from announcer.telephony.calls import MachineDetection, TwilioCalls, TwilioError
@@ -428,7 +428,9 @@ class Dispatcher:
             return
         await self._store.settle_call(call_id, status)
         self.wake()  # its slot is free
-        new = state_for_call_status(status, answered=answered)
+        # Our row may not know of the answer (its `in-progress` went to the process that died); Twilio does.
+        answered = answered or twilio_says_answered(info.duration_s, info.answered_by)
+        new = state_for_call_status(status, answered=answered, answered_by=info.answered_by)
         if new is not None:
             self._moved(await self._store.on_call_state(call_id, new, source="reconciled with Twilio"))
 
@@ -438,7 +440,7 @@ class Dispatcher:
         """A status callback moved an attempt's call: move its delivery (if the call carries one)."""
         if report.status in TERMINAL_STATUSES:
             self.wake()  # its slot is free
-        new = state_for_call_status(report.status, answered=report.answered)
+        new = state_for_call_status(report.status, answered=report.answered, answered_by=report.answered_by)
         if new is None:
             return
         code = report.error_code or (report.sip_code if new == DeliveryState.FAILED else None)

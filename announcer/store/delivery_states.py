@@ -46,8 +46,20 @@ def forward_from(new: DeliveryState) -> list[DeliveryState]:
     ]
 
 
-def state_for_call_status(status: CallStatus, *, answered: bool) -> DeliveryState | None:
-    """What a Twilio call status means for its delivery; None when it means nothing new."""
+def twilio_says_answered(duration_s: int | None, answered_by: str | None) -> bool:
+    """Whether Twilio's own facts of an ended call say it was answered: a talk time (CallDuration counts
+    from the answer) or a machine detection verdict (given only to an answered call). What settles a call
+    whose `in-progress` callback and media stream went to a process that died: our row never heard of the
+    answer, Twilio did."""
+    return bool(duration_s) or bool(answered_by)
+
+
+def state_for_call_status(
+    status: CallStatus, *, answered: bool, answered_by: str | None = None
+) -> DeliveryState | None:
+    """What a Twilio call status means for its delivery; None when it means nothing new. `answered_by`
+    (Twilio's machine detection verdict) names a machine or a fax that the media session did not get to
+    report (its process died): the outcome its own rules give them (telephony/callflow.py, `_hung_up`)."""
     match status:
         case CallStatus.QUEUED | CallStatus.INITIATED:
             return None  # still dialing
@@ -66,4 +78,8 @@ def state_for_call_status(status: CallStatus, *, answered: bool) -> DeliveryStat
         case CallStatus.COMPLETED:
             # The media stream decides heard/confirmed/opted out before the call completes; a call that
             # completes without one was answered and left (hung up early) or never answered at all.
+            if answered_by == "fax":
+                return DeliveryState.FAX
+            if answered_by is not None and answered_by.startswith("machine"):
+                return DeliveryState.MACHINE  # a machine, and no message left that we know of
             return DeliveryState.HUNG_UP_EARLY if answered else DeliveryState.NO_ANSWER

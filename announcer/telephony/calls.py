@@ -111,6 +111,8 @@ class CallInfo:
     to: str
     from_: str
     start_time: datetime | None
+    duration_s: int | None = None  # talk time, from the answer; set once the call is over
+    answered_by: str | None = None  # machine detection's verdict: given only to an answered call
 
 
 class TwilioCalls:
@@ -256,4 +258,14 @@ def _info(call: Any) -> CallInfo:
         to=str(call.to),
         from_=str(getattr(call, "_from", "") or ""),
         start_time=call.start_time if isinstance(call.start_time, datetime) else None,
+        duration_s=_whole(getattr(call, "duration", None)),
+        answered_by=str(call.answered_by) if getattr(call, "answered_by", None) else None,
     )
+
+
+def _whole(value: object) -> int | None:
+    """The SDK renders the Call resource's `duration` as Twilio sends it: a string of seconds, or null."""
+    try:
+        return int(str(value)) if value is not None else None
+    except ValueError:
+        return None

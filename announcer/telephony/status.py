@@ -14,6 +14,7 @@ from aiohttp import web
 
 from announcer import logs
 from announcer.store.calls import CallStore
+from announcer.store.delivery_states import twilio_says_answered
 from announcer.store.models import TERMINAL_STATUSES, CallStatus
 from announcer.telephony.signature import SignatureChecker
 from announcer.telephony.tokens import TokenBook
@@ -33,6 +34,7 @@ class StatusReport:
     answered: bool
     sip_code: int | None
     error_code: int | None
+    answered_by: str | None = None  # Twilio's AnsweredBy, when the callback carries one
 
 
 StatusObserver = Callable[[StatusReport], Awaitable[None]]
@@ -87,5 +89,10 @@ async def status_webhook(
     if applied.moved and status in TERMINAL_STATUSES and on_end is not None:
         on_end(carries_delivery, status)
     if applied.moved and observer is not None and carries_delivery:  # the greeting line: no one to tell
-        await observer(StatusReport(call_id, status, applied.answered, sip, error_code))
+        # Answered as our row knows it, or as Twilio says: the `in-progress` may have gone to a process
+        # that died before recording it.
+        answered = applied.answered or (
+            status == CallStatus.COMPLETED and twilio_says_answered(duration, form.get("AnsweredBy"))
+        )
+        await observer(StatusReport(call_id, status, answered, sip, error_code, form.get("AnsweredBy")))
     return web.Response(status=204)
