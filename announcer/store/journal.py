@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Table, insert
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,17 @@ class Journal:
             self._task = None
 
     async def _write(self, batch: list[_Item]) -> None:
+        while True:
+            try:
+                await self._write_once(batch)
+                return
+            except PoolTimeout:
+                # No connection came within the pool's wait: nothing of the batch reached the database
+                # (the first statement waits for the connection), so it is written again whole rather
+                # than failed: its operations were accepted, and a busy database loses none of them.
+                log.warning("the database stayed busy; writing a batch of %d again", len(batch))
+
+    async def _write_once(self, batch: list[_Item]) -> None:
         try:
             async with self._sessions() as session:
                 work = Batch(session)
@@ -157,6 +169,8 @@ class Journal:
             for _, _, future in batch:
                 if future is not None and not future.done():
                     future.cancel()
+            raise
+        except PoolTimeout:
             raise
         except Exception as err:
             if len(batch) > 1:
