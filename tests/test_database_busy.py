@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -16,6 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from announcer.app import DATABASE
+from announcer.store import journal as journal_module
 from announcer.store.db import Database
 from announcer.store.journal import Batch, Journal
 from announcer.store.models import Alert
@@ -121,4 +123,34 @@ async def test_a_journaled_write_waits_out_a_busy_database_and_is_not_lost(
         await journal.close()
         async with db.engine.begin() as conn:
             await conn.execute(text("DROP TABLE IF EXISTS busy_probe"))
+        await db.dispose()
+
+
+async def test_a_batch_holds_the_connection_only_so_long_and_the_rest_follows_in_order(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No time at all: every batch stops after its second operation (the first takes the connection, the
+    # clock starts after it), so six operations make three transactions, each call's in submitted order.
+    monkeypatch.setattr(journal_module, "_MAX_HOLD_S", 0.0)
+    db = Database(database_url)
+    await db.upgrade()
+    journal = Journal(db.sessions)
+    ran: list[tuple[int, int]] = []
+
+    def op(key: int, n: int) -> Any:
+        async def run(batch: Batch) -> int:
+            await batch.session.execute(text("SELECT 1"))
+            ran.append((key, n))
+            return n
+
+        return run
+
+    try:
+        futures = [journal.submit(op(key, n), key) for n in range(3) for key in (2, 1)]
+        assert [await f for f in futures] == [0, 0, 1, 1, 2, 2]
+        assert journal.batches == 3
+        assert journal.operations == 6
+        assert ran == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    finally:
+        await journal.close()
         await db.dispose()
