@@ -244,7 +244,11 @@ def _api_token(settings: Settings) -> str:
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    db = Database(settings.resolved_database_url, setting=settings.database_setting)
+    db = Database(
+        settings.resolved_database_url,
+        setting=settings.database_setting,
+        pool_timeout=settings.announcer_db_wait_s,
+    )
     await db.upgrade()
     app[DATABASE] = db
     app[STORE] = store = CallStore(db.sessions)

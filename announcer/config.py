@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     announcer_allowed_number_types: CommaList = frozenset()
     # A claimed delivery must have its Call SID within this time, else it is reconciled with Twilio.
     announcer_claim_lease_s: PositiveFloat = 60.0
+    # How long a request waits for a database connection when all are busy before it is answered 503 with
+    # Retry-After (the SQLite file has one connection; PostgreSQL a pool of five plus ten).
+    announcer_db_wait_s: PositiveFloat = 10.0
     # Schedules due within this many seconds (plus their pre-synthesis lead) are armed in memory; the
     # rest wait in the table until they come near. At least two syncs (4 s) long.
     announcer_schedule_horizon_s: Annotated[float, Field(ge=4)] = 3600.0

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from announcer.api.schemas import problems_of
 from announcer.deliveries.plan import Problem
@@ -209,10 +210,35 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         code = exc.reason.lower().replace(" ", "_")
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         raise error(exc.status, code, message) from None
+    except PoolTimeout:
+        # Overload, not a bug: every database connection stayed busy for the whole wait. The request's
+        # own transaction rolled back; a client repeating it is protected by its Idempotency-Key.
+        log.warning("%s %s: the database stayed busy; answered 503", request.method[:16], request.path[:200])
+        return database_busy()
     except Exception:
         log.exception("%s %s failed", request.method[:16], request.path[:200])
         body = json.dumps({"error": "internal", "message": "an internal error; it has been logged"})
         return web.Response(status=500, text=body, content_type="application/json")
+
+
+DATABASE_BUSY_RETRY_S = 5
+
+
+def database_busy() -> web.Response:
+    """503 for a request that found every database connection busy for the whole wait."""
+    body = json.dumps(
+        {
+            "error": "database_busy",
+            "message": "the database stayed busy; send the request again later "
+            "(with an Idempotency-Key a repeat is safe)",
+        }
+    )
+    return web.Response(
+        status=503,
+        text=body,
+        content_type="application/json",
+        headers={"Retry-After": str(DATABASE_BUSY_RETRY_S)},
+    )
 
 
 def make_middleware(token: str) -> Middleware:

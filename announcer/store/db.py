@@ -6,6 +6,10 @@ steps of up to 100 ms, so under load a webhook took hundreds of milliseconds. Wi
 writers queue in the pool (asyncio, first come first served) and each waits only for the transactions
 ahead of it. The busy timeout stays for other processes on the same file. The same code runs on
 PostgreSQL through asyncpg, with a normal pool.
+
+A request that waits longer than `pool_timeout` for a connection gets SQLAlchemy's pool TimeoutError,
+which the API answers 503 with Retry-After (api/http.py): the default 30 s was longer than Twilio waits
+for a webhook (15 s) and than a media stream waits for its start, so the caller had long given up.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from announcer.store.reachable import (
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # An arbitrary constant: every process of one deployment takes the same lock to migrate one at a time.
 _MIGRATION_LOCK_ID = 0x616E6E6F
+DEFAULT_POOL_TIMEOUT_S = 10.0
 
 
 def head_revision() -> str:
@@ -52,7 +57,14 @@ class Database:
     """Owns the engine; opened and closed by the app's lifecycle. `setting` names where the URL came from
     (DATABASE_URL, or ANNOUNCER_DATA_DIR for the default SQLite file) in DatabaseUnavailable's line."""
 
-    def __init__(self, url: str, *, echo: bool = False, setting: str = "DATABASE_URL") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        setting: str = "DATABASE_URL",
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT_S,
+    ) -> None:
         self.url = make_url(url)
         self.setting = setting
         if self._sqlite_file and self.url.database:
@@ -67,6 +79,8 @@ class Database:
             except OSError as err:
                 raise DatabaseUnavailable(setting, sqlite_file_problem(path, err)) from None
         options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0} if self._sqlite_file else {}
+        if self._sqlite_file or not self.is_sqlite:  # an in-memory SQLite has a static pool: no wait
+            options["pool_timeout"] = pool_timeout
         self.engine: AsyncEngine = create_async_engine(
             self.url,
             echo=echo,

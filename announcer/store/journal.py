@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Table, insert
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,13 @@ def _insert_of(table: Table) -> Any:
 Operation = Callable[[Batch], Awaitable[Any]]
 
 _MAX_BATCH = 500  # bounds one transaction's length: a webhook behind it waits for at most this many
+# ...and so does time: each statement is a round trip through the event loop (aiosqlite's worker thread,
+# asyncpg's socket), so when the loop is overloaded a statement takes a loop turn of tens of milliseconds,
+# and a batch of 500 operations (over a thousand statements) held SQLite's one connection for longer than
+# the pool's 30 s wait: API requests failed and media streams' `start` waited past its timeout behind it.
+# A batch stops taking operations once it has held its connection this long; the rest goes back to the
+# head of the queue for the next batch, behind whoever waited for the connection meanwhile.
+_MAX_HOLD_S = 0.1
 
 
 _Item = tuple[
@@ -142,21 +151,41 @@ class Journal:
                 batch = self._queue[:_MAX_BATCH]
                 del self._queue[:_MAX_BATCH]
                 batch.sort(key=_key)  # stable: each call's operations keep their order
-                await self._write(batch)
+                # Not reached within the batch's time: first in the next one, in the same order.
+                self._queue[:0] = await self._write(batch)
         finally:
             self._task = None
 
-    async def _write(self, batch: list[_Item]) -> None:
+    async def _write(self, batch: list[_Item]) -> list[_Item]:
+        """Write `batch` (or its head, see _MAX_HOLD_S); the items not reached are returned."""
+        while True:
+            try:
+                return await self._write_once(batch)
+            except PoolTimeout:
+                # No connection came within the pool's wait: nothing of the batch reached the database
+                # (the first statement waits for the connection), so it is written again whole rather
+                # than failed: its operations were accepted, and a busy database loses none of them.
+                log.warning("the database stayed busy; writing a batch of %d again", len(batch))
+
+    async def _write_once(self, batch: list[_Item]) -> list[_Item]:
+        results: list[Any] = []
         try:
             async with self._sessions() as session:
                 work = Batch(session)
-                results = [await op(work) for _, op, _ in batch]
+                for _, op, _ in batch:
+                    results.append(await op(work))
+                    if len(results) == 1:  # the connection is taken at the first statement
+                        deadline = time.monotonic() + _MAX_HOLD_S
+                    elif time.monotonic() > deadline:
+                        break
                 await work.write_rows()
                 await session.commit()
         except asyncio.CancelledError:
             for _, _, future in batch:
                 if future is not None and not future.done():
                     future.cancel()
+            raise
+        except PoolTimeout:
             raise
         except Exception as err:
             if len(batch) > 1:
@@ -165,7 +194,7 @@ class Journal:
                 )
                 for item in batch:
                     await self._write([item])
-                return
+                return []
             _, op, future = batch[0]
             if future is None:
                 log.error(
@@ -173,12 +202,14 @@ class Journal:
                 )
             elif not future.done():
                 future.set_exception(err)
-            return
+            return []
+        written = batch[: len(results)]
         self.batches += 1
-        self.operations += len(batch)
-        for (_, _, future), result in zip(batch, results, strict=True):
+        self.operations += len(written)
+        for (_, _, future), result in zip(written, results, strict=True):
             if future is not None and not future.done():
                 future.set_result(result)
+        return batch[len(results) :]
 
 
 async def _nothing(_batch: Batch) -> None:
