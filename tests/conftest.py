@@ -232,18 +232,33 @@ async def run_cli(
     """`announcer COMMAND ARGS --url URL --token T` in its own process: (exit code, stdout, stderr).
     Awaited, never blocking the loop the service under test runs on."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "announcer.cli",
-        command,
-        *args,
-        "--url",
-        url,
-        "--token",
-        API_TOKEN,
-        env=env,
+    return await run_process(
+        [
+            sys.executable,
+            "-m",
+            "announcer.cli",
+            command,
+            *args,
+            "--url",
+            url,
+            "--token",
+            API_TOKEN,
+        ],
         cwd=tmp_path,  # no .env of the developer's
+        env=env,
+        timeout=timeout,
+    )
+
+
+async def run_process(
+    argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float
+) -> tuple[int, str, str]:
+    """`argv` in its own process with no stdin: (exit code, stdout, stderr); killed at `timeout`."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, run_process
 from tests.pg_available import _check as pg_answers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,24 +131,7 @@ async def sandbox_service(cwd: Path, env: dict[str, str]) -> AsyncIterator[None]
 
 
 async def run_block(script: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "bash",
-        "-c",
-        PRELUDE + script,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_process(["bash", "-c", PRELUDE + script], cwd=cwd, env=env, timeout=timeout)
 
 
 def _own_database(script: str) -> tuple[str, str]:
