@@ -13,6 +13,7 @@ from aiohttp import web
 from announcer.api.http import STRING_ID
 from announcer.dashboard.routes import Page, Routes
 from announcer.store.deliveries import AlertFinished, AlertView
+from announcer.store.delivery_rows import OPEN_DELIVERY
 from announcer.store.models import MAX_INT, AlertStatus
 
 routes = Routes()
@@ -60,8 +61,7 @@ def _counts(view: AlertView) -> list[tuple[str, int]]:
 
 def done_of(view: AlertView) -> int:
     """Recipients in a final state (everything but the waiting and the calls under way)."""
-    open_states = {"pending", "queued", "dialing", "ringing", "in_progress"}
-    return sum(n for state, n in view.counts.items() if state not in open_states)
+    return sum(n for state, n in view.counts.items() if state not in OPEN_DELIVERY)
 
 
 @routes.get("/alerts", name="alerts")
