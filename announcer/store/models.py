@@ -6,7 +6,7 @@ Times are stored as UTC; `UtcDateTime` gives them back timezone-aware on SQLite 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -481,3 +481,173 @@ class DashboardSession(Base):
     token_mark: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+# --- paging (migration 0012): people, rotations, escalation policies, integrations, incidents ------------
+# The database is the truth of who is on call and where every incident's escalation stands: a restart (or
+# another process) reads it back and goes on from there.
+
+
+class Person(Base):
+    """Someone who can be paged: a name, a number (E.164) and the zone their day is in."""
+
+    __tablename__ = "people"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "pe_" + hex
+    name: Mapped[str] = mapped_column(String(200))
+    phone: Mapped[str] = mapped_column(String(32))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ShiftUnit(StrEnum):
+    HOURS = "hours"  # elapsed time: a shift of 12 hours is 12 real hours, DST or not
+    DAYS = "days"  # wall-clock: the hand-off is at handoff_time local, DST or not (a 23- or 25-hour day)
+    WEEKS = "weeks"
+
+
+class Rotation(Base):
+    """People in order, each on call for one shift, handing off at `handoff_time` in `timezone`; the first
+    shift (members[0]) starts on `start_date` at the hand-off time."""
+
+    __tablename__ = "rotations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "ro_" + hex
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    shift_length: Mapped[int] = mapped_column(Integer, default=1)
+    shift_unit: Mapped[str] = mapped_column(String(8), default=ShiftUnit.WEEKS)
+    handoff_time: Mapped[str] = mapped_column(String(5), default="09:00")  # "HH:MM", local
+    start_date: Mapped[date]
+    members: Mapped[list[str]] = mapped_column(JSON, default=list)  # person ids, in order (may repeat)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RotationOverride(Base):
+    """A temporary change: `person_id` is on call for the rotation from `starts_at` until `ends_at`."""
+
+    __tablename__ = "rotation_overrides"
+    __table_args__ = (Index("ix_rotation_overrides_rotation", "rotation_id", "ends_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rotation_id: Mapped[str] = mapped_column(ForeignKey("rotations.id", ondelete="CASCADE"))
+    person_id: Mapped[str] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"))
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EscalationPolicy(Base):
+    """Ordered steps, each paging its targets and then waiting `delay_s` for an acknowledgement before the
+    next; after the last step the policy starts again, `repeat` more times at most.
+
+    `steps` is JSON: `[{"delay_s": 300, "targets": [{"type": "person", "id": "pe_..."},
+    {"type": "rotation", "id": "ro_..."}]}, ...]` (validated by the API)."""
+
+    __tablename__ = "escalation_policies"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "ep_" + hex
+    name: Mapped[str] = mapped_column(String(200))
+    repeat: Mapped[int] = mapped_column(Integer, default=0)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IntegrationKind(StrEnum):
+    ALERTMANAGER = "alertmanager"  # Prometheus Alertmanager's webhook_config (version "4")
+    GRAFANA = "grafana"  # Grafana alerting's webhook contact point
+    JSON = "json"  # the plain form: title, summary, severity, dedup_key, status
+
+
+class Integration(Base):
+    """Where alerts come in from: a kind, the policy its incidents escalate by, and a secret of its own
+    (only its SHA-256 is stored; the secret is shown once, when the integration is made)."""
+
+    __tablename__ = "integrations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "in_" + hex
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    policy_id: Mapped[str] = mapped_column(ForeignKey("escalation_policies.id"))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    # On acknowledgement, silence the group at the source's Alertmanager this long (null: no silence).
+    silence_s: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IncidentState(StrEnum):
+    TRIGGERED = "triggered"  # escalating: pages go out step by step until someone acknowledges
+    ACKNOWLEDGED = "acknowledged"  # someone has it: nobody else is paged
+    RESOLVED = "resolved"  # over (the source said so, or a person did)
+
+
+class Incident(Base):
+    """A firing group (Alertmanager's groupKey, Grafana's, or the plain form's dedup_key) of one
+    integration, and where its escalation stands: `round` (0 .. policy.repeat) and `step` of the page last
+    sent, and when the next step is due (`next_step_at`, null unless triggered)."""
+
+    __tablename__ = "incidents"
+    __table_args__ = (
+        # the escalator's question: which triggered incidents are due
+        Index("ix_incidents_due", "state", "next_step_at"),
+        Index("ix_incidents_created", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "ic_" + hex
+    integration_id: Mapped[str] = mapped_column(ForeignKey("integrations.id"))
+    policy_id: Mapped[str] = mapped_column(ForeignKey("escalation_policies.id"))
+    dedup_key: Mapped[str] = mapped_column(Text)  # groupKey / dedup_key as the source sent it
+    # sha256(integration id, dedup key) while the incident is open (triggered or acknowledged), null once
+    # resolved: unique, so a group has one open incident whoever receives its repeats.
+    open_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default=IncidentState.TRIGGERED)
+    title: Mapped[str] = mapped_column(String(500))
+    summary: Mapped[str | None] = mapped_column(Text)
+    severity: Mapped[str | None] = mapped_column(String(32))
+    alert_count: Mapped[int] = mapped_column(Integer, default=1)  # alerts firing in the group, last told
+    source_url: Mapped[str | None] = mapped_column(String(2048))  # Alertmanager's externalURL
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)  # labels, annotations, alerts (trimmed)
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int] = mapped_column(Integer, default=-1)  # -1: no page sent yet
+    next_step_at: Mapped[datetime | None]
+    firing_since: Mapped[datetime | None]  # the earliest startsAt of its alerts
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str | None] = mapped_column(String(200))
+    resolved_at: Mapped[datetime | None]
+
+
+class IncidentEvent(Base):
+    """One change of an incident, in order: its timeline. `kind`: triggered, repeated (the source sent the
+    group again), paged, page_outcome, escalated, acknowledged, resolved, silenced...; `who` and `how`
+    (key, api, dashboard, alertmanager, grafana, json, policy) say who did it and through what."""
+
+    __tablename__ = "incident_events"
+    __table_args__ = (Index("ix_incident_events_incident", "incident_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    who: Mapped[str | None] = mapped_column(String(200))
+    how: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class IncidentPage(Base):
+    """One step's page of an incident: the alert that called the step's targets. (incident, round, step) is
+    the primary key: a step is paged once, whichever process or restart gets to it."""
+
+    __tablename__ = "incident_pages"
+
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[str | None] = mapped_column(String(40), index=True)  # null: nobody to page
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # who, as resolved then
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
