@@ -214,6 +214,17 @@ class StoredAgent(AgentOption):
         return data
 
 
+class PageRef(BaseModel):
+    """A page: the alert an incident's escalation step sent (paging/). Its call asks for the pager's keys (1
+    acknowledge, 2 repeat, 3 escalate now) and is never retried: the next step is the retry."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    incident_id: str
+    round: int
+    step: int
+
+
 # The options that are a reminder's own, and where a fire came from: in the row of a schedule's fire only.
 _FIRE_ONLY = (frozenset(ScheduleOptions.model_fields) - frozenset(AlertOptions.model_fields)) | {
     "schedule_id",
@@ -233,6 +244,7 @@ class StoredOptions(ScheduleOptions):
     schedule_id: str | None = None  # a schedule's fire: the schedule
     planned_at: Moment | None = None  # ... and the time it was planned for
     timezone: str | None = None  # ... and its zone: the quiet hours of recipients without their own
+    page: PageRef | None = None  # an incident's page (paging/): the escalation step that sent it
 
     @classmethod
     def accepted(cls, options: AlertOptions) -> StoredOptions:
@@ -278,6 +290,8 @@ class StoredOptions(ScheduleOptions):
         if self.schedule_id is None:
             for name in _FIRE_ONLY:
                 data.pop(name, None)
+        if self.page is None:
+            data.pop("page", None)  # rows other than pages hold what they always held
         return data
 
 
