@@ -173,6 +173,14 @@ def test_a_request_has_a_cpu_budget_over_all_its_recipients(
 # --- what must not change ----------------------------------------------------------------------------
 
 SHIPPED_VARIABLES: dict[str, dict[str, Any]] = {
+    "page.j2": {
+        "name": "Ada",
+        "alertname": "HighLatency",
+        "summary": "Requests to the api are slow",
+        "severity": "warning",
+        "alert_count": 3,
+        "firing_for_s": 90,
+    },
     "alert.j2": {
         "name": "Ada",
         "system": "the billing server",

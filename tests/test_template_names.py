@@ -22,6 +22,7 @@ SAMPLES = {
     "time": "10:30",
     "org_name": "Acme Clinic",
     "time_of_day": "morning",
+    "alertname": "HighLatency",
 }
 SHIPPED = sorted(p.name for p in DEFAULT_TEMPLATES_DIR.glob("*.j2"))
 

@@ -166,6 +166,26 @@ RENDERED: list[tuple[str, dict[str, Any], str]] = [
         },
         "Good morning, and thank you for calling Acme Clinic. Our assistant will take your call now.",
     ),
+    (
+        "page.j2",
+        {
+            "name": "Alice",
+            "alertname": "HighLatency",
+            "summary": "Requests to the api are slow",
+            "severity": "critical",
+            "alert_count": 3,
+            "firing_for_s": 420,
+        },
+        "Hello Alice. This is an on-call page. A critical alert is firing: HighLatency. "
+        "Requests to the api are slow. Three alerts are firing in this group. "
+        "It has been firing for seven minutes.",
+    ),
+    (
+        "page.j2",
+        {"name": None, "alertname": "DiskFull", "summary": "Disk almost full", "firing_for_s": 10},
+        "Hello. This is an on-call page. An alert is firing: DiskFull. Disk almost full. "
+        "It started less than a minute ago.",
+    ),
 ]
 
 
@@ -382,6 +402,15 @@ SENTENCE_CASES: dict[str, tuple[dict[str, Any], dict[str, tuple[Any, Any]]]] = {
         },
     ),
     "confirm_prompt.j2": ({}, {"repeat_key": ("3", _ABSENT)}),
+    "page.j2": (
+        {"alertname": "HighLatency", "summary": "Requests to the api are slow"},
+        {
+            "name": ("Ada", None),
+            "severity": ("critical", _ABSENT),
+            "alert_count": (4, 1),
+            "firing_for_s": (7300, _ABSENT),
+        },
+    ),
     "reminder_prompt.j2": ({}, {"repeat_key": ("*", None)}),
     "greeting.j2": (
         {"org_name": "Acme Clinic", "time_of_day": "morning"},

@@ -39,7 +39,7 @@ from announcer.deliveries.policy import NO_JITTER, Backoff
 from announcer.messages.phones import BadNumber
 from announcer.messages.render import MessageRenderer
 from announcer.messages.workers import RenderPool
-from announcer.options import AlertOptions, ScheduleOptions, StoredOptions
+from announcer.options import AlertOptions, PageRef, ScheduleOptions, StoredOptions
 from announcer.speech.speaker import Speaker
 from announcer.store.deliveries import AlertFinished, AlertView, DeliveryStore, NewDelivery
 from announcer.store.models import DeliveryState
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 SID_WAIT_S = 10.0  # how long /outbound-call waits for Twilio's Call SID before answering without it
 SID_POLL = Backoff(base_s=0.02, cap_s=0.25, jitter=NO_JITTER)
+PAGE_TEMPLATE = "page.j2"  # an incident's page (paging/)
 _PRESYNTH_AT_ONCE = 4  # syntheses of one schedule in flight together (its recipients' distinct texts)
 
 
@@ -258,6 +259,26 @@ class AlertService:
             if isinstance(result, BaseException):
                 raise result
         return len(texts)
+
+    async def page(self, page: PageRef, people: Sequence[RecipientIn], variables: Mapping[str, Any]) -> str:
+        """An incident's escalation step as an alert to the step's people (paging/), spoken from page.j2 and
+        asking for the pager's keys; its id. Keyed by (incident, round, step): asked twice (a restart, a
+        second process), the step is still paged once. Never retried: the next step is the retry. Raises
+        PlanError when page.j2 does not render for someone."""
+        key = f"page:{page.incident_id}:{page.round}:{page.step}"
+        deliveries = await self.plan(PAGE_TEMPLATE, None, variables, people)
+        options = AlertOptions(confirm=True, max_attempts=1, retry_on=[])
+        alert_id, _ = await self._create(
+            idempotency_key=key,
+            request_hash=hashlib.sha256(key.encode()).hexdigest(),
+            source="page",
+            template=PAGE_TEMPLATE,
+            template_text=None,
+            variables=dict(variables),
+            options=StoredOptions.model_validate({**options.model_dump(), "page": page.model_dump()}),
+            deliveries=deliveries,
+        )
+        return alert_id
 
     def outbound(self, number: str, prompt: str, first_message: str) -> OutboundRequest:
         """`POST /outbound-call` checked: AgentUnavailable without an agent, PlanError for a number that

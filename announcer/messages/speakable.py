@@ -243,6 +243,7 @@ def time_of_day(hour: int) -> str:
 
 FILTERS: dict[str, Callable[..., str]] = {
     "digits": digits,
+    "words": number_words,  # a count said as words: 3 -> "three"
     "spoken_time": spoken_time,
     "spoken_date": spoken_date,
     "sentence": sentence,
