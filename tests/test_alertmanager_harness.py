@@ -14,6 +14,7 @@ import pytest
 
 from tests.alertmanager import (
     MISSING,
+    AlertmanagerError,
     AlertmanagerFactory,
     WebhookReceiver,
     alert,
@@ -136,7 +137,7 @@ async def test_groups_by_the_configured_labels(alertmanager: AlertmanagerFactory
         assert keys == {'{}:{alertname="Down", team="blue"}', '{}:{alertname="Down", team="red"}'}
 
 
-async def test_silence_is_listed(alertmanager: AlertmanagerFactory) -> None:
+async def test_silence_is_listed_and_the_process_stops(alertmanager: AlertmanagerFactory) -> None:
     async with WebhookReceiver() as receiver, alertmanager(receiver.url, SECRET) as am:
         assert await am.silences() == []
         silence_id = await am.silence({"alertname": "DiskFull"}, comment="maintenance window")
@@ -147,6 +148,16 @@ async def test_silence_is_listed(alertmanager: AlertmanagerFactory) -> None:
         assert listed["matchers"] == [
             {"name": "alertname", "value": "DiskFull", "isRegex": False, "isEqual": True}
         ]
+    assert am.process.returncode == 0  # stopped by SIGTERM, cleanly
+
+
+async def test_a_refused_configuration_fails_with_alertmanagers_log(
+    alertmanager: AlertmanagerFactory,
+) -> None:
+    with pytest.raises(AlertmanagerError, match="duplicated label") as failure:
+        async with alertmanager("http://127.0.0.1:9/hook", SECRET, group_by=["alertname", "alertname"]):
+            pass
+    assert "exited" in str(failure.value)
 
 
 def test_a_missing_binary_is_a_skip_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
