@@ -355,12 +355,16 @@ AlertmanagerFactory = Callable[..., AbstractAsyncContextManager[Alertmanager]]
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> AlertmanagerFactory:
     """`async with alertmanager(webhook_url, secret, group_wait=..., ...) as am:` (running_alertmanager's
-    keywords); skips the test where the binary is missing."""
+    keywords); skips the test where the binary is missing. Started again with the same `name`, an
+    Alertmanager finds the silences and notification log the one before it left (a restart); two at
+    once need two names."""
     binary = alertmanager_path()
     if binary is None:
         pytest.skip(MISSING)
 
-    def start(webhook_url: str, secret: str, **options: Any) -> AbstractAsyncContextManager[Alertmanager]:
-        return running_alertmanager(tmp_path / "alertmanager", webhook_url, secret, binary=binary, **options)
+    def start(
+        webhook_url: str, secret: str, *, name: str = "alertmanager", **options: Any
+    ) -> AbstractAsyncContextManager[Alertmanager]:
+        return running_alertmanager(tmp_path / name, webhook_url, secret, binary=binary, **options)
 
     return start

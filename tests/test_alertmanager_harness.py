@@ -164,3 +164,11 @@ def test_a_missing_binary_is_a_skip_reason(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("ANNOUNCER_TEST_ALERTMANAGER", str(tmp_path / "no-such-binary"))
     assert alertmanager_path() is None
     assert "apt-get install prometheus-alertmanager" in MISSING
+
+
+async def test_a_restart_keeps_the_silences(alertmanager: AlertmanagerFactory) -> None:
+    async with WebhookReceiver() as receiver:
+        async with alertmanager(receiver.url, SECRET) as am:
+            silence_id = await am.silence({"alertname": "DiskFull"})
+        async with alertmanager(receiver.url, SECRET) as again:
+            assert [s["id"] for s in await again.silences()] == [silence_id]
