@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from announcer.paging.rotation import Override, Rotation, RotationSpec, Stretch
+from announcer.paging.rotation import Override, RotationSpec, Shifts, Stretch
 
 
 def z(text: str) -> datetime:
@@ -24,12 +24,12 @@ def rotation(
     length: int = 1,
     members: tuple[str, ...] = ("a", "b"),
     overrides: tuple[Override, ...] = (),
-) -> Rotation:
+) -> Shifts:
     spec = RotationSpec(zone, length, unit, handoff, date.fromisoformat(start), members)
-    return Rotation(spec, overrides)
+    return Shifts(spec, overrides)
 
 
-def handoffs(r: Rotation, count: int) -> list[datetime]:
+def handoffs(r: Shifts, count: int) -> list[datetime]:
     return [r.handoff_at(k) for k in range(count)]
 
 

@@ -85,7 +85,9 @@ def local_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
     return high.replace(microsecond=0)
 
 
-class Rotation:
+class Shifts:
+    """A rotation and its overrides, asked about instants."""
+
     def __init__(self, spec: RotationSpec, overrides: Sequence[Override] = ()) -> None:
         if spec.shift_unit not in ("hours", *UNIT_DAYS):
             raise ValueError(f"unknown shift unit {spec.shift_unit!r}")
