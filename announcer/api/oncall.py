@@ -183,7 +183,7 @@ def _zone_problems(name: str | None, field: str) -> list[Problem]:
         return []
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return [Problem(field, f"unknown time zone {name!r}")]
     return []
 
@@ -212,7 +212,7 @@ def _moment(value: str, field: str, problems: list[Problem]) -> datetime | None:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        problems.append(Problem(field, f"not an ISO-8601 date and time with an offset: {value!r}"))
+        problems.append(Problem(field, f"no such date and time {value!r}"))
         return None
 
 
@@ -526,23 +526,22 @@ async def delete_policy(request: web.Request, deps: OncallDeps) -> web.Response:
 
 
 async def get_oncall(request: web.Request, deps: OncallDeps) -> web.Response:
-    """Every rotation at `?at=` (ISO-8601 with its offset; default now): who is on call and who is next."""
+    """Every rotation at `?at=` (ISO-8601 with its offset; default now): who is on call and who is next.
+    Not in that form: 400, as the document's pattern says; in it, but no such day (30 February): 422."""
     at = utcnow()
     given = request.query.get("at")
     if given is not None:
-        parsed = None
-        if re.match(MOMENT, given):
-            try:
-                parsed = datetime.fromisoformat(given)
-            except ValueError:
-                parsed = None
-        if parsed is None:
+        if not re.match(MOMENT, given):
             raise error(
                 400,
                 "invalid_query",
-                "at must be ISO-8601 with an offset, e.g. 2026-12-07T09:00:00+01:00",
+                "at must be ISO-8601 with an offset, e.g. 2026-12-07T09:00:00+01:00 (years 1900 to 2999)",
                 field="at",
             )
+        problems: list[Problem] = []
+        parsed = _moment(given, "at", problems)
+        if parsed is None:
+            raise invalid(problems)
         at = parsed
     found = await deps.store.oncall(at)
     return web.json_response({"at": at.isoformat(), "rotations": [oncall_view(o) for o in found]})

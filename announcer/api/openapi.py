@@ -846,7 +846,7 @@ OPERATIONS += [
                     "schema": {"type": "string", "pattern": ONCALL_MOMENT},
                 }
             ],
-            "responses": {"200": _json(_ONCALL, "every rotation, now and next"), **_errors(400, 401)},
+            "responses": {"200": _json(_ONCALL, "every rotation, now and next"), **_errors(400, 401, 422)},
         },
     ),
 ]
