@@ -17,7 +17,7 @@ from announcer.api.schemas import PHONE_EXAMPLE, PHONE_PATTERN
 from announcer.deliveries.plan import Problem
 from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.phones import BadNumber
-from announcer.options import TIME_OF_DAY, Strict
+from announcer.options import TIME_OF_DAY, Strict, WholeNumber
 from announcer.paging.rotation import Stretch
 from announcer.store.models import utcnow
 from announcer.store.oncall import (
@@ -83,7 +83,7 @@ class RotationBody(Strict):
 
     name: str = Field(min_length=1, max_length=200)
     timezone: str = Field(min_length=1, max_length=64, description=_ZONE_DESCRIPTION)
-    shift_length: int = Field(default=1, ge=1, le=MAX_SHIFT_LENGTH)
+    shift_length: WholeNumber = Field(default=1, ge=1, le=MAX_SHIFT_LENGTH)
     shift_unit: Literal["hours", "days", "weeks"] = Field(
         default="weeks",
         description="hours: elapsed time; days and weeks: wall clock (hand-off at the time, DST or not)",
@@ -98,7 +98,7 @@ class RotationBody(Strict):
 class RotationPatch(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     timezone: str | None = Field(default=None, min_length=1, max_length=64, description=_ZONE_DESCRIPTION)
-    shift_length: int | None = Field(default=None, ge=1, le=MAX_SHIFT_LENGTH)
+    shift_length: WholeNumber | None = Field(default=None, ge=1, le=MAX_SHIFT_LENGTH)
     shift_unit: Literal["hours", "days", "weeks"] | None = None
     handoff_time: str | None = Field(default=None, pattern=TIME_OF_DAY)
     start_date: str | None = Field(default=None, pattern=DATE)
@@ -131,7 +131,7 @@ class TargetBody(Strict):
 
 
 class StepBody(Strict):
-    delay_s: int = Field(ge=1, le=MAX_DELAY_S, description="wait this long for an acknowledgement")
+    delay_s: WholeNumber = Field(ge=1, le=MAX_DELAY_S, description="wait this long for an acknowledgement")
     targets: list[TargetBody] = Field(min_length=1, max_length=MAX_TARGETS)
 
 
@@ -155,7 +155,7 @@ class PolicyBody(Strict):
 
     name: str = Field(min_length=1, max_length=200)
     steps: list[StepBody] = Field(min_length=1, max_length=MAX_STEPS)
-    repeat: int = Field(
+    repeat: WholeNumber = Field(
         default=0, ge=0, le=MAX_REPEAT, description="start again after the last step, this often"
     )
 
@@ -163,7 +163,7 @@ class PolicyBody(Strict):
 class PolicyPatch(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     steps: list[StepBody] | None = Field(default=None, min_length=1, max_length=MAX_STEPS)
-    repeat: int | None = Field(default=None, ge=0, le=MAX_REPEAT)
+    repeat: WholeNumber | None = Field(default=None, ge=0, le=MAX_REPEAT)
 
 
 MODELS = (PersonBody, PersonPatch, RotationBody, RotationPatch, OverrideBody, PolicyBody, PolicyPatch)
