@@ -4,9 +4,10 @@ who can be paged, in what order, and who is on call now and next (the math: pagi
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
@@ -166,6 +167,7 @@ class PolicyPatch(Strict):
     repeat: WholeNumber | None = Field(default=None, ge=0, le=MAX_REPEAT)
 
 
+R = TypeVar("R")
 MODELS = (PersonBody, PersonPatch, RotationBody, RotationPatch, OverrideBody, PolicyBody, PolicyPatch)
 
 
@@ -220,12 +222,25 @@ def _missing(err: MissingReferences) -> web.HTTPException:
     return invalid([Problem(field, reason) for field, reason in err.problems])
 
 
-def _in_use(what: str, err: InUse) -> web.HTTPException:
-    return error(409, "in_use", f"this {what} cannot be deleted: it is {err}")
-
-
 def _not_found(what: str, field: str) -> web.HTTPException:
     return error(404, "not_found", f"no such {what}", field=field)
+
+
+def _found(row: R | None, what: str, field: str) -> R:
+    if row is None:
+        raise _not_found(what, field)
+    return row
+
+
+async def _deleted(deleting: Awaitable[bool], what: str, field: str) -> web.Response:
+    """204 once `deleting` (a store's delete) did; 404 when there was nothing; 409 while it is in use."""
+    try:
+        done = await deleting
+    except InUse as err:
+        raise error(409, "in_use", f"this {what} cannot be deleted: it is {err}") from None
+    if not done:
+        raise _not_found(what, field)
+    return web.Response(status=204)
 
 
 # --- views ------------------------------------------------------------------------------------------------
@@ -331,10 +346,7 @@ async def list_people(request: web.Request, deps: OncallDeps) -> web.Response:
 
 
 async def _person(request: web.Request, deps: OncallDeps) -> PersonRow:
-    row = await deps.store.person(path_key(request, "person_id"))
-    if row is None:
-        raise _not_found("person", "person_id")
-    return row
+    return _found(await deps.store.person(path_key(request, "person_id")), "person", "person_id")
 
 
 async def get_person(request: web.Request, deps: OncallDeps) -> web.Response:
@@ -354,18 +366,12 @@ async def patch_person(request: web.Request, deps: OncallDeps) -> web.Response:
         if v is not None
     }
     updated = await deps.store.update_person(row.id, **changes)
-    if updated is None:
-        raise _not_found("person", "person_id")
-    return web.json_response(person_view(updated))
+    return web.json_response(person_view(_found(updated, "person", "person_id")))
 
 
 async def delete_person(request: web.Request, deps: OncallDeps) -> web.Response:
-    try:
-        if not await deps.store.delete_person(path_key(request, "person_id")):
-            raise _not_found("person", "person_id")
-    except InUse as err:
-        raise _in_use("person", err) from None
-    return web.Response(status=204)
+    deleting = deps.store.delete_person(path_key(request, "person_id"))
+    return await _deleted(deleting, "person", "person_id")
 
 
 # --- rotations --------------------------------------------------------------------------------------------
@@ -397,10 +403,7 @@ async def list_rotations(request: web.Request, deps: OncallDeps) -> web.Response
 
 
 async def _rotation(request: web.Request, deps: OncallDeps) -> RotationRow:
-    row = await deps.store.rotation(path_key(request, "rotation_id"))
-    if row is None:
-        raise _not_found("rotation", "rotation_id")
-    return row
+    return _found(await deps.store.rotation(path_key(request, "rotation_id")), "rotation", "rotation_id")
 
 
 async def get_rotation(request: web.Request, deps: OncallDeps) -> web.Response:
@@ -422,18 +425,12 @@ async def patch_rotation(request: web.Request, deps: OncallDeps) -> web.Response
         updated = await deps.store.update_rotation(row.id, **_rotation_changes(body))
     except MissingReferences as err:
         raise _missing(err) from None
-    if updated is None:
-        raise _not_found("rotation", "rotation_id")
-    return web.json_response(rotation_view(updated))
+    return web.json_response(rotation_view(_found(updated, "rotation", "rotation_id")))
 
 
 async def delete_rotation(request: web.Request, deps: OncallDeps) -> web.Response:
-    try:
-        if not await deps.store.delete_rotation(path_key(request, "rotation_id")):
-            raise _not_found("rotation", "rotation_id")
-    except InUse as err:
-        raise _in_use("rotation", err) from None
-    return web.Response(status=204)
+    deleting = deps.store.delete_rotation(path_key(request, "rotation_id"))
+    return await _deleted(deleting, "rotation", "rotation_id")
 
 
 # --- overrides --------------------------------------------------------------------------------------------
@@ -467,9 +464,8 @@ async def list_overrides(request: web.Request, deps: OncallDeps) -> web.Response
 
 async def delete_override(request: web.Request, deps: OncallDeps) -> web.Response:
     rotation_id = path_key(request, "rotation_id")
-    if not await deps.store.delete_override(rotation_id, path_id(request, "override_id")):
-        raise _not_found("override", "override_id")
-    return web.Response(status=204)
+    deleting = deps.store.delete_override(rotation_id, path_id(request, "override_id"))
+    return await _deleted(deleting, "override", "override_id")
 
 
 # --- escalation policies ----------------------------------------------------------------------------------
@@ -490,10 +486,7 @@ async def list_policies(request: web.Request, deps: OncallDeps) -> web.Response:
 
 
 async def _policy(request: web.Request, deps: OncallDeps) -> PolicyRow:
-    row = await deps.store.policy(path_key(request, "policy_id"))
-    if row is None:
-        raise _not_found("escalation policy", "policy_id")
-    return row
+    return _found(await deps.store.policy(path_key(request, "policy_id")), "escalation policy", "policy_id")
 
 
 async def get_policy(request: web.Request, deps: OncallDeps) -> web.Response:
@@ -508,18 +501,12 @@ async def patch_policy(request: web.Request, deps: OncallDeps) -> web.Response:
         updated = await deps.store.update_policy(row.id, **changes)
     except MissingReferences as err:
         raise _missing(err) from None
-    if updated is None:
-        raise _not_found("escalation policy", "policy_id")
-    return web.json_response(policy_view(updated))
+    return web.json_response(policy_view(_found(updated, "escalation policy", "policy_id")))
 
 
 async def delete_policy(request: web.Request, deps: OncallDeps) -> web.Response:
-    try:
-        if not await deps.store.delete_policy(path_key(request, "policy_id")):
-            raise _not_found("escalation policy", "policy_id")
-    except InUse as err:
-        raise _in_use("escalation policy", err) from None
-    return web.Response(status=204)
+    deleting = deps.store.delete_policy(path_key(request, "policy_id"))
+    return await _deleted(deleting, "escalation policy", "policy_id")
 
 
 # --- who is on call ---------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ on-call work: the escalator asks the store, and the store must answer with the s
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,6 +32,9 @@ from announcer.store.models import (
     RotationOverride,
     utcnow,
 )
+
+Editable = TypeVar("Editable", Person, Rotation, EscalationPolicy)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,27 @@ class OncallStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
 
+    async def _update(
+        self,
+        model: type[Editable],
+        row_id: str,
+        changes: Mapping[str, Any],
+        view: Callable[[Editable], R],
+        missing: Callable[[AsyncSession], Awaitable[list[tuple[str, str]]]] | None = None,
+    ) -> R | None:
+        """Set `changes` on the row (None: no such row), after `missing` found every id it names."""
+        async with self.sessions() as s:
+            row = await s.get(model, row_id, with_for_update=True)
+            if row is None:
+                return None
+            if missing is not None and (problems := await missing(s)):
+                raise MissingReferences(problems)
+            for key, value in changes.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+            await s.commit()
+            return view(row)
+
     # --- people ------------------------------------------------------------------------------------------
 
     async def create_person(self, *, name: str, phone: str, timezone: str = "UTC") -> PersonRow:
@@ -187,15 +211,7 @@ class OncallStore:
 
     async def update_person(self, person_id: str, **changes: Any) -> PersonRow | None:
         """Set `changes` (name, phone, timezone); None: no such person."""
-        async with self.sessions() as s:
-            row = await s.get(Person, person_id, with_for_update=True)
-            if row is None:
-                return None
-            for key, value in changes.items():
-                setattr(row, key, value)
-            row.updated_at = utcnow()
-            await s.commit()
-            return _person(row)
+        return await self._update(Person, person_id, changes, _person)
 
     async def delete_person(self, person_id: str) -> bool:
         """False: no such person. InUse while a rotation, an override or a policy step names them."""
@@ -273,19 +289,13 @@ class OncallStore:
 
     async def update_rotation(self, rotation_id: str, **changes: Any) -> RotationRow | None:
         """Set `changes` (any of create_rotation's fields); None: no such rotation; MissingReferences."""
-        async with self.sessions() as s:
-            row = await s.get(Rotation, rotation_id, with_for_update=True)
-            if row is None:
-                return None
-            if "members" in changes:
-                if missing := await self._missing_people(s, changes["members"], "members"):
-                    raise MissingReferences(missing)
-                changes["members"] = list(changes["members"])
-            for key, value in changes.items():
-                setattr(row, key, value)
-            row.updated_at = utcnow()
-            await s.commit()
-            return _rotation(row)
+        if "members" in changes:
+            changes["members"] = list(changes["members"])
+
+        async def missing(s: AsyncSession) -> list[tuple[str, str]]:
+            return await self._missing_people(s, changes.get("members", []), "members")
+
+        return await self._update(Rotation, rotation_id, changes, _rotation, missing)
 
     async def delete_rotation(self, rotation_id: str) -> bool:
         """False: no such rotation. InUse while a policy step names it. Its overrides go with it."""
@@ -398,19 +408,13 @@ class OncallStore:
 
     async def update_policy(self, policy_id: str, **changes: Any) -> PolicyRow | None:
         """Set `changes` (name, steps, repeat); None: no such policy; MissingReferences."""
-        async with self.sessions() as s:
-            row = await s.get(EscalationPolicy, policy_id, with_for_update=True)
-            if row is None:
-                return None
-            if "steps" in changes:
-                if missing := await self._missing_targets(s, changes["steps"]):
-                    raise MissingReferences(missing)
-                changes["steps"] = [dict(step) for step in changes["steps"]]
-            for key, value in changes.items():
-                setattr(row, key, value)
-            row.updated_at = utcnow()
-            await s.commit()
-            return _policy(row)
+        if "steps" in changes:
+            changes["steps"] = [dict(step) for step in changes["steps"]]
+
+        async def missing(s: AsyncSession) -> list[tuple[str, str]]:
+            return await self._missing_targets(s, changes.get("steps", []))
+
+        return await self._update(EscalationPolicy, policy_id, changes, _policy, missing)
 
     async def delete_policy(self, policy_id: str) -> bool:
         """False: no such policy. InUse while an integration escalates by it."""
