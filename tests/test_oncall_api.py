@@ -5,6 +5,7 @@ escalator's question) answering with the same math."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -174,7 +175,7 @@ async def test_a_rotation_says_who_is_on_call_across_dst_and_under_an_override(s
 
 async def _delete(service: Service, path: str) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as http, http.delete(service.base_url + path, headers=AUTH) as resp:
-        return resp.status, await resp.json()
+        return resp.status, (await resp.json() if resp.status != 204 else None)
 
 
 async def test_policies_name_every_bad_target_and_deletes_wait_for_what_uses_them(service: Service) -> None:
@@ -262,3 +263,22 @@ async def test_policies_name_every_bad_target_and_deletes_wait_for_what_uses_the
     assert await delete(service, f"/v1/escalation-policies/{policy['id']}") == 204
     assert await delete(service, f"/v1/escalation-policies/{policy['id']}") == 404
     assert await delete(service, f"/v1/people/{ada}") == 204
+
+
+async def test_a_delete_racing_a_new_reference_never_leaves_it_dangling(service: Service) -> None:
+    """Deleting a person while rotations naming them are made, at once: each rotation made names a
+    person who is still there (the delete was refused), or was refused itself for naming nobody."""
+    for _ in range(5):
+        ada = await person(service, "Ada", ADA)
+        body = {"name": "r", "timezone": "UTC", "start_date": "2026-01-01", "members": [ada]}
+        made, gone = await asyncio.gather(
+            post(service, "/v1/rotations", body), _delete(service, f"/v1/people/{ada}")
+        )
+        if made[0] == 201:
+            assert gone[0] == 409, (made, gone)
+            status, _ = await get(service, f"/v1/people/{ada}")
+            assert status == 200
+            assert await delete(service, f"/v1/rotations/{made[1]['id']}") == 204
+            assert await delete(service, f"/v1/people/{ada}") == 204
+        else:
+            assert made[0] == 422 and gone[0] == 204, (made, gone)

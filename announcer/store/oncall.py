@@ -5,7 +5,9 @@ The signatures of `resolve_targets` and `policy`, and the PersonRow and PolicyRo
 with the escalator (paging/escalator.py). What a field may hold (a dialable number, a known zone, a step's
 bounds) is checked by the API before it reaches here; what only the database knows is checked here:
 every id a rotation or a policy names must exist (MissingReferences), and nothing is deleted while
-something names it (InUse).
+something names it (InUse). The ids named are read FOR SHARE and a deleted row is locked FOR UPDATE before
+its users are looked for (PostgreSQL): a delete and a new reference to the same row take turns, so a race
+never leaves a reference to a row that is gone (SQLite has one connection: every transaction takes turns).
 
 The rotation math is announcer/paging/rotation.py: pure (no I/O, nothing of the service), the one place
 that says who is on call; the store feeds it rows (the one import from paging, see the report of the
@@ -242,7 +244,11 @@ class OncallStore:
     # --- rotations ---------------------------------------------------------------------------------------
 
     async def _missing_people(self, s: AsyncSession, ids: Sequence[str], field: str) -> list[tuple[str, str]]:
-        known = set((await s.execute(select(Person.id).where(Person.id.in_(set(ids))))).scalars())
+        known = set(
+            (
+                await s.execute(select(Person.id).where(Person.id.in_(set(ids))).with_for_update(read=True))
+            ).scalars()
+        )
         return [(f"{field}[{i}]", f"no such person {pid!r}") for i, pid in enumerate(ids) if pid not in known]
 
     async def create_rotation(
@@ -317,9 +323,9 @@ class OncallStore:
     ) -> OverrideRow | None:
         """None: no such rotation; MissingReferences: no such person."""
         async with self.sessions() as s:
-            if await s.get(Rotation, rotation_id) is None:
+            if await s.get(Rotation, rotation_id, with_for_update={"read": True}) is None:
                 return None
-            if await s.get(Person, person_id) is None:
+            if await s.get(Person, person_id, with_for_update={"read": True}) is None:
                 raise MissingReferences([("person_id", f"no such person {person_id!r}")])
             row = RotationOverride(
                 rotation_id=rotation_id,
@@ -361,10 +367,17 @@ class OncallStore:
         people = {i for _, t, i in targets if t == "person"}
         rotations = {i for _, t, i in targets if t == "rotation"}
         known = {
-            ("person", i) for i in (await s.execute(select(Person.id).where(Person.id.in_(people)))).scalars()
+            ("person", i)
+            for i in (
+                await s.execute(select(Person.id).where(Person.id.in_(people)).with_for_update(read=True))
+            ).scalars()
         } | {
             ("rotation", i)
-            for i in (await s.execute(select(Rotation.id).where(Rotation.id.in_(rotations)))).scalars()
+            for i in (
+                await s.execute(
+                    select(Rotation.id).where(Rotation.id.in_(rotations)).with_for_update(read=True)
+                )
+            ).scalars()
         }
         return [(f, f"no such {t} {i!r}") for f, t, i in targets if (t, i) not in known]
 
