@@ -9,9 +9,9 @@ something names it (InUse). The ids named are read FOR SHARE and a deleted row i
 its users are looked for (PostgreSQL): a delete and a new reference to the same row take turns, so a race
 never leaves a reference to a row that is gone (SQLite has one connection: every transaction takes turns).
 
-The rotation math is announcer/paging/rotation.py: pure (no I/O, nothing of the service), the one place
-that says who is on call; the store feeds it rows (the one import from paging, see the report of the
-on-call work: the escalator asks the store, and the store must answer with the same math the API shows).
+The rotation math is announcer/paging/rotation.py: pure (no I/O, imports nothing of the service), the
+one place that says who is on call. It is the store's one import from paging, against the downward rule on
+purpose: the escalator asks the store (resolve_targets) and must get the same answer the API shows.
 """
 
 from __future__ import annotations
