@@ -27,9 +27,10 @@ from aiohttp import WSCloseCode, web
 from announcer import dashboard
 from announcer.agent.connect import AgentConnector
 from announcer.agent.line import AgentLine
-from announcer.api import alerts, calls, schedules
+from announcer.api import alerts, calls, oncall, schedules
 from announcer.api.alerts import AlertsDeps
 from announcer.api.http import error, json_errors, make_middleware
+from announcer.api.oncall import OncallDeps
 from announcer.api.openapi import document_json as openapi_document_json
 from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
@@ -69,6 +70,7 @@ from announcer.store.calls import CallStore
 from announcer.store.dashboard_sessions import DashboardSessions
 from announcer.store.db import Database
 from announcer.store.deliveries import DeliveryStore
+from announcer.store.oncall import OncallStore
 from announcer.store.outbox import OutboxStore
 from announcer.store.schedules import ScheduleStore
 from announcer.telephony.amd import amd_webhook
@@ -126,6 +128,7 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 ALERT_SERVICE = web.AppKey("alert_service", AlertService)
 ALERTS = web.AppKey("alerts", AlertsDeps)
 SCHEDULES = web.AppKey("schedules", SchedulesDeps)
+ONCALL = web.AppKey("oncall", OncallDeps)  # people, rotations, escalation policies
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 OUTBOX = web.AppKey("outbox", OutcomeNotifier)  # the outcome webhooks' outbox, sent from this process
 API_TOKEN = web.AppKey("api_token", str)
@@ -179,6 +182,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend(
         [
             _database,
+            _oncall,
             _sandbox,
             _twilio,
             _speech,
@@ -212,6 +216,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/schedules/{schedule_id}", _with_schedules(schedules.get_schedule))
     app.router.add_patch("/v1/schedules/{schedule_id}", _with_schedules(schedules.patch_schedule))
     app.router.add_delete("/v1/schedules/{schedule_id}", _with_schedules(schedules.delete_schedule))
+    oncall.add_routes(app, ONCALL)
     app.router.add_get("/v1/calls/{call_sid}", _with_calls(calls.get_call))
     app.router.add_get("/v1/deliveries/{delivery_id}/call", _with_calls(calls.get_delivery_call))
     app.router.add_post("/outbound-call", _with_calls(calls.outbound_call))
@@ -255,6 +260,13 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     yield
     await store.aclose()
     await db.dispose()
+
+
+async def _oncall(app: web.Application) -> AsyncIterator[None]:
+    """People, rotations and escalation policies; a person's number passes the destination policy."""
+    store = OncallStore(app[DATABASE].sessions)
+    app[ONCALL] = OncallDeps(store=store, destinations=DestinationPolicy.from_settings(app[SETTINGS]))
+    yield
 
 
 async def _sandbox(app: web.Application) -> AsyncIterator[None]:
