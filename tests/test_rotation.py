@@ -1,4 +1,4 @@
-"""Rotation math (announcer/paging/rotation.py): hand-offs across DST changes, hours against days and
+"""Rotation math (announcer/shifts.py): hand-offs across DST changes, hours against days and
 weeks, what happens before the start, and overrides inside and across a hand-off."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from announcer.paging.rotation import Override, RotationSpec, Shifts, Stretch
+from announcer.shifts import Override, RotationSpec, Shifts, Stretch
 
 
 def z(text: str) -> datetime:

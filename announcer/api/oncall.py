@@ -1,5 +1,5 @@
 """`/v1/people`, `/v1/rotations` (with their overrides), `/v1/escalation-policies` and `GET /v1/oncall`:
-who can be paged, in what order, and who is on call now and next (the math: paging/rotation.py)."""
+who can be paged, in what order, and who is on call now and next (the math: shifts.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from announcer.deliveries.plan import Problem
 from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.phones import BadNumber
 from announcer.options import TIME_OF_DAY, Strict, WholeNumber
-from announcer.paging.rotation import Stretch
+from announcer.shifts import Stretch
 from announcer.store.models import utcnow
 from announcer.store.oncall import (
     InUse,

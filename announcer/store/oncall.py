@@ -9,9 +9,9 @@ something names it (InUse). The ids named are read FOR SHARE and a deleted row i
 its users are looked for (PostgreSQL): a delete and a new reference to the same row take turns, so a race
 never leaves a reference to a row that is gone (SQLite has one connection: every transaction takes turns).
 
-The rotation math is announcer/paging/rotation.py: pure (no I/O, imports nothing of the service), the
-one place that says who is on call. It is the store's one import from paging, against the downward rule on
-purpose: the escalator asks the store (resolve_targets) and must get the same answer the API shows.
+The rotation math is announcer/shifts.py: a leaf like options.py (pure, no I/O, imports nothing of the
+service), the one place that says who is on call, so the escalator (through resolve_targets) and the API
+get the same answer.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from announcer.paging.rotation import Override, RotationSpec, Shifts, Stretch
+from announcer.shifts import Override, RotationSpec, Shifts, Stretch
 from announcer.store.models import (
     EscalationPolicy,
     Integration,
