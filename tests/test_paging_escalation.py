@@ -1,0 +1,158 @@
+"""The escalator end to end through the sandbox: a key-1 acknowledgement stops the escalation and the other
+page calls; no answer and a voicemail are not acknowledgements (the next step is paged after its delay);
+the database is the truth across a restart (a second service on the same database pages the next step,
+once). Every wait is on a condition with a timeout."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from announcer.app import ESCALATOR
+from announcer.sandbox.twilio_call import Callee, PhoneBehavior
+from tests.conftest import Service, eventually, make_settings, start_service
+from tests.test_paging_ingest import ON_CALL, SECOND, am_payload, api, calls_to, incident, send, setup_paging
+
+THIRD = "+15550170003"
+DELAY_S = 2
+
+
+async def rung(service: Service, phone: str, n: int = 1, timeout: float = 20) -> Any:
+    async def there() -> bool:
+        return len(calls_to(service, phone)) >= n
+
+    await eventually(there, timeout=timeout)
+    return calls_to(service, phone)[n - 1]
+
+
+async def passes_after(service: Service, moment: float) -> None:
+    """Wait until the escalator has run a whole pass that began after `moment` (time.time())."""
+    escalator = service.app[ESCALATOR]
+    start = escalator.passes
+
+    async def later() -> bool:
+        return time.time() > moment and escalator.passes >= start + 2
+
+    await eventually(later, timeout=20)
+
+
+def at(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+async def test_key_1_acknowledges_cancels_the_others_ringing_and_nobody_else_is_called(
+    service: Service,
+) -> None:
+    # step 1 pages two people; one rings on and on, the other presses 1
+    service.sandbox.set_behavior(THIRD, PhoneBehavior(answer="no-answer", ring_s=2000))
+    integration, _ = await setup_paging(service, steps=[([ON_CALL, THIRD], DELAY_S), ([SECOND], DELAY_S)])
+    status, answer = await send(service, integration, am_payload())
+    assert status == 200, answer
+    incident_id = answer["incident_id"]
+    ringing = await rung(service, THIRD)
+    await ringing.wait_for_status("ringing", 20)
+    call = await rung(service, ON_CALL)
+    await call.wait_for_mark("end:", 20)
+    pressed = time.monotonic()
+    await call.press("1")
+    # the other ringing call is canceled promptly (the in-process wake-up, not the poll)
+    await ringing.wait_for_status("canceled", 10)
+    ack_to_cancel = time.monotonic() - pressed
+    assert ack_to_cancel < 5, ack_to_cancel
+    seen = await incident(service, incident_id)
+    assert seen["state"] == "acknowledged" and seen["acknowledged_by"] == "Person 1"
+    ack = [e for e in seen["events"] if e["kind"] == "acknowledged"]
+    assert len(ack) == 1 and (ack[0]["who"], ack[0]["how"]) == ("Person 1", "key")
+    # past the step's delay, nobody else is paged
+    await passes_after(service, at(seen["acknowledged_at"]) + DELAY_S + 0.5)
+    assert not calls_to(service, SECOND) and len(calls_to(service, ON_CALL)) == 1
+    seen = await incident(service, incident_id)
+    assert len(seen["pages"]) == 1
+    outcomes = {p["phone"]: p["outcome"] for p in seen["pages"][0]["people"]}
+    assert outcomes == {ON_CALL: "confirmed", THIRD: "canceled"}
+    status, conflict = await api(service, "POST", f"/v1/incidents/{incident_id}/ack")
+    assert status == 409 and conflict["state"] == "acknowledged"
+    status, resolved = await api(service, "POST", f"/v1/incidents/{incident_id}/resolve")
+    assert status == 200 and resolved["state"] == "resolved"
+    assert (await incident(service, incident_id))["events"][-1]["how"] == "api"
+
+
+async def test_no_answer_and_a_voicemail_escalate_to_the_next_step_after_its_delay(service: Service) -> None:
+    service.sandbox.set_behavior(ON_CALL, PhoneBehavior(answer="no-answer"))
+    service.sandbox.set_behavior(THIRD, PhoneBehavior(callee=Callee.MACHINE))
+    integration, _ = await setup_paging(
+        service, steps=[([ON_CALL], DELAY_S), ([THIRD], DELAY_S), ([SECOND], 60)]
+    )
+    status, answer = await send(service, integration, am_payload())
+    assert status == 200, answer
+    incident_id = answer["incident_id"]
+    await rung(service, ON_CALL)
+    await rung(service, THIRD, timeout=30)  # no answer: step 2 after the delay
+    second = await rung(service, SECOND, timeout=40)  # a voicemail is no acknowledgement: step 3
+    await second.wait_for_mark("end:", 20)
+    await second.press("1")
+
+    async def acknowledged() -> bool:
+        return (await incident(service, incident_id))["state"] == "acknowledged"
+
+    await eventually(acknowledged, timeout=20)
+    seen = await incident(service, incident_id)
+    pages = seen["pages"]
+    assert [(p["round"], p["step"]) for p in pages] == [(0, 0), (0, 1), (0, 2)]
+    for earlier, later in itertools.pairwise(pages):
+        assert at(later["created_at"]) - at(earlier["created_at"]) >= DELAY_S - 0.05
+    third_outcome = pages[1]["people"][0]["outcome"]
+    assert third_outcome in ("voicemail_left", "machine", "heard"), third_outcome
+    assert pages[0]["people"][0]["outcome"] == "no_answer"
+    assert seen["acknowledged_by"] == "Person 2"
+    assert [len(calls_to(service, p)) for p in (ON_CALL, THIRD, SECOND)] == [1, 1, 1]
+
+
+async def test_the_policy_repeats_then_stops(service: Service) -> None:
+    service.sandbox.set_behavior(ON_CALL, PhoneBehavior(answer="no-answer"))
+    integration, _ = await setup_paging(service, steps=[([ON_CALL], 1)], repeat=1)
+    status, answer = await send(service, integration, am_payload())
+    assert status == 200, answer
+    await rung(service, ON_CALL, 2, timeout=30)
+
+    async def exhausted() -> bool:
+        kinds = [e["kind"] for e in (await incident(service, answer["incident_id"]))["events"]]
+        return "exhausted" in kinds
+
+    await eventually(exhausted, timeout=20)
+    seen = await incident(service, answer["incident_id"])
+    assert [(p["round"], p["step"]) for p in seen["pages"]] == [(0, 0), (1, 0)]
+    assert seen["state"] == "triggered" and seen["next_step_at"] is None
+    assert len(calls_to(service, ON_CALL)) == 2
+
+
+async def test_a_restart_between_steps_pages_the_next_step_once(tmp_path: Path, database_url: str) -> None:
+    settings = make_settings(tmp_path, database_url)
+    runner, first = await start_service(settings)
+    try:
+        first.sandbox.set_behavior(ON_CALL, PhoneBehavior(answer="no-answer"))
+        integration, _ = await setup_paging(first, steps=[([ON_CALL], 3), ([SECOND], 60)])
+        status, answer = await send(first, integration, am_payload())
+        assert status == 200, answer
+        incident_id = answer["incident_id"]
+        await rung(first, ON_CALL)
+    finally:
+        await runner.cleanup()
+    seen_before = None
+    runner, second = await start_service(make_settings(tmp_path, database_url))
+    try:
+        seen_before = await incident(second, incident_id)
+        assert [(p["round"], p["step"]) for p in seen_before["pages"]] == [(0, 0)]
+        call = await rung(second, SECOND, timeout=30)
+        assert at(seen_before["next_step_at"]) <= time.time() + 0.05
+        await call.wait_for_mark("end:", 20)
+        await passes_after(second, time.time())
+        seen = await incident(second, incident_id)
+        assert [(p["round"], p["step"]) for p in seen["pages"]] == [(0, 0), (0, 1)]
+        assert [e["kind"] for e in seen["events"]].count("paged") == 2
+        assert len(calls_to(second, SECOND)) == 1 and not calls_to(second, ON_CALL)
+    finally:
+        await runner.cleanup()
