@@ -11,9 +11,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from announcer.app import ESCALATOR
+from announcer.app import DISPATCHER, ESCALATOR
 from announcer.sandbox.twilio_call import Callee, PhoneBehavior
-from tests.conftest import Service, eventually, make_settings, start_service
+from announcer.store.models import CallOutcome
+from tests.conftest import USE_PG, Service, eventually, make_settings, start_service
 from tests.test_paging_ingest import ON_CALL, SECOND, am_payload, api, calls_to, incident, send, setup_paging
 
 THIRD = "+15550170003"
@@ -154,5 +155,59 @@ async def test_a_restart_between_steps_pages_the_next_step_once(tmp_path: Path, 
         assert [(p["round"], p["step"]) for p in seen["pages"]] == [(0, 0), (0, 1)]
         assert [e["kind"] for e in seen["events"]].count("paged") == 2
         assert len(calls_to(second, SECOND)) == 1 and not calls_to(second, ON_CALL)
+    finally:
+        await runner.cleanup()
+
+
+async def test_declined_escalates_now(service: Service) -> None:
+    """A page call that ends `declined` (key 3 on a page: "escalate now") makes the next step due at once,
+    long before its delay. The outcome is reported as the media session reports it
+    (Dispatcher.on_call_outcome), which is what the page call's key 3 comes to."""
+    integration, _ = await setup_paging(service, steps=[([ON_CALL], 600), ([SECOND], 600)])
+    status, answer = await send(service, integration, am_payload())
+    assert status == 200, answer
+    call = await rung(service, ON_CALL)
+    await call.wait_for_mark("end:", 20)
+    call_id = await service.store.find_by_sid(call.sid)
+    assert call_id is not None
+    await service.app[DISPATCHER].on_call_outcome(call_id, CallOutcome.DECLINED, "pressed 3 to escalate")
+    await rung(service, SECOND, timeout=10)
+    seen = await incident(service, answer["incident_id"])
+    escalated = [e for e in seen["events"] if e["kind"] == "escalated"]
+    assert len(escalated) == 1 and (escalated[0]["who"], escalated[0]["how"]) == ("Person 1", "key")
+    assert seen["state"] == "triggered" and (seen["round"], seen["step"]) == (0, 1)
+    assert seen["pages"][0]["people"][0]["outcome"] == "declined"
+
+
+async def test_two_services_on_one_database_page_each_step_once(
+    service: Service, tmp_path: Path, database_url: str
+) -> None:
+    """Two escalators race for the same due incidents: each step is paged once, by one of them."""
+    runner, other = await start_service(make_settings(tmp_path / "other", database_url))
+    try:
+        integration, _ = await setup_paging(service, steps=[([ON_CALL], 600)])
+        incidents = []
+        for i in range(8):
+            target = service if i % 2 else other
+            status, answer = await send(target, integration, am_payload(key=f"group-{i}"))
+            assert status == 200 and answer["action"] == "opened", answer
+            incidents.append(answer["incident_id"])
+
+        def placed() -> int:
+            return len(calls_to(service, ON_CALL)) + len(calls_to(other, ON_CALL))
+
+        async def all_placed() -> bool:
+            return placed() >= len(incidents)
+
+        await eventually(all_placed, timeout=30)
+        await passes_after(service, time.time())
+        await passes_after(other, time.time())
+        for incident_id in incidents:
+            seen = await incident(service, incident_id)
+            assert [(p["round"], p["step"]) for p in seen["pages"]] == [(0, 0)], seen["pages"]
+            assert len(seen["pages"][0]["people"]) == 1
+            assert [e["kind"] for e in seen["events"]].count("paged") == 1
+        if USE_PG:  # SQLite is one process's database: two dispatchers on it may both dial a delivery
+            assert placed() == len(incidents)
     finally:
         await runner.cleanup()
