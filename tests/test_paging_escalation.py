@@ -5,16 +5,23 @@ once). Every wait is on a condition with a timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+from aiohttp import web
+
 from announcer.app import DISPATCHER, ESCALATOR
 from announcer.sandbox.twilio_call import Callee, PhoneBehavior
 from announcer.store.models import CallOutcome
-from tests.conftest import USE_PG, Service, eventually, make_settings, start_service
+from tests.conftest import USE_PG, Service, eventually, free_port, make_settings, start_service
+from tests.test_alerts import RECEIVER_ALLOWED
 from tests.test_paging_ingest import ON_CALL, SECOND, am_payload, api, calls_to, incident, send, setup_paging
 
 THIRD = "+15550170003"
@@ -209,5 +216,85 @@ async def test_two_services_on_one_database_page_each_step_once(
             assert [e["kind"] for e in seen["events"]].count("paged") == 1
         if USE_PG:  # SQLite is one process's database: two dispatchers on it may both dial a delivery
             assert placed() == len(incidents)
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class FakeAlertmanager:
+    """Alertmanager's silences API as the test sees it: what was posted, and what to answer."""
+
+    url: str
+    posted: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 200
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@pytest.fixture
+async def alertmanager() -> AsyncIterator[FakeAlertmanager]:
+    fake = FakeAlertmanager(url="")
+
+    async def silences(request: web.Request) -> web.Response:
+        fake.posted.append(await request.json())
+        fake.arrived.set()
+        if fake.status != 200:
+            return web.json_response({"error": "down"}, status=fake.status)
+        return web.json_response({"silenceID": f"silence-{len(fake.posted)}"})
+
+    app = web.Application()
+    app.router.add_post("/api/v2/silences", silences)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    fake.url = f"http://127.0.0.1:{port}"
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_acknowledgement_silences_the_group_at_its_alertmanager(
+    tmp_path: Path, database_url: str, alertmanager: FakeAlertmanager
+) -> None:
+    # the outbound policy lets the service reach the fake Alertmanager on the loopback address
+    runner, service = await start_service(make_settings(tmp_path, database_url, **RECEIVER_ALLOWED))
+    try:
+        integration, _ = await setup_paging(service, steps=[([ON_CALL], 600)])
+        status, patched = await api(
+            service, "PATCH", f"/v1/integrations/{integration['id']}", {"silence_s": 3600}
+        )
+        assert status == 200, patched
+        body = {**am_payload(), "externalURL": alertmanager.url + "/"}
+        status, answer = await send(service, integration, body)
+        assert status == 200, answer
+        incident_id = answer["incident_id"]
+        status, acked = await api(service, "POST", f"/v1/incidents/{incident_id}/ack")
+        assert status == 200 and acked["state"] == "acknowledged"
+
+        async def silenced() -> bool:
+            return "silenced" in [e["kind"] for e in (await incident(service, incident_id))["events"]]
+
+        await eventually(silenced, timeout=10)
+        (posted,) = alertmanager.posted
+        assert posted["matchers"] == [
+            {"name": "alertname", "value": "DiskFull", "isRegex": False, "isEqual": True}
+        ]
+        assert posted["createdBy"] == "announcer" and incident_id in posted["comment"]
+        span = datetime.fromisoformat(posted["endsAt"]) - datetime.fromisoformat(posted["startsAt"])
+        assert span.total_seconds() == 3600
+        event = next(e for e in (await incident(service, incident_id))["events"] if e["kind"] == "silenced")
+        assert event["detail"]["silence_id"] == "silence-1"
+        # an Alertmanager that fails: recorded, and the acknowledgement stands all the same
+        alertmanager.status = 500
+        status, answer = await send(service, integration, {**body, "groupKey": "other"})
+        status, acked = await api(service, "POST", f"/v1/incidents/{answer['incident_id']}/ack")
+        assert status == 200 and acked["state"] == "acknowledged"
+
+        async def failed() -> bool:
+            events = (await incident(service, answer["incident_id"]))["events"]
+            return "silence_failed" in [e["kind"] for e in events]
+
+        await eventually(failed, timeout=10)
     finally:
         await runner.cleanup()
