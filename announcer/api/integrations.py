@@ -47,6 +47,8 @@ class IntegrationBody(Strict):
 
 
 class IntegrationPatch(Strict):
+    """What is given changes; what is not (or is null) stays; silence_s null: no silence."""
+
     name: str | None = Field(default=None, min_length=1, max_length=200)
     kind: Literal["alertmanager", "grafana", "json"] | None = None
     policy_id: str | None = Field(default=None, pattern=POLICY_ID)
@@ -104,14 +106,11 @@ async def get_integration(request: web.Request, deps: IntegrationsDeps) -> web.R
 async def patch_integration(request: web.Request, deps: IntegrationsDeps) -> web.Response:
     integration_id = path_key(request, "integration_id")
     body = await read_model(request, IntegrationPatch)
-    changes = {name: getattr(body, name) for name in body.model_fields_set}
-    problems = [
-        Problem(n, "must not be null")
-        for n in ("name", "kind", "policy_id")
-        if n in changes and changes[n] is None
-    ]
-    if problems:
-        raise invalid(problems)
+    changes = {
+        name: getattr(body, name)
+        for name in body.model_fields_set
+        if getattr(body, name) is not None or name == "silence_s"
+    }
     try:
         row = await deps.incidents.store.update_integration(integration_id, changes)
     except NoSuchPolicy:
