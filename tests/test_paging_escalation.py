@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,13 +16,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from announcer.app import DISPATCHER, ESCALATOR
+from announcer.config import Settings
 from announcer.sandbox.twilio_call import Callee, PhoneBehavior
+from announcer.store.db import Database
 from announcer.store.models import CallOutcome
-from tests.conftest import USE_PG, Service, eventually, free_port, make_settings, start_service
+from announcer.store.oncall import OncallStore
+from tests.conftest import API_TOKEN, USE_PG, Service, eventually, free_port, make_settings, start_service
 from tests.test_alerts import RECEIVER_ALLOWED
 from tests.test_paging_ingest import ON_CALL, SECOND, am_payload, api, calls_to, incident, send, setup_paging
 
@@ -298,3 +304,106 @@ async def test_an_acknowledgement_silences_the_group_at_its_alertmanager(
         await eventually(failed, timeout=10)
     finally:
         await runner.cleanup()
+
+
+# --- SIGKILL between two steps ------------------------------------------------------------------------------
+
+
+async def _serve(tmp: Path, database_url: str, port: int) -> asyncio.subprocess.Process:
+    """`announcer serve` (sandbox mode) in its own process, once it answers /healthz."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.lower() not in Settings.model_fields
+        and not k.startswith(("TWILIO_", "ELEVENLABS_", "ANNOUNCER_"))
+    }
+    env.update(
+        PORT=str(port),
+        DATABASE_URL=database_url,
+        ANNOUNCER_DATA_DIR=str(tmp / "data"),
+        ANNOUNCER_API_TOKEN=API_TOKEN,
+        ANNOUNCER_SANDBOX_SPEED="25",
+        TWILIO_CPS="50",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "announcer.cli",
+        "serve",
+        env=env,
+        cwd=tmp,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+    async def healthy() -> bool:
+        if proc.returncode is not None:
+            raise AssertionError(f"announcer serve exited with {proc.returncode}")
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{port}/healthz") as resp,
+            ):
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await eventually(healthy, timeout=60)
+    return proc
+
+
+async def test_sigkill_between_two_steps_pages_the_next_step_once(
+    tmp_path: Path, own_database_url: str
+) -> None:
+    port = free_port()
+    here = Service(app=web.Application(), base_url=f"http://127.0.0.1:{port}", settings=None)  # type: ignore[arg-type]
+    first = await _serve(tmp_path, own_database_url, port)
+    try:
+        db = Database(own_database_url)
+        oncall = OncallStore(db.sessions)
+        one = await oncall.create_person(name="Ada", phone=ON_CALL)
+        two = await oncall.create_person(name="Bo", phone=SECOND)
+        policy = await oncall.create_policy(
+            name="ops",
+            steps=[
+                {"delay_s": 3, "targets": [{"type": "person", "id": one.id}]},
+                {"delay_s": 600, "targets": [{"type": "person", "id": two.id}]},
+            ],
+        )
+        await db.dispose()
+        status, integration = await api(
+            here, "POST", "/v1/integrations", {"name": "prod", "kind": "alertmanager", "policy_id": policy.id}
+        )
+        assert status == 201, integration
+        status, answer = await send(here, integration, am_payload())
+        assert status == 200, answer
+        incident_id = answer["incident_id"]
+
+        async def first_paged() -> bool:
+            pages = (await incident(here, incident_id))["pages"]
+            return bool(pages) and pages[0]["alert_id"] is not None
+
+        await eventually(first_paged, timeout=20)
+    finally:
+        first.kill()  # SIGKILL: no clean-up of any kind
+        await first.wait()
+    second = await _serve(tmp_path, own_database_url, port)
+    try:
+
+        async def second_heard() -> bool:
+            pages = (await incident(here, incident_id))["pages"]
+            return (
+                len(pages) == 2 and pages[1]["people"] != [] and pages[1]["people"][0]["outcome"] is not None
+            )
+
+        await eventually(second_heard, timeout=60)
+        seen = await incident(here, incident_id)
+        assert [(p["round"], p["step"]) for p in seen["pages"]] == [(0, 0), (0, 1)]
+        assert [e["kind"] for e in seen["events"]].count("paged") == 2
+        assert [p["phone"] for p in seen["pages"][1]["people"]] == [SECOND]
+        assert seen["pages"][1]["people"][0]["outcome"] == "heard"
+        assert seen["state"] == "triggered" and (seen["round"], seen["step"]) == (0, 1)
+    finally:
+        second.terminate()
+        await second.wait()
