@@ -4,6 +4,7 @@ secret or a malformed payload changes nothing. The payload readers are checked a
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -313,3 +314,19 @@ def test_each_malformed_payload_names_its_field(kind: str, body: Any, fields: se
     with pytest.raises(PayloadError) as caught:
         parse(kind, body)
     assert {p.field for p in caught.value.problems} == fields
+
+
+async def test_concurrent_notifications_of_one_group_open_one_incident(service: Service) -> None:
+    integration, _ = await setup_paging(service, steps=[([ON_CALL], 600)])
+    answers = await asyncio.gather(*(send(service, integration, am_payload()) for _ in range(8)))
+    assert all(status == 200 for status, _ in answers), answers
+    actions = sorted(a["action"] for _, a in answers)
+    assert actions == ["opened"] + ["repeated"] * 7
+    assert len({a["incident_id"] for _, a in answers}) == 1
+    await eventually(lambda: _rung(service), timeout=20)
+    seen = await incident(service, answers[0][1]["incident_id"])
+    assert len(seen["pages"]) == 1 and len(calls_to(service, ON_CALL)) == 1
+
+
+async def _rung(service: Service) -> bool:
+    return bool(calls_to(service, ON_CALL))
