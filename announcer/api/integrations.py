@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from announcer.api.http import error, invalid, parse_json, path_key, read_model, text_problems
 from announcer.deliveries.plan import Problem
-from announcer.options import Strict
+from announcer.options import Strict, _whole
 from announcer.paging.incidents import IncidentService
 from announcer.paging.payloads import PayloadError, parse
 from announcer.store.incidents import IntegrationRow, InUse, NoSuchPolicy
@@ -33,15 +33,16 @@ POLICY_ID = r"^[A-Za-z0-9_-]{1,40}$"
 # The sources' webhooks: authenticated by the integration's own secret, not the API token (app.py).
 WEBHOOK_PATH = re.compile(r"^/v1/integrations/(alertmanager|grafana|json)/[^/]+$")
 
+# The bounds before the whole-number reading, or the document shows them as unknown keywords (`ge`).
+SilenceSeconds = Annotated[int, Field(ge=SILENCE_MIN_S, le=SILENCE_MAX_S), BeforeValidator(_whole)]
+
 
 class IntegrationBody(Strict):
     name: str = Field(min_length=1, max_length=200)
     kind: Literal["alertmanager", "grafana", "json"]
     policy_id: str = Field(pattern=POLICY_ID, description="the escalation policy its incidents follow")
-    silence_s: int | None = Field(
+    silence_s: SilenceSeconds | None = Field(
         default=None,
-        ge=SILENCE_MIN_S,
-        le=SILENCE_MAX_S,
         description="alertmanager only: on acknowledgement, silence the group at its Alertmanager this long",
     )
 
@@ -52,7 +53,7 @@ class IntegrationPatch(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     kind: Literal["alertmanager", "grafana", "json"] | None = None
     policy_id: str | None = Field(default=None, pattern=POLICY_ID)
-    silence_s: int | None = Field(default=None, ge=SILENCE_MIN_S, le=SILENCE_MAX_S, description="null: none")
+    silence_s: SilenceSeconds | None = Field(default=None, description="null: none")
 
 
 @dataclass
