@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from announcer.app import ALERT_SERVICE, RENDERER
+from announcer.app import ALERT_SERVICE, RENDERER, create_app
 from announcer.config import DEFAULT_TEMPLATES_DIR
 from announcer.deliveries.alerts import AlertService
 from announcer.deliveries.plan import RecipientIn
@@ -254,13 +254,17 @@ async def test_a_pages_menu_has_no_opt_out_and_3_escalates(tmp_path: Path) -> No
     assert menu == {"1": Choice.CONFIRM, "2": Choice.REPEAT, "3": Choice.DECLINE}
 
 
-async def test_a_broken_page_prompt_falls_back_and_stops_the_start(tmp_path: Path) -> None:
+async def test_a_broken_page_prompt_falls_back_and_stops_the_start(tmp_path: Path, database_url: str) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
     for source in DEFAULT_TEMPLATES_DIR.glob("*.j2"):
-        (tmp_path / source.name).write_text(source.read_text())
-    (tmp_path / PAGE_PROMPT_TEMPLATE).write_text("Press {{ one ")
-    renderer = MessageRenderer(tmp_path)
+        (templates / source.name).write_text(source.read_text())
+    (templates / PAGE_PROMPT_TEMPLATE).write_text("Press {{ one ")
+    renderer = MessageRenderer(templates)
     with pytest.raises(RenderError):
-        check_prompts(renderer)  # the app's start-up check
+        check_prompts(renderer)
+    with pytest.raises(RenderError, match=r"page_prompt\.j2"):  # the service does not start
+        create_app(make_settings(tmp_path, database_url, announcer_templates_dir=templates))
     scripts = CallScripts(None, renderer)  # type: ignore[arg-type]
     with pytest.raises(RenderError):
         scripts.check()
