@@ -123,7 +123,7 @@ async def test_the_pagers_keys_acknowledge_repeat_and_escalate(service: Service)
     assert len([c for c in service.sandbox.calls.values() if c.to == silent]) == 2
 
 
-async def test_a_machine_gets_the_voicemail_and_it_is_no_acknowledgement(
+async def test_a_machine_gets_the_voicemail_busy_and_no_answer_are_final_none_acknowledges(
     tmp_path: Path, database_url: str
 ) -> None:
     # At 5 times real time, as the answering machines' own tests run: at 25 the service's own latency
@@ -131,15 +131,21 @@ async def test_a_machine_gets_the_voicemail_and_it_is_no_acknowledgement(
     settings = make_settings(tmp_path, database_url, announcer_sandbox_speed=5.0)
     runner, service = await start_service(settings)
     try:
-        machine = "+15550170011"
+        machine, busy, away = "+15550170011", "+15550170012", "+15550170013"
         service.sandbox.set_behavior(machine, PhoneBehavior(callee=Callee.MACHINE))
-        alert_id = await page(service, machine)
+        service.sandbox.set_behavior(busy, PhoneBehavior(answer="busy"))
+        service.sandbox.set_behavior(away, PhoneBehavior(answer="no-answer"))
+        alert_id = await page(service, machine, busy, away)
         alert = await finished(service, alert_id)
-        assert alert["counts"] == {"voicemail_left": 1}, alert["counts"]
-        (delivery,) = (await deliveries(service, alert_id)).values()
-        assert delivery["answered_by"] == "machine_end_beep" and delivery["attempt"] == 1
+        assert alert["counts"] == {"voicemail_left": 1, "busy": 1, "no_answer": 1}, alert["counts"]
+        by_phone = await deliveries(service, alert_id)
+        assert by_phone[machine]["answered_by"] == "machine_end_beep"
         call = await placed_call(service, machine)
         assert call.voicemail_speech_s > 0  # the page was left on the machine
+        # Never retried (max_attempts 1, retry_on []): the escalation's next step is the retry
+        for phone in (machine, busy, away):
+            assert by_phone[phone]["attempt"] == 1
+            assert len([c for c in service.sandbox.calls.values() if c.to == phone]) == 1
     finally:
         await runner.cleanup()
 
