@@ -196,13 +196,16 @@ async def pg_deadlocks(url: str) -> int:
 
 
 @contextlib.asynccontextmanager
-async def peers(work: Path) -> AsyncIterator[tuple[aiohttp.ClientSession, SetupTwilio, str, str]]:
+async def peers(
+    work: Path, twilio_class: type[SetupTwilio] = SetupTwilio
+) -> AsyncIterator[tuple[aiohttp.ClientSession, SetupTwilio, str, str]]:
+    """The lean Twilio (`twilio_class`: SetupTwilio or one noting more) and the sandbox ElevenLabs."""
     tts = SandboxElevenLabs(api_key=EL_KEY, synthesize=premade_voice(LocalSynthesizer()))
     el_base = await tts.start()
     http = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=120), connector=aiohttp.TCPConnector(limit=0)
     )
-    twilio = SetupTwilio(http)
+    twilio = twilio_class(http)
     runner = web.AppRunner(twilio.app(), access_log=None)
     await runner.setup()
     rest_port = free_port()
