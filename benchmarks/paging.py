@@ -44,6 +44,8 @@ TARGET_P95_S = 1.0
 class PagingTwilio(SetupTwilio):
     """The lean Twilio noting, per Call SID, when its create request arrived (time.monotonic())."""
 
+    answer = False  # main() sets it from --answer
+
     def __init__(self, http: aiohttp.ClientSession) -> None:
         super().__init__(http)
         self.created: dict[str, float] = {}
@@ -58,6 +60,9 @@ class PagingTwilio(SetupTwilio):
     async def _answer(self, call: lean.TwilioCall) -> None:
         # A call still going when its service is killed (or stopped at the end) cannot reach it any more.
         with contextlib.suppress(aiohttp.ClientError):
+            if not self.answer:  # people take their time: the phones ring through the measurement
+                await self._status(call, "ringing")
+                return
             await super()._answer(call)
 
     async def _tick(self, call: lean.TwilioCall, loop_t: float) -> None:
@@ -74,6 +79,7 @@ class PagingTwilio(SetupTwilio):
 class Result:
     label: str
     latencies: list[float] = field(default_factory=list)  # webhook -> step 1's create, seconds
+    answered: list[float] = field(default_factory=list)  # webhook -> the service's answer to it, seconds
     lateness: list[float] = field(default_factory=list)  # step 2's create - its due time, seconds
     pages: Counter[str] = field(default_factory=Counter)  # "(round, step)" lists per incident
     creates: dict[str, int] = field(default_factory=dict)  # per phone
@@ -268,6 +274,7 @@ async def opening_at_once(args: argparse.Namespace, database: str) -> Result:
             await peer.fire(args.groups)
             firing = await peer.arrivals(args.groups, timeout=120)
             await created_to(twilio, numbers[0], args.groups, timeout=120)
+            result.answered = [a.answered - a.arrived for a in firing.values()]
             sids = await step_sids(service, 0)
             seen = await incidents(service)
             result.latencies = first_page_latencies(seen, sids, twilio, firing)
@@ -322,7 +329,8 @@ async def wait_quiet(service: Service, twilio: PagingTwilio, quiet_s: float = 3.
 def report(results: list[Result], args: argparse.Namespace) -> None:
     print(
         f"\n{args.groups} groups (one alert each) posted to Alertmanager at once, group_wait 0.5 s, "
-        f"TWILIO_CPS={args.cps:g}; step 2 due {args.delay} s after step 1\n"
+        f"TWILIO_CPS={args.cps:g}; step 2 due {args.delay} s after step 1; phones "
+        f"{'answer after 0.3 s and stream' if args.answer else 'ring, unanswered'}\n"
     )
     print(
         "| run | webhook -> step 1's create | step 2's create - its due time | pages per incident | creates |"
@@ -334,7 +342,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             late += f" (restart took {r.restart_s:.1f} s)"
         pages = "; ".join(f"{k} x{n}" for k, n in r.pages.items())
         creates = ", ".join(str(n) for n in r.creates.values())
-        print(f"| {r.label} | {r.row(r.latencies)} | {late} | {pages} | {creates} |")
+        answered = r.row(r.answered) if r.answered else "-"
+        print(f"| {r.label} | {r.row(r.latencies)} | {answered} | {late} | {pages} | {creates} |")
     for r in results:
         ok = bool(r.latencies) and pct(r.latencies, 95) < TARGET_P95_S
         print(f"{r.label}: p95 {'under' if ok else 'NOT under'} {TARGET_P95_S:g} s")
@@ -342,6 +351,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    PagingTwilio.answer = args.answer
     databases = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     results: list[Result] = []
     for database in databases:
@@ -361,6 +371,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-calls", type=int, default=400)
     p.add_argument("--delay", type=int, default=15, help="step 1's delay_s (the restart run)")
     p.add_argument("--no-restart", action="store_true")
+    p.add_argument(
+        "--answer", action="store_true", help="phones answer after 0.3 s and stream (default: they ring)"
+    )
     return p
 
 
