@@ -20,11 +20,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from announcer.app import DISPATCHER, ESCALATOR
+from announcer.app import ESCALATOR
 from announcer.config import Settings
 from announcer.sandbox.twilio_call import Callee, PhoneBehavior
 from announcer.store.db import Database
-from announcer.store.models import CallOutcome
 from announcer.store.oncall import OncallStore
 from tests.conftest import API_TOKEN, USE_PG, Service, eventually, free_port, make_settings, start_service
 from tests.test_alerts import RECEIVER_ALLOWED
@@ -172,24 +171,53 @@ async def test_a_restart_between_steps_pages_the_next_step_once(tmp_path: Path, 
         await runner.cleanup()
 
 
-async def test_declined_escalates_now(service: Service) -> None:
-    """A page call that ends `declined` (key 3 on a page: "escalate now") makes the next step due at once,
-    long before its delay. The outcome is reported as the media session reports it
-    (Dispatcher.on_call_outcome), which is what the page call's key 3 comes to."""
+async def test_key_3_escalates_now(service: Service) -> None:
+    """Key 3 on a page ("escalate now": the call ends `declined`) makes the next step due at once, long
+    before its delay."""
     integration, _ = await setup_paging(service, steps=[([ON_CALL], 600), ([SECOND], 600)])
     status, answer = await send(service, integration, am_payload())
     assert status == 200, answer
     call = await rung(service, ON_CALL)
     await call.wait_for_mark("end:", 20)
-    call_id = await service.store.find_by_sid(call.sid)
-    assert call_id is not None
-    await service.app[DISPATCHER].on_call_outcome(call_id, CallOutcome.DECLINED, "pressed 3 to escalate")
+    pressed = time.monotonic()
+    await call.press("3")
     await rung(service, SECOND, timeout=10)
+    assert time.monotonic() - pressed < 10
     seen = await incident(service, answer["incident_id"])
     escalated = [e for e in seen["events"] if e["kind"] == "escalated"]
     assert len(escalated) == 1 and (escalated[0]["who"], escalated[0]["how"]) == ("Person 1", "key")
     assert seen["state"] == "triggered" and (seen["round"], seen["step"]) == (0, 1)
     assert seen["pages"][0]["people"][0]["outcome"] == "declined"
+
+
+async def test_an_acknowledgement_ends_the_others_answered_page_calls(
+    tmp_path: Path, database_url: str
+) -> None:
+    # At twice real time: an answered page plays for seconds, so the other is still on the line at the ack
+    runner, service = await start_service(make_settings(tmp_path, database_url, announcer_sandbox_speed=2.0))
+    try:
+        integration, _ = await setup_paging(service, steps=[([ON_CALL, THIRD], 600)])
+        status, answer = await send(service, integration, am_payload())
+        assert status == 200, answer
+        other = await rung(service, THIRD)
+        await other.wait_for_media(20)
+        call = await rung(service, ON_CALL)
+        await call.wait_for_mark("end:", 30)
+        await call.press("1")
+        await other.wait_ended(20)
+        assert other.status == "completed"
+
+        async def settled() -> bool:
+            pages = (await incident(service, answer["incident_id"]))["pages"]
+            return all(p["outcome"] is not None for p in pages[0]["people"])
+
+        await eventually(settled, timeout=20)
+        seen = await incident(service, answer["incident_id"])
+        outcomes = {p["phone"]: p["outcome"] for p in seen["pages"][0]["people"]}
+        assert outcomes[ON_CALL] == "confirmed" and outcomes[THIRD] in ("hung_up_early", "canceled"), outcomes
+        assert seen["state"] == "acknowledged" and seen["acknowledged_by"] == "Person 1"
+    finally:
+        await runner.cleanup()
 
 
 async def test_two_services_on_one_database_page_each_step_once(
