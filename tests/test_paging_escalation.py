@@ -22,6 +22,7 @@ from aiohttp import web
 
 from announcer.app import ESCALATOR
 from announcer.config import Settings
+from announcer.paging.escalator import next_step
 from announcer.sandbox.twilio_call import Callee, PhoneBehavior
 from announcer.store.db import Database
 from announcer.store.oncall import OncallStore
@@ -435,3 +436,12 @@ async def test_sigkill_between_two_steps_pages_the_next_step_once(
     finally:
         second.terminate()
         await second.wait()
+
+
+def test_next_step_walks_the_steps_then_the_rounds() -> None:
+    assert next_step(0, -1, 2, 1) == (0, 0)  # none paged yet: the first step
+    assert next_step(0, 0, 2, 1) == (0, 1)
+    assert next_step(0, 1, 2, 1) == (1, 0)  # the last step: the policy again (repeat 1)
+    assert next_step(1, 1, 2, 1) is None  # spent
+    assert next_step(0, 0, 1, 0) is None
+    assert next_step(0, -1, 0, 3) is None  # no steps at all
