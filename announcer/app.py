@@ -3,9 +3,10 @@
 Order of the lifecycle (reverse on the way down): database -> sandbox (only without credentials) ->
 Twilio REST client -> speech engines -> playout clock -> admission control (reads the clock) -> render
 thread -> dispatcher (and the alert service over it) -> scheduler (whose fires the alert service makes
-alerts) -> handlers -> what /metrics reads at scrape time (the handlers' live calls among it) -> warm-up
-(the SDKs, loaded once the server listens). Routes are registered here and nowhere else. The metrics'
-registry is the app's own, made with it: the hooks that count are handed to each piece as it is built.
+alerts) -> paging (incidents and their escalator, over the alert service) -> handlers -> what /metrics
+reads at scrape time (the handlers' live calls among it) -> warm-up (the SDKs, loaded once the server
+listens). Routes are registered here and nowhere else. The metrics' registry is the app's own, made with
+it: the hooks that count are handed to each piece as it is built.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from aiohttp import WSCloseCode, web
 from announcer import dashboard
 from announcer.agent.connect import AgentConnector
 from announcer.agent.line import AgentLine
-from announcer.api import alerts, calls, incidents, integrations, schedules
+from announcer.api import alerts, calls, incidents, integrations, oncall, schedules
 from announcer.api.alerts import AlertsDeps
 from announcer.api.http import error, json_errors, make_middleware
 from announcer.api.incidents import IncidentsDeps
 from announcer.api.integrations import WEBHOOK_PATH, IntegrationsDeps
+from announcer.api.oncall import OncallDeps
 from announcer.api.openapi import document_json as openapi_document_json
 from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
@@ -45,7 +47,7 @@ from announcer.deliveries.egress import EgressPolicy
 from announcer.deliveries.notify import OutcomeNotifier
 from announcer.deliveries.plan import Limits
 from announcer.deliveries.policy import DeliveryPolicy
-from announcer.deliveries.script import CallScripts, check_prompts
+from announcer.deliveries.script import PROMPT_TEMPLATE, CallScripts
 from announcer.files import private_dir, tighten_tree, write_private
 from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.greeting import Greeting
@@ -133,6 +135,7 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 ALERT_SERVICE = web.AppKey("alert_service", AlertService)
 ALERTS = web.AppKey("alerts", AlertsDeps)
 SCHEDULES = web.AppKey("schedules", SchedulesDeps)
+ONCALL = web.AppKey("oncall", OncallDeps)  # people, rotations, escalation policies
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 OUTBOX = web.AppKey("outbox", OutcomeNotifier)  # the outcome webhooks' outbox, sent from this process
 API_TOKEN = web.AppKey("api_token", str)
@@ -183,7 +186,7 @@ def create_app(settings: Settings) -> web.Application:
         hands_over=settings.greeting_agent,
     )
     greeting.check()
-    check_prompts(renderer)  # a broken prompt template (an alert's, a page's) stops start-up here
+    renderer.render(PROMPT_TEMPLATE, {"repeat_key": None})  # a broken prompt template stops start-up here
     app[GREETING] = greeting
     app[SOCKETS] = set()
     app[RENDERER] = renderer
@@ -191,6 +194,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend(
         [
             _database,
+            _oncall,
             _sandbox,
             _twilio,
             _speech,
@@ -225,6 +229,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/schedules/{schedule_id}", _with_schedules(schedules.get_schedule))
     app.router.add_patch("/v1/schedules/{schedule_id}", _with_schedules(schedules.patch_schedule))
     app.router.add_delete("/v1/schedules/{schedule_id}", _with_schedules(schedules.delete_schedule))
+    oncall.add_routes(app, ONCALL)
     app.router.add_get("/v1/calls/{call_sid}", _with_calls(calls.get_call))
     app.router.add_get("/v1/deliveries/{delivery_id}/call", _with_calls(calls.get_delivery_call))
     app.router.add_post("/outbound-call", _with_calls(calls.outbound_call))
@@ -288,6 +293,13 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     yield
     await store.aclose()
     await db.dispose()
+
+
+async def _oncall(app: web.Application) -> AsyncIterator[None]:
+    """People, rotations and escalation policies; a person's number passes the destination policy."""
+    store = OncallStore(app[DATABASE].sessions)
+    app[ONCALL] = OncallDeps(store=store, destinations=DestinationPolicy.from_settings(app[SETTINGS]))
+    yield
 
 
 async def _sandbox(app: web.Application) -> AsyncIterator[None]:
@@ -547,7 +559,7 @@ async def _paging(app: web.Application) -> AsyncIterator[None]:
     store = IncidentStore(db.sessions)
     silencer = Silencer(EgressPolicy.from_settings(settings))
     service = IncidentService(store, app[ALERT_SERVICE], silencer)
-    escalator = Escalator(store, OncallStore(db.sessions), app[ALERT_SERVICE], service)
+    escalator = Escalator(store, app[ONCALL].store, app[ALERT_SERVICE], service)
     service.set_wake(escalator.wake)
     app[INCIDENTS] = service
     app[ESCALATOR] = escalator

@@ -439,6 +439,13 @@ class Api:
             raise CommandError(*_schedule_refusal(schedule_id, code, answer))
         return answer
 
+    async def oncall(self, at: str | None) -> dict[str, Any]:
+        """GET /v1/oncall (at `at`, ISO-8601 with its offset; else now)."""
+        status, answer = await self.request("GET", "/v1/oncall", params={"at": at} if at else None)
+        if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("rotations"), list):
+            raise CommandError(*_refusal(status, answer))
+        return answer
+
     async def delete_schedule(self, schedule_id: str) -> None:
         status, answer = await self.request("DELETE", _schedule_path(schedule_id))
         if status != 204:
@@ -1028,6 +1035,91 @@ def _add_message_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _oncall_at(value: str | None) -> str | None:
+    """--at as an instant: ISO-8601 with its offset as given; without one, in this machine's zone."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise CommandError(
+            f"error: --at {value!r}: expected ISO-8601, e.g. 2026-12-24T09:00 or 2026-12-24T09:00+01:00"
+        ) from None
+    return (moment if moment.tzinfo is not None else moment.astimezone()).isoformat()
+
+
+def _who(stretch: Any) -> str:
+    """`Ada`, `Ada (override)`, or `nobody`."""
+    if not isinstance(stretch, dict):
+        return "-"
+    person = stretch.get("person")
+    if not isinstance(person, dict):
+        return "nobody"
+    name = _cell(person.get("name") or person.get("id"))
+    return f"{name} (override)" if stretch.get("override") else name
+
+
+def _oncall_table(rotations: list[dict[str, Any]]) -> list[str]:
+    """One row per rotation: who is on call, since and until when, who is next and until when."""
+    header = ("ROTATION", "ON CALL", "SINCE", "UNTIL", "NEXT", "NEXT UNTIL")
+    rows = []
+    for r in rotations:
+        now: dict[str, Any] = r["now"] if isinstance(r.get("now"), dict) else {}
+        after: dict[str, Any] | None = r["next"] if isinstance(r.get("next"), dict) else None
+        rows.append(
+            (
+                _cell(r.get("name")),
+                _who(now),
+                _moment_text(now.get("since")) if now.get("since") else "-",
+                _moment_text(now.get("until")) if now.get("until") else "-",
+                _who(after) if after is not None else "-",
+                _moment_text(after.get("until")) if after and after.get("until") else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return [
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+        for row in [header, *rows]
+    ]
+
+
+def cmd_oncall(args: argparse.Namespace) -> int:
+    try:
+        at = _oncall_at(args.at)
+    except CommandError as err:
+        return _failed(err)
+
+    async def show(api: Api) -> int:
+        answer = await api.oncall(at)
+        rotations = [r for r in answer["rotations"] if isinstance(r, dict)]
+        print(f"on call at {_moment_text(answer.get('at'))}")
+        if not rotations:
+            print("no rotations")
+            return 0
+        for line in _oncall_table(rotations):
+            print(line.rstrip())
+        return 0
+
+    return _on_service(args, show)
+
+
+def _add_oncall_parser(sub: Any) -> None:
+    oncall = sub.add_parser(
+        "oncall",
+        help="who is on call in each rotation of the running service, and who is next",
+        description="Exit status: 0 done; 2 a bad --at, a request the service refused, or no service at "
+        "the URL.",
+    )
+    oncall.add_argument(
+        "--at",
+        metavar="ISO",
+        help="at this time instead of now: ISO-8601 with an offset (+01:00), or without one in this "
+        "machine's zone",
+    )
+    _add_service_arguments(oncall)
+    oncall.set_defaults(func=cmd_oncall)
+
+
 def _add_service_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the running service is (read by _url_and_token)."""
     parser.add_argument("--url", help="the service (default: PUBLIC_URL, else http://HOST:PORT)")
@@ -1151,6 +1243,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(func=cmd_render)
     _add_send_parser(sub)
     _add_schedule_parser(sub)
+    _add_oncall_parser(sub)
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
     db.add_parser(
         "upgrade",

@@ -24,8 +24,9 @@ from aiohttp import web
 from announcer.config import Settings
 from announcer.store.calls import CallStore
 
-# The controllable wall clock of the scheduling tests, and the browser harness (tests/browser.py).
-pytest_plugins = ("tests.clock", "tests.browser")
+# The controllable wall clock of the scheduling tests, the browser harness (tests/browser.py) and the real
+# Alertmanager harness (tests/alertmanager.py).
+pytest_plugins = ("tests.clock", "tests.browser", "tests.alertmanager")
 
 PG_ADMIN = os.environ.get("ANNOUNCER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 USE_PG = os.environ.get("ANNOUNCER_TEST_DATABASE") == "postgresql"

@@ -104,13 +104,18 @@ SEMANTIC_REFUSALS: list[tuple[str, str]] = [
     (r"status", r"this schedule has ended"),
     # whether the escalation policy named exists (paging)
     (r"policy_id", r"^no escalation policy"),
+    # on call (api/oncall.py): a zone, a day, an instant that exists; ids that name something
+    (r"timezone", r"unknown time zone"),
+    (r"start_date", r"no such day"),
+    (r"starts_at|ends_at|at", r"no such date and time|must be after starts_at"),
+    (r"members\[\d+\]|person_id|steps\[\d+\]\.targets\[\d+\]\.id", r"^no such (person|rotation) "),
 ]
 _SEMANTIC = [(re.compile(f, re.DOTALL), re.compile(r)) for f, r in SEMANTIC_REFUSALS]
 # A state the request meets, not a form it has: a resource that does not exist (or no longer), a finished
 # alert, an Idempotency-Key already used with another body.
 SEMANTIC_ERRORS = {
     404: {"not_found"},
-    409: {"alert_finished", "idempotency_conflict", "incident_state", "integration_in_use"},
+    409: {"alert_finished", "idempotency_conflict", "in_use", "incident_state", "integration_in_use"},
 }
 # The paging sources' webhooks take the integration's own secret, which no generated case has: 401.
 _WEBHOOK = re.compile(r"^/v1/integrations/(alertmanager|grafana|json)/\{integration_id\}$")
@@ -305,6 +310,44 @@ def _follow(service: Fuzzed, case: Case, response: requests.Response) -> None:
         then("/v1/schedules/{schedule_id}", "PATCH", {"status": "paused"}, schedule_id=schedule_id)
         then("/v1/schedules", "GET")
         then("/v1/schedules/{schedule_id}", "DELETE", schedule_id=schedule_id)
+    elif label == "POST /v1/people" and status == 201:
+        _follow_oncall(then, response.json()["id"])
+
+
+def _follow_oncall(then: Any, person_id: str) -> None:
+    """A person made: a rotation of them, an override, a policy paging both, each read back (the 200s
+    checked against the document), then all of it deleted again."""
+    then("/v1/people/{person_id}", "GET", person_id=person_id)
+    then("/v1/people/{person_id}", "PATCH", {"name": "renamed"}, person_id=person_id)
+    rotation = {
+        "name": "primary",
+        "timezone": "Europe/Berlin",
+        "shift_unit": "days",
+        "start_date": "2026-03-27",
+        "members": [person_id],
+    }
+    made = then("/v1/rotations", "POST", rotation)
+    rotation_id = made.json()["id"]
+    then("/v1/rotations/{rotation_id}", "GET", rotation_id=rotation_id)
+    then("/v1/rotations/{rotation_id}", "PATCH", {"shift_length": 2}, rotation_id=rotation_id)
+    window = {"person_id": person_id, "starts_at": "2026-03-28T10:00:00Z", "ends_at": "2026-03-28T12:00:00Z"}
+    override = then("/v1/rotations/{rotation_id}/overrides", "POST", window, rotation_id=rotation_id).json()
+    then("/v1/rotations/{rotation_id}/overrides", "GET", rotation_id=rotation_id)
+    then("/v1/oncall", "GET")
+    step = {
+        "delay_s": 60,
+        "targets": [{"type": "person", "id": person_id}, {"type": "rotation", "id": rotation_id}],
+    }
+    policy_id = then("/v1/escalation-policies", "POST", {"name": "ops", "steps": [step]}).json()["id"]
+    then("/v1/escalation-policies/{policy_id}", "GET", policy_id=policy_id)
+    then("/v1/escalation-policies/{policy_id}", "PATCH", {"repeat": 1}, policy_id=policy_id)
+    then("/v1/escalation-policies", "GET")
+    then("/v1/rotations/{rotation_id}", "DELETE", rotation_id=rotation_id)  # 409: the policy names it
+    then("/v1/escalation-policies/{policy_id}", "DELETE", policy_id=policy_id)
+    path = "/v1/rotations/{rotation_id}/overrides/{override_id}"
+    then(path, "DELETE", rotation_id=rotation_id, override_id=override["id"])
+    then("/v1/rotations/{rotation_id}", "DELETE", rotation_id=rotation_id)
+    then("/v1/people/{person_id}", "DELETE", person_id=person_id)
 
 
 def test_the_service_serves_the_document_fuzzed_here(fuzzed: Fuzzed) -> None:
