@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from announcer.app import ESCALATOR
+from announcer.app import DATABASE, ESCALATOR
 from announcer.config import Settings
 from announcer.paging.escalator import next_step
 from announcer.sandbox.twilio_call import Callee, PhoneBehavior
@@ -530,3 +530,34 @@ async def test_the_real_alertmanager_resolves_and_the_escalation_stops(
             assert not calls_to(service, SECOND)
     finally:
         await runner.cleanup()
+
+
+async def test_a_rotation_target_pages_whoever_is_on_call_now(service: Service) -> None:
+    """A step's rotation target is resolved when the step is paged: the person whose shift it is."""
+    oncall = OncallStore(service.app[DATABASE].sessions)
+    ada = await oncall.create_person(name="Ada", phone=ON_CALL)
+    bo = await oncall.create_person(name="Bo", phone=SECOND)
+    today = datetime.now(UTC).date()
+    # weekly shifts from a week ago: Ada's shift is over, Bo's is now (hand-off at midnight UTC)
+    rotation = await oncall.create_rotation(
+        name="primary",
+        timezone="UTC",
+        shift_length=1,
+        shift_unit="weeks",
+        handoff_time="00:00",
+        start_date=today - timedelta(days=7),
+        members=[ada.id, bo.id],
+    )
+    policy = await oncall.create_policy(
+        name="rotating", steps=[{"delay_s": 600, "targets": [{"type": "rotation", "id": rotation.id}]}]
+    )
+    status, integration = await api(
+        service, "POST", "/v1/integrations", {"name": "p", "kind": "json", "policy_id": policy.id}
+    )
+    assert status == 201, integration
+    status, answer = await send(service, integration, {"title": "Disk", "dedup_key": "disk"})
+    assert status == 200, answer
+    await rung(service, SECOND)
+    seen = await incident(service, answer["incident_id"])
+    assert [p["name"] for p in seen["pages"][0]["people"]] == ["Bo"]
+    assert not calls_to(service, ON_CALL)
