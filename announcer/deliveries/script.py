@@ -116,5 +116,5 @@ class CallScripts:
         try:
             return render(repeat_key)
         except RenderError as err:
-            log.error("%s: %s; using the built-in prompt", err.template, err)
+            log.error("prompt: %s; using the built-in one", err)  # err names the template
             return fallback
