@@ -29,9 +29,21 @@ from announcer.messages.render import MessageRenderer, RenderError
 from announcer.options import PageRef
 from announcer.sandbox.twilio_call import Callee, PhoneBehavior, SandboxCall
 from announcer.store.calls import StreamGrant
-from announcer.store.models import DeliveryState
+from announcer.store.models import CallOutcome, DeliveryState
 from announcer.store.rules import FollowUp
-from announcer.telephony.callflow import OPT_OUT_KEY, Choice, Setup, menu_for
+from announcer.telephony.callflow import (
+    OPT_OUT_KEY,
+    CallState,
+    Choice,
+    KeyPressed,
+    Phase,
+    ReportOutcome,
+    ScriptLoaded,
+    Setup,
+    StreamStarted,
+    menu_for,
+    step,
+)
 from tests.conftest import Service, eventually, make_settings, start_service
 from tests.test_alerts import finished, get, placed_call
 
@@ -258,6 +270,21 @@ async def test_a_pages_menu_has_no_opt_out_and_3_escalates(tmp_path: Path) -> No
     assert script is not None and script.agent is None
     menu = menu_for(Setup(call_id=1, kind="announcement", text="Hello.", script=True), script)
     assert menu == {"1": Choice.CONFIRM, "2": Choice.REPEAT, "3": Choice.DECLINE}
+
+
+async def test_on_a_page_9_does_nothing_and_3_escalates_now() -> None:
+    script = await CallScripts(None, MessageRenderer(DEFAULT_TEMPLATES_DIR)).for_grant(  # type: ignore[arg-type]
+        grant_of(page_options())
+    )
+    setup = Setup(call_id=7, kind="announcement", text="Hello.", script=True)
+    call, _ = step(CallState(), StreamStarted(setup))
+    call, _ = step(call, ScriptLoaded(script))
+    assert call.phase == Phase.SPEAKING
+    same, actions = step(call, KeyPressed(OPT_OUT_KEY))
+    assert (same, actions) == (call, [])  # the page plays on; nobody is opted out
+    ended, actions = step(call, KeyPressed("3"))
+    assert ended.phase == Phase.ENDED
+    assert ReportOutcome(CallOutcome.DECLINED, "pressed 3 to escalate now") in actions
 
 
 async def test_a_broken_page_prompt_falls_back_and_stops_the_start(tmp_path: Path, database_url: str) -> None:

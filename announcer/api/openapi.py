@@ -616,6 +616,245 @@ OPERATIONS += [
 ]
 
 
+# --- on call: people, rotations and their overrides, escalation policies, who is on call (api/oncall.py) ----
+_PERSON_ID = {"name": "person_id", "in": "path", "required": True, "schema": _KEY}
+_ROTATION_ID = {"name": "rotation_id", "in": "path", "required": True, "schema": _KEY}
+_POLICY_ID = {"name": "policy_id", "in": "path", "required": True, "schema": _KEY}
+_OVERRIDE_ID = {
+    "name": "override_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_INT},
+}
+_PERSON = _object(
+    {
+        "id": _TEXT,
+        "name": _TEXT,
+        "phone": {"type": "string", "description": "E.164"},
+        "timezone": _TEXT,
+        "created_at": _MOMENT,
+        "updated_at": _MOMENT,
+    }
+)
+_ROTATION_PROPERTIES: dict[str, Any] = {
+    "id": _TEXT,
+    "name": _TEXT,
+    "timezone": _TEXT,
+    "shift_length": _INT,
+    "shift_unit": {"type": "string", "enum": ["hours", "days", "weeks"]},
+    "handoff_time": _TEXT,
+    "start_date": {"type": "string", "format": "date"},
+    "members": {"type": "array", "items": _TEXT},
+    "created_at": _MOMENT,
+    "updated_at": _MOMENT,
+}
+_ROTATION = _object(_ROTATION_PROPERTIES)
+_STRETCH = {
+    "anyOf": [
+        _object(
+            {
+                "person": _nullable(_object({"id": _TEXT, "name": _nullable(_TEXT)})),
+                "since": {**_nullable(_MOMENT), "description": "null: nobody before (since always)"},
+                "until": {**_nullable(_MOMENT), "description": "null: nothing changes after"},
+                "override": {"type": "boolean", "description": "an override put them there"},
+            }
+        ),
+        {"type": "null"},
+    ],
+    "description": "who (null: nobody), since and until when, in the rotation's zone",
+}
+_ROTATION_DETAIL = _object({**_ROTATION_PROPERTIES, "now": _STRETCH, "next": _STRETCH})
+_OVERRIDE = _object(
+    {
+        "id": _INT,
+        "rotation_id": _TEXT,
+        "person_id": _TEXT,
+        "starts_at": _MOMENT,
+        "ends_at": _MOMENT,
+        "created_at": _MOMENT,
+    }
+)
+_POLICY = _object(
+    {
+        "id": _TEXT,
+        "name": _TEXT,
+        "repeat": _INT,
+        "steps": {
+            "type": "array",
+            "items": _object(
+                {
+                    "delay_s": _INT,
+                    "targets": {
+                        "type": "array",
+                        "items": _object(
+                            {"type": {"type": "string", "enum": ["person", "rotation"]}, "id": _TEXT}
+                        ),
+                    },
+                }
+            ),
+        },
+        "created_at": _MOMENT,
+        "updated_at": _MOMENT,
+    }
+)
+_ONCALL = _object(
+    {
+        "at": _MOMENT,
+        "rotations": {
+            "type": "array",
+            "items": _object(
+                {"id": _TEXT, "name": _TEXT, "timezone": _TEXT, "now": _STRETCH, "next": _STRETCH}
+            ),
+        },
+    }
+)
+
+
+def _crud(
+    path: str,
+    what: str,
+    key: dict[str, Any],
+    view: dict[str, Any],
+    detail: dict[str, Any],
+    listed: str,
+    model: str,
+    conflict: str,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    one = f"{path}/{{{key['name']}}}"
+    return [
+        (
+            "post",
+            path,
+            {
+                "summary": f"Create a {what}",
+                "requestBody": _body(f"{model}Body"),
+                "responses": {"201": _json(view, "created"), **_errors(400, 401, 413, 415, 422)},
+            },
+        ),
+        (
+            "get",
+            path,
+            {
+                "summary": f"Every {what}",
+                "responses": {
+                    "200": _json(_object({listed: {"type": "array", "items": view}}), "the list"),
+                    **_errors(401),
+                },
+            },
+        ),
+        (
+            "get",
+            one,
+            {
+                "summary": f"A {what}",
+                "parameters": [key],
+                "responses": {"200": _json(detail, f"the {what}"), **_errors(401, 404)},
+            },
+        ),
+        (
+            "patch",
+            one,
+            {
+                "summary": f"Change a {what}: the fields given",
+                "parameters": [key],
+                "requestBody": _body(f"{model}Patch"),
+                "responses": {"200": _json(view, "as changed"), **_errors(400, 401, 404, 413, 415, 422)},
+            },
+        ),
+        (
+            "delete",
+            one,
+            {
+                "summary": f"Delete a {what} (409 while {conflict})",
+                "parameters": [key],
+                "responses": {"204": {"description": "deleted (no body)"}, **_errors(401, 404, 409)},
+            },
+        ),
+    ]
+
+
+OPERATIONS += [
+    *_crud(
+        "/v1/people",
+        "person",
+        _PERSON_ID,
+        _PERSON,
+        _PERSON,
+        "people",
+        "Person",
+        "a rotation, an override or a policy step names them",
+    ),
+    *_crud(
+        "/v1/rotations",
+        "rotation",
+        _ROTATION_ID,
+        _ROTATION,
+        _ROTATION_DETAIL,
+        "rotations",
+        "Rotation",
+        "a policy step names it",
+    ),
+    (
+        "post",
+        "/v1/rotations/{rotation_id}/overrides",
+        {
+            "summary": "Put a person on call in the rotation for a while (the latest wins an overlap)",
+            "parameters": [_ROTATION_ID],
+            "requestBody": _body("OverrideBody"),
+            "responses": {"201": _json(_OVERRIDE, "created"), **_errors(400, 401, 404, 413, 415, 422)},
+        },
+    ),
+    (
+        "get",
+        "/v1/rotations/{rotation_id}/overrides",
+        {
+            "summary": "The rotation's overrides, in the order they were made",
+            "parameters": [_ROTATION_ID],
+            "responses": {
+                "200": _json(_object({"overrides": {"type": "array", "items": _OVERRIDE}}), "the overrides"),
+                **_errors(401, 404),
+            },
+        },
+    ),
+    (
+        "delete",
+        "/v1/rotations/{rotation_id}/overrides/{override_id}",
+        {
+            "summary": "Remove an override",
+            "parameters": [_ROTATION_ID, _OVERRIDE_ID],
+            "responses": {"204": {"description": "deleted (no body)"}, **_errors(400, 401, 404)},
+        },
+    ),
+    *_crud(
+        "/v1/escalation-policies",
+        "escalation policy",
+        _POLICY_ID,
+        _POLICY,
+        _POLICY,
+        "escalation_policies",
+        "Policy",
+        "an integration escalates by it",
+    ),
+    (
+        "get",
+        "/v1/oncall",
+        {
+            "summary": "Who is on call in every rotation now (or `at`), and who is next",
+            "parameters": [
+                {
+                    "name": "at",
+                    "in": "query",
+                    "required": False,
+                    "description": "ISO-8601 with its offset (default: now)",
+                    "schema": {"type": "string", "pattern": ONCALL_MOMENT},
+                }
+            ],
+            "responses": {"200": _json(_ONCALL, "every rotation, now and next"), **_errors(400, 401, 422)},
+        },
+    ),
+]
+
+
 # --- paging: integrations, their sources' webhooks, incidents ----------------------------------------------
 
 _INTEGRATION_ID = {"name": "integration_id", "in": "path", "required": True, "schema": _KEY}
@@ -865,245 +1104,6 @@ OPERATIONS += [
             "summary": "Resolve (how: api): the escalation stops, the page calls are canceled",
             "parameters": [_INCIDENT_ID],
             "responses": {"200": _json(_INCIDENT, "resolved"), **_errors(401, 404, 409)},
-        },
-    ),
-]
-
-
-# --- on call: people, rotations and their overrides, escalation policies, who is on call (api/oncall.py) ----
-_PERSON_ID = {"name": "person_id", "in": "path", "required": True, "schema": _KEY}
-_ROTATION_ID = {"name": "rotation_id", "in": "path", "required": True, "schema": _KEY}
-_POLICY_ID = {"name": "policy_id", "in": "path", "required": True, "schema": _KEY}
-_OVERRIDE_ID = {
-    "name": "override_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_INT},
-}
-_PERSON = _object(
-    {
-        "id": _TEXT,
-        "name": _TEXT,
-        "phone": {"type": "string", "description": "E.164"},
-        "timezone": _TEXT,
-        "created_at": _MOMENT,
-        "updated_at": _MOMENT,
-    }
-)
-_ROTATION_PROPERTIES: dict[str, Any] = {
-    "id": _TEXT,
-    "name": _TEXT,
-    "timezone": _TEXT,
-    "shift_length": _INT,
-    "shift_unit": {"type": "string", "enum": ["hours", "days", "weeks"]},
-    "handoff_time": _TEXT,
-    "start_date": {"type": "string", "format": "date"},
-    "members": {"type": "array", "items": _TEXT},
-    "created_at": _MOMENT,
-    "updated_at": _MOMENT,
-}
-_ROTATION = _object(_ROTATION_PROPERTIES)
-_STRETCH = {
-    "anyOf": [
-        _object(
-            {
-                "person": _nullable(_object({"id": _TEXT, "name": _nullable(_TEXT)})),
-                "since": {**_nullable(_MOMENT), "description": "null: nobody before (since always)"},
-                "until": {**_nullable(_MOMENT), "description": "null: nothing changes after"},
-                "override": {"type": "boolean", "description": "an override put them there"},
-            }
-        ),
-        {"type": "null"},
-    ],
-    "description": "who (null: nobody), since and until when, in the rotation's zone",
-}
-_ROTATION_DETAIL = _object({**_ROTATION_PROPERTIES, "now": _STRETCH, "next": _STRETCH})
-_OVERRIDE = _object(
-    {
-        "id": _INT,
-        "rotation_id": _TEXT,
-        "person_id": _TEXT,
-        "starts_at": _MOMENT,
-        "ends_at": _MOMENT,
-        "created_at": _MOMENT,
-    }
-)
-_POLICY = _object(
-    {
-        "id": _TEXT,
-        "name": _TEXT,
-        "repeat": _INT,
-        "steps": {
-            "type": "array",
-            "items": _object(
-                {
-                    "delay_s": _INT,
-                    "targets": {
-                        "type": "array",
-                        "items": _object(
-                            {"type": {"type": "string", "enum": ["person", "rotation"]}, "id": _TEXT}
-                        ),
-                    },
-                }
-            ),
-        },
-        "created_at": _MOMENT,
-        "updated_at": _MOMENT,
-    }
-)
-_ONCALL = _object(
-    {
-        "at": _MOMENT,
-        "rotations": {
-            "type": "array",
-            "items": _object(
-                {"id": _TEXT, "name": _TEXT, "timezone": _TEXT, "now": _STRETCH, "next": _STRETCH}
-            ),
-        },
-    }
-)
-
-
-def _crud(
-    path: str,
-    what: str,
-    key: dict[str, Any],
-    view: dict[str, Any],
-    detail: dict[str, Any],
-    listed: str,
-    model: str,
-    conflict: str,
-) -> list[tuple[str, str, dict[str, Any]]]:
-    one = f"{path}/{{{key['name']}}}"
-    return [
-        (
-            "post",
-            path,
-            {
-                "summary": f"Create a {what}",
-                "requestBody": _body(f"{model}Body"),
-                "responses": {"201": _json(view, "created"), **_errors(400, 401, 413, 415, 422)},
-            },
-        ),
-        (
-            "get",
-            path,
-            {
-                "summary": f"Every {what}",
-                "responses": {
-                    "200": _json(_object({listed: {"type": "array", "items": view}}), "the list"),
-                    **_errors(401),
-                },
-            },
-        ),
-        (
-            "get",
-            one,
-            {
-                "summary": f"A {what}",
-                "parameters": [key],
-                "responses": {"200": _json(detail, f"the {what}"), **_errors(401, 404)},
-            },
-        ),
-        (
-            "patch",
-            one,
-            {
-                "summary": f"Change a {what}: the fields given",
-                "parameters": [key],
-                "requestBody": _body(f"{model}Patch"),
-                "responses": {"200": _json(view, "as changed"), **_errors(400, 401, 404, 413, 415, 422)},
-            },
-        ),
-        (
-            "delete",
-            one,
-            {
-                "summary": f"Delete a {what} (409 while {conflict})",
-                "parameters": [key],
-                "responses": {"204": {"description": "deleted (no body)"}, **_errors(401, 404, 409)},
-            },
-        ),
-    ]
-
-
-OPERATIONS += [
-    *_crud(
-        "/v1/people",
-        "person",
-        _PERSON_ID,
-        _PERSON,
-        _PERSON,
-        "people",
-        "Person",
-        "a rotation, an override or a policy step names them",
-    ),
-    *_crud(
-        "/v1/rotations",
-        "rotation",
-        _ROTATION_ID,
-        _ROTATION,
-        _ROTATION_DETAIL,
-        "rotations",
-        "Rotation",
-        "a policy step names it",
-    ),
-    (
-        "post",
-        "/v1/rotations/{rotation_id}/overrides",
-        {
-            "summary": "Put a person on call in the rotation for a while (the latest wins an overlap)",
-            "parameters": [_ROTATION_ID],
-            "requestBody": _body("OverrideBody"),
-            "responses": {"201": _json(_OVERRIDE, "created"), **_errors(400, 401, 404, 413, 415, 422)},
-        },
-    ),
-    (
-        "get",
-        "/v1/rotations/{rotation_id}/overrides",
-        {
-            "summary": "The rotation's overrides, in the order they were made",
-            "parameters": [_ROTATION_ID],
-            "responses": {
-                "200": _json(_object({"overrides": {"type": "array", "items": _OVERRIDE}}), "the overrides"),
-                **_errors(401, 404),
-            },
-        },
-    ),
-    (
-        "delete",
-        "/v1/rotations/{rotation_id}/overrides/{override_id}",
-        {
-            "summary": "Remove an override",
-            "parameters": [_ROTATION_ID, _OVERRIDE_ID],
-            "responses": {"204": {"description": "deleted (no body)"}, **_errors(400, 401, 404)},
-        },
-    ),
-    *_crud(
-        "/v1/escalation-policies",
-        "escalation policy",
-        _POLICY_ID,
-        _POLICY,
-        _POLICY,
-        "escalation_policies",
-        "Policy",
-        "an integration escalates by it",
-    ),
-    (
-        "get",
-        "/v1/oncall",
-        {
-            "summary": "Who is on call in every rotation now (or `at`), and who is next",
-            "parameters": [
-                {
-                    "name": "at",
-                    "in": "query",
-                    "required": False,
-                    "description": "ISO-8601 with its offset (default: now)",
-                    "schema": {"type": "string", "pattern": ONCALL_MOMENT},
-                }
-            ],
-            "responses": {"200": _json(_ONCALL, "every rotation, now and next"), **_errors(400, 401, 422)},
         },
     ),
 ]
