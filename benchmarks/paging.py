@@ -80,6 +80,7 @@ class Result:
     label: str
     latencies: list[float] = field(default_factory=list)  # webhook -> step 1's create, seconds
     answered: list[float] = field(default_factory=list)  # webhook -> the service's answer to it, seconds
+    stages: dict[str, list[float]] = field(default_factory=dict)  # where step 1's latency went
     lateness: list[float] = field(default_factory=list)  # step 2's create - its due time, seconds
     pages: Counter[str] = field(default_factory=Counter)  # "(round, step)" lists per incident
     creates: dict[str, int] = field(default_factory=dict)  # per phone
@@ -255,6 +256,27 @@ def first_page_latencies(
     return [twilio.created[sid] - firing[by_id[iid]["dedup_key"]].arrived for iid, sid in sids.items()]
 
 
+def stages(
+    seen: list[dict[str, Any]], sids: dict[str, str], twilio: PagingTwilio, firing: dict[str, Arrival]
+) -> dict[str, list[float]]:
+    """Step 1's latency cut at the incident's created_at and its page's (the service's wall clock, in the
+    database): webhook -> incident opened -> step taken (the escalator) -> create at Twilio (the page
+    made, its alert planned and dialed)."""
+    offset = time.time() - time.monotonic()
+    out: dict[str, list[float]] = {"webhook -> opened": [], "opened -> step taken": [], "step -> create": []}
+    for i in seen:
+        sid = sids.get(i["id"])
+        page = next((p for p in i["pages"] if (p["round"], p["step"]) == (0, 0)), None)
+        if sid is None or page is None:
+            continue
+        opened = datetime.fromisoformat(i["created_at"]).timestamp()
+        taken = datetime.fromisoformat(page["created_at"]).timestamp()
+        out["webhook -> opened"].append(opened - firing[i["dedup_key"]].wall)
+        out["opened -> step taken"].append(taken - opened)
+        out["step -> create"].append(twilio.created[sid] + offset - taken)
+    return out
+
+
 def check_pages(result: Result, seen: list[dict[str, Any]], twilio: PagingTwilio, numbers: list[str]) -> None:
     for i in seen:
         result.pages[str([(p["round"], p["step"]) for p in i["pages"]])] += 1
@@ -278,6 +300,7 @@ async def opening_at_once(args: argparse.Namespace, database: str) -> Result:
             sids = await step_sids(service, 0)
             seen = await incidents(service)
             result.latencies = first_page_latencies(seen, sids, twilio, firing)
+            result.stages = stages(seen, sids, twilio, firing)
             check_pages(result, seen, twilio, numbers)
         result.errors = logged_errors(service.log)
     return result
@@ -333,9 +356,10 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         f"{'answer after 0.3 s and stream' if args.answer else 'ring, unanswered'}\n"
     )
     print(
-        "| run | webhook -> step 1's create | step 2's create - its due time | pages per incident | creates |"
+        "| run | webhook -> step 1's create | webhook -> its answer | step 2's create - its due time "
+        "| pages per incident | creates per phone (step 1, step 2) |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for r in results:
         late = r.row(r.lateness) if r.lateness else "-"
         if r.restart_s is not None:
@@ -348,6 +372,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         ok = bool(r.latencies) and pct(r.latencies, 95) < TARGET_P95_S
         print(f"{r.label}: p95 {'under' if ok else 'NOT under'} {TARGET_P95_S:g} s")
         print(f"{r.label}: {r.errors}")
+        for name, values in r.stages.items():
+            print(f"{r.label}: {name}: {r.row(values)}")
 
 
 async def main(args: argparse.Namespace) -> None:
