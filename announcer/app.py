@@ -44,7 +44,7 @@ from announcer.deliveries.egress import EgressPolicy
 from announcer.deliveries.notify import OutcomeNotifier
 from announcer.deliveries.plan import Limits
 from announcer.deliveries.policy import DeliveryPolicy
-from announcer.deliveries.script import PROMPT_TEMPLATE, CallScripts
+from announcer.deliveries.script import CallScripts, check_prompts
 from announcer.files import private_dir, tighten_tree, write_private
 from announcer.messages.destinations import DestinationPolicy
 from announcer.messages.greeting import Greeting
@@ -174,7 +174,7 @@ def create_app(settings: Settings) -> web.Application:
         hands_over=settings.greeting_agent,
     )
     greeting.check()
-    renderer.render(PROMPT_TEMPLATE, {"repeat_key": None})  # a broken prompt template stops start-up here
+    check_prompts(renderer)  # a broken prompt template (an alert's, a page's) stops start-up here
     app[GREETING] = greeting
     app[SOCKETS] = set()
     app[RENDERER] = renderer
