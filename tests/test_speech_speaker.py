@@ -446,6 +446,22 @@ async def test_one_caller_leaving_does_not_cancel_the_others(
     assert [r.outcome for r in sandbox.requests] == ["completed"]
 
 
+async def test_asking_again_right_after_leaving_starts_afresh(
+    sandbox: SandboxElevenLabs, make_speaker: MakeSpeaker, cache: AudioCache
+) -> None:
+    """A repeat key: the caller leaves a synthesis mid-way and asks for the same text at once, before the
+    cancellation has landed. It gets the whole text from a new synthesis, not the cancelled one's
+    "cancelled" after the frames it had (the call went silent, its end mark never sent)."""
+    sandbox.bytes_per_second = 8000  # real time: the first synthesis is far from done when it is left
+    speaker = make_speaker()
+    async with aclosing(speaker.frames(TEXT)) as frames:
+        async for _ in frames:
+            break
+    again = await consume(speaker, TEXT)  # no await in between: the first flight's task not yet ended
+    assert len(again) > 100 and cache.contains(speaker.key(TEXT))
+    assert [r.outcome for r in sandbox.requests[:1]] == ["client_gone"]
+
+
 async def test_a_cancelled_caller_task_cancels_the_request(
     sandbox: SandboxElevenLabs, make_speaker: MakeSpeaker
 ) -> None:

@@ -206,6 +206,7 @@ SHIPPED_VARIABLES: dict[str, dict[str, Any]] = {
         "caller_name": "Ada",
     },
     "reminder_prompt.j2": {"repeat_key": "5"},
+    "page_prompt.j2": {"repeat_key": "0"},
 }
 
 ORDINARY = [

@@ -142,6 +142,22 @@ RENDERED: list[tuple[str, dict[str, Any], str]] = [
         "Press nine if you do not want to receive these calls.",
     ),
     (
+        "page_prompt.j2",
+        {},
+        "Press one to acknowledge. Press two to hear this again. Press three to escalate to the next person.",
+    ),
+    (
+        "page_prompt.j2",
+        {"repeat_key": "#"},
+        "Press one to acknowledge. Press two, or press the hash key, to hear this again. "
+        "Press three to escalate to the next person.",
+    ),
+    (
+        "page_prompt.j2",
+        {"repeat_key": "3"},  # 3 escalates a page: not offered as a repeat key
+        "Press one to acknowledge. Press two to hear this again. Press three to escalate to the next person.",
+    ),
+    (
         "greeting.j2",
         {"org_name": "Acme Clinic", "time_of_day": "morning", "caller": "", "caller_name": ""},
         "Good morning, and thank you for calling Acme Clinic. "
@@ -412,6 +428,7 @@ SENTENCE_CASES: dict[str, tuple[dict[str, Any], dict[str, tuple[Any, Any]]]] = {
         },
     ),
     "reminder_prompt.j2": ({}, {"repeat_key": ("*", None)}),
+    "page_prompt.j2": ({}, {"repeat_key": ("*", None)}),
     "greeting.j2": (
         {"org_name": "Acme Clinic", "time_of_day": "morning"},
         {

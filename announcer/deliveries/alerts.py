@@ -8,7 +8,8 @@ hashed for idempotency, stored with its deliveries before anyone is answered, th
 * `call_out`: `POST /outbound-call`, an alert of one delivery whose agent speaks from the start.
 
 `cancel` withdraws the alert's claims from the dispatcher, cancels what has not been dialed, and cancels
-the calls still ringing at Twilio. The API handlers parse a request, call one of these and answer.
+the calls still ringing at Twilio (with `hang_up`, it ends the answered ones too: a page acknowledged by
+someone else). The API handlers parse a request, call one of these and answer.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Canceled:
     alert: AlertView
     canceled: int  # deliveries that will never be dialed now
     ringing_canceled: int  # calls canceled at Twilio while they rang
+    answered_ended: int = 0  # with `hang_up`: answered calls ended at Twilio (Status=completed)
 
 
 @dataclass(frozen=True)
@@ -364,24 +366,30 @@ class AlertService:
 
     # --- cancelling -----------------------------------------------------------------------------------
 
-    async def cancel(self, alert_id: str) -> Canceled:
-        """Cancel what of the alert has not been dialed, and its calls still ringing. Raises LookupError
-        (no such alert) and AlertFinished (nothing left to cancel)."""
+    async def cancel(self, alert_id: str, *, hang_up: bool = False) -> Canceled:
+        """Cancel what of the alert has not been dialed, and its calls still ringing; with `hang_up`, end its
+        answered calls too (a page someone else acknowledged: the others' calls stop, answered or not).
+        Raises LookupError (no such alert) and AlertFinished (nothing left to cancel)."""
         unplaced = self._dispatcher.withdraw(alert_id)  # claimed here, not dialed yet: never dialed now
         try:
-            canceled, live = await self._store.cancel_alert(alert_id, unplaced)
+            canceled, live = await self._store.cancel_alert(alert_id, unplaced, answered=hang_up)
         except (LookupError, AlertFinished):
             self._dispatcher.give_back(unplaced)
             raise
         if self._finished is not None:
             self._finished(DeliveryState.CANCELED, canceled)
-        stopped = 0
+        stopped = ended = 0
         for _, sid in live:
             try:
-                stopped += await self._twilio.cancel(sid)
+                if await self._twilio.cancel(sid):
+                    stopped += 1
+                elif hang_up:
+                    # Answered (before or since the store was read): `canceled` leaves an answered call
+                    # alone, `completed` ends it. Its outcome is the call flow's, as for any hang-up.
+                    ended += await self._twilio.hang_up(sid)
             except TwilioError as e:
-                log.warning("could not cancel ringing call %s: %s", sid, e)
-        return Canceled(await self._view(alert_id), canceled, stopped)
+                log.warning("could not stop call %s: %s", sid, e)
+        return Canceled(await self._view(alert_id), canceled, stopped, ended)
 
     async def _view(self, alert_id: str) -> AlertView:
         view = await self._store.alert(alert_id)

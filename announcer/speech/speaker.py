@@ -381,6 +381,10 @@ class Speaker:
             del self._flights[flight.key]  # a finished prefetch, now heard
         if flight.consumers == 0 and not flight.held and not flight.done and flight.task is not None:
             flight.task.cancel()  # nobody listens: stop paying for the synthesis
+            # ... and forget it now, not when the cancellation lands: a caller asking for the same text
+            # in between (a repeat key's restart) would tail a flight bound to fail with "cancelled".
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
 
     def _flight_done(self, flight: _Flight, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

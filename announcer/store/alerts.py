@@ -325,13 +325,16 @@ class AlertRecords(DeliveryRecords):
     # --- cancel ----------------------------------------------------------------------------------
 
     async def cancel_alert(
-        self, alert_id: str, unplaced: Sequence[Claim] = ()
+        self, alert_id: str, unplaced: Sequence[Claim] = (), *, answered: bool = False
     ) -> tuple[int, list[tuple[int, str]]]:
         """Cancel what has not been dialed; return (how many, [(delivery id, call sid)] still ringing or
-        dialing, for the caller to cancel at Twilio). `unplaced`: claims of this alert that the
-        dispatcher took back before dialing them; they are canceled too. Raises LookupError /
-        AlertFinished."""
+        dialing, for the caller to cancel at Twilio; with `answered`, the calls in progress too, for the
+        caller to hang up). `unplaced`: claims of this alert that the dispatcher took back before dialing
+        them; they are canceled too. Raises LookupError / AlertFinished."""
         now = utcnow()
+        live_states = [DeliveryState.DIALING, DeliveryState.RINGING]
+        if answered:
+            live_states.append(DeliveryState.IN_PROGRESS)
         # Locks are taken in the order every other writer takes them, deliveries before their alert (a
         # delivery's final outcome completes its alert): the other order deadlocked against the dispatcher.
         async with self.sessions() as s:
@@ -353,7 +356,7 @@ class AlertRecords(DeliveryRecords):
                     .outerjoin(Call, Call.id == Delivery.call_id)
                     .where(
                         Delivery.alert_id == alert_id,
-                        Delivery.state.in_([DeliveryState.DIALING, DeliveryState.RINGING]),
+                        Delivery.state.in_(live_states),
                     )
                 )
             ).all()

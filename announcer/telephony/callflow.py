@@ -43,6 +43,8 @@ CONFIRM_KEY = "1"  # with options.confirm
 REPEAT_KEY = "2"  # an alert's, always (options.repeat_key adds one)
 DECLINE_KEY = "2"  # a reminder's (a schedule with `confirm`): cancel it
 SNOOZE_KEY = "3"  # a reminder's: call me again later
+ACKNOWLEDGE_KEY = CONFIRM_KEY  # a page's (an incident's escalation step): I have it
+ESCALATE_KEY = "3"  # a page's: escalate to the next person now (a decline)
 OPT_OUT_KEY = "9"  # always: do not call this number again
 
 # --- the marks: `<prefix><call id>.<round>` -------------------------------------------------------------
@@ -108,8 +110,14 @@ class CallScript:
     prompt: str | None  # None: no confirmation asked; the call ends when the message has played
     repeat_keys: frozenset[str] = frozenset({REPEAT_KEY})
     window_s: float = WINDOW_S
-    decline_key: str | None = None  # a reminder's "cancel" (2)
+    decline_key: str | None = None  # a reminder's "cancel" (2), a page's "escalate now" (3)
+    # What the confirm and decline keys do, in the outcome's reason ("pressed 2 to cancel")
+    confirms: str = "confirm"
+    declines: str = "cancel"
     snooze_key: str | None = None  # a reminder's "call me again later" (3)
+    # 9 opts the number out of every call. Not a page's: an on-call pager that opted out of its own pages
+    # would silently drop out of every escalation (a slipped finger at 3 a.m. included).
+    opt_out: bool = True
     agent: AgentOffer | None = None  # hand the call to the agent after the message, or on a key
 
 
@@ -411,8 +419,9 @@ class CallState:
 
 def menu_for(setup: Setup, script: CallScript | None) -> dict[str, Choice]:
     """Which digit does what on this call: an alert's (repeat, opt out, and confirm when it asks), a
-    reminder's (confirm, cancel, later, opt out, its own repeat key), the greeting line's (none), and the
-    agent's key on any of them. Filled from the least to the most binding: a later entry wins a digit."""
+    reminder's (confirm, cancel, later, opt out, its own repeat key), a page's (acknowledge, repeat,
+    escalate; no opt-out), the greeting line's (none), and the agent's key on any of them. Filled from the
+    least to the most binding: a later entry wins a digit."""
     keys: dict[str, Choice] = {}
     if setup.kind == CallKind.ANNOUNCEMENT:
         asks = script is not None and script.prompt is not None
@@ -422,7 +431,8 @@ def menu_for(setup: Setup, script: CallScript | None) -> dict[str, Choice]:
                 keys[script.snooze_key] = Choice.SNOOZE
             if script.decline_key is not None:
                 keys[script.decline_key] = Choice.DECLINE
-        keys[OPT_OUT_KEY] = Choice.OPT_OUT
+        if script is None or script.opt_out:
+            keys[OPT_OUT_KEY] = Choice.OPT_OUT
         if asks:
             keys[CONFIRM_KEY] = Choice.CONFIRM
     offer = _offer(setup, script)
@@ -680,11 +690,13 @@ def _key(call: CallState, digit: str, event: KeyPressed) -> Step:
     assert setup is not None
     match call.menu.get(digit):
         case Choice.CONFIRM:
-            return _end(call, CallOutcome.CONFIRMED, f"pressed {digit} to confirm")
+            confirms = call.script.confirms if call.script is not None else "confirm"
+            return _end(call, CallOutcome.CONFIRMED, f"pressed {digit} to {confirms}")
         case Choice.OPT_OUT:
             return _end(call, CallOutcome.OPTED_OUT, f"pressed {digit}: do not call this number again")
         case Choice.DECLINE:
-            return _end(call, CallOutcome.DECLINED, f"pressed {digit} to cancel")
+            declines = call.script.declines if call.script is not None else "cancel"
+            return _end(call, CallOutcome.DECLINED, f"pressed {digit} to {declines}")
         case Choice.SNOOZE:
             return _end(call, CallOutcome.SNOOZED, f"pressed {digit} to be called again later")
         case Choice.REPEAT:
