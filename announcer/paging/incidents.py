@@ -62,6 +62,7 @@ class IncidentService:
         self._silencer = silencer
         self._wake = wake or (lambda: None)
         self._background: set[asyncio.Task[None]] = set()
+        self.on_acknowledged: Callable[[IncidentRow], None] = lambda incident: None  # the metrics' hook
         # pagecall's AlertService.cancel(alert_id, hang_up=True) also ends answered calls; older: ringing only
         self._can_hang_up = "hang_up" in inspect.signature(alerts.cancel).parameters
 
@@ -121,6 +122,7 @@ class IncidentService:
         """triggered -> acknowledged; the other page calls are canceled, and the group silenced at its
         Alertmanager when the integration says so. Raises LookupError, WrongState."""
         incident = await self.store.acknowledge(incident_id, who=who, how=how, detail=detail)
+        self.on_acknowledged(incident)
         await self.stop_paging(incident_id)
         if self._silencer is not None:
             integration = await self.store.integration(incident.integration_id)
