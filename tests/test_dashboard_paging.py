@@ -238,7 +238,7 @@ async def test_rotations_show_who_is_on_call_and_the_override_form(service: Serv
         assert override.person_id == cy.id
         assert override.starts_at == soon - timedelta(hours=1)  # read on Berlin's clock
         status, html = await text(http, path)
-        now_cell = re.search(r"<dd data-now>(.*?)</dd>", html, re.DOTALL)
+        now_cell = re.search(r"<td data-now>(.*?)</td>", html, re.DOTALL)
         assert now_cell is not None and "Cy" in now_cell.group(1) and "data-override" in now_cell.group(1)
         assert "Cy" in row_of(html, "data-override", str(override.id))
         status, html = await text(http, "/rotations")
