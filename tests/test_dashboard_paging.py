@@ -130,14 +130,14 @@ async def test_incidents_list_detail_acknowledge_and_resolve(service: Service) -
             assert resp.status == 401
 
 
-async def _people(store: OncallStore, *names: str) -> list[PersonRow]:
+async def people_of(store: OncallStore, *names: str) -> list[PersonRow]:
     return [
         await store.create_person(name=name, phone=f"+1555018{i:04d}", timezone="Europe/Berlin")
         for i, name in enumerate(names, 1)
     ]
 
 
-async def _rotation(store: OncallStore, members: list[PersonRow]) -> RotationRow:
+async def primary(store: OncallStore, members: list[PersonRow]) -> RotationRow:
     return await store.create_rotation(
         name="Primary",
         timezone="Europe/Berlin",
@@ -156,8 +156,8 @@ def local_input(at: datetime) -> str:
 
 async def test_rotations_show_who_is_on_call_and_the_override_form(service: Service) -> None:
     store = OncallStore(service.app[DATABASE].sessions)
-    ada, bob, cy = await _people(store, "Ada", "Bob", "Cy")
-    rotation = await _rotation(store, [ada, bob])
+    ada, bob, cy = await people_of(store, "Ada", "Bob", "Cy")
+    rotation = await primary(store, [ada, bob])
     (now_on_call,) = await store.oncall(datetime.now(UTC), rotation.id)
     current = {ada.id: "Ada", bob.id: "Bob"}[now_on_call.now.person_id or ""]
     upcoming = {ada.id: "Ada", bob.id: "Bob"}[now_on_call.next.person_id or ""]  # type: ignore[union-attr]
@@ -264,8 +264,8 @@ async def test_policies_name_their_targets_and_integrations_and_people_their_rot
     service: Service,
 ) -> None:
     store = OncallStore(service.app[DATABASE].sessions)
-    ada, bob, cy = await _people(store, "Ada", "Bob", "Cy")
-    rotation = await _rotation(store, [ada, bob])
+    ada, bob, cy = await people_of(store, "Ada", "Bob", "Cy")
+    rotation = await primary(store, [ada, bob])
     (on_call,) = await store.oncall(datetime.now(UTC), rotation.id)
     current = {ada.id: "Ada", bob.id: "Bob"}[on_call.now.person_id or ""]
     policy = await store.create_policy(

@@ -6,7 +6,7 @@ Policies and People pages say who is on call."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -15,6 +15,7 @@ from announcer.sandbox.twilio_call import PhoneBehavior
 from announcer.store.oncall import OncallStore
 from tests.browser import Screenshots, sign_in
 from tests.conftest import API_TOKEN, Service
+from tests.test_dashboard_paging import people_of, primary
 from tests.test_paging_ingest import ON_CALL, am_payload, incident, send, setup_paging
 
 if TYPE_CHECKING:
@@ -68,19 +69,8 @@ async def test_an_override_is_added_with_the_form_and_the_policy_names_who_is_on
     service: Service, chromium: BrowserContext, screenshots: Screenshots
 ) -> None:
     store = OncallStore(service.app[DATABASE].sessions)
-    ada, bob, cy = [
-        await store.create_person(name=name, phone=f"+1555018{i:04d}")
-        for i, name in enumerate(("Ada", "Bob", "Cyd"), 1)
-    ]
-    rotation = await store.create_rotation(
-        name="Primary",
-        timezone="Europe/Berlin",
-        shift_length=1,
-        shift_unit="weeks",
-        handoff_time="09:00",
-        start_date=date.today() - timedelta(days=30),
-        members=[ada.id, bob.id],
-    )
+    ada, bob, cy = await people_of(store, "Ada", "Bob", "Cyd")
+    rotation = await primary(store, [ada, bob])
     await store.create_policy(
         name="Database",
         steps=[

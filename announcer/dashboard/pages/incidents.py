@@ -126,27 +126,25 @@ async def incident_live(request: web.Request, page: Page) -> web.StreamResponse:
     return page.render("_incident_live.html", **await _detail_context(page))
 
 
-@routes.post("/incidents/{incident_id}/acknowledge", name="incident_acknowledge")
-async def acknowledge(request: web.Request, page: Page) -> web.StreamResponse:
+async def _move(page: Page, action: str) -> web.Response:
+    """Acknowledge or resolve through the incident service, as `dashboard`; back to the incident's page."""
     incident_id = _incident_id(page)
+    service = page.services.incidents
+    move = service.acknowledge if action == "acknowledge" else service.resolve
     try:
-        await page.services.incidents.acknowledge(incident_id, who=WHO, how=HOW)
+        await move(incident_id, who=WHO, how=HOW)
     except LookupError:
         raise page.fail(404, "No such incident.") from None
     except WrongState as err:
-        raise page.fail(
-            409, f"The incident is already {err.state}: there is nothing to acknowledge."
-        ) from None
+        raise page.fail(409, f"The incident is already {err.state}: there is nothing to {action}.") from None
     return page.redirect(page.url("incident", incident_id=incident_id))
+
+
+@routes.post("/incidents/{incident_id}/acknowledge", name="incident_acknowledge")
+async def acknowledge(request: web.Request, page: Page) -> web.StreamResponse:
+    return await _move(page, "acknowledge")
 
 
 @routes.post("/incidents/{incident_id}/resolve", name="incident_resolve")
 async def resolve(request: web.Request, page: Page) -> web.StreamResponse:
-    incident_id = _incident_id(page)
-    try:
-        await page.services.incidents.resolve(incident_id, who=WHO, how=HOW)
-    except LookupError:
-        raise page.fail(404, "No such incident.") from None
-    except WrongState as err:
-        raise page.fail(409, f"The incident is already {err.state}: there is nothing to resolve.") from None
-    return page.redirect(page.url("incident", incident_id=incident_id))
+    return await _move(page, "resolve")
