@@ -3,9 +3,10 @@
 Order of the lifecycle (reverse on the way down): database -> sandbox (only without credentials) ->
 Twilio REST client -> speech engines -> playout clock -> admission control (reads the clock) -> render
 thread -> dispatcher (and the alert service over it) -> scheduler (whose fires the alert service makes
-alerts) -> handlers -> what /metrics reads at scrape time (the handlers' live calls among it) -> warm-up
-(the SDKs, loaded once the server listens). Routes are registered here and nowhere else. The metrics'
-registry is the app's own, made with it: the hooks that count are handed to each piece as it is built.
+alerts) -> paging (incidents and their escalator, over the alert service) -> handlers -> what /metrics
+reads at scrape time (the handlers' live calls among it) -> warm-up (the SDKs, loaded once the server
+listens). Routes are registered here and nowhere else. The metrics' registry is the app's own, made with
+it: the hooks that count are handed to each piece as it is built.
 """
 
 from __future__ import annotations
@@ -558,7 +559,7 @@ async def _paging(app: web.Application) -> AsyncIterator[None]:
     store = IncidentStore(db.sessions)
     silencer = Silencer(EgressPolicy.from_settings(settings))
     service = IncidentService(store, app[ALERT_SERVICE], silencer)
-    escalator = Escalator(store, OncallStore(db.sessions), app[ALERT_SERVICE], service)
+    escalator = Escalator(store, app[ONCALL].store, app[ALERT_SERVICE], service)
     service.set_wake(escalator.wake)
     service.on_acknowledged = app[METRICS].incident_acknowledged
     app[INCIDENTS] = service

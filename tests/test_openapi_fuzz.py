@@ -102,13 +102,13 @@ SEMANTIC_REFUSALS: list[tuple[str, str]] = [
     (r"options\.(repeat_key|agent\.key)", r"is already key"),
     (r"options\.agent", r"agent mode needs ELEVENLABS_AGENT_ID"),
     (r"status", r"this schedule has ended"),
+    # whether the escalation policy named exists (paging)
+    (r"policy_id", r"^no escalation policy"),
     # on call (api/oncall.py): a zone, a day, an instant that exists; ids that name something
     (r"timezone", r"unknown time zone"),
     (r"start_date", r"no such day"),
     (r"starts_at|ends_at|at", r"no such date and time|must be after starts_at"),
     (r"members\[\d+\]|person_id|steps\[\d+\]\.targets\[\d+\]\.id", r"^no such (person|rotation) "),
-    # whether the escalation policy named exists (paging)
-    (r"policy_id", r"^no escalation policy"),
 ]
 _SEMANTIC = [(re.compile(f, re.DOTALL), re.compile(r)) for f, r in SEMANTIC_REFUSALS]
 # A state the request meets, not a form it has: a resource that does not exist (or no longer), a finished

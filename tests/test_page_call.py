@@ -29,9 +29,21 @@ from announcer.messages.render import MessageRenderer, RenderError
 from announcer.options import PageRef
 from announcer.sandbox.twilio_call import Callee, PhoneBehavior, SandboxCall
 from announcer.store.calls import StreamGrant
-from announcer.store.models import DeliveryState
+from announcer.store.models import CallOutcome, DeliveryState
 from announcer.store.rules import FollowUp
-from announcer.telephony.callflow import OPT_OUT_KEY, Choice, Setup, menu_for
+from announcer.telephony.callflow import (
+    OPT_OUT_KEY,
+    CallState,
+    Choice,
+    KeyPressed,
+    Phase,
+    ReportOutcome,
+    ScriptLoaded,
+    Setup,
+    StreamStarted,
+    menu_for,
+    step,
+)
 from tests.conftest import Service, eventually, make_settings, start_service
 from tests.test_alerts import finished, get, placed_call
 
@@ -123,7 +135,7 @@ async def test_the_pagers_keys_acknowledge_repeat_and_escalate(service: Service)
     assert len([c for c in service.sandbox.calls.values() if c.to == silent]) == 2
 
 
-async def test_a_machine_gets_the_voicemail_and_it_is_no_acknowledgement(
+async def test_a_machine_gets_the_voicemail_busy_and_no_answer_are_final_none_acknowledges(
     tmp_path: Path, database_url: str
 ) -> None:
     # At 5 times real time, as the answering machines' own tests run: at 25 the service's own latency
@@ -131,15 +143,21 @@ async def test_a_machine_gets_the_voicemail_and_it_is_no_acknowledgement(
     settings = make_settings(tmp_path, database_url, announcer_sandbox_speed=5.0)
     runner, service = await start_service(settings)
     try:
-        machine = "+15550170011"
+        machine, busy, away = "+15550170011", "+15550170012", "+15550170013"
         service.sandbox.set_behavior(machine, PhoneBehavior(callee=Callee.MACHINE))
-        alert_id = await page(service, machine)
+        service.sandbox.set_behavior(busy, PhoneBehavior(answer="busy"))
+        service.sandbox.set_behavior(away, PhoneBehavior(answer="no-answer"))
+        alert_id = await page(service, machine, busy, away)
         alert = await finished(service, alert_id)
-        assert alert["counts"] == {"voicemail_left": 1}, alert["counts"]
-        (delivery,) = (await deliveries(service, alert_id)).values()
-        assert delivery["answered_by"] == "machine_end_beep" and delivery["attempt"] == 1
+        assert alert["counts"] == {"voicemail_left": 1, "busy": 1, "no_answer": 1}, alert["counts"]
+        by_phone = await deliveries(service, alert_id)
+        assert by_phone[machine]["answered_by"] == "machine_end_beep"
         call = await placed_call(service, machine)
         assert call.voicemail_speech_s > 0  # the page was left on the machine
+        # Never retried (max_attempts 1, retry_on []): the escalation's next step is the retry
+        for phone in (machine, busy, away):
+            assert by_phone[phone]["attempt"] == 1
+            assert len([c for c in service.sandbox.calls.values() if c.to == phone]) == 1
     finally:
         await runner.cleanup()
 
@@ -252,6 +270,21 @@ async def test_a_pages_menu_has_no_opt_out_and_3_escalates(tmp_path: Path) -> No
     assert script is not None and script.agent is None
     menu = menu_for(Setup(call_id=1, kind="announcement", text="Hello.", script=True), script)
     assert menu == {"1": Choice.CONFIRM, "2": Choice.REPEAT, "3": Choice.DECLINE}
+
+
+async def test_on_a_page_9_does_nothing_and_3_escalates_now() -> None:
+    script = await CallScripts(None, MessageRenderer(DEFAULT_TEMPLATES_DIR)).for_grant(  # type: ignore[arg-type]
+        grant_of(page_options())
+    )
+    setup = Setup(call_id=7, kind="announcement", text="Hello.", script=True)
+    call, _ = step(CallState(), StreamStarted(setup))
+    call, _ = step(call, ScriptLoaded(script))
+    assert call.phase == Phase.SPEAKING
+    same, actions = step(call, KeyPressed(OPT_OUT_KEY))
+    assert (same, actions) == (call, [])  # the page plays on; nobody is opted out
+    ended, actions = step(call, KeyPressed("3"))
+    assert ended.phase == Phase.ENDED
+    assert ReportOutcome(CallOutcome.DECLINED, "pressed 3 to escalate now") in actions
 
 
 async def test_a_broken_page_prompt_falls_back_and_stops_the_start(tmp_path: Path, database_url: str) -> None:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from announcer.app import DISPATCHER, ESCALATOR
+from announcer.app import DATABASE, ESCALATOR
 from announcer.config import Settings
+from announcer.paging.escalator import next_step
 from announcer.sandbox.twilio_call import Callee, PhoneBehavior
 from announcer.store.db import Database
-from announcer.store.models import CallOutcome
 from announcer.store.oncall import OncallStore
+from tests.alertmanager import AlertmanagerFactory
+from tests.alertmanager import alert as real_alert
 from tests.conftest import API_TOKEN, USE_PG, Service, eventually, free_port, make_settings, start_service
 from tests.test_alerts import RECEIVER_ALLOWED
 from tests.test_paging_ingest import ON_CALL, SECOND, am_payload, api, calls_to, incident, send, setup_paging
@@ -172,24 +174,53 @@ async def test_a_restart_between_steps_pages_the_next_step_once(tmp_path: Path, 
         await runner.cleanup()
 
 
-async def test_declined_escalates_now(service: Service) -> None:
-    """A page call that ends `declined` (key 3 on a page: "escalate now") makes the next step due at once,
-    long before its delay. The outcome is reported as the media session reports it
-    (Dispatcher.on_call_outcome), which is what the page call's key 3 comes to."""
+async def test_key_3_escalates_now(service: Service) -> None:
+    """Key 3 on a page ("escalate now": the call ends `declined`) makes the next step due at once, long
+    before its delay."""
     integration, _ = await setup_paging(service, steps=[([ON_CALL], 600), ([SECOND], 600)])
     status, answer = await send(service, integration, am_payload())
     assert status == 200, answer
     call = await rung(service, ON_CALL)
     await call.wait_for_mark("end:", 20)
-    call_id = await service.store.find_by_sid(call.sid)
-    assert call_id is not None
-    await service.app[DISPATCHER].on_call_outcome(call_id, CallOutcome.DECLINED, "pressed 3 to escalate")
+    pressed = time.monotonic()
+    await call.press("3")
     await rung(service, SECOND, timeout=10)
+    assert time.monotonic() - pressed < 10
     seen = await incident(service, answer["incident_id"])
     escalated = [e for e in seen["events"] if e["kind"] == "escalated"]
     assert len(escalated) == 1 and (escalated[0]["who"], escalated[0]["how"]) == ("Person 1", "key")
     assert seen["state"] == "triggered" and (seen["round"], seen["step"]) == (0, 1)
     assert seen["pages"][0]["people"][0]["outcome"] == "declined"
+
+
+async def test_an_acknowledgement_ends_the_others_answered_page_calls(
+    tmp_path: Path, database_url: str
+) -> None:
+    # At twice real time: an answered page plays for seconds, so the other is still on the line at the ack
+    runner, service = await start_service(make_settings(tmp_path, database_url, announcer_sandbox_speed=2.0))
+    try:
+        integration, _ = await setup_paging(service, steps=[([ON_CALL, THIRD], 600)])
+        status, answer = await send(service, integration, am_payload())
+        assert status == 200, answer
+        other = await rung(service, THIRD)
+        await other.wait_for_media(20)
+        call = await rung(service, ON_CALL)
+        await call.wait_for_mark("end:", 30)
+        await call.press("1")
+        await other.wait_ended(20)
+        assert other.status == "completed"
+
+        async def settled() -> bool:
+            pages = (await incident(service, answer["incident_id"]))["pages"]
+            return all(p["outcome"] is not None for p in pages[0]["people"])
+
+        await eventually(settled, timeout=20)
+        seen = await incident(service, answer["incident_id"])
+        outcomes = {p["phone"]: p["outcome"] for p in seen["pages"][0]["people"]}
+        assert outcomes[ON_CALL] == "confirmed" and outcomes[THIRD] in ("hung_up_early", "canceled"), outcomes
+        assert seen["state"] == "acknowledged" and seen["acknowledged_by"] == "Person 1"
+    finally:
+        await runner.cleanup()
 
 
 async def test_two_services_on_one_database_page_each_step_once(
@@ -237,7 +268,7 @@ class FakeAlertmanager:
 
 
 @pytest.fixture
-async def alertmanager() -> AsyncIterator[FakeAlertmanager]:
+async def fake_alertmanager() -> AsyncIterator[FakeAlertmanager]:
     fake = FakeAlertmanager(url="")
 
     async def silences(request: web.Request) -> web.Response:
@@ -261,7 +292,7 @@ async def alertmanager() -> AsyncIterator[FakeAlertmanager]:
 
 
 async def test_an_acknowledgement_silences_the_group_at_its_alertmanager(
-    tmp_path: Path, database_url: str, alertmanager: FakeAlertmanager
+    tmp_path: Path, database_url: str, fake_alertmanager: FakeAlertmanager
 ) -> None:
     # the outbound policy lets the service reach the fake Alertmanager on the loopback address
     runner, service = await start_service(make_settings(tmp_path, database_url, **RECEIVER_ALLOWED))
@@ -271,7 +302,7 @@ async def test_an_acknowledgement_silences_the_group_at_its_alertmanager(
             service, "PATCH", f"/v1/integrations/{integration['id']}", {"silence_s": 3600}
         )
         assert status == 200, patched
-        body = {**am_payload(), "externalURL": alertmanager.url + "/"}
+        body = {**am_payload(), "externalURL": fake_alertmanager.url + "/"}
         status, answer = await send(service, integration, body)
         assert status == 200, answer
         incident_id = answer["incident_id"]
@@ -282,7 +313,7 @@ async def test_an_acknowledgement_silences_the_group_at_its_alertmanager(
             return "silenced" in [e["kind"] for e in (await incident(service, incident_id))["events"]]
 
         await eventually(silenced, timeout=10)
-        (posted,) = alertmanager.posted
+        (posted,) = fake_alertmanager.posted
         assert posted["matchers"] == [
             {"name": "alertname", "value": "DiskFull", "isRegex": False, "isEqual": True}
         ]
@@ -292,7 +323,7 @@ async def test_an_acknowledgement_silences_the_group_at_its_alertmanager(
         event = next(e for e in (await incident(service, incident_id))["events"] if e["kind"] == "silenced")
         assert event["detail"]["silence_id"] == "silence-1"
         # an Alertmanager that fails: recorded, and the acknowledgement stands all the same
-        alertmanager.status = 500
+        fake_alertmanager.status = 500
         status, answer = await send(service, integration, {**body, "groupKey": "other"})
         status, acked = await api(service, "POST", f"/v1/incidents/{answer['incident_id']}/ack")
         assert status == 200 and acked["state"] == "acknowledged"
@@ -407,3 +438,126 @@ async def test_sigkill_between_two_steps_pages_the_next_step_once(
     finally:
         second.terminate()
         await second.wait()
+
+
+def test_next_step_walks_the_steps_then_the_rounds() -> None:
+    assert next_step(0, -1, 2, 1) == (0, 0)  # none paged yet: the first step
+    assert next_step(0, 0, 2, 1) == (0, 1)
+    assert next_step(0, 1, 2, 1) == (1, 0)  # the last step: the policy again (repeat 1)
+    assert next_step(1, 1, 2, 1) is None  # spent
+    assert next_step(0, 0, 1, 0) is None
+    assert next_step(0, -1, 0, 3) is None  # no steps at all
+
+
+# --- with the real Alertmanager (tests/alertmanager.py; skipped where the binary is missing) --------------
+
+
+async def test_the_real_alertmanager_pages_key_1_acknowledges_and_silences_the_group(
+    tmp_path: Path, database_url: str, alertmanager: AlertmanagerFactory
+) -> None:
+    # the outbound policy lets the service reach Alertmanager's silences API on the loopback address
+    runner, service = await start_service(make_settings(tmp_path, database_url, **RECEIVER_ALLOWED))
+    try:
+        integration, _ = await setup_paging(service, steps=[([ON_CALL], DELAY_S), ([SECOND], DELAY_S)])
+        status, _ = await api(service, "PATCH", f"/v1/integrations/{integration['id']}", {"silence_s": 3600})
+        assert status == 200
+        url = service.base_url + integration["webhook_path"]
+        async with alertmanager(
+            url, integration["secret"], group_wait=0.2, group_interval=1, repeat_interval=1.5
+        ) as am:
+            labels = {"alertname": "DiskFull", "severity": "critical", "instance": "db-1:9100"}
+            await am.post_alerts([real_alert(labels, {"summary": "Disk almost full on db-1"})])
+            call = await rung(service, ON_CALL)
+            (listed,) = (await api(service, "GET", "/v1/incidents"))[1]["incidents"]
+            assert (listed["title"], listed["severity"], listed["dedup_key"]) == (
+                "DiskFull",
+                "critical",
+                '{}:{alertname="DiskFull"}',
+            )
+
+            await call.wait_for_mark("end:", 20)
+            await call.press("1")
+
+            async def silenced() -> bool:
+                events = (await incident(service, listed["id"]))["events"]
+                return "silenced" in [e["kind"] for e in events]
+
+            await eventually(silenced, timeout=20)
+            seen = await incident(service, listed["id"])
+            assert seen["state"] == "acknowledged" and seen["acknowledged_by"] == "Person 1"
+            ours = [s for s in await am.silences() if s["createdBy"] == "announcer"]
+            assert len(ours) == 1 and ours[0]["status"]["state"] == "active"
+            assert [(m["name"], m["value"]) for m in ours[0]["matchers"]] == [("alertname", "DiskFull")]
+            # past the step's delay, nobody else was paged
+            await passes_after(service, at(seen["acknowledged_at"]) + DELAY_S + 0.5)
+            assert not calls_to(service, SECOND) and len(calls_to(service, ON_CALL)) == 1
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_real_alertmanager_resolves_and_the_escalation_stops(
+    tmp_path: Path, database_url: str, alertmanager: AlertmanagerFactory
+) -> None:
+    # At twice real time: the page keeps ringing (Twilio's ring timeout) while Alertmanager repeats itself
+    runner, service = await start_service(make_settings(tmp_path, database_url, announcer_sandbox_speed=2.0))
+    try:
+        service.sandbox.set_behavior(ON_CALL, PhoneBehavior(answer="no-answer", ring_s=2000))
+        integration, _ = await setup_paging(service, steps=[([ON_CALL], DELAY_S), ([SECOND], DELAY_S)])
+        url = service.base_url + integration["webhook_path"]
+        async with alertmanager(
+            url, integration["secret"], group_wait=0.2, group_interval=0.5, repeat_interval=1
+        ) as am:
+            alerts = [
+                real_alert({"alertname": "Backlog", "queue": "billing"}, {"summary": "The queue is long"})
+            ]
+            await am.post_alerts(alerts)
+            ringing = await rung(service, ON_CALL)
+            await ringing.wait_for_status("ringing", 20)
+            (listed,) = (await api(service, "GET", "/v1/incidents"))[1]["incidents"]
+
+            # Alertmanager's repeat notifications (every second) page nobody twice
+            async def repeated() -> bool:
+                events = (await incident(service, listed["id"]))["events"]
+                return "repeated" in [e["kind"] for e in events]
+
+            await eventually(repeated, timeout=20)
+            assert len(calls_to(service, ON_CALL)) == 1
+            await am.resolve(alerts)
+            await ringing.wait_for_status("canceled", 20)  # the page call stopped
+            seen = await incident(service, listed["id"])
+            assert seen["state"] == "resolved" and seen["events"][-1]["how"] == "alertmanager"
+            await passes_after(service, at(seen["created_at"]) + DELAY_S + 0.5)
+            assert not calls_to(service, SECOND)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_rotation_target_pages_whoever_is_on_call_now(service: Service) -> None:
+    """A step's rotation target is resolved when the step is paged: the person whose shift it is."""
+    oncall = OncallStore(service.app[DATABASE].sessions)
+    ada = await oncall.create_person(name="Ada", phone=ON_CALL)
+    bo = await oncall.create_person(name="Bo", phone=SECOND)
+    today = datetime.now(UTC).date()
+    # weekly shifts from a week ago: Ada's shift is over, Bo's is now (hand-off at midnight UTC)
+    rotation = await oncall.create_rotation(
+        name="primary",
+        timezone="UTC",
+        shift_length=1,
+        shift_unit="weeks",
+        handoff_time="00:00",
+        start_date=today - timedelta(days=7),
+        members=[ada.id, bo.id],
+    )
+    policy = await oncall.create_policy(
+        name="rotating", steps=[{"delay_s": 600, "targets": [{"type": "rotation", "id": rotation.id}]}]
+    )
+    status, integration = await api(
+        service, "POST", "/v1/integrations", {"name": "p", "kind": "json", "policy_id": policy.id}
+    )
+    assert status == 201, integration
+    status, answer = await send(service, integration, {"title": "Disk", "dedup_key": "disk"})
+    assert status == 200, answer
+    await rung(service, SECOND)
+    seen = await incident(service, answer["incident_id"])
+    assert [p["name"] for p in seen["pages"][0]["people"]] == ["Bo"]
+    assert not calls_to(service, ON_CALL)

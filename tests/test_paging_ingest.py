@@ -5,7 +5,9 @@ secret or a malformed payload changes nothing. The payload readers are checked a
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -330,3 +332,18 @@ async def test_concurrent_notifications_of_one_group_open_one_incident(service: 
 
 async def _rung(service: Service) -> bool:
     return bool(calls_to(service, ON_CALL))
+
+
+@pytest.mark.parametrize(
+    ("name", "firing"), [("alertmanager_firing.json", True), ("alertmanager_resolved.json", False)]
+)
+def test_what_the_real_alertmanager_sent_is_read(name: str, firing: bool) -> None:
+    """The payloads recorded from Debian's Alertmanager (test_alertmanager_harness.py keeps them true)."""
+    body = json.loads((Path(__file__).resolve().parent / "data" / name).read_text())["body"]
+    signal = parse("alertmanager", body)
+    assert signal.firing is firing and signal.dedup_key == '{}:{alertname="DiskFull"}'
+    assert (signal.title, signal.severity) == ("DiskFull", "critical")
+    assert signal.alert_count == (2 if firing else 0)
+    assert signal.source_url == body["externalURL"] and signal.group_labels == {"alertname": "DiskFull"}
+    if firing:
+        assert signal.firing_since is not None

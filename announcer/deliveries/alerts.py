@@ -383,12 +383,16 @@ class AlertService:
             try:
                 if await self._twilio.cancel(sid):
                     stopped += 1
-                elif hang_up:
-                    # Answered (before or since the store was read): `canceled` leaves an answered call
-                    # alone, `completed` ends it. Its outcome is the call flow's, as for any hang-up.
-                    ended += await self._twilio.hang_up(sid)
+                    continue
             except TwilioError as e:
-                log.warning("could not stop call %s: %s", sid, e)
+                log.warning("could not cancel ringing call %s: %s", sid, e)
+            if hang_up:
+                # Answered (before or since the store was read): `canceled` leaves an answered call
+                # alone, `completed` ends it. Its outcome is the call flow's, as for any hang-up.
+                try:
+                    ended += await self._twilio.hang_up(sid)
+                except TwilioError as e:
+                    log.warning("could not hang up call %s: %s", sid, e)
         return Canceled(await self._view(alert_id), canceled, stopped, ended)
 
     async def _view(self, alert_id: str) -> AlertView:

@@ -10,6 +10,7 @@ business. The escalator reads a page's outcome: `confirmed` acknowledges, `decli
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from announcer.messages.render import MessageRenderer, RenderError
 from announcer.store.calls import StreamGrant
@@ -78,13 +79,8 @@ class CallScripts:
             return self._page(repeat_key)
         if options.reminder:
             # A reminder: 2 cancels and 3 asks for a later call; only its own repeat key repeats.
-            try:
-                prompt = self.reminder_prompt(repeat_key)
-            except RenderError as err:
-                log.error("reminder prompt: %s; using the built-in one", err)
-                prompt = FALLBACK_REMINDER_PROMPT
             return CallScript(
-                prompt=prompt,
+                prompt=self._or_fallback(self.reminder_prompt, repeat_key, FALLBACK_REMINDER_PROMPT),
                 repeat_keys=frozenset({repeat_key} - {DECLINE_KEY, SNOOZE_KEY} if repeat_key else set()),
                 window_s=self._window_s,
                 decline_key=DECLINE_KEY,
@@ -94,24 +90,15 @@ class CallScripts:
         keys = frozenset({"2", repeat_key} if repeat_key else {"2"})
         if not options.confirm:
             return CallScript(prompt=None, repeat_keys=keys, window_s=self._window_s, agent=agent)
-        try:
-            prompt = self.prompt(repeat_key)
-        except RenderError as err:
-            log.error("confirmation prompt: %s; using the built-in one", err)
-            prompt = FALLBACK_PROMPT
+        prompt = self._or_fallback(self.prompt, repeat_key, FALLBACK_PROMPT)
         return CallScript(prompt=prompt, repeat_keys=keys, window_s=self._window_s, agent=agent)
 
     def _page(self, repeat_key: str | None) -> CallScript:
         """A page's keys: 1 acknowledges (`confirmed`), 2 repeats, 3 escalates now (`declined`), and no
         opt-out (module docstring). Never an agent: a page asks for a key, not a conversation. A page
         today has no repeat key of its own (AlertService.page); one would be offered beside 2."""
-        try:
-            prompt = self.page_prompt(repeat_key)
-        except RenderError as err:
-            log.error("page prompt: %s; using the built-in one", err)
-            prompt = FALLBACK_PAGE_PROMPT
         return CallScript(
-            prompt=prompt,
+            prompt=self._or_fallback(self.page_prompt, repeat_key, FALLBACK_PAGE_PROMPT),
             repeat_keys=frozenset(
                 {REPEAT_KEY} | ({repeat_key} - {CONFIRM_KEY, ESCALATE_KEY} if repeat_key else set())
             ),
@@ -121,3 +108,13 @@ class CallScripts:
             declines="escalate now",
             opt_out=False,
         )
+
+    @staticmethod
+    def _or_fallback(render: Callable[[str | None], str], repeat_key: str | None, fallback: str) -> str:
+        """A prompt from its template, or the built-in one when the template cannot be rendered (the call
+        still gets a working prompt; the start-up check makes this rare)."""
+        try:
+            return render(repeat_key)
+        except RenderError as err:
+            log.error("prompt: %s; using the built-in one", err)  # err names the template
+            return fallback

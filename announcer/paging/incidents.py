@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,8 +62,6 @@ class IncidentService:
         self._wake = wake or (lambda: None)
         self._background: set[asyncio.Task[None]] = set()
         self.on_acknowledged: Callable[[IncidentRow], None] = lambda incident: None  # the metrics' hook
-        # pagecall's AlertService.cancel(alert_id, hang_up=True) also ends answered calls; older: ringing only
-        self._can_hang_up = "hang_up" in inspect.signature(alerts.cancel).parameters
 
     def set_wake(self, wake: Callable[[], None]) -> None:
         self._wake = wake
@@ -138,15 +135,12 @@ class IncidentService:
         return incident
 
     async def stop_paging(self, incident_id: str) -> int:
-        """Cancel the incident's page calls not placed yet or ringing (answered ones too, where the alert
-        service can hang them up); how many alerts were canceled."""
+        """Cancel the incident's page calls not placed yet, ringing or answered (hung up: the others' calls
+        stop, answered or not); how many alerts were canceled."""
         stopped = 0
         for alert_id in await self.store.open_page_alerts(incident_id):
             try:
-                if self._can_hang_up:
-                    await self._alerts.cancel(alert_id, hang_up=True)
-                else:
-                    await self._alerts.cancel(alert_id)
+                await self._alerts.cancel(alert_id, hang_up=True)
                 stopped += 1
             except (LookupError, AlertFinished):
                 continue

@@ -39,13 +39,12 @@ from announcer.telephony.handoff import MARK_PREFIX as AGENT_MARK_PREFIX
 from announcer.telephony.handoff import After, AgentEnd, AgentOffer, EndKind
 
 # --- the keys -----------------------------------------------------------------------------------------
-CONFIRM_KEY = "1"  # with options.confirm
+CONFIRM_KEY = "1"  # with options.confirm; a page's acknowledge
 REPEAT_KEY = "2"  # an alert's, always (options.repeat_key adds one)
 DECLINE_KEY = "2"  # a reminder's (a schedule with `confirm`): cancel it
 SNOOZE_KEY = "3"  # a reminder's: call me again later
-ACKNOWLEDGE_KEY = CONFIRM_KEY  # a page's (an incident's escalation step): I have it
 ESCALATE_KEY = "3"  # a page's: escalate to the next person now (a decline)
-OPT_OUT_KEY = "9"  # always: do not call this number again
+OPT_OUT_KEY = "9"  # an alert's and a reminder's (not a page's): do not call this number again
 
 # --- the marks: `<prefix><call id>.<round>` -------------------------------------------------------------
 END_MARK_PREFIX = "end:"  # the message; its echo means "heard"
