@@ -562,6 +562,7 @@ async def _paging(app: web.Application) -> AsyncIterator[None]:
     escalator = Escalator(store, app[ONCALL].store, app[ALERT_SERVICE], service)
     service.set_wake(escalator.wake)
     service.on_acknowledged = app[METRICS].incident_acknowledged
+    service.on_pages_canceled = app[METRICS].pages_canceled
     app[INCIDENTS] = service
     app[ESCALATOR] = escalator
     app[INCIDENTS_API] = IncidentsDeps(incidents=service)

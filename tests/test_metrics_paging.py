@@ -1,17 +1,22 @@
 """Paging's measures in `GET /metrics`, end to end through the sandbox: `announcer_incidents` by state (a
 count read at each scrape), `announcer_incident_time_to_acknowledge_seconds` (observed at a key 1 and at
 the API's acknowledgement), `announcer_pages_total` by outcome (page calls only: an ordinary alert's
-outcome is not a page)."""
+outcome is not a page; a page call canceled before it was dialed counts as canceled)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from tests.conftest import Service, eventually
+import pytest
+
+from announcer.sandbox.twilio_call import PhoneBehavior
+from tests.conftest import Service, eventually, make_settings, start_service
 from tests.test_alerts import alert_body, finished, post
 from tests.test_metrics import Samples, scrape, value
 from tests.test_paging_escalation import rung
-from tests.test_paging_ingest import ON_CALL, am_payload, api, incident, send, setup_paging
+from tests.test_paging_ingest import ON_CALL, SECOND, am_payload, api, incident, send, setup_paging
 
 HEARER = "+15550170009"
 ACK = "announcer_incident_time_to_acknowledge_seconds"
@@ -77,3 +82,37 @@ async def test_incidents_time_to_acknowledge_and_pages_move_end_to_end(service: 
         status, body = await api(service, "POST", f"/v1/incidents/{incident_id}/resolve")
         assert status == 200, body
     assert incidents(await scrape(service)) == {"triggered": 0, "acknowledged": 0, "resolved": 2}
+
+
+@pytest.fixture
+async def one_line(tmp_path: Path, database_url: str) -> AsyncIterator[Service]:
+    """One call at a time: a step's second page call waits, undialed, while the first rings."""
+    runner, svc = await start_service(make_settings(tmp_path, database_url, max_concurrent_calls=1))
+    try:
+        yield svc
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_page_never_dialed_is_counted_canceled_when_its_incident_is_acknowledged(
+    one_line: Service,
+) -> None:
+    service = one_line
+    for phone in (ON_CALL, SECOND):
+        service.sandbox.set_behavior(phone, PhoneBehavior(answer="no-answer", ring_s=2000))
+    integration, _ = await setup_paging(service, steps=[([ON_CALL, SECOND], 600)])
+    status, answer = await send(service, integration, am_payload())
+    assert status == 200, answer
+    ringing = await rung(service, ON_CALL)
+    await ringing.wait_for_status("ringing", 20)
+    status, body = await api(service, "POST", f"/v1/incidents/{answer['incident_id']}/ack")
+    assert status == 200, body
+
+    async def both_counted() -> bool:
+        samples = await scrape(service)
+        return sum(v for (name, _), v in samples.items() if name == "announcer_pages_total") == 2
+
+    await eventually(both_counted, timeout=20)
+    samples = await scrape(service)
+    assert value(samples, "announcer_pages_total", outcome="canceled") >= 1  # the one never dialed
+    assert not [c for c in service.sandbox.calls.values() if c.to == SECOND]

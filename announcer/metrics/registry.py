@@ -150,6 +150,11 @@ class Metrics:
             waited = (incident.acknowledged_at - incident.created_at).total_seconds()
             self.time_to_acknowledge.observe(max(0.0, waited))
 
+    def pages_canceled(self, count: int) -> None:
+        """Page calls canceled before they were dialed (an incident acknowledged or resolved meanwhile)."""
+        if count:
+            self.pages.labels(DeliveryState.CANCELED.value).inc(count)
+
     def incidents_counted(self, counts: Mapping[str, float]) -> None:
         """The incidents by state, read at a scrape (NaN each when the database could not say)."""
         for state in IncidentState:

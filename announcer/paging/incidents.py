@@ -61,7 +61,8 @@ class IncidentService:
         self._silencer = silencer
         self._wake = wake or (lambda: None)
         self._background: set[asyncio.Task[None]] = set()
-        self.on_acknowledged: Callable[[IncidentRow], None] = lambda incident: None  # the metrics' hook
+        self.on_acknowledged: Callable[[IncidentRow], None] = lambda incident: None  # the metrics' hooks
+        self.on_pages_canceled: Callable[[int], None] = lambda count: None
 
     def set_wake(self, wake: Callable[[], None]) -> None:
         self._wake = wake
@@ -140,7 +141,8 @@ class IncidentService:
         stopped = 0
         for alert_id in await self.store.open_page_alerts(incident_id):
             try:
-                await self._alerts.cancel(alert_id, hang_up=True)
+                canceled = await self._alerts.cancel(alert_id, hang_up=True)
+                self.on_pages_canceled(canceled.canceled)  # never dialed now: no call's end counts them
                 stopped += 1
             except (LookupError, AlertFinished):
                 continue
