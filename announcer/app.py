@@ -3,9 +3,10 @@
 Order of the lifecycle (reverse on the way down): database -> sandbox (only without credentials) ->
 Twilio REST client -> speech engines -> playout clock -> admission control (reads the clock) -> render
 thread -> dispatcher (and the alert service over it) -> scheduler (whose fires the alert service makes
-alerts) -> handlers -> what /metrics reads at scrape time (the handlers' live calls among it) -> warm-up
-(the SDKs, loaded once the server listens). Routes are registered here and nowhere else. The metrics'
-registry is the app's own, made with it: the hooks that count are handed to each piece as it is built.
+alerts) -> paging (incidents and their escalator, over the alert service) -> handlers -> what /metrics
+reads at scrape time (the handlers' live calls among it) -> warm-up (the SDKs, loaded once the server
+listens). Routes are registered here and nowhere else. The metrics' registry is the app's own, made with
+it: the hooks that count are handed to each piece as it is built.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from aiohttp import WSCloseCode, web
 from announcer import dashboard
 from announcer.agent.connect import AgentConnector
 from announcer.agent.line import AgentLine
-from announcer.api import alerts, calls, oncall, schedules
+from announcer.api import alerts, calls, incidents, integrations, oncall, schedules
 from announcer.api.alerts import AlertsDeps
 from announcer.api.http import error, json_errors, make_middleware
+from announcer.api.incidents import IncidentsDeps
+from announcer.api.integrations import WEBHOOK_PATH, IntegrationsDeps
 from announcer.api.oncall import OncallDeps
 from announcer.api.openapi import document_json as openapi_document_json
 from announcer.api.schedules import SchedulesDeps
@@ -59,6 +62,9 @@ from announcer.metrics import (
     StateCollector,
     metrics_handler,
 )
+from announcer.paging.escalator import Escalator
+from announcer.paging.incidents import IncidentService
+from announcer.paging.silence import Silencer
 from announcer.scheduling.leader import Leadership
 from announcer.scheduling.scheduler import Scheduler
 from announcer.speech.cache import AudioCache
@@ -70,6 +76,7 @@ from announcer.store.calls import CallStore
 from announcer.store.dashboard_sessions import DashboardSessions
 from announcer.store.db import Database
 from announcer.store.deliveries import DeliveryStore
+from announcer.store.incidents import IncidentStore
 from announcer.store.oncall import OncallStore
 from announcer.store.outbox import OutboxStore
 from announcer.store.schedules import ScheduleStore
@@ -132,6 +139,10 @@ ONCALL = web.AppKey("oncall", OncallDeps)  # people, rotations, escalation polic
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 OUTBOX = web.AppKey("outbox", OutcomeNotifier)  # the outcome webhooks' outbox, sent from this process
 API_TOKEN = web.AppKey("api_token", str)
+INCIDENTS = web.AppKey("incidents", IncidentService)  # paging: the incidents (API, dashboard, escalator)
+ESCALATOR = web.AppKey("escalator", Escalator)
+INCIDENTS_API = web.AppKey("incidents_api", IncidentsDeps)
+INTEGRATIONS_API = web.AppKey("integrations_api", IntegrationsDeps)
 
 
 @dataclass(frozen=True)
@@ -161,7 +172,8 @@ def create_app(settings: Settings) -> web.Application:
     private_dir(settings.announcer_data_dir)  # before anything is written into it
     token = _api_token(settings)
     app = web.Application(
-        client_max_size=settings.announcer_max_body_bytes, middlewares=[json_errors, make_middleware(token)]
+        client_max_size=settings.announcer_max_body_bytes,
+        middlewares=[json_errors, make_middleware(token, own_auth=WEBHOOK_PATH)],
     )
     app[API_TOKEN] = token
     app[SETTINGS] = settings
@@ -192,6 +204,7 @@ def create_app(settings: Settings) -> web.Application:
             _renders,
             _dispatcher,
             _scheduler,
+            _paging,
             _wiring,
             _metrics,
             _warm_up,
@@ -220,6 +233,26 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/calls/{call_sid}", _with_calls(calls.get_call))
     app.router.add_get("/v1/deliveries/{delivery_id}/call", _with_calls(calls.get_delivery_call))
     app.router.add_post("/outbound-call", _with_calls(calls.outbound_call))
+    for kind in ("alertmanager", "grafana", "json"):  # before /v1/integrations/{integration_id}/...
+        app.router.add_post(
+            f"/v1/integrations/{kind}/{{integration_id}}", _with_integrations(integrations.webhook, kind)
+        )
+    app.router.add_post("/v1/integrations", _with_integrations(integrations.create_integration))
+    app.router.add_get("/v1/integrations", _with_integrations(integrations.list_integrations))
+    app.router.add_get("/v1/integrations/{integration_id}", _with_integrations(integrations.get_integration))
+    app.router.add_patch(
+        "/v1/integrations/{integration_id}", _with_integrations(integrations.patch_integration)
+    )
+    app.router.add_delete(
+        "/v1/integrations/{integration_id}", _with_integrations(integrations.delete_integration)
+    )
+    app.router.add_post(
+        "/v1/integrations/{integration_id}/rotate-secret", _with_integrations(integrations.rotate_secret)
+    )
+    app.router.add_get("/v1/incidents", _with_incidents(incidents.list_incidents))
+    app.router.add_get("/v1/incidents/{incident_id}", _with_incidents(incidents.get_incident))
+    app.router.add_post("/v1/incidents/{incident_id}/ack", _with_incidents(incidents.acknowledge_incident))
+    app.router.add_post("/v1/incidents/{incident_id}/resolve", _with_incidents(incidents.resolve_incident))
     app.router.add_get("/v1/openapi.json", _openapi)
     app.router.add_get("/v1/sandbox", _sandbox_info)
     app.router.add_get("/metrics", _metrics_page)
@@ -471,7 +504,7 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         from_number=p.phone_number,
         media_url=media_url(settings),
         status_url=public_url(settings) + "/twilio/status",
-        on_move=app[METRICS].on_move(notifier.moved),
+        on_move=app[METRICS].on_move(functools.partial(_moved, app, notifier.moved)),
         # longer than a create request may take, or a slow answer would look like a lost one
         lease=timedelta(seconds=max(settings.announcer_claim_lease_s, 2 * settings.twilio_timeout_s)),
         destinations=destinations,
@@ -509,6 +542,36 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
         await account_rate.close()
     await notifier.close()
     await sender.close()
+
+
+def _moved(app: web.Application, then: Callable[[Any], None], move: Any) -> None:
+    """A delivery moved: the outbox's wake-up, then the escalator's (a page call ended with a key)."""
+    then(move)
+    escalator = app.get(ESCALATOR)
+    if escalator is not None:
+        escalator.moved(move)
+
+
+async def _paging(app: web.Application) -> AsyncIterator[None]:
+    """Paging: the incident service over the alert service, and the escalator that pages each step (its
+    truth is the database: a restart goes on where the rows say)."""
+    settings, db = app[SETTINGS], app[DATABASE]
+    store = IncidentStore(db.sessions)
+    silencer = Silencer(EgressPolicy.from_settings(settings))
+    service = IncidentService(store, app[ALERT_SERVICE], silencer)
+    escalator = Escalator(store, app[ONCALL].store, app[ALERT_SERVICE], service)
+    service.set_wake(escalator.wake)
+    service.on_acknowledged = app[METRICS].incident_acknowledged
+    service.on_pages_canceled = app[METRICS].pages_canceled
+    app[INCIDENTS] = service
+    app[ESCALATOR] = escalator
+    app[INCIDENTS_API] = IncidentsDeps(incidents=service)
+    app[INTEGRATIONS_API] = IntegrationsDeps(incidents=service)
+    escalator.start()
+    yield
+    await escalator.close()
+    await service.close()
+    await silencer.close()
 
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:
@@ -634,6 +697,8 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         schedules=app[SCHEDULES],
         calls=app[CALLS],
         sessions=DashboardSessions(app[DATABASE].sessions, token_mark(app[API_TOKEN])),
+        incidents=app[INCIDENTS],
+        oncall=app[ONCALL].store,
         dialing=functools.partial(_dialing_now, app),
         sandbox=sandbox is not None,
         recordings_dir=(settings.announcer_data_dir / "recordings").resolve()
@@ -666,7 +731,8 @@ async def _metrics(app: web.Application) -> AsyncIterator[None]:
 async def _metrics_page(request: web.Request) -> web.Response:
     app = request.app
     token = app[API_TOKEN] if app[SETTINGS].announcer_metrics_auth else None
-    return await metrics_handler(request, Scrape(app[METRICS], app[DELIVERIES].due, token))
+    scrape = Scrape(app[METRICS], app[DELIVERIES].due, token, app[INCIDENTS].store.counts)
+    return await metrics_handler(request, scrape)
 
 
 def _metered(app: web.Application, engine: Synthesizer) -> MeteredSynthesizer:
@@ -711,6 +777,24 @@ def _with_calls(
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         return await handler(request, request.app[CALLS])
+
+    return handle
+
+
+def _with_incidents(
+    handler: Callable[[web.Request, IncidentsDeps], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await handler(request, request.app[INCIDENTS_API])
+
+    return handle
+
+
+def _with_integrations(
+    handler: Callable[..., Awaitable[web.StreamResponse]], *args: Any
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await handler(request, request.app[INTEGRATIONS_API], *args)
 
     return handle
 

@@ -241,13 +241,18 @@ def database_busy() -> web.Response:
     )
 
 
-def make_middleware(token: str) -> Middleware:
-    """Bearer auth for the API routes (the OpenAPI document is public)."""
+def make_middleware(token: str, own_auth: re.Pattern[str] | None = None) -> Middleware:
+    """Bearer auth for the API routes (the OpenAPI document is public). `own_auth`: the paths whose
+    handlers authenticate the request themselves (the paging sources' webhooks, by their own secret)."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def api(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(API_PREFIXES) and request.path != "/v1/openapi.json":
+        if (
+            request.path.startswith(API_PREFIXES)
+            and request.path != "/v1/openapi.json"
+            and not (own_auth is not None and own_auth.match(request.path))
+        ):
             # Any bytes may come; aiohttp decodes them with surrogateescape, which strict UTF-8 cannot encode.
             given = request.headers.get("Authorization", "").encode("utf-8", "replace")
             if not hmac.compare_digest(given, expected):

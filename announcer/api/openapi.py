@@ -21,6 +21,8 @@ from announcer.api.alerts import (
     PAGE,
 )
 from announcer.api.http import IDEMPOTENCY_KEY_MAX, MAX_JSON_DEPTH, STRING_ID
+from announcer.api.incidents import INCIDENTS_PAGE, MAX_INCIDENTS_PAGE
+from announcer.api.integrations import KINDS, MAX_WEBHOOK_BYTES, IntegrationBody, IntegrationPatch
 from announcer.api.oncall import MODELS as ONCALL_MODELS
 from announcer.api.oncall import MOMENT as ONCALL_MOMENT
 from announcer.api.schemas import (
@@ -41,6 +43,7 @@ from announcer.store.models import (
     CallOutcome,
     CallStatus,
     DeliveryState,
+    IncidentState,
     OccurrenceStatus,
 )
 from announcer.telephony.voice import CALL_SID
@@ -852,6 +855,260 @@ OPERATIONS += [
 ]
 
 
+# --- paging: integrations, their sources' webhooks, incidents ----------------------------------------------
+
+_INTEGRATION_ID = {"name": "integration_id", "in": "path", "required": True, "schema": _KEY}
+_INCIDENT_ID = {"name": "incident_id", "in": "path", "required": True, "schema": _KEY}
+_INTEGRATION_PROPERTIES: dict[str, Any] = {
+    "id": _TEXT,
+    "name": _TEXT,
+    "kind": {"type": "string", "enum": list(KINDS)},
+    "policy_id": _TEXT,
+    "silence_s": _nullable(_INT),
+    "webhook_path": {**_TEXT, "description": "where its source posts, with `Authorization: Bearer <secret>`"},
+    "created_at": _MOMENT,
+    "updated_at": _MOMENT,
+    "secret": {**_TEXT, "description": "only when created (and rotated): it is kept as its SHA-256 alone"},
+}
+_INTEGRATION = _object(_INTEGRATION_PROPERTIES, optional=("secret",))
+_INCIDENT_STATE = {"type": "string", "enum": [s.value for s in IncidentState]}
+_INCIDENT_PROPERTIES: dict[str, Any] = {
+    "id": _TEXT,
+    "integration_id": _TEXT,
+    "policy_id": _TEXT,
+    "dedup_key": {**_TEXT, "description": "the source's groupKey (or dedup_key)"},
+    "state": _INCIDENT_STATE,
+    "title": _TEXT,
+    "summary": _nullable(_TEXT),
+    "severity": _nullable(_TEXT),
+    "alert_count": _INT,
+    "source_url": _nullable(_TEXT),
+    "round": _INT,
+    "step": {**_INT, "description": "the step last paged (-1: none yet)"},
+    "next_step_at": _nullable(_MOMENT),
+    "firing_since": _nullable(_MOMENT),
+    "created_at": _MOMENT,
+    "updated_at": _MOMENT,
+    "acknowledged_at": _nullable(_MOMENT),
+    "acknowledged_by": _nullable(_TEXT),
+    "resolved_at": _nullable(_MOMENT),
+}
+_INCIDENT = _object(_INCIDENT_PROPERTIES)
+_INCIDENT_EVENT = _object(
+    {
+        "at": _MOMENT,
+        "kind": {
+            **_TEXT,
+            "description": "triggered, repeated, paged, escalated, acknowledged, resolved, ...",
+        },
+        "who": _nullable(_TEXT),
+        "how": {
+            **_nullable(_TEXT),
+            "description": "key, api, dashboard, alertmanager, grafana, json, policy",
+        },
+        "detail": {"type": "object"},
+    }
+)
+_PAGED = _object(
+    {
+        "name": _nullable(_TEXT),
+        "phone": _nullable(_TEXT),
+        "state": {"anyOf": [{"type": "string", "enum": [s.value for s in DeliveryState]}, {"type": "null"}]},
+        "outcome": _DELIVERY_OUTCOME,
+    }
+)
+_PAGE = _object(
+    {
+        "round": _INT,
+        "step": _INT,
+        "alert_id": _nullable(_TEXT),
+        "created_at": _MOMENT,
+        "people": {"type": "array", "items": _PAGED},
+    }
+)
+_INCIDENT_DETAIL = _object(
+    {
+        **_INCIDENT_PROPERTIES,
+        "details": {"type": "object", "description": "the source's labels, annotations and alerts (trimmed)"},
+        "events": {"type": "array", "items": _INCIDENT_EVENT},
+        "pages": {"type": "array", "items": _PAGE},
+    }
+)
+_SOURCES = {
+    "alertmanager": "Prometheus Alertmanager's webhook (version 4)",
+    "grafana": "Grafana alerting's webhook contact point",
+    "json": "the plain form: title, summary, severity, dedup_key, status (trigger | resolve)",
+}
+
+OPERATIONS += [
+    (
+        "post",
+        f"/v1/integrations/{kind}/{{integration_id}}",
+        {
+            "summary": f"{text}: opens, repeats or resolves the group's incident",
+            "description": "Authenticated by the integration's own secret "
+            "(`Authorization: Bearer <secret>`), not the API token. A wrong or missing secret, or an "
+            "integration of another kind: 401, nothing "
+            f"stored. At most {MAX_WEBHOOK_BYTES} bytes.",
+            "security": [{"integration": []}],
+            "parameters": [_INTEGRATION_ID],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "responses": {
+                "200": _json(
+                    _object(
+                        {
+                            "action": {
+                                "type": "string",
+                                "enum": ["opened", "repeated", "resolved", "ignored"],
+                            },
+                            "incident_id": _nullable(_TEXT),
+                        }
+                    ),
+                    "what it did",
+                ),
+                **_errors(400, 401, 413, 422),
+            },
+        },
+    )
+    for kind, text in _SOURCES.items()
+]
+OPERATIONS += [
+    (
+        "post",
+        "/v1/integrations",
+        {
+            "summary": "Create an integration: its secret is in this answer, and never again",
+            "requestBody": _body("IntegrationBody"),
+            "responses": {
+                "201": _json(_INTEGRATION, "created, with its secret"),
+                **_errors(400, 401, 413, 415, 422),
+            },
+        },
+    ),
+    (
+        "get",
+        "/v1/integrations",
+        {
+            "summary": "The integrations",
+            "responses": {
+                "200": _json(
+                    _object({"integrations": {"type": "array", "items": _INTEGRATION}}), "all of them"
+                ),
+                **_errors(401),
+            },
+        },
+    ),
+    (
+        "get",
+        "/v1/integrations/{integration_id}",
+        {
+            "summary": "An integration (never its secret)",
+            "parameters": [_INTEGRATION_ID],
+            "responses": {"200": _json(_INTEGRATION, "the integration"), **_errors(401, 404)},
+        },
+    ),
+    (
+        "patch",
+        "/v1/integrations/{integration_id}",
+        {
+            "summary": "Change an integration's name, kind, policy or silence",
+            "parameters": [_INTEGRATION_ID],
+            "requestBody": _body("IntegrationPatch"),
+            "responses": {
+                "200": _json(_INTEGRATION, "as changed"),
+                **_errors(400, 401, 404, 413, 415, 422),
+            },
+        },
+    ),
+    (
+        "delete",
+        "/v1/integrations/{integration_id}",
+        {
+            "summary": "Delete an integration no incident came from",
+            "parameters": [_INTEGRATION_ID],
+            "responses": {"204": {"description": "deleted (no body)"}, **_errors(401, 404, 409)},
+        },
+    ),
+    (
+        "post",
+        "/v1/integrations/{integration_id}/rotate-secret",
+        {
+            "summary": "A new secret (the old one stops working now), answered this once",
+            "parameters": [_INTEGRATION_ID],
+            "responses": {
+                "200": _json(_object({"id": _TEXT, "secret": _TEXT}), "the new secret"),
+                **_errors(401, 404),
+            },
+        },
+    ),
+    (
+        "get",
+        "/v1/incidents",
+        {
+            "summary": "The incidents, newest first, a page at a time",
+            "parameters": [
+                {"name": "state", "in": "query", "schema": _INCIDENT_STATE},
+                {
+                    "name": "before",
+                    "in": "query",
+                    "description": "the id of the last incident of the page before",
+                    "schema": _KEY,
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {
+                        "type": "integer",
+                        "default": INCIDENTS_PAGE,
+                        "minimum": 1,
+                        "maximum": MAX_INCIDENTS_PAGE,
+                    },
+                },
+            ],
+            "responses": {
+                "200": _json(
+                    _object(
+                        {"incidents": {"type": "array", "items": _INCIDENT}, "next_before": _nullable(_TEXT)}
+                    ),
+                    "a page of incidents; pass next_before as before for the next one",
+                ),
+                **_errors(400, 401),
+            },
+        },
+    ),
+    (
+        "get",
+        "/v1/incidents/{incident_id}",
+        {
+            "summary": "An incident with its timeline and its pages (each step, who, each call's outcome)",
+            "parameters": [_INCIDENT_ID],
+            "responses": {"200": _json(_INCIDENT_DETAIL, "the incident"), **_errors(401, 404)},
+        },
+    ),
+    (
+        "post",
+        "/v1/incidents/{incident_id}/ack",
+        {
+            "summary": "Acknowledge (how: api): nobody more is paged, the page calls are canceled",
+            "parameters": [_INCIDENT_ID],
+            "responses": {"200": _json(_INCIDENT, "acknowledged"), **_errors(401, 404, 409)},
+        },
+    ),
+    (
+        "post",
+        "/v1/incidents/{incident_id}/resolve",
+        {
+            "summary": "Resolve (how: api): the escalation stops, the page calls are canceled",
+            "parameters": [_INCIDENT_ID],
+            "responses": {"200": _json(_INCIDENT, "resolved"), **_errors(401, 404, 409)},
+        },
+    ),
+]
+
+
 @functools.lru_cache(maxsize=4)
 def document_json(max_recipients: int | None = None) -> bytes:
     """`document` as served: made once (a pure function of the code and the setting), and as bytes, which
@@ -869,6 +1126,8 @@ def document(max_recipients: int | None = None) -> dict[str, Any]:
         (SchedulePatch, "validation"),
         (OutboundCallBody, "validation"),
         *((model, "validation") for model in ONCALL_MODELS),
+        (IntegrationBody, "validation"),
+        (IntegrationPatch, "validation"),
     ]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas = dict(defs.get("$defs", {}))
@@ -921,7 +1180,11 @@ def document(max_recipients: int | None = None) -> dict[str, Any]:
         },
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                # the paging sources' webhooks: the integration's own secret, as a bearer token
+                "integration": {"type": "http", "scheme": "bearer"},
+            },
         },
         "security": [{"bearer": []}],
         "paths": paths,
