@@ -561,6 +561,8 @@ async def _paging(app: web.Application) -> AsyncIterator[None]:
     service = IncidentService(store, app[ALERT_SERVICE], silencer)
     escalator = Escalator(store, app[ONCALL].store, app[ALERT_SERVICE], service)
     service.set_wake(escalator.wake)
+    service.on_acknowledged = app[METRICS].incident_acknowledged
+    service.on_pages_canceled = app[METRICS].pages_canceled
     app[INCIDENTS] = service
     app[ESCALATOR] = escalator
     app[INCIDENTS_API] = IncidentsDeps(incidents=service)
@@ -695,6 +697,8 @@ async def _wiring(app: web.Application) -> AsyncIterator[None]:
         schedules=app[SCHEDULES],
         calls=app[CALLS],
         sessions=DashboardSessions(app[DATABASE].sessions, token_mark(app[API_TOKEN])),
+        incidents=app[INCIDENTS],
+        oncall=app[ONCALL].store,
         dialing=functools.partial(_dialing_now, app),
         sandbox=sandbox is not None,
         recordings_dir=(settings.announcer_data_dir / "recordings").resolve()
@@ -727,7 +731,8 @@ async def _metrics(app: web.Application) -> AsyncIterator[None]:
 async def _metrics_page(request: web.Request) -> web.Response:
     app = request.app
     token = app[API_TOKEN] if app[SETTINGS].announcer_metrics_auth else None
-    return await metrics_handler(request, Scrape(app[METRICS], app[DELIVERIES].due, token))
+    scrape = Scrape(app[METRICS], app[DELIVERIES].due, token, app[INCIDENTS].store.counts)
+    return await metrics_handler(request, scrape)
 
 
 def _metered(app: web.Application, engine: Synthesizer) -> MeteredSynthesizer:

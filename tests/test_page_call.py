@@ -319,3 +319,18 @@ def test_a_page_is_never_retried_snoozed_or_held_by_quiet_hours() -> None:
     ):
         follow = policy.after_final(state, options, attempt=1, max_attempts=1, alert_active=True, now=now)
         assert follow == FollowUp()
+
+
+async def test_a_number_that_opted_out_of_alerts_is_still_paged(service: Service) -> None:
+    """A 9 pressed on an ordinary alert stops alerts, not the pages of the person's own on-call rotation."""
+    from announcer.store.models import OptOut, utcnow
+
+    phone = "+15550170031"
+    async with service.store.sessions() as s:
+        s.add(OptOut(phone=phone, created_at=utcnow()))
+        await s.commit()
+    alert_id = await page(service, phone, incident="in_opted")
+    call = await placed_call(service, phone)
+    await call.wait_for_mark("end:", KEY_WAIT_S)
+    await call.press("1")
+    assert (await finished(service, alert_id))["counts"] == {"confirmed": 1}

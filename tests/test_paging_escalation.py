@@ -306,8 +306,11 @@ async def test_an_acknowledgement_silences_the_group_at_its_alertmanager(
         status, answer = await send(service, integration, body)
         assert status == 200, answer
         incident_id = answer["incident_id"]
-        status, acked = await api(service, "POST", f"/v1/incidents/{incident_id}/ack")
+        status, refused = await api(service, "POST", f"/v1/incidents/{incident_id}/ack", {"by": ""})
+        assert status == 422 and refused["problems"][0]["field"] == "by", refused
+        status, acked = await api(service, "POST", f"/v1/incidents/{incident_id}/ack", {"by": "Grace"})
         assert status == 200 and acked["state"] == "acknowledged"
+        assert acked["acknowledged_by"] == "Grace"
 
         async def silenced() -> bool:
             return "silenced" in [e["kind"] for e in (await incident(service, incident_id))["events"]]

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from pydantic import Field
 
-from announcer.api.http import STRING_ID, error, int_query, path_key
+from announcer.api.http import STRING_ID, error, int_query, path_key, read_model
+from announcer.options import Strict
 from announcer.paging.incidents import IncidentDetail, IncidentService
 from announcer.store.incidents import EventRow, IncidentRow, PageRow, WrongState
 from announcer.store.models import IncidentState
@@ -16,6 +18,21 @@ from announcer.store.models import IncidentState
 INCIDENTS_PAGE = 25
 MAX_INCIDENTS_PAGE = 200
 STATES = tuple(s.value for s in IncidentState)
+
+
+class IncidentAction(Strict):
+    """An acknowledgement or a resolution by API: the body is optional; `by` names who, for the timeline."""
+
+    by: str | None = Field(
+        default=None, min_length=1, max_length=200, description="who acted (the timeline's who)"
+    )
+
+
+async def _by(request: web.Request) -> str | None:
+    """The optional body's `by` (no body: nobody named; the timeline says how: api)."""
+    if not request.can_read_body:
+        return None
+    return (await read_model(request, IncidentAction)).by
 
 
 @dataclass
@@ -117,7 +134,7 @@ async def get_incident(request: web.Request, deps: IncidentsDeps) -> web.Respons
 async def acknowledge_incident(request: web.Request, deps: IncidentsDeps) -> web.Response:
     incident_id = path_key(request, "incident_id")
     try:
-        row = await deps.incidents.acknowledge(incident_id, who=None, how="api")
+        row = await deps.incidents.acknowledge(incident_id, who=await _by(request), how="api")
     except LookupError:
         raise error(404, "not_found", "no such incident") from None
     except WrongState as err:
@@ -128,7 +145,7 @@ async def acknowledge_incident(request: web.Request, deps: IncidentsDeps) -> web
 async def resolve_incident(request: web.Request, deps: IncidentsDeps) -> web.Response:
     incident_id = path_key(request, "incident_id")
     try:
-        row = await deps.incidents.resolve(incident_id, who=None, how="api")
+        row = await deps.incidents.resolve(incident_id, who=await _by(request), how="api")
     except LookupError:
         raise error(404, "not_found", "no such incident") from None
     except WrongState as err:

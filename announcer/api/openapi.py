@@ -21,7 +21,7 @@ from announcer.api.alerts import (
     PAGE,
 )
 from announcer.api.http import IDEMPOTENCY_KEY_MAX, MAX_JSON_DEPTH, STRING_ID
-from announcer.api.incidents import INCIDENTS_PAGE, MAX_INCIDENTS_PAGE
+from announcer.api.incidents import INCIDENTS_PAGE, MAX_INCIDENTS_PAGE, IncidentAction
 from announcer.api.integrations import KINDS, MAX_WEBHOOK_BYTES, IntegrationBody, IntegrationPatch
 from announcer.api.oncall import MODELS as ONCALL_MODELS
 from announcer.api.oncall import MOMENT as ONCALL_MOMENT
@@ -1094,7 +1094,11 @@ OPERATIONS += [
         {
             "summary": "Acknowledge (how: api): nobody more is paged, the page calls are canceled",
             "parameters": [_INCIDENT_ID],
-            "responses": {"200": _json(_INCIDENT, "acknowledged"), **_errors(401, 404, 409)},
+            "requestBody": {**_body("IncidentAction"), "required": False},
+            "responses": {
+                "200": _json(_INCIDENT, "acknowledged"),
+                **_errors(400, 401, 404, 409, 413, 415, 422),
+            },
         },
     ),
     (
@@ -1103,7 +1107,8 @@ OPERATIONS += [
         {
             "summary": "Resolve (how: api): the escalation stops, the page calls are canceled",
             "parameters": [_INCIDENT_ID],
-            "responses": {"200": _json(_INCIDENT, "resolved"), **_errors(401, 404, 409)},
+            "requestBody": {**_body("IncidentAction"), "required": False},
+            "responses": {"200": _json(_INCIDENT, "resolved"), **_errors(400, 401, 404, 409, 413, 415, 422)},
         },
     ),
 ]
@@ -1128,6 +1133,7 @@ def document(max_recipients: int | None = None) -> dict[str, Any]:
         *((model, "validation") for model in ONCALL_MODELS),
         (IntegrationBody, "validation"),
         (IntegrationPatch, "validation"),
+        (IncidentAction, "validation"),
     ]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas = dict(defs.get("$defs", {}))

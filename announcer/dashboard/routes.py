@@ -42,6 +42,10 @@ NAV = (
     ("alerts", "Alerts"),
     ("schedules", "Schedules"),
     ("opt_outs", "Opt-outs"),
+    ("incidents", "Incidents"),
+    ("rotations", "Rotations"),
+    ("policies", "Policies"),
+    ("people", "People"),
 )
 SIGN_IN = "sign_in"
 # Pages are private and change often: no cache keeps them, no frame shows them, no script but ours runs.

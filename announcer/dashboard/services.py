@@ -13,7 +13,9 @@ from announcer.api.alerts import AlertsDeps
 from announcer.api.calls import CallsDeps
 from announcer.api.schedules import SchedulesDeps
 from announcer.config import Settings
+from announcer.paging.incidents import IncidentService
 from announcer.store.dashboard_sessions import DashboardSessions
+from announcer.store.oncall import OncallStore
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,10 @@ class Services:
     schedules: SchedulesDeps  # .store: ScheduleStore; .scheduler: Scheduler; .alerts: AlertService
     calls: CallsDeps  # .store: CallStore (calls, events); .deliveries: DeliveryStore
     sessions: DashboardSessions
+    incidents: (
+        IncidentService  # paging: .recent, .detail, .acknowledge, .resolve; .store: integrations, counts
+    )
+    oncall: OncallStore  # people, rotations and their overrides, escalation policies, who is on call
     # /healthz's "dialing": the rate the dispatcher may dial at now and which limit holds it
     dialing: Callable[[], Awaitable[dict[str, object]]]
     sandbox: bool  # the loopback Twilio answers the calls (no Twilio credentials)

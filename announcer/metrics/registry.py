@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
-from announcer.store.models import FINAL_DELIVERY_STATES, TERMINAL_STATUSES, CallStatus, DeliveryState
+from announcer.store.incidents import IncidentRow
+from announcer.store.models import (
+    FINAL_DELIVERY_STATES,
+    TERMINAL_STATUSES,
+    CallStatus,
+    DeliveryState,
+    IncidentState,
+)
 from announcer.store.schedules import ScheduleRow
 from announcer.store.transitions import Move
 
@@ -24,6 +31,10 @@ TTS_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 # A schedule's fire after its planned time: milliseconds when armed, up to the misfire grace when caught
 # up after a restart.
 SCHEDULER_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+# An incident's opening to its acknowledgement: a key pressed on the first page call takes a minute or so;
+# escalation steps add minutes each; an hour is an escalation that ran out (or was acknowledged by hand late).
+ACKNOWLEDGE_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
+PAGE_SOURCE = "page"  # an alert made for an escalation step (AlertService.page)
 
 # A schedule's fire: (schedule, planned time, idempotency key) -> alert id (scheduling/scheduler.py).
 Fire = Callable[[ScheduleRow, datetime, str], Awaitable[str]]
@@ -85,6 +96,25 @@ class Metrics:
             "each scrape)",
             registry=r,
         )
+        self.incidents = Gauge(
+            "announcer_incidents",
+            "Incidents by state (all processes: read from the database at each scrape)",
+            ["state"],
+            registry=r,
+        )
+        self.time_to_acknowledge = Histogram(
+            "announcer_incident_time_to_acknowledge_seconds",
+            "From an incident's opening to its acknowledgement (a key, the API or the dashboard), observed "
+            "by the process that acknowledged it",
+            buckets=ACKNOWLEDGE_BUCKETS,
+            registry=r,
+        )
+        self.pages = Counter(
+            "announcer_pages",
+            "Page calls (one person of an escalation step) that reached a final outcome in this process",
+            ["outcome"],
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_cpu_seconds_total etc.: each worker is its own process
         # Every known label value at zero from the start: rate() and increase() see the first event.
         for status in sorted(TERMINAL_STATUSES):
@@ -92,6 +122,9 @@ class Metrics:
             self.calls.labels(INBOUND, status.value)
         for state in sorted(FINAL_DELIVERY_STATES):
             self.deliveries.labels(state.value)
+            self.pages.labels(state.value)
+        for incident_state in IncidentState:
+            self.incidents.labels(incident_state.value)
 
     # --- hooks (each is called once per call, delivery or fire) ------------------------------------
 
@@ -103,11 +136,29 @@ class Metrics:
         """A delivery moved (the dispatcher's `on_move`): counted when it is final."""
         if move.final:
             self.deliveries.labels(move.state.value).inc()
+            if move.source == PAGE_SOURCE:
+                self.pages.labels(move.state.value).inc()
 
     def deliveries_finished(self, outcome: DeliveryState, count: int) -> None:
         """Deliveries finished without a call (canceled before they were dialed)."""
         if count:
             self.deliveries.labels(outcome.value).inc(count)
+
+    def incident_acknowledged(self, incident: IncidentRow) -> None:
+        """An incident was acknowledged (paging/incidents.py's `IncidentService.acknowledge`)."""
+        if incident.acknowledged_at is not None:
+            waited = (incident.acknowledged_at - incident.created_at).total_seconds()
+            self.time_to_acknowledge.observe(max(0.0, waited))
+
+    def pages_canceled(self, count: int) -> None:
+        """Page calls canceled before they were dialed (an incident acknowledged or resolved meanwhile)."""
+        if count:
+            self.pages.labels(DeliveryState.CANCELED.value).inc(count)
+
+    def incidents_counted(self, counts: Mapping[str, float]) -> None:
+        """The incidents by state, read at a scrape (NaN each when the database could not say)."""
+        for state in IncidentState:
+            self.incidents.labels(state.value).set(counts.get(state.value, 0))
 
     def audio_started(self, seconds: float) -> None:
         """A call's first frame went out `seconds` after its stream started (telephony/media.py)."""

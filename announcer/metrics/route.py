@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -17,6 +17,9 @@ from prometheus_client.exposition import choose_encoder
 
 from announcer.api.http import error
 from announcer.metrics.registry import Metrics
+from announcer.store.models import IncidentState
+
+INCIDENT_STATES = [s.value for s in IncidentState]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,7 @@ class Scrape:
     metrics: Metrics
     queue_depth: Callable[[], Awaitable[int]]  # one count query
     token: str | None  # the bearer token a scrape must send; None: open
+    incidents: Callable[[], Awaitable[Mapping[str, int]]] | None = None  # by state: one grouped count query
 
 
 async def metrics_handler(request: web.Request, scrape: Scrape) -> web.Response:
@@ -40,6 +44,14 @@ async def metrics_handler(request: web.Request, scrape: Scrape) -> web.Response:
         log.warning("metrics: the dial queue depth could not be read: %s", type(err).__name__)
         depth = math.nan
     scrape.metrics.queue_depth.set(depth)
+    if scrape.incidents is not None:
+        counts: Mapping[str, float]
+        try:
+            counts = await scrape.incidents()
+        except Exception as err:  # as the depth: the rest of the page still comes
+            log.warning("metrics: the incidents could not be counted: %s", type(err).__name__)
+            counts = {state: math.nan for state in INCIDENT_STATES}
+        scrape.metrics.incidents_counted(counts)
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     response = web.Response(body=encode(scrape.metrics.registry))
     response.headers["Content-Type"] = content_type  # with its version= parameter, as Prometheus sends it

@@ -61,6 +61,8 @@ class IncidentService:
         self._silencer = silencer
         self._wake = wake or (lambda: None)
         self._background: set[asyncio.Task[None]] = set()
+        self.on_acknowledged: Callable[[IncidentRow], None] = lambda incident: None  # the metrics' hooks
+        self.on_pages_canceled: Callable[[int], None] = lambda count: None
 
     def set_wake(self, wake: Callable[[], None]) -> None:
         self._wake = wake
@@ -118,6 +120,7 @@ class IncidentService:
         """triggered -> acknowledged; the other page calls are canceled, and the group silenced at its
         Alertmanager when the integration says so. Raises LookupError, WrongState."""
         incident = await self.store.acknowledge(incident_id, who=who, how=how, detail=detail)
+        self.on_acknowledged(incident)
         await self.stop_paging(incident_id)
         if self._silencer is not None:
             integration = await self.store.integration(incident.integration_id)
@@ -138,7 +141,8 @@ class IncidentService:
         stopped = 0
         for alert_id in await self.store.open_page_alerts(incident_id):
             try:
-                await self._alerts.cancel(alert_id, hang_up=True)
+                canceled = await self._alerts.cancel(alert_id, hang_up=True)
+                self.on_pages_canceled(canceled.canceled)  # never dialed now: no call's end counts them
                 stopped += 1
             except (LookupError, AlertFinished):
                 continue

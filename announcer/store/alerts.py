@@ -134,7 +134,11 @@ class AlertRecords(DeliveryRecords):
         alert_id = "al_" + secrets.token_hex(12)
         now = utcnow()
         async with self.sessions() as s:
-            opted = await opted_out_among(s, [d.phone for d in deliveries])
+            # A page is never withheld for an opt-out: the person is on call by their own team's policy,
+            # and a 9 pressed on some other call must not take them silently out of every escalation.
+            opted = (
+                set() if options.page is not None else await opted_out_among(s, [d.phone for d in deliveries])
+            )
             try:
                 await s.execute(
                     insert(Alert).values(

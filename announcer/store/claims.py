@@ -129,7 +129,8 @@ class ClaimRecords(DeliveryRecords):
         opted = await opted_out_among(s, [d.phone for d, _ in rows])
         taken = []
         for delivery, options in rows:
-            if delivery.phone in opted:  # opted out after the alert was accepted
+            # opted out after the alert was accepted (a page never is: see create_alert)
+            if delivery.phone in opted and options.page is None:
                 finish(delivery, DeliveryState.OPTED_OUT, now, reason="this number opted out")
                 events.append(event(delivery.id, "state", now, state="opted_out"))
                 # An outcome like any other: it may complete the alert, and its webhook goes out with it.

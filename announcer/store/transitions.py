@@ -90,6 +90,7 @@ class Move:
     outcome_reason: str | None = None
     # A final move of an alert with a callback URL: its call's facts (CALL_FACTS by name), for the webhook
     facts: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # a final move: its alert's source ("page": an escalation step's page call)
 
 
 class TransitionRecords(DeliveryRecords):
@@ -282,6 +283,7 @@ async def after_final(s: AsyncSession, delivery: Delivery, now: datetime, b: Bat
         outcome_code=delivery.outcome_code,
         outcome_reason=delivery.outcome_reason,
         facts=facts,
+        source=alert.source if alert is not None else None,
     )
     if callback_url is None:
         return move
