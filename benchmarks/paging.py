@@ -86,6 +86,8 @@ class Result:
     creates: dict[str, int] = field(default_factory=dict)  # per phone
     errors: str = ""
     restart_s: float | None = None
+    lowest_rate: float = 0.0  # admission control's lowest dial rate while the burst was dialed (/healthz)
+    dial_reasons: list[str] = field(default_factory=list)  # what limited it, in order
 
     def row(self, values: list[float]) -> str:
         if not values:
@@ -286,6 +288,35 @@ def check_pages(result: Result, seen: list[dict[str, Any]], twilio: PagingTwilio
     result.creates = {phone: twilio.to(phone) for phone in numbers}
 
 
+async def warmed_up(service: Service, cps: float, timeout: float = 60.0) -> None:
+    """Wait until admission control's dial rate has climbed to TWILIO_CPS, as it has in a service that has
+    been up (idle) for a few seconds: a process starts at 20 calls/s and finds its headroom from there
+    (deliveries/admission.py). `--cold` fires at once instead."""
+    async with asyncio.timeout(timeout):
+        while True:
+            dialing = (await service.api("GET", "/healthz")).get("dialing") or {}
+            if float(dialing.get("rate_per_s") or 0.0) >= cps:
+                return
+            await asyncio.sleep(0.25)
+
+
+async def watch_dialing(service: Service, result: Result) -> None:
+    """What admission control said while the burst was dialed (GET /healthz every 100 ms): the lowest rate
+    and each reason it gave, so a slow step -> create shows whether the dial rate held it."""
+    while True:
+        try:
+            health = await service.api("GET", "/healthz")
+            dialing = health.get("dialing") or {}
+            rate = float(dialing.get("rate_per_s") or 0.0)
+            result.lowest_rate = min(result.lowest_rate, rate) if result.lowest_rate else rate
+            why = f"{dialing.get('limited_by')}: {dialing.get('why')}"
+            if not result.dial_reasons or result.dial_reasons[-1] != why:
+                result.dial_reasons.append(why)
+        except Exception:  # a probe is best effort; the numbers come from the creates
+            pass
+        await asyncio.sleep(0.1)
+
+
 async def opening_at_once(args: argparse.Namespace, database: str) -> Result:
     result = Result(f"{database}: {args.groups} incidents at once")
     numbers = phones(2)
@@ -293,9 +324,13 @@ async def opening_at_once(args: argparse.Namespace, database: str) -> Result:
         integration = await setup_paging(service, numbers, 3600)
         url = f"{service.public}/v1/integrations/alertmanager/{integration['id']}"
         async with paging_peer(service.work / "am", url, integration["secret"], group_wait=0.5) as peer:
+            if not args.cold:
+                await warmed_up(service, args.cps)
+            watch = asyncio.create_task(watch_dialing(service, result))
             await peer.fire(args.groups)
             firing = await peer.arrivals(args.groups, timeout=120)
             await created_to(twilio, numbers[0], args.groups, timeout=120)
+            watch.cancel()
             result.answered = [a.answered - a.arrived for a in firing.values()]
             sids = await step_sids(service, 0)
             seen = await incidents(service)
@@ -313,9 +348,13 @@ async def restarted(args: argparse.Namespace, database: str) -> Result:
         integration = await setup_paging(service, numbers, args.delay)
         url = f"{service.public}/v1/integrations/alertmanager/{integration['id']}"
         async with paging_peer(service.work / "am", url, integration["secret"], group_wait=0.5) as peer:
+            if not args.cold:
+                await warmed_up(service, args.cps)
+            watch = asyncio.create_task(watch_dialing(service, result))
             await peer.fire(args.groups)
             firing = await peer.arrivals(args.groups, timeout=120)
             await created_to(twilio, numbers[0], args.groups, timeout=120)
+            watch.cancel()
             await service.kill()  # at once: step 2 is due `delay` after step 1
             killed = time.monotonic()
             await service.start()
@@ -374,6 +413,11 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         print(f"{r.label}: {r.errors}")
         for name, values in r.stages.items():
             print(f"{r.label}: {name}: {r.row(values)}")
+        if r.dial_reasons:
+            print(
+                f"{r.label}: dial rate at least {r.lowest_rate:.0f}/s; "
+                f"limited by: {' -> '.join(r.dial_reasons)}"
+            )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -397,6 +441,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-calls", type=int, default=400)
     p.add_argument("--delay", type=int, default=15, help="step 1's delay_s (the restart run)")
     p.add_argument("--no-restart", action="store_true")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="fire as soon as the service is set up (its dial rate still climbing from 20/s), not once "
+        "admission control has reached TWILIO_CPS as in a service that has been up a few seconds",
+    )
     p.add_argument(
         "--answer", action="store_true", help="phones answer after 0.3 s and stream (default: they ring)"
     )

@@ -343,7 +343,8 @@ class AlertService:
         )
         if created:
             self._dispatcher.wake()
-            if self._finished is not None:  # numbers that opted out earlier: finished at acceptance
+            # numbers that opted out earlier: finished at acceptance (never a page's: store create_alert)
+            if self._finished is not None and options.page is None:
                 opted_out = (await self._view(alert_id)).counts.get(DeliveryState.OPTED_OUT, 0)
                 self._finished(DeliveryState.OPTED_OUT, opted_out)
         return alert_id, created
