@@ -81,7 +81,8 @@ import time
 import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass, field
-from email.utils import formatdate
+from datetime import datetime
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -454,6 +455,7 @@ class TwilioCall:
     callback_seq: int = 0
     play_end: float = 0.0  # when the audio received so far will have played
     marks: deque[tuple[float, str]] = field(default_factory=deque)
+    created: float = field(default_factory=time.time)  # when its create arrived (wall clock)
     carry: bytes = b""  # the previous frame's last bytes: a tag may straddle two frames
     carry_ns: int = 0
     frames_in: int = 0
@@ -547,7 +549,20 @@ class LeanTwilio:
         self._spawn(self._answer(call))
 
     async def _list(self, request: web.Request) -> web.Response:
-        return web.json_response({"calls": [], "end": 0, "page": 0, "page_size": 50, "start": 0})
+        """GET Calls.json filtered by `To` and `StartTime>` as Twilio does (a service that restarted asks it
+        for the calls a claim without a SID placed; an empty list would have it dial them again)."""
+        to = request.query.get("To")
+        after = request.query.get("StartTime>")
+        since = None
+        if after:  # the SDK sends ISO 8601 ("...Z"); RFC 2822 read too
+            moment = parsedate_to_datetime(after) if "," in after else datetime.fromisoformat(after)
+            since = moment.timestamp()
+        found = [
+            self._resource(c)
+            for c in self.calls.values()
+            if (to is None or c.to == to) and (since is None or c.created >= since)
+        ]
+        return web.json_response({"calls": found, "end": len(found), "page": 0, "page_size": 50, "start": 0})
 
     async def _fetch(self, request: web.Request) -> web.Response:
         call = self.calls.get(request.match_info["sid"])

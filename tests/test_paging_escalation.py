@@ -26,8 +26,6 @@ from announcer.paging.escalator import next_step
 from announcer.sandbox.twilio_call import Callee, PhoneBehavior
 from announcer.store.db import Database
 from announcer.store.oncall import OncallStore
-from tests.alertmanager import AlertmanagerFactory
-from tests.alertmanager import alert as real_alert
 from tests.conftest import API_TOKEN, USE_PG, Service, eventually, free_port, make_settings, start_service
 from tests.test_alerts import RECEIVER_ALLOWED
 from tests.test_paging_ingest import ON_CALL, SECOND, am_payload, api, calls_to, incident, send, setup_paging
@@ -452,87 +450,7 @@ def test_next_step_walks_the_steps_then_the_rounds() -> None:
     assert next_step(0, -1, 0, 3) is None  # no steps at all
 
 
-# --- with the real Alertmanager (tests/alertmanager.py; skipped where the binary is missing) --------------
-
-
-async def test_the_real_alertmanager_pages_key_1_acknowledges_and_silences_the_group(
-    tmp_path: Path, database_url: str, alertmanager: AlertmanagerFactory
-) -> None:
-    # the outbound policy lets the service reach Alertmanager's silences API on the loopback address
-    runner, service = await start_service(make_settings(tmp_path, database_url, **RECEIVER_ALLOWED))
-    try:
-        integration, _ = await setup_paging(service, steps=[([ON_CALL], DELAY_S), ([SECOND], DELAY_S)])
-        status, _ = await api(service, "PATCH", f"/v1/integrations/{integration['id']}", {"silence_s": 3600})
-        assert status == 200
-        url = service.base_url + integration["webhook_path"]
-        async with alertmanager(
-            url, integration["secret"], group_wait=0.2, group_interval=1, repeat_interval=1.5
-        ) as am:
-            labels = {"alertname": "DiskFull", "severity": "critical", "instance": "db-1:9100"}
-            await am.post_alerts([real_alert(labels, {"summary": "Disk almost full on db-1"})])
-            call = await rung(service, ON_CALL)
-            (listed,) = (await api(service, "GET", "/v1/incidents"))[1]["incidents"]
-            assert (listed["title"], listed["severity"], listed["dedup_key"]) == (
-                "DiskFull",
-                "critical",
-                '{}:{alertname="DiskFull"}',
-            )
-
-            await call.wait_for_mark("end:", 20)
-            await call.press("1")
-
-            async def silenced() -> bool:
-                events = (await incident(service, listed["id"]))["events"]
-                return "silenced" in [e["kind"] for e in events]
-
-            await eventually(silenced, timeout=20)
-            seen = await incident(service, listed["id"])
-            assert seen["state"] == "acknowledged" and seen["acknowledged_by"] == "Person 1"
-            ours = [s for s in await am.silences() if s["createdBy"] == "announcer"]
-            assert len(ours) == 1 and ours[0]["status"]["state"] == "active"
-            assert [(m["name"], m["value"]) for m in ours[0]["matchers"]] == [("alertname", "DiskFull")]
-            # past the step's delay, nobody else was paged
-            await passes_after(service, at(seen["acknowledged_at"]) + DELAY_S + 0.5)
-            assert not calls_to(service, SECOND) and len(calls_to(service, ON_CALL)) == 1
-    finally:
-        await runner.cleanup()
-
-
-async def test_the_real_alertmanager_resolves_and_the_escalation_stops(
-    tmp_path: Path, database_url: str, alertmanager: AlertmanagerFactory
-) -> None:
-    # At twice real time: the page keeps ringing (Twilio's ring timeout) while Alertmanager repeats itself
-    runner, service = await start_service(make_settings(tmp_path, database_url, announcer_sandbox_speed=2.0))
-    try:
-        service.sandbox.set_behavior(ON_CALL, PhoneBehavior(answer="no-answer", ring_s=2000))
-        integration, _ = await setup_paging(service, steps=[([ON_CALL], DELAY_S), ([SECOND], DELAY_S)])
-        url = service.base_url + integration["webhook_path"]
-        async with alertmanager(
-            url, integration["secret"], group_wait=0.2, group_interval=0.5, repeat_interval=1
-        ) as am:
-            alerts = [
-                real_alert({"alertname": "Backlog", "queue": "billing"}, {"summary": "The queue is long"})
-            ]
-            await am.post_alerts(alerts)
-            ringing = await rung(service, ON_CALL)
-            await ringing.wait_for_status("ringing", 20)
-            (listed,) = (await api(service, "GET", "/v1/incidents"))[1]["incidents"]
-
-            # Alertmanager's repeat notifications (every second) page nobody twice
-            async def repeated() -> bool:
-                events = (await incident(service, listed["id"]))["events"]
-                return "repeated" in [e["kind"] for e in events]
-
-            await eventually(repeated, timeout=20)
-            assert len(calls_to(service, ON_CALL)) == 1
-            await am.resolve(alerts)
-            await ringing.wait_for_status("canceled", 20)  # the page call stopped
-            seen = await incident(service, listed["id"])
-            assert seen["state"] == "resolved" and seen["events"][-1]["how"] == "alertmanager"
-            await passes_after(service, at(seen["created_at"]) + DELAY_S + 0.5)
-            assert not calls_to(service, SECOND)
-    finally:
-        await runner.cleanup()
+# The real Alertmanager in front: tests/test_paging_alertmanager.py.
 
 
 async def test_a_rotation_target_pages_whoever_is_on_call_now(service: Service) -> None:

@@ -7,7 +7,8 @@ multi-row INSERT or an executemany is one) from an alert's POST until its calls 
 answered, played, hung up, and their writes committed. The event trail's INSERTs are left out: the journal
 writes them once per batch, however many calls share it, so their number follows how the calls happened
 to fall into batches on the machine, not what a call costs. So are the service's polls (the dispatcher's
-open-calls count and next-due instant, the outbox's and the account rate's): how many run over the test
+open-calls count and next-due instant, the outbox's, the account rate's, the escalator's "anything
+triggered?"): how many run over the test
 follows how long it took on the machine (15-23 open-calls counts for the same ten calls), not the calls."""
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ MAX_PER_CALL = (24.0, 25.0)
 BATCH_ROWS = re.compile(r"^\s*INSERT INTO (call_events|delivery_events)\b", re.I)
 POLLS = re.compile(
     r"^\s*SELECT (count\(\*\) AS count_1\s+FROM calls\s+WHERE calls.delivery_id IS NOT NULL"
-    r"|min\((deliveries|webhook_outbox).next_attempt_at\))",
+    r"|min\((deliveries|webhook_outbox).next_attempt_at\)"
+    r"|incidents.id\s+FROM incidents\s+WHERE incidents.state = )",
     re.I,
 )
 

@@ -123,15 +123,16 @@ class Escalator:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
+            busy = True
             try:
-                await self.run_once()
+                busy = await self.run_once()
             except Exception:  # a database hiccup must not end paging: logged, tried again next pass
                 log.exception("escalator pass failed")
             self.passes += 1
             if self._stopping:
                 return
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(await self._sleep_s()):
+                async with asyncio.timeout(await self._sleep_s() if busy else self._poll_s):
                     await self._wake.wait()
 
     async def _sleep_s(self) -> float:
@@ -143,7 +144,10 @@ class Escalator:
             return self._poll_s
         return max(0.0, min(self._poll_s, (due - utcnow()).total_seconds()))
 
-    async def run_once(self) -> None:
+    async def run_once(self) -> bool:
+        """One pass; False when no incident is triggered (then nothing else was asked)."""
+        if not await self._store.any_triggered():
+            return False
         for press in await self._store.key_presses(DeliveryState.CONFIRMED, current_step_only=False):
             await self._acknowledged(press)
         for press in await self._store.key_presses(DeliveryState.DECLINED, current_step_only=True):
@@ -154,6 +158,7 @@ class Escalator:
             await self._take_steps(due)
         for incident, round, step, targets in await self._store.unplaced_pages(utcnow()):
             await self._place(incident, round, step, targets)
+        return True
 
     async def _take_steps(self, due: list[IncidentRow]) -> None:
         """Take every due incident's next step, then make the pages of the steps taken."""

@@ -426,6 +426,15 @@ class IncidentStore:
             ).scalars()
             return [_incident(r) for r in rows]
 
+    async def any_triggered(self) -> bool:
+        """Is any incident escalating? The escalator's poll, one index probe: with nothing triggered (most of
+        the time, and always where paging is not used) it asks nothing more."""
+        async with self.sessions() as s:
+            found = await s.execute(
+                select(Incident.id).where(Incident.state == IncidentState.TRIGGERED).limit(1)
+            )
+            return found.first() is not None
+
     async def next_due_at(self) -> datetime | None:
         async with self.sessions() as s:
             return await s.scalar(
