@@ -3,6 +3,7 @@ step, who was called and how each call ended), and acknowledge / resolve by API 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,20 +133,18 @@ async def get_incident(request: web.Request, deps: IncidentsDeps) -> web.Respons
 
 
 async def acknowledge_incident(request: web.Request, deps: IncidentsDeps) -> web.Response:
-    incident_id = path_key(request, "incident_id")
-    try:
-        row = await deps.incidents.acknowledge(incident_id, who=await _by(request), how="api")
-    except LookupError:
-        raise error(404, "not_found", "no such incident") from None
-    except WrongState as err:
-        raise error(409, "incident_state", f"the incident is already {err.state}", state=err.state) from None
-    return web.json_response(incident_json(row))
+    return await _act(request, deps.incidents.acknowledge)
 
 
 async def resolve_incident(request: web.Request, deps: IncidentsDeps) -> web.Response:
+    return await _act(request, deps.incidents.resolve)
+
+
+async def _act(request: web.Request, action: Callable[..., Awaitable[IncidentRow]]) -> web.Response:
+    """An acknowledgement or a resolution by API (how: api; who: the body's `by`)."""
     incident_id = path_key(request, "incident_id")
     try:
-        row = await deps.incidents.resolve(incident_id, who=await _by(request), how="api")
+        row = await action(incident_id, who=await _by(request), how="api")
     except LookupError:
         raise error(404, "not_found", "no such incident") from None
     except WrongState as err:

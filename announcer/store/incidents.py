@@ -352,45 +352,34 @@ class IncidentStore:
     ) -> IncidentRow:
         """triggered -> acknowledged: nobody is paged for it any more. Raises LookupError, WrongState."""
         now = utcnow()
-        async with self.sessions() as s:
-            done = await s.execute(
-                update(Incident)
-                .where(Incident.id == incident_id, Incident.state == IncidentState.TRIGGERED)
-                .values(
-                    state=IncidentState.ACKNOWLEDGED,
-                    next_step_at=None,
-                    acknowledged_at=now,
-                    acknowledged_by=who,
-                    updated_at=now,
-                )
-            )
-            if not done.rowcount:  # type: ignore[attr-defined]
-                await s.rollback()
-                row = await s.get(Incident, incident_id)
-                if row is None:
-                    raise LookupError(incident_id)
-                raise WrongState(row.state)
-            s.add(_event(incident_id, "acknowledged", now, who, how, **(detail or {})))
-            await s.commit()
-            row = await s.get(Incident, incident_id)
-            assert row is not None
-            return _incident(row)
+        return await self._move(
+            incident_id,
+            [IncidentState.TRIGGERED],
+            {"state": IncidentState.ACKNOWLEDGED, "acknowledged_at": now, "acknowledged_by": who},
+            _event(incident_id, "acknowledged", now, who, how, **(detail or {})),
+        )
 
     async def resolve(self, incident_id: str, *, who: str | None, how: str) -> IncidentRow:
         """triggered or acknowledged -> resolved: the group may open a new incident. Raises LookupError,
         WrongState."""
         now = utcnow()
+        return await self._move(
+            incident_id,
+            list(OPEN_STATES),
+            {"state": IncidentState.RESOLVED, "open_key": None, "resolved_at": now},
+            _event(incident_id, "resolved", now, who, how),
+        )
+
+    async def _move(
+        self, incident_id: str, from_states: list[IncidentState], values: dict[str, Any], event: IncidentEvent
+    ) -> IncidentRow:
+        """One state change, conditional on the state it leaves (a racing ack or resolve loses cleanly),
+        with its event, in one transaction; the incident as it is now. Escalation stops with it."""
         async with self.sessions() as s:
             done = await s.execute(
                 update(Incident)
-                .where(Incident.id == incident_id, Incident.state.in_([str(x) for x in OPEN_STATES]))
-                .values(
-                    state=IncidentState.RESOLVED,
-                    open_key=None,
-                    next_step_at=None,
-                    resolved_at=now,
-                    updated_at=now,
-                )
+                .where(Incident.id == incident_id, Incident.state.in_([str(x) for x in from_states]))
+                .values(**values, next_step_at=None, updated_at=event.at)
             )
             if not done.rowcount:  # type: ignore[attr-defined]
                 await s.rollback()
@@ -398,7 +387,7 @@ class IncidentStore:
                 if row is None:
                     raise LookupError(incident_id)
                 raise WrongState(row.state)
-            s.add(_event(incident_id, "resolved", now, who, how))
+            s.add(event)
             await s.commit()
             row = await s.get(Incident, incident_id)
             assert row is not None
