@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from announcer.store.models import (
     FINAL_DELIVERY_STATES,
@@ -189,6 +190,17 @@ def _event(
     incident_id: str, kind: str, at: datetime, who: str | None, how: str | None, **detail: Any
 ) -> IncidentEvent:
     return IncidentEvent(incident_id=incident_id, at=at, kind=kind, who=who, how=how, detail=detail)
+
+
+def _still_at(incident_id: str, round: int, step: int) -> tuple[ColumnElement[bool], ...]:
+    """The escalator's compare-and-set: the incident is still triggered at the step it was read at (a move
+    by another process, an ack or a resolve makes the UPDATE match nothing)."""
+    return (
+        Incident.id == incident_id,
+        Incident.state == IncidentState.TRIGGERED,
+        Incident.round == round,
+        Incident.step == step,
+    )
 
 
 class IncidentStore:
@@ -446,13 +458,7 @@ class IncidentStore:
         async with self.sessions() as s:
             done = await s.execute(
                 update(Incident)
-                .where(
-                    Incident.id == incident.id,
-                    Incident.state == IncidentState.TRIGGERED,
-                    Incident.round == incident.round,
-                    Incident.step == incident.step,
-                    Incident.next_step_at <= now,
-                )
+                .where(*_still_at(incident.id, incident.round, incident.step), Incident.next_step_at <= now)
                 .values(round=round, step=step, next_step_at=next_step_at, updated_at=now)
             )
             if not done.rowcount:  # type: ignore[attr-defined]
@@ -479,13 +485,7 @@ class IncidentStore:
         async with self.sessions() as s:
             done = await s.execute(
                 update(Incident)
-                .where(
-                    Incident.id == incident.id,
-                    Incident.state == IncidentState.TRIGGERED,
-                    Incident.round == incident.round,
-                    Incident.step == incident.step,
-                    Incident.next_step_at <= now,
-                )
+                .where(*_still_at(incident.id, incident.round, incident.step), Incident.next_step_at <= now)
                 .values(next_step_at=None, updated_at=now)
             )
             if not done.rowcount:  # type: ignore[attr-defined]
@@ -610,13 +610,7 @@ class IncidentStore:
         async with self.sessions() as s:
             done = await s.execute(
                 update(Incident)
-                .where(
-                    Incident.id == press.incident_id,
-                    Incident.state == IncidentState.TRIGGERED,
-                    Incident.round == press.round,
-                    Incident.step == press.step,
-                    Incident.next_step_at > now,
-                )
+                .where(*_still_at(press.incident_id, press.round, press.step), Incident.next_step_at > now)
                 .values(next_step_at=now, updated_at=now)
             )
             if not done.rowcount:  # type: ignore[attr-defined]
