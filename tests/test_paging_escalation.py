@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -27,6 +25,7 @@ from announcer.sandbox.twilio_call import Callee, PhoneBehavior
 from announcer.store.db import Database
 from announcer.store.oncall import OncallStore
 from tests.conftest import API_TOKEN, USE_PG, Service, eventually, free_port, make_settings, start_service
+from tests.outside import kill, running, spawn, stop, wait_healthy
 from tests.test_alerts import RECEIVER_ALLOWED
 from tests.test_paging_ingest import ON_CALL, SECOND, am_payload, api, calls_to, incident, send, setup_paging
 
@@ -153,13 +152,13 @@ async def test_a_restart_between_steps_pages_the_next_step_once(tmp_path: Path, 
         assert status == 200, answer
         incident_id = answer["incident_id"]
         await rung(first, ON_CALL)
+        # Read before the stop: a restart slower than step 1's 3 s (a loaded machine) is not a second page
+        seen_before = await incident(first, incident_id)
+        assert [(p["round"], p["step"]) for p in seen_before["pages"]] == [(0, 0)]
     finally:
         await runner.cleanup()
-    seen_before = None
     runner, second = await start_service(make_settings(tmp_path, database_url))
     try:
-        seen_before = await incident(second, incident_id)
-        assert [(p["round"], p["step"]) for p in seen_before["pages"]] == [(0, 0)]
         call = await rung(second, SECOND, timeout=30)
         assert at(seen_before["next_step_at"]) <= time.time() + 0.05
         await call.wait_for_mark("end:", 20)
@@ -342,7 +341,7 @@ async def test_an_acknowledgement_silences_the_group_at_its_alertmanager(
 
 
 async def _serve(tmp: Path, database_url: str, port: int) -> asyncio.subprocess.Process:
-    """`announcer serve` (sandbox mode) in its own process, once it answers /healthz."""
+    """`announcer serve` (sandbox mode: no credentials) in its own process, once it answers /healthz."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -357,31 +356,8 @@ async def _serve(tmp: Path, database_url: str, port: int) -> asyncio.subprocess.
         ANNOUNCER_SANDBOX_SPEED="25",
         TWILIO_CPS="50",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "announcer.cli",
-        "serve",
-        env=env,
-        cwd=tmp,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-    async def healthy() -> bool:
-        if proc.returncode is not None:
-            raise AssertionError(f"announcer serve exited with {proc.returncode}")
-        try:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(f"http://127.0.0.1:{port}/healthz") as resp,
-            ):
-                return resp.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    await eventually(healthy, timeout=60)
+    proc = await spawn(env, cwd=tmp)
+    await wait_healthy(f"http://127.0.0.1:{port}", running(proc, "announcer serve"))
     return proc
 
 
@@ -418,8 +394,7 @@ async def test_sigkill_between_two_steps_pages_the_next_step_once(
 
         await eventually(first_paged, timeout=20)
     finally:
-        first.kill()  # SIGKILL: no clean-up of any kind
-        await first.wait()
+        await kill(first)  # SIGKILL: no clean-up of any kind
     second = await _serve(tmp_path, own_database_url, port)
     try:
 
@@ -437,8 +412,7 @@ async def test_sigkill_between_two_steps_pages_the_next_step_once(
         assert seen["pages"][1]["people"][0]["outcome"] == "heard"
         assert seen["state"] == "triggered" and (seen["round"], seen["step"]) == (0, 1)
     finally:
-        second.terminate()
-        await second.wait()
+        await stop(second)
 
 
 def test_next_step_walks_the_steps_then_the_rounds() -> None:
